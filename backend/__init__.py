@@ -1,0 +1,1 @@
+"""Backend: models, generation, storage. Never imports gradio."""

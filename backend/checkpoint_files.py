@@ -1,0 +1,79 @@
+"""Read weight files safely. The format is decided by the file's first bytes, never by its name.
+
+- safetensors: 8-byte little-endian header length, then a JSON header.
+- PyTorch zip (torch.save since 1.6) or legacy pickle: only through torch.load(weights_only=True),
+  which refuses any object that is not plain tensors and containers, so no foreign code runs.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from pathlib import Path
+
+import torch
+
+SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot or must not be loaded; the message is meant for the user."""
+
+
+def sniff_format(path: Path) -> str:
+    """Return "safetensors", "torch-zip" or "torch-pickle"; raise CheckpointError for anything else."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError as error:
+        raise CheckpointError(f"Cannot read {path.name}: {error.strerror}") from error
+    if len(head) < 9:
+        raise CheckpointError(f"{path.name} is empty or truncated ({size} bytes)")
+    if head[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if head[0] == 0x80 and head[1] <= 5:  # pickle PROTO opcode with a known protocol number
+        return "torch-pickle"
+    header_length = struct.unpack("<Q", head[:8])[0]
+    if head[8:9] == b"{":
+        if header_length > min(SAFETENSORS_MAX_HEADER, size - 8):
+            raise CheckpointError(
+                f"{path.name}: safetensors header says {header_length} bytes but the file has {size}; "
+                "the file is truncated or corrupt")
+        return "safetensors"
+    raise CheckpointError(
+        f"{path.name} is neither a safetensors file nor a PyTorch weights file; refusing to load it")
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    with open(path, "rb") as handle:
+        header_length = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(header_length))
+    return header.get("__metadata__") or {}
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load every tensor of a weight file on the CPU, validating as it goes."""
+    kind = sniff_format(path)
+    if kind == "safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as error:  # safetensors raises its own error types for corrupt files
+            raise CheckpointError(f"{path.name} is not a valid safetensors file: {error}") from error
+    else:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(
+                f"{path.name} contains Python objects other than plain weights; refusing to run its code "
+                f"(convert it to .safetensors with a tool you trust). Detail: {str(error).splitlines()[0]}"
+            ) from error
+        except (RuntimeError, EOFError, ValueError, OSError) as error:
+            raise CheckpointError(f"{path.name} is truncated or corrupt: {error}") from error
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path.name} does not hold a flat dictionary of tensors")
+    return state
