@@ -1,0 +1,72 @@
+"""A1111 "infotext": the generation parameters stored in a PNG's `parameters` text chunk.
+
+    <prompt lines>
+    Negative prompt: <negative lines>
+    Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512, ...
+
+A value containing "," ":" or a newline is JSON-quoted. The last line counts as parameters only if it
+has at least three `key: value` pairs (otherwise it is part of the prompt).
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+PARAM_PATTERN = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
+NEGATIVE_PREFIX = "Negative prompt:"
+
+
+def quote(value: Any) -> str:
+    text = str(value)
+    if "," not in text and ":" not in text and "\n" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def format_number(value: Any) -> str:
+    """7.0 -> "7" as A1111 writes whole floats."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def build_infotext(prompt: str, negative_prompt: str, parameters: dict[str, Any]) -> str:
+    """Parameters with value None are left out; order is kept."""
+    line = ", ".join(f"{key}: {quote(format_number(value))}" for key, value in parameters.items()
+                     if value is not None)
+    negative = f"\n{NEGATIVE_PREFIX} {negative_prompt}" if negative_prompt else ""
+    return f"{prompt}{negative}\n{line}"
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """Parse infotext into {"Prompt", "Negative prompt", key: value...}; `Size` also gives Size-1/Size-2."""
+    *lines, last = text.strip().split("\n")
+    if len(PARAM_PATTERN.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    prompt_lines, negative_lines, in_negative = [], [], False
+    for line in lines:
+        if line.startswith(NEGATIVE_PREFIX):
+            in_negative = True
+            line = line[len(NEGATIVE_PREFIX):].strip()
+        (negative_lines if in_negative else prompt_lines).append(line)
+    result: dict[str, Any] = {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines)}
+    for key, value in PARAM_PATTERN.findall(last):
+        value = _unquote(value.strip())
+        result[key] = value
+        size = SIZE_PATTERN.match(value) if key == "Size" else None
+        if size:
+            result["Size-1"], result["Size-2"] = size.group(1), size.group(2)
+    result.setdefault("Clip skip", "1")
+    return result

@@ -1,0 +1,201 @@
+"""Loaded checkpoints: an LRU cache limited by count and bytes, a GPU tier and a CPU-RAM tier, leases.
+
+A leased model is never evicted or moved. Switching back to a cached model costs a dictionary lookup
+(plus a host->GPU copy when it waited in the CPU tier).
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from backend.checkpoint_files import CheckpointError
+from backend.checkpoint_loader import CheckpointLoader, LoadedModel
+from backend.devices import attention_backend
+from backend.model_registry import CheckpointEntry, ModelRegistry
+from backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(CheckpointError):
+    pass
+
+
+@dataclass
+class CachedModel:
+    entry: CheckpointEntry
+    model: LoadedModel
+    size_bytes: int
+    leases: int = 0
+    on_device: bool = False
+    load_seconds: float = 0.0
+
+
+@dataclass
+class CacheStats:
+    loads: int = 0
+    hits: int = 0
+    evictions: int = 0
+    events: list = field(default_factory=list)
+
+
+class ModelManager:
+    def __init__(self, settings: Settings, registry: ModelRegistry, loader: CheckpointLoader,
+                 device: torch.device, dtype: torch.dtype):
+        self.settings = settings
+        self.registry = registry
+        self.loader = loader
+        self.device = device
+        self.dtype = dtype
+        self.stats = CacheStats()
+        self._cache: OrderedDict[str, CachedModel] = OrderedDict()
+        self._lock = threading.RLock()
+        self._load_lock = threading.Lock()  # one load at a time: loads are memory-heavy
+        self._selected: str | None = None
+        self.attention_status = ""
+
+    # --- which model ------------------------------------------------------------------------------
+    def list_checkpoints(self) -> tuple[CheckpointEntry, ...]:
+        return self.registry.entries
+
+    def refresh(self) -> tuple[CheckpointEntry, ...]:
+        return self.registry.refresh()
+
+    def resolve(self, query: str | None) -> CheckpointEntry:
+        if query is None:
+            query = self._selected or self.settings.startup_checkpoint
+        if query is None:
+            return self.registry.entries[0]
+        entry = self.registry.find(query)
+        if entry is None and "/" in query and not Path(query).exists():
+            entry = CheckpointEntry(name=query, path=Path(query), short_hash=None)  # a hub repo id
+        if entry is None:
+            names = ", ".join(e.title for e in self.registry.entries)
+            raise ModelNotFoundError(f"checkpoint: no model named '{query}'; available: {names}")
+        return entry
+
+    @property
+    def selected(self) -> CheckpointEntry:
+        return self.resolve(None)
+
+    def select(self, query: str) -> CheckpointEntry:
+        """Load (or find in the cache) and make it the default; on failure the previous choice stays."""
+        with self.lease(query) as (entry, _):
+            self._selected = entry.title
+        return entry
+
+    # --- cache --------------------------------------------------------------------------------------
+    @contextmanager
+    def lease(self, query: str | None):
+        """Yield (entry, LoadedModel) on the execution device; it cannot be evicted until released."""
+        entry = self.resolve(query)
+        cached = self._acquire(entry)
+        try:
+            yield entry, cached.model
+        finally:
+            with self._lock:
+                cached.leases -= 1
+
+    def _acquire(self, entry: CheckpointEntry) -> CachedModel:
+        key = str(entry.path)
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                cached.leases += 1
+                self._cache.move_to_end(key)
+                self.stats.hits += 1
+        if cached is None:
+            with self._load_lock:
+                with self._lock:
+                    cached = self._cache.get(key)
+                    if cached is not None:
+                        cached.leases += 1
+                        self._cache.move_to_end(key)
+                if cached is None:
+                    cached = self._load(entry)
+        try:
+            self._place_on_device(cached)
+        except BaseException:
+            with self._lock:
+                cached.leases -= 1
+            raise
+        return cached
+
+    def _load(self, entry: CheckpointEntry) -> CachedModel:
+        started = time.perf_counter()
+        log.info("loading checkpoint %s", entry.title)
+        model = self._with_oom_retry(lambda: self.loader.load(
+            entry.path if entry.path.exists() else str(entry.path), self.dtype,
+            local_files_only=self.settings.offline))
+        model.pipeline.set_progress_bar_config(disable=True)
+        cached = CachedModel(entry=entry, model=model, size_bytes=model.size_bytes, leases=1,
+                             load_seconds=time.perf_counter() - started)
+        with self._lock:
+            self._cache[str(entry.path)] = cached
+            self.stats.loads += 1
+            self.stats.events.append(("load", entry.title))
+            self._evict()
+        log.info("loaded %s (%s, %.1f MB) in %.1fs", entry.title, model.label, cached.size_bytes / 1e6,
+                 cached.load_seconds)
+        return cached
+
+    def _place_on_device(self, cached: CachedModel):
+        """GPU tier: at most max_models_on_gpu models live on the accelerator; the rest wait in RAM."""
+        if cached.on_device:
+            return
+        if self.device.type != "cpu":
+            with self._lock:
+                resident = [c for c in self._cache.values() if c.on_device and c is not cached and c.leases == 0]
+                while resident and len(resident) + 1 > self.settings.max_models_on_gpu:
+                    victim = resident.pop(0)
+                    victim.model.pipeline.to("cpu")
+                    victim.on_device = False
+        self._with_oom_retry(lambda: cached.model.pipeline.to(self.device))
+        self.attention_status = attention_backend(cached.model.pipeline, self.settings.xformers, self.device)
+        cached.on_device = True
+
+    def _evict(self):
+        """Drop least-recently-used, unleased models until both limits hold."""
+        limit_bytes = self.settings.max_cache_gb * 1e9
+        while True:
+            total = sum(c.size_bytes for c in self._cache.values())
+            if len(self._cache) <= self.settings.max_models_in_memory and total <= limit_bytes:
+                return
+            victim_key = next((k for k, c in self._cache.items() if c.leases == 0), None)
+            if victim_key is None:
+                return  # everything is in use; the limits are exceeded until a lease ends
+            victim = self._cache.pop(victim_key)
+            self.stats.evictions += 1
+            self.stats.events.append(("evict", victim.entry.title))
+            log.info("evicted %s from the model cache", victim.entry.title)
+            del victim
+            gc.collect()
+
+    def free_unused(self):
+        """Drop every unleased model (used to recover from out-of-memory)."""
+        with self._lock:
+            for key in [k for k, c in self._cache.items() if c.leases == 0]:
+                del self._cache[key]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _with_oom_retry(self, action):
+        try:
+            return action()
+        except torch.OutOfMemoryError:
+            log.warning("out of memory; freeing cached models and retrying once")
+            self.free_unused()
+            return action()
+
+    def cached_titles(self) -> list[str]:
+        with self._lock:
+            return [c.entry.title for c in self._cache.values()]

@@ -1,0 +1,63 @@
+"""Saving images as A1111 does: <outputs>/<kind>-images/YYYY-MM-DD/NNNNN-SEED.png with infotext.
+
+Writes go to a temporary file in the same folder, are flushed to disk, then renamed into place, so a
+crash never leaves a half-written PNG under a real name.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+NUMBERED_FILE = re.compile(r"^(\d+)-")
+
+
+class OutputStore:
+    def __init__(self, root: Path, clock=datetime.date.today):
+        self.root = Path(root)
+        self._clock = clock
+        self._lock = threading.Lock()  # one numbering sequence per folder, even with several writers
+
+    def folder(self, kind: str) -> Path:
+        return self.root / f"{kind}-images" / self._clock().isoformat()
+
+    @staticmethod
+    def _next_number(folder: Path) -> int:
+        numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := NUMBERED_FILE.match(name))]
+        return max(numbers, default=-1) + 1
+
+    def save(self, image: Image.Image, kind: str, seed: int, infotext: str) -> Path:
+        folder = self.folder(kind)
+        folder.mkdir(parents=True, exist_ok=True)
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", infotext)
+        with self._lock:
+            path = folder / f"{self._next_number(folder):05d}-{seed}.png"
+            handle, temp_name = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".png")
+            try:
+                with os.fdopen(handle, "wb") as temp_file:
+                    image.save(temp_file, format="PNG", pnginfo=info)
+                    temp_file.flush()
+                    os.fsync(temp_file.fileno())
+                os.replace(temp_name, path)
+            except BaseException:
+                Path(temp_name).unlink(missing_ok=True)
+                raise
+        return path
+
+
+def read_infotext(path_or_image) -> str | None:
+    """The A1111 parameters of a PNG (text chunk) or JPEG/WEBP (EXIF UserComment), if any."""
+    image = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
+    if "parameters" in image.info:
+        return image.info["parameters"]
+    exif = image.getexif().get_ifd(0x8769).get(0x9286)  # Exif IFD -> UserComment
+    if isinstance(exif, bytes):
+        header, body = exif[:8], exif[8:]
+        return body.decode("utf-16-be" if header.startswith(b"UNICODE") else "utf-8", errors="replace")
+    return exif

@@ -1,0 +1,104 @@
+"""A1111 sampler and schedule-type names, mapped to diffusers schedulers (diffusers' documented table).
+
+A name we cannot honour is an error, never a silent substitute.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import diffusers
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    scheduler_class: str
+    options: dict = field(default_factory=dict)
+    default_schedule: str = "Uniform"  # what A1111's "Automatic" schedule type means for this sampler
+    aliases: tuple[str, ...] = ()
+
+
+SAMPLERS = MappingProxyType({
+    "DPM++ 2M": SamplerSpec("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2},
+                            "Karras", ("k_dpmpp_2m",)),
+    "DPM++ SDE": SamplerSpec("DPMSolverSDEScheduler", {}, "Karras", ("k_dpmpp_sde",)),
+    "DPM++ 2M SDE": SamplerSpec("DPMSolverMultistepScheduler",
+                                {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, "Exponential",
+                                ("k_dpmpp_2m_sde",)),
+    "DPM++ 3M SDE": SamplerSpec("DPMSolverMultistepScheduler",
+                                {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, "Exponential",
+                                ("k_dpmpp_3m_sde",)),
+    "DPM2": SamplerSpec("KDPM2DiscreteScheduler", {}, "Karras", ("k_dpm_2",)),
+    "DPM2 a": SamplerSpec("KDPM2AncestralDiscreteScheduler", {}, "Karras", ("k_dpm_2_a",)),
+    "Euler a": SamplerSpec("EulerAncestralDiscreteScheduler", {}, "Uniform", ("k_euler_a",)),
+    "Euler": SamplerSpec("EulerDiscreteScheduler", {}, "Uniform", ("k_euler",)),
+    "LMS": SamplerSpec("LMSDiscreteScheduler", {}, "Uniform", ("k_lms",)),
+    "Heun": SamplerSpec("HeunDiscreteScheduler", {}, "Uniform", ("k_heun",)),
+    "DDIM": SamplerSpec("DDIMScheduler", {"set_alpha_to_one": False}, "Uniform", ("ddim",)),
+    "PLMS": SamplerSpec("PNDMScheduler", {"skip_prk_steps": True}, "Uniform", ("plms",)),
+    "UniPC": SamplerSpec("UniPCMultistepScheduler", {}, "Uniform", ("unipc",)),
+    "LCM": SamplerSpec("LCMScheduler", {}, "Uniform", ("lcm",)),
+})
+
+# A1111 samplers with no diffusers equivalent: named so the error can say why.
+UNSUPPORTED_SAMPLERS = MappingProxyType({
+    "DPM++ 2S a": "diffusers has no ancestral second-order single-step DPM++ solver",
+    "DPM fast": "diffusers has no DPM-Solver-fast scheduler",
+    "DPM adaptive": "diffusers has no adaptive-step DPM-Solver scheduler",
+    "Restart": "diffusers has no Restart sampler",
+})
+
+# Schedule type -> scheduler config flags. "Automatic" resolves to the sampler's own default.
+SCHEDULES = MappingProxyType({
+    "Uniform": {},
+    "Karras": {"use_karras_sigmas": True},
+    "Exponential": {"use_exponential_sigmas": True},
+    "Beta": {"use_beta_sigmas": True},
+    "SGM Uniform": {"timestep_spacing": "trailing"},
+})
+SCHEDULE_NAMES = ("Automatic", *SCHEDULES)
+
+
+class SamplerError(ValueError):
+    pass
+
+
+def canonical_sampler_name(name: str) -> str:
+    """Accept A1111's names, its old aliases (k_euler_a) and the combined form ("DPM++ 2M Karras" is
+    handled by resolve_sampler)."""
+    for sampler_name, spec in SAMPLERS.items():
+        if name == sampler_name or name in spec.aliases:
+            return sampler_name
+    if name in UNSUPPORTED_SAMPLERS:
+        raise SamplerError(f"sampler_name: '{name}' cannot be honoured ({UNSUPPORTED_SAMPLERS[name]}); "
+                           f"choose one of {', '.join(SAMPLERS)}")
+    raise SamplerError(f"sampler_name: unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}")
+
+
+def resolve_sampler(sampler_name: str, schedule: str) -> tuple[str, str]:
+    """(sampler, concrete schedule). Old A1111 names such as "DPM++ 2M Karras" carry the schedule."""
+    for schedule_name in SCHEDULES:
+        suffix = " " + schedule_name
+        if sampler_name.endswith(suffix) and sampler_name[: -len(suffix)] in SAMPLERS:
+            sampler_name, schedule = sampler_name[: -len(suffix)], schedule_name
+    sampler_name = canonical_sampler_name(sampler_name)
+    if schedule not in SCHEDULE_NAMES:
+        raise SamplerError(f"scheduler: unknown schedule type '{schedule}'; choose one of {', '.join(SCHEDULE_NAMES)}")
+    if schedule == "Automatic":
+        schedule = SAMPLERS[sampler_name].default_schedule
+    cls = getattr(diffusers, SAMPLERS[sampler_name].scheduler_class)
+    accepted = inspect.signature(cls.__init__).parameters
+    unsupported = [flag for flag in SCHEDULES[schedule] if flag not in accepted]
+    if unsupported:
+        raise SamplerError(f"scheduler: schedule type '{schedule}' is not available for sampler '{sampler_name}'")
+    return sampler_name, schedule
+
+
+def build_scheduler(sampler_name: str, schedule: str, base_config):
+    """A fresh scheduler for one job, from the model's own scheduler config (betas, prediction type)."""
+    sampler_name, schedule = resolve_sampler(sampler_name, schedule)
+    spec = SAMPLERS[sampler_name]
+    cls = getattr(diffusers, spec.scheduler_class)
+    config = {**dict(base_config), **spec.options, **SCHEDULES[schedule]}
+    return cls.from_config(config)

@@ -1,0 +1,25 @@
+"""Server-wide settings, built once from the command line by app.py and passed to every service."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    models_dir: Path
+    outputs_dir: Path
+    cache_dir: Path
+    ckpt_dir: Path | None = None  # defaults to <models_dir>/Stable-diffusion
+    startup_checkpoint: str | None = None
+    device: str = "auto"  # auto | cpu | cuda | mps
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16
+    xformers: bool = False
+    max_models_in_memory: int = 2  # checkpoints kept loaded (GPU + CPU tiers together)
+    max_cache_gb: float = 16.0  # byte limit of that cache
+    max_models_on_gpu: int = 1  # the rest of the cache waits in CPU RAM
+    offline: bool = True  # never reach a model hub unless asked
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.ckpt_dir or self.models_dir / "Stable-diffusion"
