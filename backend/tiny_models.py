@@ -17,6 +17,7 @@ from backend.original_layout import (SD1_CLIP_PREFIX, SD2_OPENCLIP_PREFIX, SDXL_
                                      clip_to_original, open_clip_to_original, unet_to_original, vae_to_original)
 
 TINY_CHANNELS = (32, 64)
+TINY_VAE_CHANNELS = (32, 32, 64, 64)  # four levels: 8x downsampling like the real VAE, so sizes mean the same
 CLIP_VOCAB = 49408
 
 
@@ -27,8 +28,8 @@ def _text_config(width: int, projection: int | None = None, act: str = "quick_ge
 
 
 def _vae() -> AutoencoderKL:
-    return AutoencoderKL(block_out_channels=TINY_CHANNELS, in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    return AutoencoderKL(block_out_channels=TINY_VAE_CHANNELS, in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                          layers_per_block=1, norm_num_groups=32)
 
 

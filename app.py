@@ -1,0 +1,90 @@
+"""Composition root: flags -> Settings -> services -> Gradio UI -> launch."""
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parent
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Stable Diffusion WebUI (A1111-compatible, diffusers inside)")
+    net = parser.add_argument_group("network")
+    net.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 so other machines can connect")
+    net.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    net.add_argument("--share", action="store_true", help="create a public Gradio share link")
+    net.add_argument("--gradio-auth", metavar="USER:PASS[,USER2:PASS2]",
+                     help="require a login for the web UI; several comma-separated pairs allowed")
+    net.add_argument("--gradio-auth-path", metavar="FILE",
+                     help="file with USER:PASS pairs, one per line or comma-separated")
+    net.add_argument("--api", action="store_true",
+                     help="serve the A1111-compatible REST API (reserved: the API arrives in a later version)")
+    paths = parser.add_argument_group("folders")
+    paths.add_argument("--models-dir", type=Path, default=APP_DIR / "models",
+                       help="root holding Stable-diffusion/, Lora/, VAE/, ESRGAN/, embeddings/ (A1111 layout)")
+    paths.add_argument("--ckpt-dir", type=Path, default=None,
+                       help="folder of checkpoints (default: <models-dir>/Stable-diffusion)")
+    paths.add_argument("--outputs-dir", type=Path, default=APP_DIR / "outputs", help="where images are saved")
+    paths.add_argument("--cache-dir", type=Path, default=APP_DIR / "cache",
+                       help="hash cache and the built-in demo model")
+    model = parser.add_argument_group("model")
+    model.add_argument("--ckpt", metavar="NAME", default=None,
+                       help="checkpoint to load first: file name, title, short hash, or a hub repo id")
+    model.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                       help="where to run the model (auto: CUDA, then MPS, then CPU)")
+    model.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default="auto",
+                       help="weights precision (auto: fp16 on a GPU, fp32 on the CPU)")
+    model.add_argument("--xformers", action="store_true",
+                       help="use xformers attention when installed on a CUDA machine (default: PyTorch SDPA)")
+    model.add_argument("--max-models", type=int, default=2, help="checkpoints kept loaded in memory (default 2)")
+    model.add_argument("--max-cache-gb", type=float, default=16.0, help="memory limit of that cache in GB")
+    return parser.parse_args(argv)
+
+
+def read_auth(args: argparse.Namespace) -> list[tuple[str, str]] | None:
+    text = ",".join(filter(None, [args.gradio_auth,
+                                  Path(args.gradio_auth_path).read_text() if args.gradio_auth_path else None]))
+    pairs = [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
+    for pair in pairs:
+        if ":" not in pair:
+            raise SystemExit(f"--gradio-auth: '{pair}' is not USER:PASS")
+    return [tuple(pair.split(":", 1)) for pair in pairs] or None
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    auth = read_auth(args)
+
+    from backend.services import build_services
+    from backend.settings import Settings
+    from ui.layout import build_ui
+
+    settings = Settings(models_dir=args.models_dir, ckpt_dir=args.ckpt_dir, outputs_dir=args.outputs_dir,
+                        cache_dir=args.cache_dir, startup_checkpoint=args.ckpt, device=args.device,
+                        precision=args.precision, xformers=args.xformers, max_models_in_memory=args.max_models,
+                        max_cache_gb=args.max_cache_gb)
+    settings.outputs_dir.mkdir(parents=True, exist_ok=True)
+    services = build_services(settings)
+    if args.api:
+        logging.info("--api: the REST API is not part of this version yet; the web UI is served")
+    # Load the first model in the background so the page answers at once.
+    threading.Thread(target=_preload, args=(services,), daemon=True).start()
+    page = build_ui(services)
+    page.queue(default_concurrency_limit=None)
+    page.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
+                auth=auth, allowed_paths=[str(settings.outputs_dir.resolve())], show_error=True)
+
+
+def _preload(services):
+    try:
+        entry = services.models.select(services.models.selected.title)
+        logging.info("ready: %s", entry.title)
+    except Exception as error:  # the app stays up; the UI shows the error when the model is used
+        logging.error("could not load the first checkpoint: %s", error)
+
+
+if __name__ == "__main__":
+    main()

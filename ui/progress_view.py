@@ -1,0 +1,30 @@
+"""HTML for a job's progress bar, step count and time left, or its error."""
+from __future__ import annotations
+
+import html
+
+from backend.job_queue import Job
+
+
+def render_progress(job: Job) -> str:
+    progress = job.progress
+    if job.status == "queued":
+        return '<div class="job-status">Waiting in the queue...</div>'
+    percent = round(progress.fraction * 100)
+    eta = progress.eta_seconds
+    batch = f" · batch {progress.batch + 1}/{progress.batches}" if progress.batches > 1 else ""
+    eta_text = f" · {eta:.1f}s left" if eta is not None else ""
+    label = f"Step {progress.step}/{progress.steps_per_batch or '?'}{batch}{eta_text}"
+    return (f'<div class="job-progress" style="border:1px solid #888;border-radius:4px;position:relative;height:22px">'
+            f'<div style="width:{percent}%;height:100%;background:#f97316"></div>'
+            f'<span class="job-progress-text" style="position:absolute;left:8px;top:2px">{label} ({percent}%)</span></div>')
+
+
+def render_error(message: str) -> str:
+    return f'<div class="job-error" style="color:#dc2626;font-weight:600">Error: {html.escape(message)}</div>'
+
+
+def render_done(job: Job, seconds: float) -> str:
+    count = len(job.result.images) if job.result else 0
+    word = "Interrupted" if job.status == "interrupted" else "Done"
+    return f'<div class="job-done">{word}: {count} image(s) in {seconds:.1f}s</div>'
