@@ -64,7 +64,9 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path.name} is not a valid safetensors file: {error}") from error
     else:
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            # A file object, not a path: torch.load would pick a reader from the file name's extension.
+            with open(path, "rb") as handle:
+                state = torch.load(handle, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             raise CheckpointError(
                 f"{path.name} contains Python objects other than plain weights; refusing to run its code "

@@ -102,7 +102,7 @@ class CheckpointLoader:
         if index.is_file() and "safety_checker" in json.loads(index.read_text()):
             extra = {"safety_checker": None, "requires_safety_checker": False}
         try:
-            pipeline = DiffusionPipeline.from_pretrained(folder_or_repo, torch_dtype=dtype,
+            pipeline = DiffusionPipeline.from_pretrained(folder_or_repo, dtype=dtype,
                                                          local_files_only=local_files_only, **extra)
         except (OSError, ValueError, EnvironmentError) as error:
             raise CheckpointError(f"cannot load diffusers model {folder_or_repo}: {error}") from error

@@ -103,6 +103,8 @@ class ModelManager:
         finally:
             with self._lock:
                 cached.leases -= 1
+                # Limits exceeded while models were in use hold again now; the most recent one stays.
+                self._evict(keep=next(reversed(self._cache), None))
 
     def _acquire(self, entry: CheckpointEntry) -> CachedModel:
         key = str(entry.path)
@@ -142,7 +144,7 @@ class ModelManager:
             self._cache[str(entry.path)] = cached
             self.stats.loads += 1
             self.stats.events.append(("load", entry.title))
-            self._evict()
+            self._evict(keep=str(entry.path))
         log.info("loaded %s (%s, %.1f MB) in %.1fs", entry.title, model.label, cached.size_bytes / 1e6,
                  cached.load_seconds)
         return cached
@@ -162,14 +164,14 @@ class ModelManager:
         self.attention_status = attention_backend(cached.model.pipeline, self.settings.xformers, self.device)
         cached.on_device = True
 
-    def _evict(self):
-        """Drop least-recently-used, unleased models until both limits hold."""
+    def _evict(self, keep: str | None):
+        """Drop least-recently-used, unleased models (never `keep`) until both limits hold."""
         limit_bytes = self.settings.max_cache_gb * 1e9
         while True:
             total = sum(c.size_bytes for c in self._cache.values())
             if len(self._cache) <= self.settings.max_models_in_memory and total <= limit_bytes:
                 return
-            victim_key = next((k for k, c in self._cache.items() if c.leases == 0), None)
+            victim_key = next((k for k, c in self._cache.items() if c.leases == 0 and k != keep), None)
             if victim_key is None:
                 return  # everything is in use; the limits are exceeded until a lease ends
             victim = self._cache.pop(victim_key)
