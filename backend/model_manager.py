@@ -161,7 +161,10 @@ class ModelManager:
                     victim.model.pipeline.to("cpu")
                     victim.on_device = False
         self._with_oom_retry(lambda: cached.model.pipeline.to(self.device))
-        self.attention_status = attention_backend(cached.model.pipeline, self.settings.xformers, self.device)
+        status = attention_backend(cached.model.pipeline, self.settings.xformers, self.device)
+        if status != self.attention_status:
+            log.info(status)
+        self.attention_status = status
         cached.on_device = True
 
     def _evict(self, keep: str | None):

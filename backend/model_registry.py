@@ -2,6 +2,7 @@
 built-in demo model when there is nothing else."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +43,18 @@ class ModelRegistry:
         self.cache_dir = Path(cache_dir)
         self.hashes = hashes
         self._entries: tuple[CheckpointEntry, ...] = ()
+        self._lock = threading.Lock()  # the UI and the preload thread may refresh at the same time
 
     def _file_entry(self, path: Path, name: str, builtin: bool = False) -> CheckpointEntry:
         sha = self.hashes.sha256(path)
         return CheckpointEntry(name=name, path=path, short_hash=sha[:10], sha256=sha, builtin=builtin)
 
     def refresh(self) -> tuple[CheckpointEntry, ...]:
+        with self._lock:
+            self._entries = self._scan()
+            return self._entries
+
+    def _scan(self) -> tuple[CheckpointEntry, ...]:
         entries = []
         root = self.checkpoints_dir
         if root.is_dir():
@@ -61,8 +68,7 @@ class ModelRegistry:
         if not entries:
             builtin = ensure_builtin_checkpoint(self.cache_dir)
             entries.append(self._file_entry(builtin, builtin.name, builtin=True))
-        self._entries = tuple(entries)
-        return self._entries
+        return tuple(entries)
 
     @property
     def entries(self) -> tuple[CheckpointEntry, ...]:

@@ -30,6 +30,7 @@ def build_services(settings: Settings) -> Services:
     device = choose_device(settings.device)
     dtype = choose_dtype(settings.precision, device)
     registry = ModelRegistry(settings.checkpoints_dir, settings.cache_dir, HashCache(settings.cache_dir / "hashes.json"))
+    registry.refresh()  # scan (and hash) once, before any thread asks for the list
     models = ModelManager(settings, registry, CheckpointLoader(), device, dtype)
     outputs = OutputStore(settings.outputs_dir)
     generator = Generator(models, outputs)

@@ -35,7 +35,12 @@ def _vae() -> AutoencoderKL:
 
 def tiny_components(family: str, seed: int = 0, inpainting: bool = False) -> dict[str, torch.nn.Module]:
     """Diffusers/transformers modules of a tiny model of `family` ("sd1", "sd2" or "sdxl")."""
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # seeded weights without disturbing the caller's RNG
+        torch.manual_seed(seed)
+        return _tiny_components(family, inpainting)
+
+
+def _tiny_components(family: str, inpainting: bool) -> dict[str, torch.nn.Module]:
     in_channels = 9 if inpainting else 4
     common = dict(block_out_channels=TINY_CHANNELS, layers_per_block=2, sample_size=32, in_channels=in_channels,
                   out_channels=4, norm_num_groups=32)

@@ -1,0 +1,43 @@
+"""Command-line flags with A1111's names, documented in --help."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import app
+
+ROOT = Path(__file__).resolve().parent.parent
+FLAGS = ["--listen", "--port", "--share", "--gradio-auth", "--gradio-auth-path", "--models-dir", "--ckpt-dir",
+         "--outputs-dir", "--ckpt", "--device", "--precision", "--xformers", "--api"]
+
+
+def test_help_documents_every_flag():
+    text = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout
+    for flag in FLAGS:
+        assert flag in text, flag
+
+
+def test_auth_from_flag_and_file(tmp_path):
+    auth_file = tmp_path / "auth.txt"
+    auth_file.write_text("carol:pw3\ndave:p:w4\n")
+    args = app.parse_args(["--gradio-auth", "alice:pw1,bob:pw2", "--gradio-auth-path", str(auth_file)])
+    assert app.read_auth(args) == [("alice", "pw1"), ("bob", "pw2"), ("carol", "pw3"), ("dave", "p:w4")]
+    assert app.read_auth(app.parse_args([])) is None
+    with pytest.raises(SystemExit, match="not USER:PASS"):
+        app.read_auth(app.parse_args(["--gradio-auth", "nopassword"]))
+
+
+def test_bad_device_and_precision_are_refused():
+    from backend.devices import choose_device, choose_dtype
+    import torch
+
+    with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
+        choose_dtype("fp16", torch.device("cpu"))
+    assert choose_dtype("auto", torch.device("cpu")) == torch.float32
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            choose_device("cuda")

@@ -1,0 +1,42 @@
+"""A1111 infotext: what we write parses back field by field; real A1111 samples parse."""
+from __future__ import annotations
+
+from backend.infotext import build_infotext, parse_infotext
+
+A1111_SAMPLE = """masterpiece, best quality, 1girl, (red hair:1.2), <lora:detail:0.6>
+Negative prompt: lowres, bad anatomy, (worst quality:1.4)
+Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 3052351148, Size: 512x768, \
+Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.45, Hires upscale: 2, \
+Hires upscaler: R-ESRGAN 4x+, Lora hashes: "detail: 1a2b3c4d5e6f", Version: v1.10.1"""
+
+
+def test_round_trip_of_every_field():
+    params = {"Steps": 20, "Sampler": "Euler a", "Schedule type": "Karras", "CFG scale": 7.5, "Seed": 123,
+              "Size": "512x768", "Model hash": "0123456789", "Model": "my, model: v2", "Note": 'say "hi"\nbye'}
+    text = build_infotext("a cat\non two lines, (ears:1.2)", "ugly, blurry", params)
+    parsed = parse_infotext(text)
+    assert parsed["Prompt"] == "a cat\non two lines, (ears:1.2)"
+    assert parsed["Negative prompt"] == "ugly, blurry"
+    for key, value in params.items():
+        assert parsed[key] == str(value), key
+    assert (parsed["Size-1"], parsed["Size-2"]) == ("512", "768")
+    assert parsed["Clip skip"] == "1"
+
+
+def test_whole_floats_are_written_like_a1111():
+    assert "CFG scale: 7," in build_infotext("p", "", {"CFG scale": 7.0, "Steps": 1, "Seed": 1})
+
+
+def test_a1111_sample_with_quoted_values_and_hires_keys():
+    parsed = parse_infotext(A1111_SAMPLE)
+    assert parsed["Prompt"].startswith("masterpiece") and parsed["Prompt"].endswith("<lora:detail:0.6>")
+    assert parsed["Negative prompt"] == "lowres, bad anatomy, (worst quality:1.4)"
+    assert parsed["Lora hashes"] == "detail: 1a2b3c4d5e6f"
+    assert parsed["Hires upscaler"] == "R-ESRGAN 4x+" and parsed["Denoising strength"] == "0.45"
+    assert parsed["Seed"] == "3052351148" and parsed["Size-2"] == "768"
+
+
+def test_last_line_with_fewer_than_three_pairs_is_prompt():
+    parsed = parse_infotext("a photo\nstyle: anime, mood: calm")
+    assert parsed["Prompt"] == "a photo\nstyle: anime, mood: calm"
+    assert "style" not in parsed

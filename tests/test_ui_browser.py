@@ -1,0 +1,102 @@
+"""The real page in headless Chromium: type a prompt, click Generate, see the image; pick a broken model."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+playwright = pytest.importorskip("playwright.sync_api")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, models_dir):
+    data = (models_dir / "Stable-diffusion" / "tiny-sd1.safetensors").read_bytes()
+    (models_dir / "Stable-diffusion" / "zz-broken.safetensors").write_bytes(data[: len(data) // 2])
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--port", str(port), "--models-dir", str(models_dir),
+         "--outputs-dir", str(tmp_path / "outputs"), "--cache-dir", str(tmp_path / "cache"),
+         "--ckpt", "tiny-sd1.safetensors", "--device", "cpu"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(url, timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+        assert process.poll() is None, (tmp_path / "server.log").read_text()
+    else:
+        pytest.fail("server did not answer: " + (tmp_path / "server.log").read_text())
+    yield url, tmp_path / "outputs"
+    process.terminate()
+    process.wait(30)
+    log.close()
+
+
+@pytest.fixture
+def page(server):
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"])
+        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+        tab.goto(server[0])
+        yield tab
+        browser.close()
+
+
+def set_slider(page, elem_id: str, value: int):
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def test_prompt_generate_gallery_and_file_with_infotext(server, page):
+    _, outputs = server
+    page.locator("#txt2img_prompt textarea").fill("a red circle on a blue background")
+    for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 3)):
+        set_slider(page, elem_id, value)
+    page.locator("#txt2img_seed input").fill("1234")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_selector("#txt2img_gallery img", timeout=120_000)
+    page.wait_for_function("document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 1234')",
+                           timeout=30_000)
+    infotext = page.locator("#txt2img_infotext textarea").input_value()
+    assert infotext.startswith("a red circle on a blue background\n")
+    assert "Steps: 3," in infotext and "Size: 64x64" in infotext and "Model: tiny-sd1" in infotext
+    files = list((outputs / "txt2img-images").rglob("*.png"))
+    assert [f.name for f in files] == ["00000-1234.png"]
+    assert Image.open(files[0]).info["parameters"] == infotext
+    assert "Done: 1 image(s)" in page.locator("#txt2img_progress").inner_text()
+
+
+def test_broken_checkpoint_shows_error_and_previous_model_keeps_working(server, page):
+    page.locator("#checkpoint input").click()
+    page.get_by_role("option", name="zz-broken.safetensors", exact=False).click()
+    page.wait_for_selector("#checkpoint_status .job-error", timeout=60_000)
+    message = page.locator("#checkpoint_status").inner_text()
+    assert "zz-broken.safetensors" in message and "keeping tiny-sd1.safetensors" in message
+    for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 2)):
+        set_slider(page, elem_id, value)
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_selector("#txt2img_gallery img", timeout=120_000)
+    assert "Model: tiny-sd1" in page.locator("#txt2img_infotext textarea").input_value()
