@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def main(argv=None):
     settings = Settings(models_dir=args.models_dir, ckpt_dir=args.ckpt_dir, outputs_dir=args.outputs_dir,
                         cache_dir=args.cache_dir, startup_checkpoint=args.ckpt, device=args.device,
                         precision=args.precision, xformers=args.xformers, max_models_in_memory=args.max_models,
-                        max_cache_gb=args.max_cache_gb)
+                        max_cache_gb=args.max_cache_gb, offline=os.environ.get("HF_HUB_OFFLINE") == "1")
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
     services = build_services(settings)
     if args.api:

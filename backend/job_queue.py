@@ -18,6 +18,7 @@ from backend.checkpoint_files import CheckpointError
 from backend.requests import RequestError
 
 log = logging.getLogger(__name__)
+FINISHED_JOBS_KEPT = 1000  # older finished jobs are forgotten so a long-running server does not grow
 
 
 class JobInterrupted(Exception):
@@ -94,6 +95,9 @@ class JobQueue:
     def submit(self, request) -> Job:
         job = Job(request=request)
         with self._lock:
+            finished = [job_id for job_id, old in self._jobs.items() if old.done]
+            for job_id in finished[: max(0, len(finished) - FINISHED_JOBS_KEPT)]:
+                del self._jobs[job_id]
             self._jobs[job.id] = job
         self._queue.put((next(self._order), job))
         return job

@@ -18,7 +18,7 @@ class Settings:
     max_models_in_memory: int = 2  # checkpoints kept loaded (GPU + CPU tiers together)
     max_cache_gb: float = 16.0  # byte limit of that cache
     max_models_on_gpu: int = 1  # the rest of the cache waits in CPU RAM
-    offline: bool = True  # never reach a model hub unless asked
+    offline: bool = False  # True: a hub repo id is only looked up in the local Hugging Face cache
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -100,3 +100,11 @@ def test_broken_checkpoint_shows_error_and_previous_model_keeps_working(server, 
     page.get_by_role("button", name="Generate").click()
     page.wait_for_selector("#txt2img_gallery img", timeout=120_000)
     assert "Model: tiny-sd1" in page.locator("#txt2img_infotext textarea").input_value()
+
+
+def test_out_of_range_seed_is_reported_with_its_field(server, page):
+    page.locator("#txt2img_seed input").fill("99999999999")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_selector("#txt2img_progress .job-error", timeout=30_000)
+    assert "seed: must be between -1 and 4294967295" in page.locator("#txt2img_progress").inner_text()
+    assert not (server[1] / "txt2img-images").exists()
