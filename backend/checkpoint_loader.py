@@ -9,6 +9,7 @@ from pathlib import Path
 
 import diffusers
 import torch
+import yaml
 from accelerate import init_empty_weights
 from diffusers import (AutoencoderKL, DiffusionPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline,
                        StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline,
@@ -66,13 +67,17 @@ def _is_v_prediction_sd2(unet: UNet2DConditionModel) -> bool:
 
 
 def _sidecar_parameterization(path: Path) -> str | None:
-    """A1111 reads `<checkpoint>.yaml` beside the file; its `parameterization: "v"` marks a v-model."""
+    """A1111 reads `<checkpoint>.yaml` beside the file; `model.params.parameterization: v` marks a v-model."""
     yaml_path = path.with_suffix(".yaml")
-    if yaml_path.is_file():
-        text = yaml_path.read_text(errors="replace")
-        if "parameterization" in text:
-            return "v_prediction" if '"v"' in text or "'v'" in text or ": v\n" in text else "epsilon"
-    return None
+    if not yaml_path.is_file():
+        return None
+    try:
+        params = (yaml.safe_load(yaml_path.read_text()) or {}).get("model", {}).get("params", {})
+    except (yaml.YAMLError, AttributeError) as error:
+        raise CheckpointError(f"{yaml_path.name} is not a valid model config: {error}") from error
+    if "parameterization" not in params:
+        return None
+    return "v_prediction" if params["parameterization"] == "v" else "epsilon"
 
 
 class CheckpointLoader:

@@ -11,7 +11,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,7 +44,6 @@ class CacheStats:
     loads: int = 0
     hits: int = 0
     evictions: int = 0
-    events: list = field(default_factory=list)
 
 
 class ModelManager:
@@ -134,16 +133,14 @@ class ModelManager:
     def _load(self, entry: CheckpointEntry) -> CachedModel:
         started = time.perf_counter()
         log.info("loading checkpoint %s", entry.title)
-        model = self._with_oom_retry(lambda: self.loader.load(
-            entry.path if entry.path.exists() else str(entry.path), self.dtype,
-            local_files_only=self.settings.offline))
+        model = self._with_oom_retry(lambda: self.loader.load(entry.path, self.dtype,
+                                                              local_files_only=self.settings.offline))
         model.pipeline.set_progress_bar_config(disable=True)
         cached = CachedModel(entry=entry, model=model, size_bytes=model.size_bytes, leases=1,
                              load_seconds=time.perf_counter() - started)
         with self._lock:
             self._cache[str(entry.path)] = cached
             self.stats.loads += 1
-            self.stats.events.append(("load", entry.title))
             self._evict(keep=str(entry.path))
         log.info("loaded %s (%s, %.1f MB) in %.1fs", entry.title, model.label, cached.size_bytes / 1e6,
                  cached.load_seconds)
@@ -179,7 +176,6 @@ class ModelManager:
                 return  # everything is in use; the limits are exceeded until a lease ends
             victim = self._cache.pop(victim_key)
             self.stats.evictions += 1
-            self.stats.events.append(("evict", victim.entry.title))
             log.info("evicted %s from the model cache", victim.entry.title)
             del victim
             gc.collect()
