@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from backend.samplers import SamplerError, resolve_sampler
 
@@ -14,6 +15,8 @@ STEPS_RANGE = (1, 150)
 CFG_RANGE = (1.0, 30.0)
 BATCH_SIZE_RANGE = (1, 8)
 BATCH_COUNT_RANGE = (1, 100)
+INTEGER_RANGES = {"steps": STEPS_RANGE, "seed": (-1, MAX_SEED), "batch_size": BATCH_SIZE_RANGE,
+                  "n_iter": BATCH_COUNT_RANGE}
 
 
 class RequestError(ValueError):
@@ -24,7 +27,7 @@ class RequestError(ValueError):
         self.field = field
 
 
-def _check_range(field: str, value, low, high):
+def _check_range(value, low, high):
     if not low <= value <= high:
         raise ValueError(f"must be between {low} and {high}; got {value}")
     return value
@@ -51,37 +54,22 @@ class Txt2ImgRequest(BaseModel):
     @field_validator("width", "height")
     @classmethod
     def _size(cls, value: int) -> int:
-        _check_range("size", value, *SIZE_RANGE)
+        _check_range(value, *SIZE_RANGE)
         if value % 8:
             raise ValueError(f"must be a multiple of 8; got {value} (nearest: {value // 8 * 8} or {value // 8 * 8 + 8})")
         return value
-
-    @field_validator("steps")
-    @classmethod
-    def _steps(cls, value: int) -> int:
-        return _check_range("steps", value, *STEPS_RANGE)
 
     @field_validator("cfg_scale")
     @classmethod
     def _cfg(cls, value: float) -> float:
         if not math.isfinite(value):
             raise ValueError(f"must be a finite number between {CFG_RANGE[0]} and {CFG_RANGE[1]}; got {value}")
-        return _check_range("cfg_scale", value, *CFG_RANGE)
+        return _check_range(value, *CFG_RANGE)
 
-    @field_validator("seed")
+    @field_validator("steps", "seed", "batch_size", "n_iter")
     @classmethod
-    def _seed(cls, value: int) -> int:
-        return _check_range("seed", value, -1, MAX_SEED)
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch_size(cls, value: int) -> int:
-        return _check_range("batch_size", value, *BATCH_SIZE_RANGE)
-
-    @field_validator("n_iter")
-    @classmethod
-    def _batch_count(cls, value: int) -> int:
-        return _check_range("n_iter", value, *BATCH_COUNT_RANGE)
+    def _in_range(cls, value: int, info: ValidationInfo) -> int:
+        return _check_range(value, *INTEGER_RANGES[info.field_name])
 
     @model_validator(mode="after")
     def _sampler(self):
