@@ -20,8 +20,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="require a login for the web UI; several comma-separated pairs allowed")
     net.add_argument("--gradio-auth-path", metavar="FILE",
                      help="file with USER:PASS pairs, one per line or comma-separated")
-    net.add_argument("--api", action="store_true",
-                     help="serve the A1111-compatible REST API (reserved: the API arrives in a later version)")
+    net.add_argument("--api", action="store_true", help="serve A1111's REST API under /sdapi/v1 (docs at /docs)")
+    net.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]", help="HTTP Basic credentials for the API")
+    net.add_argument("--mcp", action="store_true",
+                     help="also serve txt2img as an MCP tool for AI assistants (Gradio's MCP server)")
     paths = parser.add_argument_group("folders")
     paths.add_argument("--models-dir", type=Path, default=APP_DIR / "models",
                        help="root holding Stable-diffusion/, Lora/, VAE/, ESRGAN/, embeddings/ (A1111 layout)")
@@ -44,20 +46,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def parse_credentials(text: str | None, flag: str) -> list[tuple[str, str]] | None:
+    pairs = [item.strip() for item in (text or "").replace("\n", ",").split(",") if item.strip()]
+    for pair in pairs:
+        if ":" not in pair:
+            raise SystemExit(f"{flag}: '{pair}' is not USER:PASS")
+    return [tuple(pair.split(":", 1)) for pair in pairs] or None
+
+
 def read_auth(args: argparse.Namespace) -> list[tuple[str, str]] | None:
     text = ",".join(filter(None, [args.gradio_auth,
                                   Path(args.gradio_auth_path).read_text() if args.gradio_auth_path else None]))
-    pairs = [item.strip() for item in text.replace("\n", ",").split(",") if item.strip()]
-    for pair in pairs:
-        if ":" not in pair:
-            raise SystemExit(f"--gradio-auth: '{pair}' is not USER:PASS")
-    return [tuple(pair.split(":", 1)) for pair in pairs] or None
+    return parse_credentials(text, "--gradio-auth")
 
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     auth = read_auth(args)
+    api_auth = parse_credentials(args.api_auth, "--api-auth")
 
     from backend.services import build_services
     from backend.settings import Settings
@@ -69,14 +76,23 @@ def main(argv=None):
                         max_cache_gb=args.max_cache_gb, offline=os.environ.get("HF_HUB_OFFLINE") == "1")
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
     services = build_services(settings)
-    if args.api:
-        logging.info("--api: the REST API is not part of this version yet; the web UI is served")
     # Load the first model in the background so the page answers at once.
     threading.Thread(target=_preload, args=(services,), daemon=True).start()
-    page = build_ui(services)
+    page = build_ui(services, mcp=args.mcp)
     page.queue(default_concurrency_limit=None)
-    page.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
-                auth=auth, allowed_paths=[str(settings.outputs_dir.resolve())], show_error=True)
+    server, _, _ = page.launch(
+        server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share, auth=auth,
+        allowed_paths=[str(settings.outputs_dir.resolve())], show_error=True, mcp_server=args.mcp,
+        prevent_thread_lock=True, app_kwargs={"docs_url": "/docs", "redoc_url": "/redoc"})
+    if args.api:
+        from backend.api_routes import build_api_router
+
+        server.include_router(build_api_router(services, api_auth))
+        logging.info("REST API at /sdapi/v1, documentation at /docs")
+    try:
+        page.block_thread()
+    finally:
+        services.close()
 
 
 def _preload(services):

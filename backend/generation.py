@@ -8,9 +8,10 @@ from dataclasses import dataclass
 import torch
 
 from backend.infotext import build_infotext
-from backend.job_queue import JobInterrupted, JobProgress
+from backend.job_queue import BatchSkipped, JobInterrupted, JobProgress
 from backend.model_manager import ModelManager
-from backend.outputs import OutputStore
+from backend.outputs import OutputStore, encode_png
+from backend.previews import PreviewRenderer
 from backend.requests import GenerationResult, ImageResult, RequestError, Txt2ImgRequest
 from backend.samplers import build_scheduler, resolve_sampler
 
@@ -30,6 +31,8 @@ def _with_scheduler(pipeline, scheduler):
 class Generator:
     models: ModelManager
     outputs: OutputStore
+    previews: PreviewRenderer | None = None
+    preview_every: int = 5  # steps between live previews; 0 turns them off
 
     def generate(self, request, progress: JobProgress) -> GenerationResult:
         if isinstance(request, Txt2ImgRequest):
@@ -52,6 +55,9 @@ class Generator:
             def on_step(pipe, step, timestep, tensors):
                 progress.steps_per_batch = pipe.num_timesteps
                 progress.step = step + 1
+                if self.previews and self.preview_every and progress.step % self.preview_every == 0:
+                    progress.preview = self.previews.render(tensors["latents"][0], model.family)
+                    progress.preview_step = progress.step
                 progress.check_interrupt()
                 return tensors
 
@@ -60,14 +66,17 @@ class Generator:
                     progress.batch, progress.step = batch, 0
                     seeds = [seed + batch * request.batch_size + i for i in range(request.batch_size)]
                     # 3-6. encode prompt, seeded latents (CPU RNG: same seed, same image on any device),
-                    # denoise with per-step progress/interrupt, decode
-                    output = pipeline(
-                        prompt=[request.prompt] * request.batch_size,
-                        negative_prompt=[request.negative_prompt] * request.batch_size,
-                        num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-                        width=request.width, height=request.height,
-                        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-                        callback_on_step_end=on_step, output_type="pil")
+                    # denoise with per-step progress/preview/interrupt/skip, decode
+                    try:
+                        output = pipeline(
+                            prompt=[request.prompt] * request.batch_size,
+                            negative_prompt=[request.negative_prompt] * request.batch_size,
+                            num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+                            width=request.width, height=request.height,
+                            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                            callback_on_step_end=on_step, output_type="pil")
+                    except BatchSkipped:
+                        continue
                     # 7. save with infotext
                     for position, (image, image_seed) in enumerate(zip(output.images, seeds)):
                         infotext = build_infotext(request.prompt, request.negative_prompt, {
@@ -78,8 +87,11 @@ class Generator:
                             "Batch size": request.batch_size if request.batch_size > 1 else None,
                             "Batch pos": position if request.batch_size > 1 else None,
                         })
-                        path = self.outputs.save(image, "txt2img", image_seed, infotext)
-                        images.append(ImageResult(path=str(path), seed=image_seed, infotext=infotext))
+                        png = encode_png(image, infotext)
+                        path = self.outputs.save_png(png, "txt2img", image_seed) if request.save_images else None
+                        images.append(ImageResult(png=png, path=path and str(path), seed=image_seed,
+                                                  prompt=request.prompt, negative_prompt=request.negative_prompt,
+                                                  infotext=infotext))
             except JobInterrupted:
                 return GenerationResult(images=images, interrupted=True)
         return GenerationResult(images=images)

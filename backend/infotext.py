@@ -13,6 +13,8 @@ import json
 import re
 from typing import Any
 
+from backend.samplers import SamplerError, resolve_sampler
+
 PARAM_PATTERN = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
 NEGATIVE_PREFIX = "Negative prompt:"
@@ -70,3 +72,31 @@ def parse_infotext(text: str) -> dict[str, Any]:
             result["Size-1"], result["Size-2"] = size.group(1), size.group(2)
     result.setdefault("Clip skip", "1")
     return result
+
+
+def request_fields(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Parsed infotext -> the Txt2ImgRequest fields it determines (only those present).
+
+    Old A1111 infotext writes the schedule inside the sampler name ("DPM++ 2M Karras"); that is split.
+    Model hash/name are returned for the caller to look up.
+    """
+    fields: dict[str, Any] = {"prompt": parameters.get("Prompt", ""),
+                              "negative_prompt": parameters.get("Negative prompt", "")}
+    converters = {"Steps": ("steps", int), "CFG scale": ("cfg_scale", float), "Seed": ("seed", int),
+                  "Size-1": ("width", int), "Size-2": ("height", int), "Sampler": ("sampler_name", str),
+                  "Schedule type": ("scheduler", str), "Model hash": ("model_hash", str), "Model": ("model_name", str)}
+    for key, (name, convert) in converters.items():
+        if key in parameters:
+            try:
+                fields[name] = convert(parameters[key])
+            except ValueError:
+                continue  # a malformed value is left out rather than guessed
+    if "sampler_name" in fields:
+        try:
+            sampler, schedule = resolve_sampler(fields["sampler_name"], fields.get("scheduler", "Automatic"))
+            fields["sampler_name"] = sampler
+            if "scheduler" in fields or sampler != parameters["Sampler"]:
+                fields["scheduler"] = schedule
+        except SamplerError:
+            pass  # kept as written; the form shows it and validation explains the problem on Generate
+    return fields

@@ -25,6 +25,10 @@ class JobInterrupted(Exception):
     """Raised inside a job when its own interrupt flag is set."""
 
 
+class BatchSkipped(Exception):
+    """Raised inside a job when its skip flag is set: the current batch is dropped, the next one runs."""
+
+
 @dataclass
 class JobProgress:
     """Live progress of one job, written by the worker and read by anyone."""
@@ -33,8 +37,10 @@ class JobProgress:
     batch: int = 0
     batches: int = 1
     started_at: float | None = None
-    preview: Any = None
+    preview: Any = None  # a PIL image of the current latents, refreshed every few steps
+    preview_step: int = 0
     interrupt_requested: bool = False
+    skip_requested: bool = False
 
     @property
     def fraction(self) -> float:
@@ -52,6 +58,9 @@ class JobProgress:
     def check_interrupt(self):
         if self.interrupt_requested:
             raise JobInterrupted()
+        if self.skip_requested:
+            self.skip_requested = False
+            raise BatchSkipped()
 
 
 @dataclass
@@ -63,7 +72,10 @@ class Job:
     result: Any = None
     error: str | None = None
     error_field: str | None = None
+    sequence: int = 0  # FIFO order, also across restarts
     created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
     finished: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -72,11 +84,12 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, run_job: Callable[[Any, JobProgress], Any]):
+    def __init__(self, run_job: Callable[[Any, JobProgress], Any], history=None):
         self._run_job = run_job
+        self._history = history  # a JobHistory, or None to keep nothing on disk
         self._queue: queue.Queue = queue.Queue()
         self._jobs: dict[str, Job] = {}
-        self._order = itertools.count()
+        self._order = itertools.count(history.next_sequence() if history else 1)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -88,19 +101,41 @@ class JobQueue:
 
     def stop(self):
         self._stopping.set()
-        self._queue.put((-1, None))
+        self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def submit(self, request) -> Job:
-        job = Job(request=request)
+    def submit(self, request, job_id: str | None = None) -> Job:
+        """Queue a request; `job_id` lets a client choose the id (A1111's force_task_id)."""
         with self._lock:
-            finished = [job_id for job_id, old in self._jobs.items() if old.done]
-            for job_id in finished[: max(0, len(finished) - FINISHED_JOBS_KEPT)]:
-                del self._jobs[job_id]
+            if job_id is not None and job_id in self._jobs:
+                raise ValueError(f"force_task_id: a job with id '{job_id}' already exists")
+            job = Job(request=request, sequence=next(self._order), **({"id": job_id} if job_id else {}))
+            finished = [old_id for old_id, old in self._jobs.items() if old.done]
+            for old_id in finished[: max(0, len(finished) - FINISHED_JOBS_KEPT)]:
+                del self._jobs[old_id]
             self._jobs[job.id] = job
-        self._queue.put((next(self._order), job))
+            self._record(job)
+            self._queue.put(job)
         return job
+
+    def _record(self, job: Job):
+        if self._history is not None:
+            self._history.record_job(job)
+
+    def position(self, job: Job) -> int | None:
+        """0 while running, N when N jobs run or wait before it, None when finished."""
+        if job.done:
+            return None
+        if job.status == "running":
+            return 0
+        with self._lock:
+            return sum(1 for other in self._jobs.values()
+                       if other.status in ("queued", "running") and other.sequence < job.sequence)
+
+    def running(self) -> Job | None:
+        with self._lock:
+            return next((job for job in self._jobs.values() if job.status == "running"), None)
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
@@ -108,13 +143,23 @@ class JobQueue:
 
     def pending(self) -> list[Job]:
         with self._lock:
-            return [j for j in self._jobs.values() if j.status in ("queued", "running")]
+            return sorted((j for j in self._jobs.values() if j.status in ("queued", "running")),
+                          key=lambda job: job.sequence)
 
     def interrupt(self, job_id: str) -> bool:
+        """Stop that job (a queued one never starts); images already made are kept."""
         job = self.get(job_id)
         if job is None or job.done:
             return False
         job.progress.interrupt_requested = True
+        return True
+
+    def skip(self, job_id: str) -> bool:
+        """Drop the batch being generated and go on with the job's next batch."""
+        job = self.get(job_id)
+        if job is None or job.status != "running":
+            return False
+        job.progress.skip_requested = True
         return True
 
     def run_and_wait(self, request, timeout: float | None = None) -> Job:
@@ -124,15 +169,17 @@ class JobQueue:
 
     def _work(self):
         while not self._stopping.is_set():
-            _, job = self._queue.get()
+            job = self._queue.get()
             if job is None:
                 continue
             if job.progress.interrupt_requested:
-                job.status = "interrupted"
+                job.status, job.finished_at = "interrupted", time.time()
+                self._record(job)
                 job.finished.set()
                 continue
-            job.status = "running"
+            job.status, job.started_at = "running", time.time()
             job.progress.started_at = time.monotonic()
+            self._record(job)
             try:
                 job.result = self._run_job(job.request, job.progress)
                 job.status = "interrupted" if getattr(job.result, "interrupted", False) else "done"
@@ -144,4 +191,11 @@ class JobQueue:
                 log.exception("job %s failed", job.id)
                 job.status, job.error = "failed", f"internal error: {type(error).__name__}: {error}"
             finally:
+                job.finished_at = time.time()
+                try:
+                    if self._history is not None and job.result is not None:
+                        self._history.record_images(job.id, job.result.images)
+                    self._record(job)
+                except Exception:  # a history failure must not lose the job's result or stop the worker
+                    log.exception("could not record job %s in the history", job.id)
                 job.finished.set()

@@ -6,6 +6,7 @@ crash never leaves a half-written PNG under a real name.
 from __future__ import annotations
 
 import datetime
+import io
 import os
 import re
 import tempfile
@@ -32,16 +33,17 @@ class OutputStore:
         return max(numbers, default=-1) + 1
 
     def save(self, image: Image.Image, kind: str, seed: int, infotext: str) -> Path:
+        return self.save_png(encode_png(image, infotext), kind, seed)
+
+    def save_png(self, png: bytes, kind: str, seed: int) -> Path:
         folder = self.folder(kind)
         folder.mkdir(parents=True, exist_ok=True)
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", infotext)
         with self._lock:
             path = folder / f"{self._next_number(folder):05d}-{seed}.png"
             handle, temp_name = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".png")
             try:
                 with os.fdopen(handle, "wb") as temp_file:
-                    image.save(temp_file, format="PNG", pnginfo=info)
+                    temp_file.write(png)
                     temp_file.flush()
                     os.fsync(temp_file.fileno())
                 os.replace(temp_name, path)
@@ -49,6 +51,16 @@ class OutputStore:
                 Path(temp_name).unlink(missing_ok=True)
                 raise
         return path
+
+
+def encode_png(image: Image.Image, infotext: str | None) -> bytes:
+    """PNG bytes with the infotext in the `parameters` text chunk, as A1111 writes them."""
+    info = PngImagePlugin.PngInfo()
+    if infotext:
+        info.add_text("parameters", infotext)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
 
 
 def read_infotext(path_or_image) -> str | None:

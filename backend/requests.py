@@ -49,6 +49,7 @@ class Txt2ImgRequest(BaseModel):
     batch_size: int = 1
     n_iter: int = Field(1, description="Batch count: how many batches run one after another")
     checkpoint: str | None = Field(None, description="Checkpoint title or name; None uses the selected one")
+    save_images: bool = Field(True, description="Write the images to the outputs folder (and the history)")
     extension_args: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("width", "height")
@@ -94,11 +95,14 @@ def build_request(request_class: type[BaseModel], values: dict[str, Any]):
 
 
 class ImageResult(BaseModel):
-    """One saved image: plain data, so results can cross process boundaries."""
+    """One generated image: plain data, so results can cross process boundaries."""
     model_config = ConfigDict(frozen=True)
 
-    path: str
+    png: bytes  # encoded once, infotext included; the saved file holds the same bytes
+    path: str | None  # None when the request asked not to save
     seed: int
+    prompt: str
+    negative_prompt: str
     infotext: str
 
 

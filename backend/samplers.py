@@ -76,8 +76,15 @@ def canonical_sampler_name(name: str) -> str:
     raise SamplerError(f"sampler_name: unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}")
 
 
+def schedule_api_name(label: str) -> str:
+    """A1111's REST API names schedule types in lower case: "SGM Uniform" -> "sgm_uniform"."""
+    return label.lower().replace(" ", "_")
+
+
 def resolve_sampler(sampler_name: str, schedule: str) -> tuple[str, str]:
-    """(sampler, concrete schedule). Old A1111 names such as "DPM++ 2M Karras" carry the schedule."""
+    """(sampler, concrete schedule). Old A1111 names such as "DPM++ 2M Karras" carry the schedule;
+    schedule types are accepted by label ("SGM Uniform") or API name ("sgm_uniform")."""
+    schedule = next((label for label in SCHEDULE_NAMES if schedule_api_name(label) == schedule), schedule)
     for schedule_name in SCHEDULES:
         suffix = " " + schedule_name
         if sampler_name.endswith(suffix) and sampler_name[: -len(suffix)] in SAMPLERS:

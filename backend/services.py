@@ -1,17 +1,22 @@
 """Wiring of the backend services, done once by app.py (and by tests) and passed to the UI and API."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from backend.checkpoint_loader import CheckpointLoader
 from backend.devices import choose_device, choose_dtype
 from backend.generation import Generator
+from backend.job_history import JobHistory
 from backend.job_queue import JobQueue
 from backend.model_hashes import HashCache
 from backend.model_manager import ModelManager
 from backend.model_registry import ModelRegistry
 from backend.outputs import OutputStore
+from backend.previews import PreviewRenderer
 from backend.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -21,9 +26,11 @@ class Services:
     outputs: OutputStore
     generator: Generator
     jobs: JobQueue
+    history: JobHistory
 
     def close(self):
         self.jobs.stop()
+        self.history.close()
 
 
 def build_services(settings: Settings) -> Services:
@@ -33,7 +40,14 @@ def build_services(settings: Settings) -> Services:
     registry.refresh()  # scan (and hash) once, before any thread asks for the list
     models = ModelManager(settings, registry, CheckpointLoader(), device, dtype)
     outputs = OutputStore(settings.outputs_dir)
-    generator = Generator(models, outputs)
-    jobs = JobQueue(generator.generate)
+    previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype)
+    generator = Generator(models, outputs, previews, settings.preview_every)
+    history = JobHistory(settings.outputs_dir / "history.sqlite3")
+    interrupted = history.mark_unfinished_interrupted()
+    if interrupted:
+        log.warning("%d job(s) were still queued or running when the server last stopped; marked interrupted",
+                    interrupted)
+    jobs = JobQueue(generator.generate, history)
     jobs.start()
-    return Services(settings=settings, models=models, outputs=outputs, generator=generator, jobs=jobs)
+    return Services(settings=settings, models=models, outputs=outputs, generator=generator, jobs=jobs,
+                    history=history)

@@ -18,7 +18,13 @@ class Settings:
     max_models_in_memory: int = 2  # checkpoints kept loaded (GPU + CPU tiers together)
     max_cache_gb: float = 16.0  # byte limit of that cache
     max_models_on_gpu: int = 1  # the rest of the cache waits in CPU RAM
+    preview_every: int = 5  # live preview every N sampling steps; 0 turns previews off
     offline: bool = False  # True: a hub repo id is only looked up in the local Hugging Face cache
+
+    @property
+    def styles_file(self) -> Path:
+        """A1111's prompt styles, styles.csv, kept beside the models folder."""
+        return self.models_dir.parent / "styles.csv"
 
     @property
     def checkpoints_dir(self) -> Path:

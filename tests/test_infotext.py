@@ -40,3 +40,15 @@ def test_last_line_with_fewer_than_three_pairs_is_prompt():
     parsed = parse_infotext("a photo\nstyle: anime, mood: calm")
     assert parsed["Prompt"] == "a photo\nstyle: anime, mood: calm"
     assert "style" not in parsed
+
+
+def test_request_fields_from_old_and_new_infotext():
+    from backend.infotext import request_fields
+
+    old = request_fields(parse_infotext("cat\nSteps: 30, Sampler: DPM++ 2M Karras, CFG scale: 5.5, Seed: 9, "
+                                        "Size: 640x448, Model hash: abcdef1234, Model: mymodel"))
+    assert old == {"prompt": "cat", "negative_prompt": "", "steps": 30, "sampler_name": "DPM++ 2M",
+                   "scheduler": "Karras", "cfg_scale": 5.5, "seed": 9, "width": 640, "height": 448,
+                   "model_hash": "abcdef1234", "model_name": "mymodel"}
+    new = request_fields(parse_infotext(A1111_SAMPLE))
+    assert (new["sampler_name"], new["scheduler"], new["steps"]) == ("DPM++ 2M", "Karras", 28)

@@ -15,11 +15,10 @@ def test_failed_write_leaves_no_file_and_numbering_continues(tmp_path, monkeypat
     first = store.save(image, "txt2img", 11, "params one")
     assert first.name == "00000-11.png" and first.parent.name == "2026-01-02"
 
-    def broken_save(self, fp, *args, **kwargs):
-        fp.write(b"\x89PNG half")
+    def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Image.Image, "save", broken_save)
+    monkeypatch.setattr("backend.outputs.os.fsync", disk_full)  # the bytes were written, then the disk filled
     with pytest.raises(OSError):
         store.save(image, "txt2img", 12, "params two")
     monkeypatch.undo()

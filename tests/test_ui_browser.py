@@ -1,55 +1,24 @@
 """The real page in headless Chromium: type a prompt, click Generate, see the image; pick a broken model."""
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.server_process import ServerProcess
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
 def server(tmp_path, models_dir):
     data = (models_dir / "Stable-diffusion" / "tiny-sd1.safetensors").read_bytes()
     (models_dir / "Stable-diffusion" / "zz-broken.safetensors").write_bytes(data[: len(data) // 2])
-    port = free_port()
-    log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "app.py", "--port", str(port), "--models-dir", str(models_dir),
-         "--outputs-dir", str(tmp_path / "outputs"), "--cache-dir", str(tmp_path / "cache"),
-         "--ckpt", "tiny-sd1.safetensors", "--device", "cpu"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(url, timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-        assert process.poll() is None, (tmp_path / "server.log").read_text()
-    else:
-        pytest.fail("server did not answer: " + (tmp_path / "server.log").read_text())
-    yield url, tmp_path / "outputs"
-    process.terminate()
-    process.wait(30)
-    log.close()
+    process = ServerProcess(tmp_path, models_dir, "--ckpt", "tiny-sd1.safetensors").start()
+    yield process.url + "/", process.outputs
+    process.stop()
 
 
 @pytest.fixture

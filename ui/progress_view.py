@@ -6,10 +6,11 @@ import html
 from backend.job_queue import Job
 
 
-def render_progress(job: Job) -> str:
+def render_progress(job: Job, position: int | None = None) -> str:
     progress = job.progress
     if job.status == "queued":
-        return '<div class="job-status">Waiting in the queue...</div>'
+        ahead = f" ({position} job(s) ahead)" if position else ""
+        return f'<div class="job-status">Waiting in the queue{ahead}...</div>'
     percent = round(progress.fraction * 100)
     eta = progress.eta_seconds
     batch = f" · batch {progress.batch + 1}/{progress.batches}" if progress.batches > 1 else ""
@@ -28,3 +29,18 @@ def render_done(job: Job, seconds: float) -> str:
     count = len(job.result.images) if job.result else 0
     word = "Interrupted" if job.status == "interrupted" else "Done"
     return f'<div class="job-done">{word}: {count} image(s) in {seconds:.1f}s</div>'
+
+
+def render_queue(jobs: list[Job]) -> str:
+    """The queue panel: running and waiting jobs, oldest first."""
+    if not jobs:
+        return '<div class="queue-empty">The queue is empty.</div>'
+    rows = []
+    for place, job in enumerate(jobs):
+        prompt = html.escape(getattr(job.request, "prompt", "")[:60]) or "<i>(empty prompt)</i>"
+        state = (f"running, {round(job.progress.fraction * 100)}%" if job.status == "running"
+                 else f"waiting, #{place}")
+        rows.append(f"<tr><td>{html.escape(job.id)}</td><td>{type(job.request).__name__.removesuffix('Request')}"
+                    f"</td><td>{prompt}</td><td>{state}</td></tr>")
+    return ('<table class="queue-table"><tr><th>Job</th><th>Kind</th><th>Prompt</th><th>State</th></tr>'
+            + "".join(rows) + "</table>")

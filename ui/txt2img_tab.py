@@ -1,7 +1,8 @@
-"""The txt2img tab: form -> Txt2ImgRequest -> job queue -> gallery, progress and infotext."""
+"""The txt2img tab: form -> Txt2ImgRequest -> job queue -> gallery, live preview, progress and infotext."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -14,7 +15,21 @@ from ui.progress_view import render_done, render_error, render_progress
 POLL_SECONDS = 0.25
 
 
-def build_txt2img_tab(services: Services, checkpoint: gr.Dropdown):
+@dataclass
+class Txt2ImgForm:
+    """The tab's input components, so other tabs can fill them ("Send to txt2img")."""
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    sampler: gr.Dropdown
+    schedule: gr.Dropdown
+    steps: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    cfg_scale: gr.Slider
+    seed: gr.Number
+
+
+def build_txt2img_tab(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgForm:
     defaults = Txt2ImgRequest()
     with gr.Row():
         with gr.Column(scale=6):
@@ -22,7 +37,9 @@ def build_txt2img_tab(services: Services, checkpoint: gr.Dropdown):
             negative_prompt = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
         with gr.Column(scale=1, min_width=160):
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-            interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", min_width=70)
+                skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=70)
     with gr.Row():
         with gr.Column():
             with gr.Row():
@@ -78,10 +95,15 @@ def build_txt2img_tab(services: Services, checkpoint: gr.Dropdown):
             yield {progress: render_error(str(error))}
             return
         started = time.perf_counter()
-        job = services.jobs.submit(request)
-        yield {job_id: job.id, progress: render_progress(job)}
+        job = services.jobs.submit(request, api_visibility="private")
+        yield {job_id: job.id, progress: render_progress(job, services.jobs.position(job))}
+        shown_preview = 0
         while not job.finished.wait(POLL_SECONDS):
-            yield {progress: render_progress(job)}
+            update = {progress: render_progress(job, services.jobs.position(job))}
+            if job.progress.preview is not None and job.progress.preview_step != shown_preview:
+                shown_preview = job.progress.preview_step
+                update[gallery] = [(job.progress.preview, f"Preview, step {shown_preview}")]
+            yield update
         if job.status == "failed":
             yield {progress: render_error(job.error), job_id: None}
             return
@@ -100,14 +122,14 @@ def build_txt2img_tab(services: Services, checkpoint: gr.Dropdown):
         image_seed, text = shown[event.index]
         return text, image_seed
 
-    def on_interrupt(current_job: str | None):
-        if current_job:
-            services.jobs.interrupt(current_job)
-
     # Our own job queue orders the work, so Gradio need not serialise these events.
     generate.click(run, inputs=form, outputs=[progress, gallery, infotext, job_id, results, selected_seed],
-                   concurrency_limit=None)
-    interrupt.click(on_interrupt, inputs=job_id, concurrency_limit=None)
-    gallery.select(on_gallery_select, inputs=results, outputs=[infotext, selected_seed])
-    random_seed.click(lambda: -1, outputs=seed)
-    reuse_seed.click(lambda s: -1 if s is None else s, inputs=selected_seed, outputs=seed)
+                   concurrency_limit=None, api_visibility="private")
+    interrupt.click(lambda current: current and services.jobs.interrupt(current), inputs=job_id,
+                    concurrency_limit=None, api_visibility="private")
+    skip.click(lambda current: current and services.jobs.skip(current), inputs=job_id, concurrency_limit=None, api_visibility="private")
+    gallery.select(on_gallery_select, inputs=results, outputs=[infotext, selected_seed], api_visibility="private")
+    random_seed.click(lambda: -1, outputs=seed, api_visibility="private")
+    reuse_seed.click(lambda s: -1 if s is None else s, inputs=selected_seed, outputs=seed, api_visibility="private")
+    return Txt2ImgForm(prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, schedule=schedule,
+                       steps=steps, width=width, height=height, cfg_scale=cfg_scale, seed=seed)

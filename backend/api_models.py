@@ -1,0 +1,96 @@
+"""Request and response bodies of the A1111-compatible REST API (/sdapi/v1), with A1111's field names
+and defaults. Fields we accept for compatibility but cannot honour yet are refused with 501 when set."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Txt2ImgBody(BaseModel):
+    """POST /sdapi/v1/txt2img. Unknown keys are ignored, as A1111 does."""
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str | None = ""
+    styles: list[str] | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0
+    sampler_name: str | None = None
+    sampler_index: str = "Euler"  # A1111's older field: used when sampler_name is not given
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    enable_hr: bool = False
+    refiner_checkpoint: str | None = None
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    send_images: bool = True
+    save_images: bool = False
+    force_task_id: str | None = None
+
+
+class GenerationResponse(BaseModel):
+    images: list[str]
+    parameters: dict[str, Any]
+    info: str
+
+
+class PngInfoBody(BaseModel):
+    image: str = Field(description="base64 image, optionally as a data: URL")
+
+
+class PngInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+class ProgressResponse(BaseModel):
+    progress: float
+    eta_relative: float
+    state: dict[str, Any]
+    current_image: str | None
+    textinfo: str | None
+    current_task: str | None = None
+    queue_position: int | None = None
+    status: str | None = None
+
+
+class CheckpointItem(BaseModel):
+    title: str
+    model_name: str
+    hash: str | None
+    sha256: str | None
+    filename: str
+    config: str | None = None
+
+
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class SchedulerItem(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None = None
+    default_rho: float = -1
+    need_inner_model: bool = False
+
+
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None
+    negative_prompt: str | None

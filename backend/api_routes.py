@@ -1,0 +1,315 @@
+"""A1111's REST API under /sdapi/v1, served from the same job queue as the web UI."""
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import datetime
+import io
+import json
+import logging
+import secrets
+from typing import Any
+
+import psutil
+import torch
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from PIL import Image, UnidentifiedImageError
+
+from backend.api_models import (CheckpointItem, GenerationResponse, PngInfoBody, PngInfoResponse,
+                                ProgressResponse, PromptStyleItem, SamplerItem, SchedulerItem, Txt2ImgBody)
+from backend.checkpoint_files import CheckpointError
+from backend.infotext import parse_infotext
+from backend.job_queue import Job
+from backend.outputs import read_infotext
+from backend.requests import RequestError, Txt2ImgRequest, build_request
+from backend.samplers import SAMPLERS, SCHEDULE_NAMES, schedule_api_name
+from backend.services import Services
+
+log = logging.getLogger(__name__)
+JOB_TIMEOUT_SECONDS = 24 * 3600
+NOT_YET = {
+    "img2img": "img2img and inpainting are not available in this version yet",
+    "extras": "upscaling (extras) is not available in this version yet",
+    "networks": "LoRA, VAE and embedding support is not available in this version yet",
+}
+
+
+def not_implemented(what: str):
+    raise HTTPException(status_code=501, detail=NOT_YET[what])
+
+
+def decode_image(data: str, field: str) -> Image.Image:
+    """base64 (or a data: URL) -> a decoded, verified image; 422 naming the field otherwise."""
+    if data.startswith("data:"):
+        data = data.split(",", 1)[-1]
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(status_code=422, detail=f"{field}: not valid base64") from None
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise HTTPException(status_code=422, detail=f"{field}: not a readable PNG, JPEG or WEBP image") from None
+    return image
+
+
+def _unsupported_fields(body: Txt2ImgBody) -> list[str]:
+    """Fields set to ask for something this version cannot do (never silently ignored)."""
+    asked = {
+        "enable_hr": body.enable_hr, "restore_faces": body.restore_faces, "tiling": body.tiling,
+        "styles": body.styles, "subseed_strength": body.subseed_strength, "refiner_checkpoint": body.refiner_checkpoint,
+        "script_name": body.script_name, "alwayson_scripts": body.alwayson_scripts,
+    }
+    return [name for name, value in asked.items() if value]
+
+
+def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
+    unsupported = _unsupported_fields(body)
+    if unsupported:
+        raise HTTPException(status_code=501, detail=f"{', '.join(unsupported)}: not supported by this version yet")
+    overrides = dict(body.override_settings or {})
+    checkpoint = overrides.pop("sd_model_checkpoint", None)
+    if overrides:
+        raise HTTPException(status_code=422, detail=f"override_settings: unsupported option(s) {sorted(overrides)}; "
+                                                    "supported: sd_model_checkpoint")
+    if checkpoint is not None:
+        try:
+            checkpoint = services.models.resolve(checkpoint).title
+        except CheckpointError as error:
+            raise HTTPException(status_code=422,
+                                detail=f"override_settings.sd_model_checkpoint: {error}".replace("checkpoint: ", "", 1))
+    try:
+        return build_request(Txt2ImgRequest, {
+            "prompt": body.prompt, "negative_prompt": body.negative_prompt or "",
+            "sampler_name": body.sampler_name or body.sampler_index, "scheduler": body.scheduler or "Automatic",
+            "steps": body.steps, "cfg_scale": body.cfg_scale, "width": body.width, "height": body.height,
+            "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
+            "save_images": body.save_images,
+        })
+    except RequestError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+
+
+def finished_job_or_error(job: Job) -> Job:
+    if not job.finished.wait(JOB_TIMEOUT_SECONDS):
+        raise HTTPException(status_code=504, detail="the job did not finish in time")
+    if job.status == "failed":
+        internal = job.error.startswith("internal error")
+        raise HTTPException(status_code=500 if internal else 422, detail=job.error)
+    return job
+
+
+def generation_info(job: Job, services: Services) -> dict[str, Any]:
+    request, images = job.request, job.result.images
+    entry = services.models.resolve(request.checkpoint)
+    parsed = parse_infotext(images[0].infotext) if images else {}
+    return {
+        "prompt": request.prompt, "all_prompts": [request.prompt] * len(images),
+        "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * len(images),
+        "seed": images[0].seed if images else request.seed, "all_seeds": [image.seed for image in images],
+        "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0,
+        "width": request.width, "height": request.height, "sampler_name": parsed.get("Sampler", request.sampler_name),
+        "scheduler": parsed.get("Schedule type", request.scheduler), "cfg_scale": request.cfg_scale,
+        "steps": request.steps, "batch_size": request.batch_size, "restore_faces": False,
+        "sd_model_name": entry.model_name, "sd_model_hash": entry.short_hash, "sd_vae_name": None,
+        "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
+        "extra_generation_params": {}, "index_of_first_image": 0,
+        "infotexts": [image.infotext for image in images], "styles": [],
+        "job_timestamp": datetime.datetime.fromtimestamp(job.created_at).strftime("%Y%m%d%H%M%S"),
+        "clip_skip": 1, "is_using_inpainting_conditioning": False, "task_id": job.id,
+        "interrupted": job.status == "interrupted",
+    }
+
+
+def _png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def basic_auth(pairs: list[tuple[str, str]] | None):
+    """HTTP Basic for the API when --api-auth is given; constant-time comparison."""
+    if not pairs:
+        return []
+    security = HTTPBasic()
+
+    def check(credentials: HTTPBasicCredentials = Depends(security)):
+        for user, password in pairs:
+            if secrets.compare_digest(credentials.username.encode(), user.encode()) and \
+                    secrets.compare_digest(credentials.password.encode(), password.encode()):
+                return
+        raise HTTPException(status_code=401, detail="Incorrect username or password",
+                            headers={"WWW-Authenticate": "Basic"})
+
+    return [Depends(check)]
+
+
+def build_api_router(services: Services, auth: list[tuple[str, str]] | None = None) -> APIRouter:
+    api = APIRouter(prefix="/sdapi/v1", dependencies=basic_auth(auth), tags=["sdapi"])
+
+    @api.post("/txt2img", response_model=GenerationResponse)
+    def txt2img(body: Txt2ImgBody):
+        request = txt2img_request(body, services)
+        try:
+            job = services.jobs.submit(request, job_id=body.force_task_id)
+        except ValueError as error:
+            raise HTTPException(status_code=409, detail=str(error)) from None
+        job = finished_job_or_error(job)
+        images = [base64.b64encode(image.png).decode() for image in job.result.images] if body.send_images else []
+        return GenerationResponse(images=images, parameters=body.model_dump(),
+                                  info=json.dumps(generation_info(job, services)))
+
+    @api.post("/img2img")
+    def img2img(body: dict = Body(default={})):
+        not_implemented("img2img")
+
+    @api.post("/extra-single-image")
+    def extra_single_image(body: dict = Body(default={})):
+        not_implemented("extras")
+
+    @api.post("/extra-batch-images")
+    def extra_batch_images(body: dict = Body(default={})):
+        not_implemented("extras")
+
+    @api.post("/png-info", response_model=PngInfoResponse)
+    def png_info(body: PngInfoBody):
+        image = decode_image(body.image, "image")
+        info = read_infotext(image) or ""
+        items = {key: value for key, value in image.info.items() if isinstance(value, str)}
+        items.pop("parameters", None)
+        return PngInfoResponse(info=info, items=items, parameters=parse_infotext(info) if info else {})
+
+    def job_for(id_task: str | None) -> Job | None:
+        return services.jobs.get(id_task) if id_task else services.jobs.running()
+
+    @api.get("/progress", response_model=ProgressResponse)
+    def progress(skip_current_image: bool = False, id_task: str | None = Query(None)):
+        job = job_for(id_task)
+        if id_task and job is None:
+            raise HTTPException(status_code=404, detail=f"id_task: no job with id '{id_task}'")
+        if job is None:
+            return ProgressResponse(progress=0, eta_relative=0, current_image=None, textinfo=None, state={
+                "skipped": False, "interrupted": False, "job": "", "job_count": 0, "job_timestamp": "0",
+                "job_no": 0, "sampling_step": 0, "sampling_steps": 0})
+        p = job.progress
+        fraction = 1.0 if job.done else p.fraction
+        preview = p.preview if (p.preview is not None and not skip_current_image) else None
+        return ProgressResponse(
+            progress=fraction, eta_relative=0.0 if job.done else (p.eta_seconds or 0.0),
+            current_image=_png_base64(preview) if preview is not None else None,
+            textinfo=job.error, current_task=job.id, queue_position=services.jobs.position(job), status=job.status,
+            state={"skipped": p.skip_requested, "interrupted": p.interrupt_requested, "job": job.id,
+                   "job_count": len(services.jobs.pending()),
+                   "job_timestamp": datetime.datetime.fromtimestamp(job.created_at).strftime("%Y%m%d%H%M%S"),
+                   "job_no": p.batch, "sampling_step": p.step, "sampling_steps": p.steps_per_batch})
+
+    @api.post("/interrupt")
+    def interrupt(id_task: str | None = Query(None)):
+        """Interrupt the given job (id_task), or the running job as A1111 does."""
+        job = job_for(id_task)
+        if id_task and job is None:
+            raise HTTPException(status_code=404, detail=f"id_task: no job with id '{id_task}'")
+        return {"interrupted": bool(job and services.jobs.interrupt(job.id)), "task_id": job and job.id}
+
+    @api.post("/skip")
+    def skip(id_task: str | None = Query(None)):
+        job = job_for(id_task)
+        if id_task and job is None:
+            raise HTTPException(status_code=404, detail=f"id_task: no job with id '{id_task}'")
+        return {"skipped": bool(job and services.jobs.skip(job.id)), "task_id": job and job.id}
+
+    @api.get("/options")
+    def get_options():
+        selected = services.models.selected
+        settings = services.settings
+        return {
+            "sd_model_checkpoint": selected.title, "sd_checkpoint_hash": selected.sha256,
+            "samples_format": "png", "samples_save": True,
+            "outdir_txt2img_samples": str(services.outputs.root / "txt2img-images"),
+            "outdir_img2img_samples": str(services.outputs.root / "img2img-images"),
+            "outdir_extras_samples": str(services.outputs.root / "extras-images"),
+            "sd_checkpoints_limit": settings.max_models_in_memory,
+            "live_previews_enable": settings.preview_every > 0,
+            "show_progress_every_n_steps": settings.preview_every, "CLIP_stop_at_last_layers": 1,
+        }
+
+    @api.post("/options")
+    def set_options(options: dict[str, Any] = Body(...)):
+        """Only sd_model_checkpoint can be set (other settings travel in each request); the rest are reported."""
+        if "sd_model_checkpoint" in options:
+            try:
+                services.models.select(str(options["sd_model_checkpoint"]))
+            except CheckpointError as error:
+                raise HTTPException(status_code=422, detail=f"sd_model_checkpoint: {error}".replace(
+                    "checkpoint: ", "", 1)) from None
+        ignored = sorted(key for key in options if key != "sd_model_checkpoint")
+        if ignored:
+            log.info("POST /sdapi/v1/options: ignored read-only or unknown options %s", ignored)
+        return {"ignored": ignored}
+
+    @api.get("/sd-models", response_model=list[CheckpointItem])
+    def sd_models():
+        return [CheckpointItem(title=e.title, model_name=e.model_name, hash=e.short_hash, sha256=e.sha256,
+                               filename=str(e.path)) for e in services.models.list_checkpoints()]
+
+    @api.post("/refresh-checkpoints")
+    def refresh_checkpoints():
+        services.models.refresh()
+        return {"count": len(services.models.list_checkpoints())}
+
+    @api.get("/samplers", response_model=list[SamplerItem])
+    def samplers():
+        return [SamplerItem(name=name, aliases=list(spec.aliases), options={"scheduler": spec.default_schedule})
+                for name, spec in SAMPLERS.items()]
+
+    @api.get("/schedulers", response_model=list[SchedulerItem])
+    def schedulers():
+        return [SchedulerItem(name=schedule_api_name(label), label=label) for label in SCHEDULE_NAMES]
+
+    @api.get("/upscalers")
+    def upscalers():
+        not_implemented("extras")
+
+    @api.get("/loras")
+    def loras():
+        not_implemented("networks")
+
+    @api.post("/refresh-loras")
+    def refresh_loras():
+        not_implemented("networks")
+
+    @api.get("/sd-vae")
+    def sd_vae():
+        not_implemented("networks")
+
+    @api.get("/embeddings")
+    def embeddings():
+        not_implemented("networks")
+
+    @api.get("/prompt-styles", response_model=list[PromptStyleItem])
+    def prompt_styles():
+        """A1111's styles.csv (name, prompt, negative_prompt) from the data folder, if present."""
+        path = services.settings.styles_file
+        if not path.is_file():
+            return []
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            return [PromptStyleItem(name=row.get("name", ""), prompt=row.get("prompt"),
+                                    negative_prompt=row.get("negative_prompt")) for row in csv.DictReader(handle)]
+
+    @api.get("/memory")
+    def memory():
+        ram = psutil.virtual_memory()
+        process = psutil.Process()
+        result = {"ram": {"free": ram.available, "used": process.memory_info().rss, "total": ram.total}}
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            result["cuda"] = {"system": {"free": free, "used": total - free, "total": total},
+                              "active": {"peak": torch.cuda.max_memory_allocated()}}
+        else:
+            result["cuda"] = {"error": "CUDA is not available"}
+        return result
+
+    return api

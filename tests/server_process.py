@@ -1,0 +1,62 @@
+"""Start `python app.py` as a real server process for HTTP and browser tests."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, workdir: Path, models_dir: Path, *extra_args: str):
+        self.workdir = Path(workdir)
+        self.models_dir = models_dir
+        self.outputs = self.workdir / "outputs"
+        self.extra_args = extra_args
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> "ServerProcess":
+        self.log_path = self.workdir / f"server-{time.time():.0f}.log"
+        log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "app.py", "--port", str(self.port), "--models-dir", str(self.models_dir),
+             "--outputs-dir", str(self.outputs), "--cache-dir", str(self.workdir / "cache"), "--device", "cpu",
+             *self.extra_args],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if urllib.request.urlopen(self.url + "/", timeout=2).status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.5)
+            if self.process.poll() is not None:
+                break
+        raise RuntimeError("server did not start:\n" + self.log_path.read_text())
+
+    def kill(self):
+        """SIGKILL: the process gets no chance to clean up, as in a crash or power loss."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
