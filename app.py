@@ -80,15 +80,16 @@ def main(argv=None):
     threading.Thread(target=_preload, args=(services,), daemon=True).start()
     page = build_ui(services, mcp=args.mcp)
     page.queue(default_concurrency_limit=None)
-    server, _, _ = page.launch(
-        server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share, auth=auth,
-        allowed_paths=[str(settings.outputs_dir.resolve())], show_error=True, mcp_server=args.mcp,
-        prevent_thread_lock=True, app_kwargs={"docs_url": "/docs", "redoc_url": "/redoc"})
+    app_kwargs = {"docs_url": "/docs", "redoc_url": "/redoc"}
     if args.api:
         from backend.api_routes import build_api_router
 
-        server.include_router(build_api_router(services, api_auth))
+        # Given to the app's constructor, so the API answers from the first request on.
+        app_kwargs["routes"] = list(build_api_router(services, api_auth).routes)
         logging.info("REST API at /sdapi/v1, documentation at /docs")
+    page.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
+                auth=auth, allowed_paths=[str(settings.outputs_dir.resolve())], show_error=True,
+                mcp_server=args.mcp, prevent_thread_lock=True, app_kwargs=app_kwargs)
     try:
         page.block_thread()
     finally:

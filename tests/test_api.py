@@ -165,8 +165,8 @@ def test_progress_interrupt_and_skip_of_one_job(client):
     thread.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        state = client.get("/progress", params={"id_task": "long-1"}).json()
-        if state["status"] == "running" and state["state"]["sampling_step"] >= 10:
+        state = client.get("/progress", params={"id_task": "long-1"}).json()  # 404 until the job is queued
+        if state.get("status") == "running" and state["state"]["sampling_step"] >= 10:
             break
         time.sleep(0.1)
     assert state["current_task"] == "long-1" and 0 < state["progress"] < 1 and state["eta_relative"] > 0
@@ -177,6 +177,7 @@ def test_progress_interrupt_and_skip_of_one_job(client):
     time.sleep(0.5)
     assert client.post("/interrupt", params={"id_task": "long-1"}).json()["interrupted"] is True
     thread.join(120)
+    assert "info" in results["long"], results["long"]
     info = json.loads(results["long"]["info"])
     assert info["interrupted"] is True and len(results["long"]["images"]) < 4
     assert client.post("/interrupt", params={"id_task": "no-such"}).status_code == 404

@@ -77,3 +77,62 @@ def test_out_of_range_seed_is_reported_with_its_field(server, page):
     page.wait_for_selector("#txt2img_progress .job-error", timeout=30_000)
     assert "seed: must be between -1 and 4294967295" in page.locator("#txt2img_progress").inner_text()
     assert not (server[1] / "txt2img-images").exists()
+
+
+def test_png_info_shows_parameters_and_sends_every_field_to_txt2img(server, page, tmp_path, models_dir):
+    from PIL import PngImagePlugin
+
+    from backend.model_hashes import HashCache
+
+    other_hash = HashCache(tmp_path / "h.json").short_hash(models_dir / "Stable-diffusion" / "tiny-sd1-other.safetensors")
+    text = ("a lighthouse at dusk\nNegative prompt: fog\nSteps: 17, Sampler: DPM++ 2M Karras, CFG scale: 4.5, "
+            f"Seed: 4242, Size: 128x96, Model hash: {other_hash}, Model: tiny-sd1-other")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (16, 16), "white").save(tmp_path / "a1111.png", pnginfo=info)
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(tmp_path / "a1111.png"))
+    page.wait_for_function(
+        "document.querySelector('#pnginfo_parameters textarea').value.includes('a lighthouse at dusk')",
+        timeout=30_000)
+    page.locator("#pnginfo_send_txt2img").click()
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value === 'a lighthouse at dusk'",
+                           timeout=30_000)
+    assert page.locator("#txt2img_neg_prompt textarea").input_value() == "fog"
+    assert page.locator("#txt2img_steps input[type=number]").input_value() == "17"
+    assert page.locator("#txt2img_cfg_scale input[type=number]").input_value() == "4.5"
+    assert page.locator("#txt2img_seed input").input_value() == "4242"
+    assert page.locator("#txt2img_width input[type=number]").input_value() == "128"
+    assert page.locator("#txt2img_height input[type=number]").input_value() == "96"
+    assert page.locator("#txt2img_sampling input").input_value() == "DPM++ 2M"
+    assert page.locator("#txt2img_scheduler input").input_value() == "Karras"
+    assert page.locator("#checkpoint input").input_value().startswith(f"tiny-sd1-other.safetensors [{other_hash}]")
+
+
+def test_live_preview_queue_panel_and_history_search(server, page):
+    page.locator("#txt2img_prompt textarea").fill("history needle")
+    for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 150),
+                           ("txt2img_batch_count", 20)):
+        set_slider(page, elem_id, value)
+    page.locator("#queue_panel").get_by_text("Queue").click()
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_selector("#txt2img_gallery :text('Preview, step')", timeout=60_000)
+    page.wait_for_selector("#queue_view :text('running')", timeout=30_000)
+    assert "history needle" in page.locator("#queue_view").inner_text()
+    page.locator("#txt2img_interrupt").click()
+    page.wait_for_selector("#txt2img_progress .job-done", timeout=60_000)
+    set_slider(page, "txt2img_steps", 2)
+    set_slider(page, "txt2img_batch_count", 1)
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Done: 1 image')",
+                           timeout=60_000)
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history_search input, #history_search textarea").first.fill("needle")
+    page.locator("#history_refresh").click()
+    page.wait_for_selector("#history_gallery img", timeout=30_000)
+    page.locator("#history_gallery img").first.click()
+    page.wait_for_function("document.querySelector('#history_infotext textarea').value.startsWith('history needle')",
+                           timeout=30_000)
+    page.locator("#history_search input, #history_search textarea").first.fill("no such prompt")
+    page.locator("#history_refresh").click()
+    page.wait_for_function("document.querySelectorAll('#history_gallery img').length === 0", timeout=30_000)

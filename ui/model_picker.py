@@ -30,7 +30,7 @@ def build_model_picker(services: Services) -> gr.Dropdown:
         yield f'<div class="model-loading">Loading {title}...</div>', gr.update()
         started = time.perf_counter()
         try:
-            entry = services.models.select(title, api_visibility="private")
+            entry = services.models.select(title)
         except CheckpointError as error:
             previous = services.models.selected.title
             yield render_error(f"{error} (keeping {previous})"), gr.update(value=previous)
@@ -39,5 +39,6 @@ def build_model_picker(services: Services) -> gr.Dropdown:
         yield f'<div class="model-loaded">Loaded {entry.title} in {seconds:.1f}s</div>', gr.update()
 
     refresh.click(on_refresh, outputs=dropdown, api_visibility="private")
-    dropdown.input(on_select, inputs=dropdown, outputs=[status, dropdown], concurrency_limit=None, api_visibility="private")
+    dropdown.input(on_select, inputs=dropdown, outputs=[status, dropdown], concurrency_limit=None,
+                   api_visibility="private")
     return dropdown

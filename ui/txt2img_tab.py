@@ -95,7 +95,7 @@ def build_txt2img_tab(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgFor
             yield {progress: render_error(str(error))}
             return
         started = time.perf_counter()
-        job = services.jobs.submit(request, api_visibility="private")
+        job = services.jobs.submit(request)
         yield {job_id: job.id, progress: render_progress(job, services.jobs.position(job))}
         shown_preview = 0
         while not job.finished.wait(POLL_SECONDS):
@@ -127,9 +127,12 @@ def build_txt2img_tab(services: Services, checkpoint: gr.Dropdown) -> Txt2ImgFor
                    concurrency_limit=None, api_visibility="private")
     interrupt.click(lambda current: current and services.jobs.interrupt(current), inputs=job_id,
                     concurrency_limit=None, api_visibility="private")
-    skip.click(lambda current: current and services.jobs.skip(current), inputs=job_id, concurrency_limit=None, api_visibility="private")
-    gallery.select(on_gallery_select, inputs=results, outputs=[infotext, selected_seed], api_visibility="private")
+    skip.click(lambda current: current and services.jobs.skip(current), inputs=job_id, concurrency_limit=None,
+               api_visibility="private")
+    gallery.select(on_gallery_select, inputs=results, outputs=[infotext, selected_seed],
+                   api_visibility="private")
     random_seed.click(lambda: -1, outputs=seed, api_visibility="private")
-    reuse_seed.click(lambda s: -1 if s is None else s, inputs=selected_seed, outputs=seed, api_visibility="private")
+    reuse_seed.click(lambda s: -1 if s is None else s, inputs=selected_seed, outputs=seed,
+                     api_visibility="private")
     return Txt2ImgForm(prompt=prompt, negative_prompt=negative_prompt, sampler=sampler, schedule=schedule,
                        steps=steps, width=width, height=height, cfg_scale=cfg_scale, seed=seed)
