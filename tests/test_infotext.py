@@ -52,3 +52,31 @@ def test_request_fields_from_old_and_new_infotext():
                    "model_hash": "abcdef1234", "model_name": "mymodel"}
     new = request_fields(parse_infotext(A1111_SAMPLE))
     assert (new["sampler_name"], new["scheduler"], new["steps"]) == ("DPM++ 2M", "Karras", 28)
+
+
+A1111_MORE_SAMPLES = [
+    # SDXL with a quoted multi-key value, TI hashes and a version
+    ('photo of a woman, <lora:film:0.8>, embedding:neg1\nNegative prompt: bad hands\nSteps: 30, Sampler: DPM++ 2M SDE, '
+     'Schedule type: Exponential, CFG scale: 5, Seed: 1234567890, Size: 1024x1024, Model hash: 31e35c80fc, '
+     'Model: sd_xl_base_1.0, VAE hash: 235745af8d, VAE: sdxl_vae.safetensors, '
+     'Lora hashes: "film: a1b2c3d4e5f6, other: 0f0f0f0f0f0f", TI hashes: "neg1: 9a8b7c6d5e4f", Version: v1.9.4',
+     {"Sampler": "DPM++ 2M SDE", "Size-1": "1024", "Lora hashes": "film: a1b2c3d4e5f6, other: 0f0f0f0f0f0f",
+      "TI hashes": "neg1: 9a8b7c6d5e4f", "VAE": "sdxl_vae.safetensors", "Version": "v1.9.4"}),
+    # hires fix with a quoted hires prompt containing commas and an escaped quote, clip skip
+    ('castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, Model hash: 6ce0161689, '
+     'Model: v1-5, Denoising strength: 0.7, Clip skip: 2, Hires prompt: "castle, \\"detailed\\", 8k", '
+     'Hires upscale: 1.5, Hires steps: 10, Hires upscaler: Latent',
+     {"Clip skip": "2", "Hires prompt": 'castle, "detailed", 8k', "Hires upscale": "1.5", "Hires steps": "10",
+      "Hires upscaler": "Latent", "Denoising strength": "0.7"}),
+    # old style: schedule inside the sampler name, no negative prompt, multi-line prompt
+    ('line one\nline two\nSteps: 25, Sampler: DPM++ 2M Karras, CFG scale: 6.5, Seed: 42, Size: 768x512, '
+     'Model hash: abcdef0123, Model: anything-v3',
+     {"Prompt": "line one\nline two", "Negative prompt": "", "Sampler": "DPM++ 2M Karras", "Size-2": "512"}),
+]
+
+
+def test_more_real_a1111_samples():
+    for text, expected in A1111_MORE_SAMPLES:
+        parsed = parse_infotext(text)
+        for key, value in expected.items():
+            assert parsed[key] == value, (key, parsed.get(key))
