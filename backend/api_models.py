@@ -40,6 +40,22 @@ class Txt2ImgBody(BaseModel):
     force_task_id: str | None = None
 
 
+class Img2ImgBody(Txt2ImgBody):
+    """POST /sdapi/v1/img2img, with A1111's API defaults (which differ from its UI's)."""
+    init_images: list[str] = Field(default_factory=list)
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    mask: str | None = None
+    mask_blur: int | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    include_init_images: bool = False
+
+
 class GenerationResponse(BaseModel):
     images: list[str]
     parameters: dict[str, Any]

@@ -17,20 +17,19 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image, UnidentifiedImageError
 
-from backend.api_models import (CheckpointItem, GenerationResponse, PngInfoBody, PngInfoResponse,
+from backend.api_models import (CheckpointItem, GenerationResponse, Img2ImgBody, PngInfoBody, PngInfoResponse,
                                 ProgressResponse, PromptStyleItem, SamplerItem, SchedulerItem, Txt2ImgBody)
 from backend.checkpoint_files import CheckpointError
 from backend.infotext import parse_infotext
 from backend.job_queue import Job
 from backend.outputs import read_infotext
-from backend.requests import RequestError, Txt2ImgRequest, build_request
+from backend.requests import Img2ImgRequest, RequestError, Txt2ImgRequest, build_request
 from backend.samplers import SAMPLERS, SCHEDULE_NAMES, schedule_api_name
 from backend.services import Services
 
 log = logging.getLogger(__name__)
 JOB_TIMEOUT_SECONDS = 24 * 3600
 NOT_YET = {
-    "img2img": "img2img and inpainting are not available in this version yet",
     "extras": "upscaling (extras) is not available in this version yet",
     "networks": "LoRA, VAE and embedding support is not available in this version yet",
 }
@@ -66,7 +65,8 @@ def _unsupported_fields(body: Txt2ImgBody) -> list[str]:
     return [name for name, value in asked.items() if value]
 
 
-def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
+def _common_fields(body: Txt2ImgBody, services: Services) -> dict[str, Any]:
+    """The request fields txt2img and img2img share, from an A1111 body."""
     unsupported = _unsupported_fields(body)
     if unsupported:
         raise HTTPException(status_code=501, detail=f"{', '.join(unsupported)}: not supported by this version yet")
@@ -81,16 +81,48 @@ def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
         except CheckpointError as error:
             raise HTTPException(status_code=422,
                                 detail=f"override_settings.sd_model_checkpoint: {error}".replace("checkpoint: ", "", 1))
+    return {
+        "prompt": body.prompt, "negative_prompt": body.negative_prompt or "",
+        "sampler_name": body.sampler_name or body.sampler_index, "scheduler": body.scheduler or "Automatic",
+        "steps": body.steps, "cfg_scale": body.cfg_scale, "width": body.width, "height": body.height,
+        "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
+        "save_images": body.save_images,
+    }
+
+
+def _build(request_class, fields: dict[str, Any]):
     try:
-        return build_request(Txt2ImgRequest, {
-            "prompt": body.prompt, "negative_prompt": body.negative_prompt or "",
-            "sampler_name": body.sampler_name or body.sampler_index, "scheduler": body.scheduler or "Automatic",
-            "steps": body.steps, "cfg_scale": body.cfg_scale, "width": body.width, "height": body.height,
-            "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
-            "save_images": body.save_images,
-        })
+        return build_request(request_class, fields)
     except RequestError as error:
         raise HTTPException(status_code=422, detail=str(error)) from None
+
+
+def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
+    return _build(Txt2ImgRequest, _common_fields(body, services))
+
+
+def image_bytes(data: str, field: str) -> bytes:
+    """base64 (or a data: URL) -> the bytes of a readable image; 422 naming the field otherwise."""
+    decode_image(data, field)
+    return base64.b64decode(data.split(",", 1)[-1] if data.startswith("data:") else data)
+
+
+def img2img_request(body: Img2ImgBody, services: Services) -> Img2ImgRequest:
+    if not body.init_images:
+        raise HTTPException(status_code=422, detail="init_images: give one base64 image")
+    if len(body.init_images) > 1:
+        raise HTTPException(status_code=501, detail="init_images: only one init image per request is supported")
+    if body.mask_blur is None and body.mask_blur_x != body.mask_blur_y:
+        raise HTTPException(status_code=501, detail="mask_blur_x/mask_blur_y: different blurs are not supported")
+    return _build(Img2ImgRequest, {
+        **_common_fields(body, services), "init_image": image_bytes(body.init_images[0], "init_images[0]"),
+        "mask": image_bytes(body.mask, "mask") if body.mask else None,
+        "denoising_strength": body.denoising_strength, "resize_mode": body.resize_mode,
+        "mask_blur": body.mask_blur if body.mask_blur is not None else body.mask_blur_x,
+        "inpainting_fill": body.inpainting_fill, "inpaint_full_res": body.inpaint_full_res,
+        "inpaint_full_res_padding": body.inpaint_full_res_padding,
+        "inpainting_mask_invert": body.inpainting_mask_invert,
+    })
 
 
 def finished_job_or_error(job: Job) -> Job:
@@ -115,11 +147,12 @@ def generation_info(job: Job, services: Services) -> dict[str, Any]:
         "scheduler": parsed.get("Schedule type", request.scheduler), "cfg_scale": request.cfg_scale,
         "steps": request.steps, "batch_size": request.batch_size, "restore_faces": False,
         "sd_model_name": entry.model_name, "sd_model_hash": entry.short_hash, "sd_vae_name": None,
-        "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
+        "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": getattr(request, "denoising_strength", None),
         "extra_generation_params": {}, "index_of_first_image": 0,
         "infotexts": [image.infotext for image in images], "styles": [],
         "job_timestamp": datetime.datetime.fromtimestamp(job.created_at).strftime("%Y%m%d%H%M%S"),
-        "clip_skip": 1, "is_using_inpainting_conditioning": False, "task_id": job.id,
+        "clip_skip": 1, "is_using_inpainting_conditioning": job.result.model_label.endswith("inpainting"), "task_id": job.id,
         "interrupted": job.status == "interrupted",
     }
 
@@ -150,21 +183,26 @@ def basic_auth(pairs: list[tuple[str, str]] | None):
 def build_api_router(services: Services, auth: list[tuple[str, str]] | None = None) -> APIRouter:
     api = APIRouter(prefix="/sdapi/v1", dependencies=basic_auth(auth), tags=["sdapi"])
 
-    @api.post("/txt2img", response_model=GenerationResponse)
-    def txt2img(body: Txt2ImgBody):
-        request = txt2img_request(body, services)
+    def run(request, body: Txt2ImgBody) -> GenerationResponse:
         try:
             job = services.jobs.submit(request, job_id=body.force_task_id)
         except ValueError as error:
             raise HTTPException(status_code=409, detail=str(error)) from None
         job = finished_job_or_error(job)
         images = [base64.b64encode(image.png).decode() for image in job.result.images] if body.send_images else []
-        return GenerationResponse(images=images, parameters=body.model_dump(),
+        parameters = body.model_dump()
+        if isinstance(body, Img2ImgBody) and not body.include_init_images:
+            parameters["init_images"], parameters["mask"] = None, None  # as A1111: not echoed unless asked
+        return GenerationResponse(images=images, parameters=parameters,
                                   info=json.dumps(generation_info(job, services)))
 
-    @api.post("/img2img")
-    def img2img(body: dict = Body(default={})):
-        not_implemented("img2img")
+    @api.post("/txt2img", response_model=GenerationResponse)
+    def txt2img(body: Txt2ImgBody):
+        return run(txt2img_request(body, services), body)
+
+    @api.post("/img2img", response_model=GenerationResponse)
+    def img2img(body: Img2ImgBody):
+        return run(img2img_request(body, services), body)
 
     @api.post("/extra-single-image")
     def extra_single_image(body: dict = Body(default={})):

@@ -1,30 +1,24 @@
-"""The one `generate` entry point: a request in, saved images and their infotext out."""
+"""The one `generate` entry point: a request in, saved images and their infotext out.
+
+Every job kind reads the same way: validate, lease the model, build the job's pipeline, then for
+each batch: seeded noise, denoise (progress, preview, interrupt, skip), decode, save with infotext.
+"""
 from __future__ import annotations
 
-import inspect
 import secrets
 from dataclasses import dataclass
+from typing import Callable
 
-import torch
-
+from backend.img2img import Img2ImgPlan
 from backend.infotext import build_infotext
 from backend.job_queue import BatchSkipped, JobInterrupted, JobProgress
 from backend.model_manager import ModelManager
 from backend.outputs import OutputStore, encode_png
+from backend.pipelines import job_pipeline, seeded_generators
 from backend.previews import PreviewRenderer
-from backend.requests import GenerationResult, ImageResult, RequestError, Txt2ImgRequest
+from backend.requests import (GenerationRequest, GenerationResult, ImageResult, Img2ImgRequest, RequestError,
+                              Txt2ImgRequest)
 from backend.samplers import build_scheduler, resolve_sampler
-
-
-def _with_scheduler(pipeline, scheduler):
-    """A pipeline for one job that shares every model with the cached one but has its own scheduler,
-    so per-request sampler choices never mutate shared state."""
-    accepted = inspect.signature(type(pipeline).__init__).parameters
-    kwargs = {**pipeline.components, "scheduler": scheduler}
-    kwargs.update({k: v for k, v in pipeline.config.items() if k in accepted and k not in kwargs})
-    job_pipeline = type(pipeline)(**kwargs)
-    job_pipeline.set_progress_bar_config(disable=True)
-    return job_pipeline
 
 
 @dataclass
@@ -37,20 +31,34 @@ class Generator:
     def generate(self, request, progress: JobProgress) -> GenerationResult:
         if isinstance(request, Txt2ImgRequest):
             return self.txt2img(request, progress)
+        if isinstance(request, Img2ImgRequest):
+            return self.img2img(request, progress)
         raise RequestError("request", f"unsupported job kind {type(request).__name__}")
 
     def txt2img(self, request: Txt2ImgRequest, progress: JobProgress) -> GenerationResult:
-        # 1. validate what the request object alone cannot know
+        def make_batch(pipeline, seeds, on_step):
+            output = pipeline(
+                prompt=[request.prompt] * len(seeds), negative_prompt=[request.negative_prompt] * len(seeds),
+                num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+                width=request.width, height=request.height, generator=seeded_generators(seeds),
+                callback_on_step_end=on_step, output_type="pil")
+            return output.images
+
+        return self._run(request, progress, "txt2img", "txt2img", make_batch, {})
+
+    def img2img(self, request: Img2ImgRequest, progress: JobProgress) -> GenerationResult:
+        plan = Img2ImgPlan.from_request(request)
+        return self._run(request, progress, "img2img", plan.task, plan.make_batch, plan.infotext_parameters())
+
+    def _run(self, request: GenerationRequest, progress: JobProgress, output_kind: str, task: str,
+             make_batch: Callable, extra_parameters: dict) -> GenerationResult:
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
         seed = request.seed if request.seed != -1 else secrets.randbelow(2**32)
         progress.batches = request.n_iter
         images: list[ImageResult] = []
-        # 2. lease the model for the whole job: it cannot be evicted meanwhile
-        with self.models.lease(request.checkpoint) as (entry, model):
-            if model.inpainting or model.family == "sdxl-refiner":
-                raise RequestError("checkpoint", f"{entry.title} is an {model.label} model; it cannot do txt2img")
-            base = model.pipeline
-            pipeline = _with_scheduler(base, build_scheduler(sampler, schedule, base.scheduler.config))
+        with self.models.lease(request.checkpoint) as (entry, model):  # never evicted while the job runs
+            scheduler = build_scheduler(sampler, schedule, model.pipeline.scheduler.config)
+            pipeline = job_pipeline(model, task, scheduler, entry.title)
 
             def on_step(pipe, step, timestep, tensors):
                 progress.steps_per_batch = pipe.num_timesteps
@@ -65,33 +73,25 @@ class Generator:
                 for batch in range(request.n_iter):
                     progress.batch, progress.step = batch, 0
                     seeds = [seed + batch * request.batch_size + i for i in range(request.batch_size)]
-                    # 3-6. encode prompt, seeded latents (CPU RNG: same seed, same image on any device),
-                    # denoise with per-step progress/preview/interrupt/skip, decode
                     try:
-                        output = pipeline(
-                            prompt=[request.prompt] * request.batch_size,
-                            negative_prompt=[request.negative_prompt] * request.batch_size,
-                            num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-                            width=request.width, height=request.height,
-                            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-                            callback_on_step_end=on_step, output_type="pil")
+                        batch_images = make_batch(pipeline, seeds, on_step)
                     except BatchSkipped:
                         continue
-                    # 7. save with infotext
-                    for position, (image, image_seed) in enumerate(zip(output.images, seeds)):
+                    for position, (image, image_seed) in enumerate(zip(batch_images, seeds)):
                         infotext = build_infotext(request.prompt, request.negative_prompt, {
                             "Steps": request.steps, "Sampler": sampler, "Schedule type": schedule,
                             "CFG scale": request.cfg_scale, "Seed": image_seed,
-                            "Size": f"{request.width}x{request.height}",
+                            "Size": f"{image.width}x{image.height}",
                             "Model hash": entry.short_hash, "Model": entry.model_name,
+                            **extra_parameters,
                             "Batch size": request.batch_size if request.batch_size > 1 else None,
                             "Batch pos": position if request.batch_size > 1 else None,
                         })
                         png = encode_png(image, infotext)
-                        path = self.outputs.save_png(png, "txt2img", image_seed) if request.save_images else None
+                        path = self.outputs.save_png(png, output_kind, image_seed) if request.save_images else None
                         images.append(ImageResult(png=png, path=path and str(path), seed=image_seed,
                                                   prompt=request.prompt, negative_prompt=request.negative_prompt,
                                                   infotext=infotext))
             except JobInterrupted:
-                return GenerationResult(images=images, interrupted=True)
-        return GenerationResult(images=images)
+                return GenerationResult(images=images, interrupted=True, model_label=model.label)
+        return GenerationResult(images=images, model_label=model.label)

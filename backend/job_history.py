@@ -72,7 +72,8 @@ class JobHistory:
             "INSERT INTO jobs (id, sequence, kind, request, status, error, created_at, started_at, finished_at) "
             "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET status=excluded.status, "
             "error=excluded.error, started_at=excluded.started_at, finished_at=excluded.finished_at",
-            (job.id, job.sequence, type(job.request).__name__, job.request.model_dump_json(), job.status, job.error,
+            (job.id, job.sequence, type(job.request).__name__,
+             job.request.model_dump_json(exclude=getattr(job.request, "HISTORY_EXCLUDE", None)), job.status, job.error,
              job.created_at, job.started_at, job.finished_at))
 
     def record_images(self, job_id: str, images) -> None:

@@ -30,23 +30,36 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> "ServerProcess":
-        self.log_path = self.workdir / f"server-{time.time():.0f}.log"
+        """Start and wait for HTTP 200. A process that dies at once (for example because another process
+        took the port between free_port() and its bind) is retried once on a new port."""
+        failures = []
+        for _ in range(2):
+            if self._start_once(timeout):
+                return self
+            failures.append(f"exit code {self.process.returncode}:\n{self.log_path.read_text()}")
+            self.stop()
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+        raise RuntimeError("server did not start:\n" + "\n---\n".join(failures))
+
+    def _start_once(self, timeout: float) -> bool:
+        self.log_path = self.workdir / f"server-{self.port}-{time.time():.0f}.log"
         log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, "app.py", "--port", str(self.port), "--models-dir", str(self.models_dir),
              "--outputs-dir", str(self.outputs), "--cache-dir", str(self.workdir / "cache"), "--device", "cpu",
              *self.extra_args],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 if urllib.request.urlopen(self.url + "/", timeout=2).status == 200:
-                    return self
+                    return True
             except OSError:
                 time.sleep(0.5)
             if self.process.poll() is not None:
-                break
-        raise RuntimeError("server did not start:\n" + self.log_path.read_text())
+                return False
+        return False
 
     def kill(self):
         """SIGKILL: the process gets no chance to clean up, as in a crash or power loss."""

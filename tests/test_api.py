@@ -91,7 +91,7 @@ def test_bad_fields_get_422_naming_the_field(client, payload, field):
 def test_unsupported_features_answer_501_never_pretend(client):
     response = client.post("/txt2img", json={**FAST, "enable_hr": True})
     assert response.status_code == 501 and "enable_hr" in response.json()["detail"]
-    for method, path in [("post", "/img2img"), ("post", "/extra-single-image"), ("post", "/extra-batch-images"),
+    for method, path in [("post", "/extra-single-image"), ("post", "/extra-batch-images"),
                          ("get", "/upscalers"), ("get", "/loras"), ("post", "/refresh-loras"), ("get", "/sd-vae"),
                          ("get", "/embeddings")]:
         response = getattr(client, method)(path, **({"json": {}} if method == "post" else {}))

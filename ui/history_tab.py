@@ -4,13 +4,13 @@ from __future__ import annotations
 import gradio as gr
 
 from backend.services import Services
-from ui.send_to import txt2img_targets, txt2img_updates
-from ui.txt2img_tab import Txt2ImgForm
+from ui.generation_form import PRIVATE
+from ui.send_to import SendTo
 
 PAGE_SIZE = 60
 
 
-def build_history_tab(services: Services, form: Txt2ImgForm, checkpoint: gr.Dropdown, tabs: gr.Tabs):
+def build_history_tab(services: Services, send_to: SendTo):
     with gr.Row():
         search = gr.Textbox(label="Search prompts", elem_id="history_search", scale=5)
         refresh = gr.Button("Search / refresh", elem_id="history_refresh", scale=1)
@@ -19,19 +19,29 @@ def build_history_tab(services: Services, form: Txt2ImgForm, checkpoint: gr.Drop
         with gr.Column():
             infotext = gr.Textbox(label="Generation parameters", lines=6, interactive=False,
                                   elem_id="history_infotext")
-            send = gr.Button("Send to txt2img", elem_id="history_send_txt2img")
-    rows = gr.State([])
+            with gr.Row():
+                to_txt2img = gr.Button("Send to txt2img", elem_id="history_send_txt2img")
+                to_img2img = gr.Button("Send to img2img", elem_id="history_send_img2img")
+                to_inpaint = gr.Button("Send to inpaint", elem_id="history_send_inpaint")
+    rows = gr.State([])  # [(path, infotext)] in gallery order
+    selected_path = gr.State(None)
 
     def load(query: str):
-        found = [row for row in services.history.images(query or "", limit=PAGE_SIZE)]
-        return [(row["path"], row["prompt"][:80]) for row in found], [row["infotext"] for row in found], ""
+        found = services.history.images(query or "", limit=PAGE_SIZE)
+        return ([(row["path"], row["prompt"][:80]) for row in found], [(row["path"], row["infotext"]) for row in found],
+                "", None)
 
-    def select(texts: list, event: gr.SelectData):
-        return texts[event.index] if texts and event.index is not None and event.index < len(texts) else ""
+    def select(shown: list, event: gr.SelectData):
+        if not shown or event.index is None or event.index >= len(shown):
+            return "", None
+        path, text = shown[event.index]
+        return text, path
 
-    refresh.click(load, inputs=search, outputs=[gallery, rows, infotext], api_visibility="private")
-    search.submit(load, inputs=search, outputs=[gallery, rows, infotext], api_visibility="private")
-    gallery.select(select, inputs=rows, outputs=infotext, api_visibility="private")
-    send.click(lambda text: txt2img_updates(services, text), inputs=infotext,
-               outputs=txt2img_targets(form, checkpoint, tabs), api_visibility="private")
-    return load, search, [gallery, rows, infotext]
+    outputs = [gallery, rows, infotext, selected_path]
+    refresh.click(load, inputs=search, outputs=outputs, **PRIVATE)
+    search.submit(load, inputs=search, outputs=outputs, **PRIVATE)
+    gallery.select(select, inputs=rows, outputs=[infotext, selected_path], **PRIVATE)
+    send_to.to_txt2img(to_txt2img, infotext)
+    send_to.to_img2img(to_img2img, selected_path, infotext, "img2img")
+    send_to.to_img2img(to_inpaint, selected_path, infotext, "inpaint")
+    return load, search, outputs

@@ -4,10 +4,13 @@ from __future__ import annotations
 import gradio as gr
 
 from backend.services import Services
+from ui.generation_form import PRIVATE
 from ui.history_tab import build_history_tab
+from ui.img2img_tab import build_img2img_tab
 from ui.model_picker import build_model_picker
 from ui.png_info_tab import build_png_info_tab
 from ui.progress_view import render_queue
+from ui.send_to import SendTo
 from ui.txt2img_tab import build_txt2img_tab
 
 QUEUE_REFRESH_SECONDS = 1.0
@@ -19,15 +22,20 @@ def build_ui(services: Services, mcp: bool = False) -> gr.Blocks:
         with gr.Accordion("Queue", open=False, elem_id="queue_panel"):
             queue_view = gr.HTML(render_queue(services.jobs.pending()), elem_id="queue_view")
         gr.Timer(QUEUE_REFRESH_SECONDS).tick(lambda: render_queue(services.jobs.pending()), outputs=queue_view,
-                                              show_progress="hidden", queue=False, api_visibility="private")
+                                              show_progress="hidden", queue=False, **PRIVATE)
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
-                form = build_txt2img_tab(services, checkpoint)
+                txt2img = build_txt2img_tab(services, checkpoint)
+            with gr.Tab("img2img", id="img2img"):
+                img2img = build_img2img_tab(services, checkpoint)
+            send_to = SendTo(services, checkpoint, tabs, txt2img, img2img)
             with gr.Tab("PNG Info", id="png_info"):
-                build_png_info_tab(services, form, checkpoint, tabs)
+                build_png_info_tab(services, send_to)
             with gr.Tab("History", id="history") as history:
-                load_history, search, history_outputs = build_history_tab(services, form, checkpoint, tabs)
-        history.select(load_history, inputs=search, outputs=history_outputs, api_visibility="private")
+                load_history, search, history_outputs = build_history_tab(services, send_to)
+        history.select(load_history, inputs=search, outputs=history_outputs, **PRIVATE)
+        send_to.to_img2img(txt2img.send_to_img2img, txt2img.selected_path, txt2img.infotext, "img2img")
+        send_to.to_img2img(txt2img.send_to_inpaint, txt2img.selected_path, txt2img.infotext, "inpaint")
         if mcp:
             from ui.mcp_tools import register_mcp_tools
 

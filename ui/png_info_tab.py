@@ -6,17 +6,20 @@ from PIL import Image, UnidentifiedImageError
 
 from backend.outputs import read_infotext
 from backend.services import Services
-from ui.send_to import txt2img_targets, txt2img_updates
-from ui.txt2img_tab import Txt2ImgForm
+from ui.generation_form import PRIVATE
+from ui.send_to import SendTo
 
 
-def build_png_info_tab(services: Services, form: Txt2ImgForm, checkpoint: gr.Dropdown, tabs: gr.Tabs):
+def build_png_info_tab(services: Services, send_to: SendTo):
     with gr.Row():
         # A file path, not a decoded image: the metadata must come from the file exactly as uploaded.
         source = gr.Image(label="Source", type="filepath", sources=["upload", "clipboard"], elem_id="pnginfo_image")
         with gr.Column():
             parameters = gr.Textbox(label="Parameters", lines=8, interactive=False, elem_id="pnginfo_parameters")
-            send = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
+            with gr.Row():
+                to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
+                to_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img")
+                to_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo_send_inpaint")
 
     def read(path: str | None) -> str:
         if not path:
@@ -27,6 +30,7 @@ def build_png_info_tab(services: Services, form: Txt2ImgForm, checkpoint: gr.Dro
         except (UnidentifiedImageError, OSError):
             return "This file is not a readable PNG, JPEG or WEBP image."
 
-    source.change(read, inputs=source, outputs=parameters, api_visibility="private")
-    send.click(lambda text: txt2img_updates(services, text), inputs=parameters,
-               outputs=txt2img_targets(form, checkpoint, tabs), api_visibility="private")
+    source.change(read, inputs=source, outputs=parameters, **PRIVATE)
+    send_to.to_txt2img(to_txt2img, parameters)
+    send_to.to_img2img(to_img2img, source, parameters, "img2img")
+    send_to.to_img2img(to_inpaint, source, parameters, "inpaint")

@@ -1,30 +1,67 @@
-"""Fill the txt2img form from infotext ("Send to txt2img" in PNG Info and History)."""
+"""Fill a tab's form from infotext, and carry images between tabs ("Send to txt2img/img2img/inpaint")."""
 from __future__ import annotations
 
 import gradio as gr
 
 from backend.infotext import parse_infotext, request_fields
 from backend.services import Services
-from ui.txt2img_tab import Txt2ImgForm
+from ui.generation_form import PRIVATE, GenerationForm
+
+FIELD_COMPONENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "sampler_name": "sampler",
+                    "scheduler": "schedule", "steps": "steps", "cfg_scale": "cfg_scale", "seed": "seed",
+                    "width": "width", "height": "height"}
 
 
-def txt2img_targets(form: Txt2ImgForm, checkpoint: gr.Dropdown, tabs: gr.Tabs) -> list:
-    return [form.prompt, form.negative_prompt, form.sampler, form.schedule, form.steps, form.cfg_scale, form.seed,
-            form.width, form.height, checkpoint, tabs]
+def form_targets(form: GenerationForm, checkpoint: gr.Dropdown) -> list:
+    return [getattr(form, name) for name in FIELD_COMPONENTS.values()] + [checkpoint]
 
 
-def txt2img_updates(services: Services, infotext: str | None) -> tuple:
-    """Values for txt2img_targets(): every field the infotext names, model included; others unchanged."""
+def form_updates(services: Services, infotext: str | None, form: GenerationForm, checkpoint: gr.Dropdown) -> dict:
+    """{component: value} for every field the infotext names, model included."""
     if not infotext:
-        return tuple(gr.update() for _ in range(11))
+        return {}
     fields = request_fields(parse_infotext(infotext))
-    entry = None
+    updates = {getattr(form, component): fields[name] for name, component in FIELD_COMPONENTS.items()
+               if name in fields}
     for key in ("model_hash", "model_name"):
-        if fields.get(key):
-            entry = services.models.registry.find(fields[key])
-            if entry:
-                break
-    value = lambda name: fields[name] if name in fields else gr.update()  # noqa: E731
-    return (fields["prompt"], fields["negative_prompt"], value("sampler_name"), value("scheduler"), value("steps"),
-            value("cfg_scale"), value("seed"), value("width"), value("height"),
-            entry.title if entry else gr.update(), gr.Tabs(selected="txt2img"))
+        entry = services.models.registry.find(fields[key]) if fields.get(key) else None
+        if entry:
+            updates[checkpoint] = entry.title
+            break
+    return updates
+
+
+class SendTo:
+    """Wires "Send to ..." buttons once the target tabs exist."""
+
+    def __init__(self, services: Services, checkpoint: gr.Dropdown, tabs: gr.Tabs, txt2img: GenerationForm,
+                 img2img):
+        self.services, self.checkpoint, self.tabs = services, checkpoint, tabs
+        self.txt2img, self.img2img = txt2img, img2img
+
+    def to_txt2img(self, button: gr.Button, infotext: gr.Component):
+        def send(text):
+            return {**form_updates(self.services, text, self.txt2img, self.checkpoint),
+                    self.tabs: gr.Tabs(selected="txt2img")}
+
+        button.click(send, inputs=infotext, outputs=form_targets(self.txt2img, self.checkpoint) + [self.tabs],
+                     **PRIVATE)
+
+    def to_img2img(self, button: gr.Button, image_path: gr.Component, infotext: gr.Component, mode: str):
+        """mode: "img2img" or "inpaint" - which sub-tab receives the image."""
+        tab = self.img2img
+
+        def send(path, text):
+            if not path:
+                return {}
+            updates = {**form_updates(self.services, text, tab.form, self.checkpoint),
+                       self.tabs: gr.Tabs(selected="img2img"), tab.modes: gr.Tabs(selected=f"{mode}_mode"),
+                       tab.mode: mode}
+            if mode == "inpaint":
+                updates[tab.inpaint_editor] = {"background": path, "layers": [], "composite": path}
+            else:
+                updates[tab.init_image] = path
+            return updates
+
+        button.click(send, inputs=[image_path, infotext], outputs=form_targets(tab.form, self.checkpoint) + [
+            self.tabs, tab.modes, tab.mode, tab.inpaint_editor, tab.init_image], **PRIVATE)

@@ -1,0 +1,171 @@
+"""Controls and result area shared by the txt2img and img2img tabs, and the loop that runs a job:
+request -> job queue -> live progress and preview -> gallery and infotext."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import gradio as gr
+
+from backend.requests import (BATCH_COUNT_RANGE, BATCH_SIZE_RANGE, CFG_RANGE, SIZE_RANGE, STEPS_RANGE, RequestError,
+                              Txt2ImgRequest)
+from backend.samplers import SAMPLERS, SCHEDULE_NAMES
+from backend.services import Services
+from ui.progress_view import render_done, render_error, render_progress
+
+POLL_SECONDS = 0.25
+PRIVATE = {"api_visibility": "private"}  # UI events are not API endpoints or MCP tools
+
+
+@dataclass
+class GenerationForm:
+    prefix: str
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    sampler: gr.Dropdown
+    schedule: gr.Dropdown
+    steps: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    batch_count: gr.Slider
+    batch_size: gr.Slider
+    cfg_scale: gr.Slider
+    seed: gr.Number
+    random_seed: gr.Button
+    reuse_seed: gr.Button
+    progress: gr.HTML | None = None
+    gallery: gr.Gallery | None = None
+    infotext: gr.Textbox | None = None
+    job_id: gr.State | None = None
+    results: gr.State | None = None  # [(path, seed, infotext)] of the images shown, in gallery order
+    selected: gr.State | None = None  # index of the selected image
+    selected_path: gr.State | None = None  # file of the selected image, for "Send to ..."
+    send_to_img2img: gr.Button | None = None
+    send_to_inpaint: gr.Button | None = None
+
+    @property
+    def inputs(self) -> set:
+        return {self.prompt, self.negative_prompt, self.sampler, self.schedule, self.steps, self.width, self.height,
+                self.batch_count, self.batch_size, self.cfg_scale, self.seed}
+
+    def common_fields(self, values: dict, checkpoint: gr.Dropdown) -> dict:
+        seed = values[self.seed]
+        return {"prompt": values[self.prompt], "negative_prompt": values[self.negative_prompt],
+                "sampler_name": values[self.sampler], "scheduler": values[self.schedule],
+                "steps": int(values[self.steps]), "cfg_scale": float(values[self.cfg_scale]),
+                "width": int(values[self.width]), "height": int(values[self.height]),
+                "seed": -1 if seed is None else int(seed), "batch_size": int(values[self.batch_size]),
+                "n_iter": int(values[self.batch_count]), "checkpoint": values[checkpoint]}
+
+
+def build_prompt_row(prefix: str) -> dict:
+    with gr.Row():
+        with gr.Column(scale=6):
+            prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt", placeholder="Prompt")
+            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
+        with gr.Column(scale=1, min_width=160):
+            generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", min_width=70)
+                skip = gr.Button("Skip", elem_id=f"{prefix}_skip", min_width=70)
+    return dict(prompt=prompt, negative_prompt=negative, generate=generate, interrupt=interrupt, skip=skip)
+
+
+def build_sampling_controls(prefix: str) -> dict:
+    defaults = Txt2ImgRequest()
+    with gr.Row():
+        sampler = gr.Dropdown(label="Sampling method", choices=list(SAMPLERS), value=defaults.sampler_name,
+                              elem_id=f"{prefix}_sampling")
+        schedule = gr.Dropdown(label="Schedule type", choices=list(SCHEDULE_NAMES), value=defaults.scheduler,
+                               elem_id=f"{prefix}_scheduler")
+    steps = gr.Slider(label="Sampling steps", minimum=STEPS_RANGE[0], maximum=STEPS_RANGE[1], step=1,
+                      value=defaults.steps, elem_id=f"{prefix}_steps")
+    with gr.Row():
+        width = gr.Slider(label="Width", minimum=SIZE_RANGE[0], maximum=SIZE_RANGE[1], step=8, value=defaults.width,
+                          elem_id=f"{prefix}_width")
+        height = gr.Slider(label="Height", minimum=SIZE_RANGE[0], maximum=SIZE_RANGE[1], step=8,
+                           value=defaults.height, elem_id=f"{prefix}_height")
+    with gr.Row():
+        batch_count = gr.Slider(label="Batch count", minimum=BATCH_COUNT_RANGE[0], maximum=BATCH_COUNT_RANGE[1],
+                                step=1, value=1, elem_id=f"{prefix}_batch_count")
+        batch_size = gr.Slider(label="Batch size", minimum=BATCH_SIZE_RANGE[0], maximum=BATCH_SIZE_RANGE[1], step=1,
+                               value=1, elem_id=f"{prefix}_batch_size")
+    cfg_scale = gr.Slider(label="CFG scale", minimum=CFG_RANGE[0], maximum=CFG_RANGE[1], step=0.5,
+                          value=defaults.cfg_scale, elem_id=f"{prefix}_cfg_scale")
+    with gr.Row():
+        seed = gr.Number(label="Seed", value=-1, precision=0, elem_id=f"{prefix}_seed", scale=4)
+        random_seed = gr.Button("🎲", elem_id=f"{prefix}_random_seed", scale=0, min_width=50)
+        reuse_seed = gr.Button("♻️", elem_id=f"{prefix}_reuse_seed", scale=0, min_width=50)
+    return dict(sampler=sampler, schedule=schedule, steps=steps, width=width, height=height,
+                batch_count=batch_count, batch_size=batch_size, cfg_scale=cfg_scale, seed=seed,
+                random_seed=random_seed, reuse_seed=reuse_seed)
+
+
+def build_results(form: GenerationForm):
+    form.progress = gr.HTML(elem_id=f"{form.prefix}_progress")
+    form.gallery = gr.Gallery(label="Output", elem_id=f"{form.prefix}_gallery", columns=2, height=480,
+                              interactive=False)
+    form.infotext = gr.Textbox(label="Generation parameters", lines=4, interactive=False,
+                               elem_id=f"{form.prefix}_infotext")
+    form.job_id, form.results, form.selected = gr.State(None), gr.State([]), gr.State(0)
+    form.selected_path = gr.State(None)
+
+
+def wire_generation(services: Services, form: GenerationForm, inputs: set,
+                    build_request: Callable[[dict], object]):
+    """Generate/Interrupt/Skip/seed buttons and gallery selection. `build_request` turns the input
+    values into a typed request or raises RequestError."""
+    outputs = [form.progress, form.gallery, form.infotext, form.job_id, form.results, form.selected,
+               form.selected_path]
+
+    def run(values: dict):
+        try:
+            request = build_request(values)
+        except RequestError as error:
+            yield {form.progress: render_error(str(error))}
+            return
+        started = time.perf_counter()
+        job = services.jobs.submit(request)
+        yield {form.job_id: job.id, form.progress: render_progress(job, services.jobs.position(job))}
+        shown_preview = 0
+        while not job.finished.wait(POLL_SECONDS):
+            update = {form.progress: render_progress(job, services.jobs.position(job))}
+            if job.progress.preview is not None and job.progress.preview_step != shown_preview:
+                shown_preview = job.progress.preview_step
+                update[form.gallery] = [(job.progress.preview, f"Preview, step {shown_preview}")]
+            yield update
+        if job.status == "failed":
+            yield {form.progress: render_error(job.error), form.job_id: None}
+            return
+        images = job.result.images
+        yield {
+            form.progress: render_done(job, time.perf_counter() - started), form.job_id: None,
+            form.gallery: [(image.path, f"Seed {image.seed}") for image in images],
+            form.results: [(image.path, image.seed, image.infotext) for image in images],
+            form.infotext: images[0].infotext if images else "", form.selected: 0,
+            form.selected_path: images[0].path if images else None,
+        }
+
+    def on_select(shown: list, event: gr.SelectData):
+        if not shown or event.index is None or event.index >= len(shown):
+            return gr.update(), 0, None
+        path, _, infotext = shown[event.index]
+        return infotext, event.index, path
+
+    def reuse(shown: list, index: int):
+        return shown[index][1] if shown and index < len(shown) else -1
+
+    # Our own job queue orders the work, so Gradio need not serialise these events.
+    form.generate.click(run, inputs=inputs, outputs=outputs, concurrency_limit=None, **PRIVATE)
+    form.interrupt.click(lambda job: job and services.jobs.interrupt(job), inputs=form.job_id,
+                         concurrency_limit=None, **PRIVATE)
+    form.skip.click(lambda job: job and services.jobs.skip(job), inputs=form.job_id, concurrency_limit=None,
+                    **PRIVATE)
+    form.gallery.select(on_select, inputs=form.results, outputs=[form.infotext, form.selected, form.selected_path],
+                        **PRIVATE)
+    form.random_seed.click(lambda: -1, outputs=form.seed, **PRIVATE)
+    form.reuse_seed.click(reuse, inputs=[form.results, form.selected], outputs=form.seed, **PRIVATE)

@@ -1,0 +1,128 @@
+"""The img2img tab: img2img, Inpaint (mask drawn in the browser), Inpaint upload and Outpaint."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from backend.image_ops import MASK_MODES, MASKED_CONTENT, RESIZE_MODES
+from backend.requests import Img2ImgRequest, RequestError, build_request
+from backend.services import Services
+from ui.generation_form import (PRIVATE, GenerationForm, build_prompt_row, build_results, build_sampling_controls,
+                                wire_generation)
+
+MODES = ("img2img", "inpaint", "inpaint_upload", "outpaint")
+
+
+@dataclass
+class Img2ImgTab:
+    form: GenerationForm
+    modes: gr.Tabs
+    mode: gr.State
+    init_image: gr.Image
+    inpaint_editor: gr.ImageEditor
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def file_bytes(path: str | None, field: str, what: str) -> bytes:
+    if not path:
+        raise RequestError(field, f"upload {what} first")
+    return Path(path).read_bytes()
+
+
+def editor_image_and_mask(value: dict | None) -> tuple[bytes, bytes]:
+    """The ImageEditor's background is the image; whatever was painted on its layers is the mask."""
+    if not value or value.get("background") is None:
+        raise RequestError("init_image", "upload an image to inpaint first")
+    background = value["background"]
+    painted = np.zeros((background.height, background.width), dtype=bool)
+    for layer in value.get("layers") or []:
+        alpha = np.asarray(layer.convert("RGBA").resize(background.size))[..., 3]
+        painted |= alpha > 0
+    mask = Image.fromarray((painted * 255).astype(np.uint8), "L")
+    return png_bytes(background.convert("RGB")), png_bytes(mask)
+
+
+def build_img2img_tab(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
+    top = build_prompt_row("img2img")
+    with gr.Row():
+        with gr.Column():
+            mode = gr.State("img2img")
+            with gr.Tabs(elem_id="img2img_modes") as modes:
+                with gr.Tab("img2img", id="img2img_mode") as img2img_tab:
+                    init_image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"],
+                                          elem_id="img2img_image", height=420)
+                with gr.Tab("Inpaint", id="inpaint_mode") as inpaint_tab:
+                    editor = gr.ImageEditor(
+                        label="Image - paint the area to change", type="pil", elem_id="img2img_inpaint_editor",
+                        sources=["upload", "clipboard"], height=420, layers=False, transforms=(),
+                        brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
+                        eraser=gr.Eraser(default_size=24))
+                with gr.Tab("Inpaint upload", id="inpaint_upload_mode") as upload_tab:
+                    with gr.Row():
+                        upload_image = gr.Image(label="Image", type="filepath", elem_id="img2img_upload_image")
+                        upload_mask = gr.Image(label="Mask (white = repaint)", type="filepath",
+                                               elem_id="img2img_upload_mask")
+                with gr.Tab("Outpaint", id="outpaint_mode") as outpaint_tab:
+                    outpaint_image = gr.Image(label="Image", type="filepath", elem_id="img2img_outpaint_image")
+                    with gr.Row():
+                        margins = [gr.Slider(label=f"Extend {side} (px)", minimum=0, maximum=512, step=8, value=0,
+                                             elem_id=f"img2img_outpaint_{side}")
+                                   for side in ("left", "right", "up", "down")]
+            for tab, name in ((img2img_tab, "img2img"), (inpaint_tab, "inpaint"), (upload_tab, "inpaint_upload"),
+                              (outpaint_tab, "outpaint")):
+                tab.select(lambda chosen=name: chosen, outputs=mode, **PRIVATE)
+            resize_mode = gr.Radio(list(RESIZE_MODES), type="index", value=RESIZE_MODES[0], label="Resize mode",
+                                   elem_id="img2img_resize_mode")
+            sampling = build_sampling_controls("img2img")
+            strength = gr.Slider(label="Denoising strength", minimum=0, maximum=1, step=0.01, value=0.75,
+                                 elem_id="img2img_denoising_strength")
+            with gr.Accordion("Inpaint options", open=False, elem_id="img2img_inpaint_options"):
+                mask_blur = gr.Slider(label="Mask blur", minimum=0, maximum=64, step=1, value=4,
+                                      elem_id="img2img_mask_blur")
+                mask_mode = gr.Radio(list(MASK_MODES), type="index", value=MASK_MODES[0], label="Mask mode",
+                                     elem_id="img2img_mask_mode")
+                masked_content = gr.Radio(list(MASKED_CONTENT), type="index", value="original",
+                                          label="Masked content", elem_id="img2img_masked_content")
+                with gr.Row():
+                    inpaint_area = gr.Radio(["Whole picture", "Only masked"], type="index", value="Whole picture",
+                                            label="Inpaint area", elem_id="img2img_inpaint_area")
+                    padding = gr.Slider(label="Only masked padding, pixels", minimum=0, maximum=256, step=4,
+                                        value=32, elem_id="img2img_padding")
+        with gr.Column():
+            form = GenerationForm(prefix="img2img", **top, **sampling)
+            build_results(form)
+
+    image_inputs = {mode, init_image, editor, upload_image, upload_mask, outpaint_image, resize_mode, strength,
+                    mask_blur, mask_mode, masked_content, inpaint_area, padding, *margins}
+
+    def request_from(values: dict) -> Img2ImgRequest:
+        chosen = values[mode]
+        fields = {**form.common_fields(values, checkpoint), "denoising_strength": float(values[strength]),
+                  "resize_mode": values[resize_mode], "mask_blur": int(values[mask_blur]),
+                  "inpainting_mask_invert": values[mask_mode], "inpainting_fill": values[masked_content],
+                  "inpaint_full_res": values[inpaint_area] == 1, "inpaint_full_res_padding": int(values[padding])}
+        if chosen == "img2img":
+            fields["init_image"] = file_bytes(values[init_image], "init_image", "an image")
+        elif chosen == "inpaint":
+            fields["init_image"], fields["mask"] = editor_image_and_mask(values[editor])
+        elif chosen == "inpaint_upload":
+            fields["init_image"] = file_bytes(values[upload_image], "init_image", "an image")
+            fields["mask"] = file_bytes(values[upload_mask], "mask", "a mask image")
+        else:
+            fields["init_image"] = file_bytes(values[outpaint_image], "init_image", "an image")
+            for side, slider in zip(("left", "right", "up", "down"), margins):
+                fields[f"outpaint_{side}"] = int(values[slider])
+        return build_request(Img2ImgRequest, fields)
+
+    wire_generation(services, form, form.inputs | image_inputs | {checkpoint}, request_from)
+    return Img2ImgTab(form=form, modes=modes, mode=mode, init_image=init_image, inpaint_editor=editor)
