@@ -9,6 +9,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
@@ -239,3 +240,42 @@ def test_eight_clients_three_jobs_each_fifo_and_one_cancelled(client, server):
     history.close()
     by_sequence = sorted(rows, key=lambda row: row["sequence"])
     assert [row["started_at"] for row in by_sequence] == sorted(row["started_at"] for row in rows)  # FIFO
+
+
+def test_img2img_with_mask_and_a1111_defaults(client):
+    image = Image.new("RGB", (64, 64), (200, 40, 30))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 32))
+    body = {"init_images": ["data:image/png;base64," + png_b64(image)], "mask": png_b64(mask), "mask_blur": 0,
+            "inpaint_full_res": False, "inpainting_fill": 1, "denoising_strength": 0.9, "seed": 4, "steps": 3,
+            "width": 64, "height": 64, "prompt": "patch"}
+    response = client.post("/img2img", json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    info = json.loads(result["info"])
+    assert info["denoising_strength"] == 0.9 and result["parameters"]["init_images"] is None
+    output = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["images"][0]))).convert("RGB"), dtype=int)
+    untouched = np.asarray(mask) == 0
+    assert np.array_equal(output[untouched], np.asarray(image, dtype=int)[untouched])
+    assert "Mask blur: 0" in info["infotexts"][0]
+    defaults = client.post("/img2img", json={"init_images": [png_b64(image)], "mask": png_b64(mask), **FAST})
+    infotext = json.loads(defaults.json()["info"])["infotexts"][0]
+    # A1111's API defaults: masked content "fill", inpaint area "only masked" with 0 padding
+    assert "Masked content: fill" in infotext and "Inpaint area: Only masked" in infotext
+
+
+@pytest.mark.parametrize("body,status,field", [
+    ({}, 422, "init_images"),
+    ({"init_images": ["%%%"]}, 422, "init_images[0]"),
+    ({"init_images": ["VALID"], "mask": "%%%"}, 422, "mask"),
+    ({"init_images": ["VALID"], "denoising_strength": 2}, 422, "denoising_strength"),
+    ({"init_images": ["VALID", "VALID"]}, 501, "init_images"),
+    ({"init_images": ["VALID"], "mask": "EMPTY"}, 422, "mask: the mask is empty"),
+])
+def test_img2img_errors(client, body, status, field):
+    valid = png_b64(Image.new("RGB", (64, 64)))
+    empty = png_b64(Image.new("L", (64, 64)))
+    body = json.loads(json.dumps(body).replace("VALID", valid).replace("EMPTY", empty))
+    response = client.post("/img2img", json={**FAST, **body})
+    assert response.status_code == status, response.text
+    assert field in json.dumps(response.json()["detail"])

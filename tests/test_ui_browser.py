@@ -96,7 +96,7 @@ def test_png_info_shows_parameters_and_sends_every_field_to_txt2img(server, page
         "document.querySelector('#pnginfo_parameters textarea').value.includes('a lighthouse at dusk')",
         timeout=30_000)
     page.locator("#pnginfo_send_txt2img").click()
-    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value === 'a lighthouse at dusk'",
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea')?.value === 'a lighthouse at dusk'",
                            timeout=30_000)
     assert page.locator("#txt2img_neg_prompt textarea").input_value() == "fog"
     assert page.locator("#txt2img_steps input[type=number]").input_value() == "17"
@@ -136,3 +136,61 @@ def test_live_preview_queue_panel_and_history_search(server, page):
     page.locator("#history_search input, #history_search textarea").first.fill("no such prompt")
     page.locator("#history_refresh").click()
     page.wait_for_function("document.querySelectorAll('#history_gallery img').length === 0", timeout=30_000)
+
+
+def test_inpaint_stroke_drawn_in_the_browser_changes_only_that_area(server, page, tmp_path):
+    import numpy as np
+
+    source = Image.new("RGB", (256, 256), (200, 30, 30))
+    source.save(tmp_path / "source.png")
+    page.get_by_role("tab", name="img2img").first.click()
+    page.get_by_role("tab", name="Inpaint", exact=True).click()
+    editor = page.locator("#img2img_inpaint_editor")
+    editor.locator("input[type=file]").first.set_input_files(str(tmp_path / "source.png"))
+    page.wait_for_timeout(1000)
+    box = editor.locator("canvas").first.bounding_box()
+    centre_x, centre_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(centre_x - 100, centre_y - 100)
+    page.mouse.down()
+    for step in range(12):
+        page.mouse.move(centre_x - 100 + step * 6, centre_y - 100)
+    page.mouse.up()
+    for elem_id, value in (("img2img_width", 256), ("img2img_height", 256), ("img2img_steps", 3)):
+        set_slider(page, elem_id, value)
+    page.locator("#img2img_generate").click()
+    page.wait_for_function("document.querySelector('#img2img_progress')?.innerText.includes('Done: 1 image')",
+                           timeout=120_000)
+    infotext = page.locator("#img2img_infotext textarea").input_value()
+    assert "Denoising strength: 0.75" in infotext and "Mask blur: 4" in infotext
+    (saved,) = list((server[1] / "img2img-images").rglob("*.png"))
+    changed = np.abs(np.asarray(Image.open(saved).convert("RGB"), dtype=int)
+                     - np.asarray(source, dtype=int)).sum(-1) > 0
+    ys, xs = np.nonzero(changed)
+    assert changed.any(), "the stroke's area was repainted"
+    # the stroke ran across the upper left of the image; nothing changed far from it
+    assert ys.max() < 128 and xs.max() < 192
+    assert changed.mean() < 0.2
+
+
+def test_send_txt2img_result_to_img2img(server, page):
+    page.locator("#txt2img_prompt textarea").fill("send me along")
+    for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 2)):
+        set_slider(page, elem_id, value)
+    page.locator("#txt2img_seed input").fill("99")
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Done: 1 image')",
+                           timeout=60_000)
+    page.locator("#txt2img_send_img2img").click()
+    page.wait_for_function("document.querySelector('#img2img_prompt textarea')?.value === 'send me along'",
+                           timeout=30_000)
+    assert page.locator("#img2img_seed input").input_value() == "99"
+    assert page.locator("#img2img_width input[type=number]").input_value() == "64"
+    page.wait_for_selector("#img2img_image img", timeout=30_000)
+    page.locator("#img2img_denoising_strength input[type=number]").fill("0")
+    page.locator("#img2img_denoising_strength input[type=number]").press("Enter")
+    page.locator("#img2img_generate").click()
+    page.wait_for_function("document.querySelector('#img2img_progress')?.innerText.includes('Done: 1 image')",
+                           timeout=60_000)
+    (sent,) = list((server[1] / "txt2img-images").rglob("*.png"))
+    (made,) = list((server[1] / "img2img-images").rglob("*.png"))
+    assert list(Image.open(sent).convert("RGB").getdata()) == list(Image.open(made).convert("RGB").getdata())
