@@ -23,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     net.add_argument("--api", action="store_true", help="serve A1111's REST API under /sdapi/v1 (docs at /docs)")
     net.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]", help="HTTP Basic credentials for the API")
     net.add_argument("--mcp", action="store_true",
-                     help="also serve txt2img as an MCP tool for AI assistants (Gradio's MCP server)")
+                     help="also serve txt2img and img2img as MCP tools for AI assistants (Gradio's MCP server)")
     paths = parser.add_argument_group("folders")
     paths.add_argument("--models-dir", type=Path, default=APP_DIR / "models",
                        help="root holding Stable-diffusion/, Lora/, VAE/, ESRGAN/, embeddings/ (A1111 layout)")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 
 import pytest
 from PIL import Image
@@ -24,16 +26,24 @@ def test_mcp_txt2img_tool(tmp_path, models_dir):
                 tools = {tool.name: tool for tool in (await session.list_tools()).tools}
                 result = await session.call_tool("txt2img", {"prompt": "an mcp robot", "steps": 2, "width": 64,
                                                              "height": 64, "seed": 31})
-                return tools, result
+                buffer = io.BytesIO()
+                Image.new("RGB", (64, 64), (10, 200, 10)).save(buffer, format="PNG")
+                repainted = await session.call_tool("img2img", {
+                    "image_base64": base64.b64encode(buffer.getvalue()).decode(), "prompt": "keep it",
+                    "denoising_strength": 0.0, "width": 64, "height": 64, "seed": 32})
+                return tools, result, repainted
 
     try:
-        tools, result = asyncio.run(asyncio.wait_for(call(), 120))
+        tools, result, repainted = asyncio.run(asyncio.wait_for(call(), 120))
     finally:
         server.stop()
-    assert list(tools) == ["txt2img"]  # UI events are private; only the documented tool is offered
+    assert sorted(tools) == ["img2img", "txt2img"]  # UI events are private; only the documented tools are offered
     assert "prompt" in tools["txt2img"].inputSchema["properties"]
     assert not result.isError, result
     saved = list((tmp_path / "outputs" / "txt2img-images").rglob("*-31.png"))
     assert len(saved) == 1
     assert Image.open(saved[0]).info["parameters"].startswith("an mcp robot\n")
     assert any(saved[0].name in getattr(item, "text", "") for item in result.content)
+    assert not repainted.isError, repainted
+    (kept,) = list((tmp_path / "outputs" / "img2img-images").rglob("*-32.png"))
+    assert Image.open(kept).convert("RGB").getpixel((5, 5)) == (10, 200, 10)

@@ -1,14 +1,35 @@
 """Tools for AI assistants over MCP (Gradio's built-in MCP server, enabled with --mcp).
 
 Each tool builds the same typed request as the UI and the REST API and runs it through the job queue.
-img2img and upscaling tools come with those features.
+The upscaling tool comes with the upscaling feature.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+
 import gradio as gr
 
-from backend.requests import RequestError, Txt2ImgRequest, build_request
+from backend.requests import Img2ImgRequest, RequestError, Txt2ImgRequest, build_request
 from backend.services import Services
+
+
+def _run(services: Services, request_class, fields: dict) -> list[str]:
+    try:
+        request = build_request(request_class, fields)
+    except RequestError as error:
+        raise gr.Error(str(error)) from None
+    job = services.jobs.run_and_wait(request)
+    if job.status == "failed":
+        raise gr.Error(job.error)
+    return [image.path for image in job.result.images]
+
+
+def _decode(data: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(data.split(",", 1)[-1] if data.startswith("data:") else data, validate=True)
+    except (binascii.Error, ValueError):
+        raise gr.Error(f"{field}: not valid base64") from None
 
 
 def register_mcp_tools(services: Services):
@@ -29,15 +50,35 @@ def register_mcp_tools(services: Services):
         Returns:
             Paths of the saved PNG images (their generation parameters are embedded).
         """
-        try:
-            request = build_request(Txt2ImgRequest, dict(
-                prompt=prompt, negative_prompt=negative_prompt, steps=steps, cfg_scale=cfg_scale, width=width,
-                height=height, seed=seed, sampler_name=sampler_name))
-        except RequestError as error:
-            raise gr.Error(str(error)) from None
-        job = services.jobs.run_and_wait(request)
-        if job.status == "failed":
-            raise gr.Error(job.error)
-        return [image.path for image in job.result.images]
+        return _run(services, Txt2ImgRequest, dict(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
+                                                   cfg_scale=cfg_scale, width=width, height=height, seed=seed,
+                                                   sampler_name=sampler_name))
+
+    def img2img(image_base64: str, prompt: str, denoising_strength: float = 0.75, mask_base64: str = "",
+                negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0, width: int = 512,
+                height: int = 512, seed: int = -1) -> list[str]:
+        """Repaint an image guided by a prompt; with a mask, repaint only the white area of the mask.
+
+        Args:
+            image_base64: the input image, PNG/JPEG/WEBP, base64-encoded (a data: URL also works).
+            prompt: what the result should show.
+            denoising_strength: 0 keeps the input, 1 ignores it.
+            mask_base64: optional mask image, base64; white marks the area to repaint.
+            negative_prompt: what the result should not show.
+            steps: sampling steps, 1 to 150.
+            cfg_scale: how strongly to follow the prompt, 1 to 30.
+            width: output width in pixels, a multiple of 8.
+            height: output height in pixels, a multiple of 8.
+            seed: random seed; -1 picks one.
+
+        Returns:
+            Paths of the saved PNG images.
+        """
+        return _run(services, Img2ImgRequest, dict(
+            init_image=_decode(image_base64, "image_base64"),
+            mask=_decode(mask_base64, "mask_base64") if mask_base64 else None, prompt=prompt,
+            denoising_strength=denoising_strength, negative_prompt=negative_prompt, steps=steps, cfg_scale=cfg_scale,
+            width=width, height=height, seed=seed))
 
     gr.api(txt2img, api_name="txt2img")
+    gr.api(img2img, api_name="img2img")
