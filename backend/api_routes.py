@@ -221,13 +221,17 @@ def build_api_router(services: Services, auth: list[tuple[str, str]] | None = No
         return PngInfoResponse(info=info, items=items, parameters=parse_infotext(info) if info else {})
 
     def job_for(id_task: str | None) -> Job | None:
-        return services.jobs.get(id_task) if id_task else services.jobs.running()
+        """The job a client names (id_task = its force_task_id), or the running one as A1111 does."""
+        if not id_task:
+            return services.jobs.running()
+        job = services.jobs.get(id_task)
+        if job is None:
+            raise HTTPException(status_code=404, detail=f"id_task: no job with id '{id_task}'")
+        return job
 
     @api.get("/progress", response_model=ProgressResponse)
     def progress(skip_current_image: bool = False, id_task: str | None = Query(None)):
         job = job_for(id_task)
-        if id_task and job is None:
-            raise HTTPException(status_code=404, detail=f"id_task: no job with id '{id_task}'")
         if job is None:
             return ProgressResponse(progress=0, eta_relative=0, current_image=None, textinfo=None, state={
                 "skipped": False, "interrupted": False, "job": "", "job_count": 0, "job_timestamp": "0",
@@ -248,15 +252,11 @@ def build_api_router(services: Services, auth: list[tuple[str, str]] | None = No
     def interrupt(id_task: str | None = Query(None)):
         """Interrupt the given job (id_task), or the running job as A1111 does."""
         job = job_for(id_task)
-        if id_task and job is None:
-            raise HTTPException(status_code=404, detail=f"id_task: no job with id '{id_task}'")
         return {"interrupted": bool(job and services.jobs.interrupt(job.id)), "task_id": job and job.id}
 
     @api.post("/skip")
     def skip(id_task: str | None = Query(None)):
         job = job_for(id_task)
-        if id_task and job is None:
-            raise HTTPException(status_code=404, detail=f"id_task: no job with id '{id_task}'")
         return {"skipped": bool(job and services.jobs.skip(job.id)), "task_id": job and job.id}
 
     @api.get("/options")

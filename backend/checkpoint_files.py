@@ -79,3 +79,16 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path.name} does not hold a flat dictionary of tensors")
     return state
+
+
+def declared_resolution(path: Path) -> tuple[int, int] | None:
+    """The training size a safetensors file declares in its ModelSpec metadata ("modelspec.resolution":
+    "1024x1024"), read from the header only."""
+    try:
+        if sniff_format(path) != "safetensors":
+            return None
+        text = read_safetensors_metadata(path).get("modelspec.resolution", "")
+        width, height = (int(part) for part in text.lower().split("x"))
+        return width, height
+    except (CheckpointError, ValueError, OSError):
+        return None

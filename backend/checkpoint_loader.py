@@ -18,7 +18,7 @@ from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, co
                                                  convert_ldm_vae_checkpoint, convert_open_clip_checkpoint)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from backend.checkpoint_files import CheckpointError, load_state_dict
+from backend.checkpoint_files import CheckpointError, declared_resolution, load_state_dict
 from backend.clip_tokenizer import build_clip_tokenizer
 from backend.model_detection import FAMILY_LABELS, SDXL_REFINER_OPENCLIP_PREFIX, DetectedModel, detect
 from backend.original_layout import SD2_OPENCLIP_PREFIX, SDXL_OPENCLIP_PREFIX
@@ -121,6 +121,10 @@ class CheckpointLoader:
     def load_single_file(self, path: Path, dtype: torch.dtype) -> LoadedModel:
         state = load_state_dict(path)
         detected = detect(state)
+        resolution = declared_resolution(path)
+        if resolution:  # the UNet's default size follows what the file says it was trained at
+            scale = 2 ** (len(detected.configs["vae"]["block_out_channels"]) - 1)
+            detected.configs["unet"]["sample_size"] = resolution[1] // scale
         try:
             return self._build(path, state, detected, dtype)
         except KeyError as error:

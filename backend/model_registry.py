@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.builtin_model import BUILTIN_LABEL, ensure_builtin_checkpoint
+from backend.checkpoint_files import declared_resolution
 from backend.model_hashes import HashCache
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -19,6 +20,8 @@ class CheckpointEntry:
     short_hash: str | None  # None for diffusers folders and hub ids (no single file to hash)
     sha256: str | None = None
     builtin: bool = False
+    resolution: tuple[int, int] | None = None  # the size the model was trained at, when its file says
+
 
     @property
     def model_name(self) -> str:
@@ -47,7 +50,8 @@ class ModelRegistry:
 
     def _file_entry(self, path: Path, name: str, builtin: bool = False) -> CheckpointEntry:
         sha = self.hashes.sha256(path)
-        return CheckpointEntry(name=name, path=path, short_hash=sha[:10], sha256=sha, builtin=builtin)
+        return CheckpointEntry(name=name, path=path, short_hash=sha[:10], sha256=sha, builtin=builtin,
+                               resolution=declared_resolution(path))
 
     def refresh(self) -> tuple[CheckpointEntry, ...]:
         with self._lock:

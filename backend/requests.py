@@ -36,6 +36,12 @@ def _check_range(value, low, high):
     return value
 
 
+def _check_finite_range(value: float, low: float, high: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number between {low} and {high}; got {value}")
+    return _check_range(value, low, high)
+
+
 class GenerationRequest(BaseModel):
     """Fields every generation job has. Field names follow A1111's /sdapi/v1 API."""
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
@@ -66,9 +72,7 @@ class GenerationRequest(BaseModel):
     @field_validator("cfg_scale")
     @classmethod
     def _cfg(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError(f"must be a finite number between {CFG_RANGE[0]} and {CFG_RANGE[1]}; got {value}")
-        return _check_range(value, *CFG_RANGE)
+        return _check_finite_range(value, *CFG_RANGE)
 
     @field_validator("steps", "seed", "batch_size", "n_iter")
     @classmethod
@@ -133,9 +137,7 @@ class Img2ImgRequest(GenerationRequest):
     @field_validator("denoising_strength")
     @classmethod
     def _strength(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError(f"must be a finite number between 0 and 1; got {value}")
-        return _check_range(value, 0, 1)
+        return _check_finite_range(value, 0, 1)
 
     @field_validator("resize_mode", "mask_blur", "inpainting_mask_invert", "inpainting_fill",
                      "inpaint_full_res_padding")

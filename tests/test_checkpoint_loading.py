@@ -125,3 +125,14 @@ def test_non_checkpoint_files_are_explained(loader, tmp_path):
               str(incomplete))
     with pytest.raises(CheckpointError, match="VAE weights are incomplete"):
         loader.load(incomplete, torch.float32)
+
+
+def test_declared_training_size_is_read_from_modelspec_metadata(loader, tmp_path):
+    from backend.checkpoint_files import declared_resolution
+
+    path = write_tiny_checkpoint(tmp_path / "spec.safetensors", "sd1", metadata={"modelspec.resolution": "64x64"})
+    assert declared_resolution(path) == (64, 64)
+    pipeline = loader.load(path, torch.float32).pipeline
+    assert pipeline.unet.config.sample_size * pipeline.vae_scale_factor == 64  # the pipeline's default size
+    plain = write_tiny_checkpoint(tmp_path / "plain.safetensors", "sd1")
+    assert declared_resolution(plain) is None

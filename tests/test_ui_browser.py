@@ -33,6 +33,21 @@ def page(server):
         browser.close()
 
 
+def wait_until_canvas_shows(canvas, rgb, timeout: float = 60):
+    """The image editor loads an upload asynchronously; wait until its canvas shows the image's colour."""
+    import io
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shot = Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")
+        centre = shot.getpixel((shot.width // 2, shot.height // 2))
+        if sum(abs(a - b) for a, b in zip(centre, rgb)) < 30:
+            return True
+        time.sleep(0.25)
+    return False
+
+
 def set_slider(page, elem_id: str, value: int):
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
@@ -146,8 +161,14 @@ def test_inpaint_stroke_drawn_in_the_browser_changes_only_that_area(server, page
     page.get_by_role("tab", name="img2img").first.click()
     page.get_by_role("tab", name="Inpaint", exact=True).click()
     editor = page.locator("#img2img_inpaint_editor")
-    editor.locator("input[type=file]").first.set_input_files(str(tmp_path / "source.png"))
-    page.wait_for_timeout(1000)
+    editor.locator("canvas").first.wait_for(state="visible")
+    page.wait_for_timeout(1000)  # the editor mounts its file input after the tab appears
+    for attempt in range(3):
+        editor.locator("input[type=file]").first.set_input_files(str(tmp_path / "source.png"))
+        if wait_until_canvas_shows(editor.locator("canvas").first, (200, 30, 30), timeout=20):
+            break
+    else:
+        raise AssertionError("the image editor never showed the uploaded image")
     box = editor.locator("canvas").first.bounding_box()
     centre_x, centre_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(centre_x - 100, centre_y - 100)

@@ -75,8 +75,10 @@ def build_prompt_row(prefix: str) -> dict:
     return dict(prompt=prompt, negative_prompt=negative, generate=generate, interrupt=interrupt, skip=skip)
 
 
-def build_sampling_controls(prefix: str) -> dict:
+def build_sampling_controls(prefix: str, size: tuple[int, int] | None = None) -> dict:
+    """`size`: the selected model's training size, when it declares one (else A1111's 512x512)."""
     defaults = Txt2ImgRequest()
+    default_width, default_height = size or (defaults.width, defaults.height)
     with gr.Row():
         sampler = gr.Dropdown(label="Sampling method", choices=list(SAMPLERS), value=defaults.sampler_name,
                               elem_id=f"{prefix}_sampling")
@@ -85,10 +87,10 @@ def build_sampling_controls(prefix: str) -> dict:
     steps = gr.Slider(label="Sampling steps", minimum=STEPS_RANGE[0], maximum=STEPS_RANGE[1], step=1,
                       value=defaults.steps, elem_id=f"{prefix}_steps")
     with gr.Row():
-        width = gr.Slider(label="Width", minimum=SIZE_RANGE[0], maximum=SIZE_RANGE[1], step=8, value=defaults.width,
+        width = gr.Slider(label="Width", minimum=SIZE_RANGE[0], maximum=SIZE_RANGE[1], step=8, value=default_width,
                           elem_id=f"{prefix}_width")
         height = gr.Slider(label="Height", minimum=SIZE_RANGE[0], maximum=SIZE_RANGE[1], step=8,
-                           value=defaults.height, elem_id=f"{prefix}_height")
+                           value=default_height, elem_id=f"{prefix}_height")
     with gr.Row():
         batch_count = gr.Slider(label="Batch count", minimum=BATCH_COUNT_RANGE[0], maximum=BATCH_COUNT_RANGE[1],
                                 step=1, value=1, elem_id=f"{prefix}_batch_count")

@@ -52,7 +52,7 @@ def editor_image_and_mask(value: dict | None) -> tuple[bytes, bytes]:
     return png_bytes(background.convert("RGB")), png_bytes(mask)
 
 
-def build_img2img_tab(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab:
+def build_img2img_tab(services: Services, checkpoint: gr.Dropdown, size: tuple[int, int] | None) -> Img2ImgTab:
     top = build_prompt_row("img2img")
     with gr.Row():
         with gr.Column():
@@ -83,7 +83,7 @@ def build_img2img_tab(services: Services, checkpoint: gr.Dropdown) -> Img2ImgTab
                 tab.select(lambda chosen=name: chosen, outputs=mode, **PRIVATE)
             resize_mode = gr.Radio(list(RESIZE_MODES), type="index", value=RESIZE_MODES[0], label="Resize mode",
                                    elem_id="img2img_resize_mode")
-            sampling = build_sampling_controls("img2img")
+            sampling = build_sampling_controls("img2img", size)
             strength = gr.Slider(label="Denoising strength", minimum=0, maximum=1, step=0.01, value=0.75,
                                  elem_id="img2img_denoising_strength")
             with gr.Accordion("Inpaint options", open=False, elem_id="img2img_inpaint_options"):

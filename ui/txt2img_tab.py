@@ -9,11 +9,11 @@ from ui.generation_form import (GenerationForm, build_prompt_row, build_results,
                                 wire_generation)
 
 
-def build_txt2img_tab(services: Services, checkpoint: gr.Dropdown) -> GenerationForm:
+def build_txt2img_tab(services: Services, checkpoint: gr.Dropdown, size: tuple[int, int] | None) -> GenerationForm:
     top = build_prompt_row("txt2img")
     with gr.Row():
         with gr.Column():
-            form = GenerationForm(prefix="txt2img", **top, **build_sampling_controls("txt2img"))
+            form = GenerationForm(prefix="txt2img", **top, **build_sampling_controls("txt2img", size))
         with gr.Column():
             build_results(form)
             with gr.Row():
