@@ -1,7 +1,7 @@
 """Train the built-in demo model: a tiny latent diffusion model of the shapes world (tools/shapes_world.py)
 in Stable Diffusion 1.x's architecture and file format (UNet with cross-attention, AutoencoderKL, CLIP text
-encoder with the real CLIP tokenizer). Fixed seeds, CPU only, about 47 minutes on 2 cores (training is
-time-boxed, so a faster machine trains more steps).
+encoder with the real CLIP tokenizer). Fixed seeds, CPU only, about 40 minutes on 2 cores. Training is
+time-boxed (--vae-minutes, --diffusion-minutes), so the step counts it prints are what reproduces a run.
 
     python -m tools.train_demo_model --out backend/builtin/shapes-demo.safetensors
 """
