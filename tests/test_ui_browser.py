@@ -48,6 +48,12 @@ def wait_until_canvas_shows(canvas, rgb, timeout: float = 60):
     return False
 
 
+def wait_until_done(page, tab: str, timeout_ms: int = 120_000):
+    """Wait for the tab's progress area to report one finished image."""
+    page.wait_for_function(
+        f"document.querySelector('#{tab}_progress')?.innerText.includes('Done: 1 image')", timeout=timeout_ms)
+
+
 def set_slider(page, elem_id: str, value: int):
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(str(value))
@@ -139,8 +145,7 @@ def test_live_preview_queue_panel_and_history_search(server, page):
     set_slider(page, "txt2img_steps", 2)
     set_slider(page, "txt2img_batch_count", 1)
     page.get_by_role("button", name="Generate").click()
-    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Done: 1 image')",
-                           timeout=60_000)
+    wait_until_done(page, "txt2img")
     page.get_by_role("tab", name="History").click()
     page.locator("#history_search input, #history_search textarea").first.fill("needle")
     page.locator("#history_refresh").click()
@@ -179,8 +184,7 @@ def test_inpaint_stroke_drawn_in_the_browser_changes_only_that_area(server, page
     for elem_id, value in (("img2img_width", 256), ("img2img_height", 256), ("img2img_steps", 3)):
         set_slider(page, elem_id, value)
     page.locator("#img2img_generate").click()
-    page.wait_for_function("document.querySelector('#img2img_progress')?.innerText.includes('Done: 1 image')",
-                           timeout=120_000)
+    wait_until_done(page, "img2img")
     infotext = page.locator("#img2img_infotext textarea").input_value()
     assert "Denoising strength: 0.75" in infotext and "Mask blur: 4" in infotext
     (saved,) = list((server[1] / "img2img-images").rglob("*.png"))
@@ -199,8 +203,7 @@ def test_send_txt2img_result_to_img2img(server, page):
         set_slider(page, elem_id, value)
     page.locator("#txt2img_seed input").fill("99")
     page.get_by_role("button", name="Generate").click()
-    page.wait_for_function("document.querySelector('#txt2img_progress').innerText.includes('Done: 1 image')",
-                           timeout=60_000)
+    wait_until_done(page, "txt2img")
     page.locator("#txt2img_send_img2img").click()
     page.wait_for_function("document.querySelector('#img2img_prompt textarea')?.value === 'send me along'",
                            timeout=30_000)
@@ -210,8 +213,7 @@ def test_send_txt2img_result_to_img2img(server, page):
     page.locator("#img2img_denoising_strength input[type=number]").fill("0")
     page.locator("#img2img_denoising_strength input[type=number]").press("Enter")
     page.locator("#img2img_generate").click()
-    page.wait_for_function("document.querySelector('#img2img_progress')?.innerText.includes('Done: 1 image')",
-                           timeout=60_000)
+    wait_until_done(page, "img2img")
     (sent,) = list((server[1] / "txt2img-images").rglob("*.png"))
     (made,) = list((server[1] / "img2img-images").rglob("*.png"))
     assert list(Image.open(sent).convert("RGB").getdata()) == list(Image.open(made).convert("RGB").getdata())
