@@ -1,24 +1,19 @@
-"""The model a new user gets when the models folder holds no checkpoint.
+"""The model a new user gets when the models folder holds no checkpoint: the shapes demo model shipped in
+backend/builtin/ (trained by tools/train_demo_model.py; see its evaluation report there).
 
-It is created on first start in the app's cache folder and loaded through the same code path as any
-user's checkpoint. To ship a different built-in model, change BUILTIN_CHECKPOINT's source below.
+It is an ordinary single-file SD1.x-format checkpoint and is loaded through the same code path as any
+user's checkpoint. To ship a different built-in model, replace the file and BUILTIN_FILE below.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from backend.tiny_models import write_tiny_checkpoint
-
-BUILTIN_FILE_NAME = "builtin-demo-tiny.safetensors"
-BUILTIN_LABEL = "built-in demo model: tiny, untrained, draws noise-like patterns"
-BUILTIN_SEED = 1234
+BUILTIN_FILE = Path(__file__).parent / "builtin" / "shapes-demo.safetensors"
+BUILTIN_LABEL = "built-in demo model: a tiny world of coloured shapes, 64x64"
 
 
-def ensure_builtin_checkpoint(cache_dir: Path) -> Path:
-    path = Path(cache_dir) / "builtin" / BUILTIN_FILE_NAME
-    if not path.exists():
-        partial = path.with_name(".partial-" + path.name)
-        write_tiny_checkpoint(partial, "sd1", seed=BUILTIN_SEED, metadata={"description": BUILTIN_LABEL})
-        os.replace(partial, path)
-    return path
+def builtin_checkpoint() -> Path:
+    if not BUILTIN_FILE.is_file():
+        raise FileNotFoundError(f"the built-in demo model {BUILTIN_FILE} is missing from this checkout; "
+                                "restore it with git, or put a checkpoint in the models folder")
+    return BUILTIN_FILE

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.builtin_model import BUILTIN_LABEL, ensure_builtin_checkpoint
+from backend.builtin_model import BUILTIN_LABEL, builtin_checkpoint
 from backend.checkpoint_files import declared_resolution
 from backend.model_hashes import HashCache
 
@@ -41,9 +41,8 @@ class CheckpointEntry:
 
 
 class ModelRegistry:
-    def __init__(self, checkpoints_dir: Path, cache_dir: Path, hashes: HashCache):
+    def __init__(self, checkpoints_dir: Path, hashes: HashCache):
         self.checkpoints_dir = Path(checkpoints_dir)
-        self.cache_dir = Path(cache_dir)
         self.hashes = hashes
         self._entries: tuple[CheckpointEntry, ...] = ()
         self._lock = threading.Lock()  # the UI and the preload thread may refresh at the same time
@@ -70,7 +69,7 @@ class ModelRegistry:
                         and not any(f in path.parents for f in folders) and not path.name.startswith(".")):
                     entries.append(self._file_entry(path, path.relative_to(root).as_posix()))
         if not entries:
-            builtin = ensure_builtin_checkpoint(self.cache_dir)
+            builtin = builtin_checkpoint()
             entries.append(self._file_entry(builtin, builtin.name, builtin=True))
         return tuple(entries)
 

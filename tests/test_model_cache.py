@@ -86,12 +86,3 @@ def test_hashes_are_cached_by_path_size_and_mtime(services, models_dir, monkeypa
     monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(a) or hashlib.new("sha256", *a))
     services.models.refresh()
     assert calls == []
-
-
-def test_empty_models_folder_gets_the_builtin_demo_model(make_services, tmp_path):
-    services = make_services(models_dir=tmp_path / "empty")
-    (entry,) = services.models.list_checkpoints()
-    assert entry.builtin and "built-in demo model" in entry.label
-    job = run_txt2img(services, seed=1)
-    assert job.status == "done", job.error
-    assert "Model: builtin-demo-tiny" in job.result.images[0].infotext

@@ -150,9 +150,20 @@ class Detection:
     object_mask: np.ndarray
 
 
+def solidity(mask: np.ndarray) -> float:
+    """Object area over the area of its convex hull (pixel corners): about 0.6 for a star, above 0.8 for
+    the convex shapes."""
+    from scipy.spatial import ConvexHull
+
+    ys, xs = np.nonzero(mask)
+    corners = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)])
+    return float(mask.sum() / ConvexHull(np.unique(corners, axis=0)).volume)
+
+
 def detect(image: Image.Image, threshold: float = 60.0) -> Detection:
-    """Background = median colour of the border; object = pixels far from it; shape from how much of
-    its bounding box the object fills; position from its centroid in a 3x3 grid."""
+    """Background = median colour of the border; object = pixels far from it; shape: a star is the one
+    concave shape (low solidity), the convex ones differ in how much of their bounding box they fill;
+    position from the centroid in a 3x3 grid."""
     pixels = np.asarray(image.convert("RGB").resize((SIZE, SIZE)), dtype=float)
     border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3), pixels[:, :2].reshape(-1, 3),
                              pixels[:, -2:].reshape(-1, 3)])
@@ -167,14 +178,14 @@ def detect(image: Image.Image, threshold: float = 60.0) -> Detection:
     ys, xs = np.nonzero(mask)
     box_area = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
     fill = mask.sum() / box_area
-    if fill >= 0.86:
+    if solidity(mask) < 0.75:
+        shape = "star"
+    elif fill >= 0.86:
         shape = "square"
     elif fill >= 0.65:
         shape = "circle"
-    elif fill >= 0.49:
-        shape = "triangle"
     else:
-        shape = "star"
+        shape = "triangle"
     column = min(2, int(xs.mean() / SIZE * 3))
     row = min(2, int(ys.mean() / SIZE * 3))
     position = next(name for name, cell in POSITIONS.items() if cell == (column, row))

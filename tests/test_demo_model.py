@@ -1,0 +1,124 @@
+"""Semantic checks with the shipped demo model (backend/builtin/): what the prompt names is what appears.
+
+The tiny random test models cannot make these assertions; the demo model was trained on the shapes world
+of tools/shapes_world.py, whose detector reads the images back. Several seeds per prompt with a threshold,
+because the model is small and a single seed may miss (its evaluation report gives the rates).
+"""
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.builtin_model import BUILTIN_FILE
+from backend.image_ops import blur_mask
+from backend.requests import Img2ImgRequest, Txt2ImgRequest
+from tools.shapes_world import COLOURS, Scene, ShapeSpec, detect, nearest_colour, render
+
+DEMO = dict(width=64, height=64, steps=20, cfg_scale=7.0, sampler_name="DPM++ 2M")
+SEEDS = range(1, 7)
+
+
+@pytest.fixture
+def demo(make_services, tmp_path):
+    services = make_services(models_dir=tmp_path / "no-checkpoints")
+    (entry,) = services.models.list_checkpoints()
+    assert entry.builtin and entry.path == BUILTIN_FILE
+    return services
+
+
+def generate(services, request) -> Image.Image:
+    job = services.jobs.run_and_wait(request, timeout=300)
+    assert job.status == "done", job.error
+    return Image.open(io.BytesIO(job.result.images[0].png)).convert("RGB")
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def colour_share(image: Image.Image, region: np.ndarray, colour: str) -> float:
+    """Fraction of the region's pixels whose nearest palette colour is `colour`."""
+    pixels = np.asarray(image, dtype=float)[region]
+    palette = np.asarray(list(COLOURS.values()), dtype=float)
+    nearest = np.argmin(((pixels[:, None, :] - palette[None]) ** 2).sum(-1), axis=1)
+    return float(np.mean(nearest == list(COLOURS).index(colour)))
+
+
+def test_empty_models_folder_offers_the_shapes_demo_model(demo):
+    (entry,) = demo.models.list_checkpoints()
+    assert "coloured shapes" in entry.label and entry.resolution == (64, 64)
+    image_result = demo.jobs.run_and_wait(Txt2ImgRequest(prompt="a red circle on a blue background", seed=1, **DEMO),
+                                          timeout=300).result.images[0]
+    assert image_result.infotext.endswith(f"Model hash: {entry.short_hash}, Model: shapes-demo")
+
+
+# Positions are not asserted: this model does not follow them yet (see its report and issue 4).
+@pytest.mark.parametrize("prompt, colour, background, shape", [
+    ("a red circle on a blue background", "red", "blue", "circle"),
+    ("a small yellow triangle in the top left on a black background", "yellow", "black", "triangle"),
+    ("big white star in the centre, purple background", "white", "purple", "star"),
+    ("a green box at the bottom right against an orange background", "green", "orange", "square"),
+])
+def test_txt2img_draws_the_named_colours_and_shape(demo, prompt, colour, background, shape):
+    found = [detect(generate(demo, Txt2ImgRequest(prompt=prompt, seed=seed, **DEMO))) for seed in SEEDS]
+    assert sum(d.background == background for d in found) >= len(found) - 1, [d.background for d in found]
+    assert sum(d.colour == colour for d in found) >= len(found) - 1, [d.colour for d in found]
+    # At least half the time (chance is a quarter); the report gives the model's shape rate over 240 images.
+    assert sum(d.shape == shape for d in found) >= len(found) / 2, [d.shape for d in found]
+
+
+def test_the_named_colour_dominates_the_object_region(demo):
+    for seed, colour in zip(SEEDS, ["red", "blue", "yellow", "green", "purple", "orange"]):
+        image = generate(demo, Txt2ImgRequest(prompt=f"a large {colour} square on a white background", seed=seed,
+                                              **DEMO))
+        found = detect(image)
+        assert found.object_fraction > 0.05
+        assert colour_share(image, found.object_mask, colour) > 0.6
+        assert colour_share(image, ~found.object_mask, "white") > 0.9
+
+
+def scene_image(shape: str, colour: str, position: str, background: str, seed: int = 0) -> Image.Image:
+    spec = ShapeSpec(shape, colour, "big", position)
+    return render(Scene((spec,), background, ""), random.Random(seed))
+
+
+def test_img2img_with_low_strength_keeps_the_layout(demo):
+    source = scene_image("square", "green", "left", "white")
+    source_mask = detect(source).object_mask
+    different_prompt = "a red star at the bottom right on a black background"
+    for seed in SEEDS[:3]:
+        kept = generate(demo, Img2ImgRequest(init_image=png(source), prompt=different_prompt, seed=seed,
+                                             denoising_strength=0.3, **DEMO))
+        found = detect(kept)
+        overlap = (found.object_mask & source_mask).sum() / (found.object_mask | source_mask).sum()
+        assert found.background == "white" and found.position == "left" and overlap > 0.7, overlap
+    # The same prompt at full strength ignores the input, so the checks above can fail.
+    redrawn = detect(generate(demo, Img2ImgRequest(init_image=png(source), prompt=different_prompt, seed=1,
+                                                   denoising_strength=1.0, **DEMO)))
+    assert redrawn.background == "black"
+
+
+@pytest.mark.xfail(strict=True, reason="the demo model does not yet place objects where asked, so the square "
+                                      "often lands outside the mask (issue 4); strict: passing means update this")
+def test_inpainting_draws_the_prompt_in_the_mask_and_keeps_the_rest(demo):
+    source = scene_image("circle", "red", "left", "white")
+    mask = Image.new("L", source.size, 0)
+    mask.paste(255, (32, 0, 64, 64))
+    for seed in SEEDS[:3]:
+        result = generate(demo, Img2ImgRequest(
+            init_image=png(source), mask=png(mask), prompt="a green square on the right on a white background",
+            seed=seed, denoising_strength=1.0, mask_blur=4, **DEMO))
+        pixels, original = np.asarray(result, dtype=int), np.asarray(source, dtype=int)
+        untouched = np.asarray(blur_mask(mask, 4)) == 0  # outside the mask and its blur
+        assert untouched[:, :16].all() and np.array_equal(pixels[untouched], original[untouched])
+        inside = np.zeros_like(untouched)
+        inside[:, 32 + 4:] = True
+        assert colour_share(result, inside, "green") > 0.15
+        assert colour_share(result, inside, "red") < 0.02
+        assert nearest_colour(np.median(pixels[inside], axis=0)) == "white"
