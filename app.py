@@ -43,6 +43,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="use xformers attention when installed on a CUDA machine (default: PyTorch SDPA)")
     model.add_argument("--max-models", type=int, default=2, help="checkpoints kept loaded in memory (default 2)")
     model.add_argument("--max-cache-gb", type=float, default=16.0, help="memory limit of that cache in GB")
+    upscale = parser.add_argument_group("upscaling")
+    upscale.add_argument("--upscale-tile-size", type=int, default=192,
+                         help="upscaler models work on tiles of this many pixels (0: whole image; default 192)")
+    upscale.add_argument("--upscale-tile-overlap", type=int, default=16,
+                         help="pixels neighbouring tiles share and blend (default 16, at most a quarter tile)")
+    upscale.add_argument("--max-upscale-size", type=int, default=8192,
+                         help="largest width or height an upscale may produce (default 8192)")
     return parser.parse_args(argv)
 
 
@@ -73,7 +80,9 @@ def main(argv=None):
     settings = Settings(models_dir=args.models_dir, ckpt_dir=args.ckpt_dir, outputs_dir=args.outputs_dir,
                         cache_dir=args.cache_dir, startup_checkpoint=args.ckpt, device=args.device,
                         precision=args.precision, xformers=args.xformers, max_models_in_memory=args.max_models,
-                        max_cache_gb=args.max_cache_gb, offline=os.environ.get("HF_HUB_OFFLINE") == "1")
+                        max_cache_gb=args.max_cache_gb, offline=os.environ.get("HF_HUB_OFFLINE") == "1",
+                        upscale_tile_size=args.upscale_tile_size, upscale_tile_overlap=args.upscale_tile_overlap,
+                        max_upscale_size=args.max_upscale_size)
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
     services = build_services(settings)
     # Load the first model in the background so the page answers at once.
@@ -102,6 +111,10 @@ def _preload(services):
         logging.info("ready: %s", entry.title)
     except Exception as error:  # the app stays up; the UI shows the error when the model is used
         logging.error("could not load the first checkpoint: %s", error)
+    try:  # detect the upscaler files now (cached on disk afterwards), not when a user first opens a list
+        logging.info("upscalers: %s", ", ".join(services.upscalers.names()))
+    except Exception as error:
+        logging.error("could not scan the upscaler folders: %s", error)
 
 
 if __name__ == "__main__":

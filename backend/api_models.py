@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class Txt2ImgBody(BaseModel):
-    """POST /sdapi/v1/txt2img. Unknown keys are ignored, as A1111 does."""
+class GenerationBody(BaseModel):
+    """Fields txt2img and img2img bodies share. Unknown keys are ignored, as A1111 does."""
     model_config = ConfigDict(extra="ignore")
 
     prompt: str = ""
@@ -30,7 +30,6 @@ class Txt2ImgBody(BaseModel):
     tiling: bool | None = None
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True
-    enable_hr: bool = False
     refiner_checkpoint: str | None = None
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
@@ -40,7 +39,29 @@ class Txt2ImgBody(BaseModel):
     force_task_id: str | None = None
 
 
-class Img2ImgBody(Txt2ImgBody):
+# What A1111 clients send for "no separate hires setting" (its UI's dropdown values, or empty).
+HIRES_SAME = {None, "", "Use same checkpoint", "Use same sampler", "Use same scheduler"}
+
+
+class Txt2ImgBody(GenerationBody):
+    """POST /sdapi/v1/txt2img, with A1111's hires fix fields and API defaults."""
+    enable_hr: bool = False
+    denoising_strength: float = 0.75  # A1111's API default (its UI starts at 0.7)
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None  # None = "Latent", as A1111
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+
+
+class Img2ImgBody(GenerationBody):
     """POST /sdapi/v1/img2img, with A1111's API defaults (which differ from its UI's)."""
     init_images: list[str] = Field(default_factory=list)
     resize_mode: int = 0
@@ -110,3 +131,60 @@ class PromptStyleItem(BaseModel):
     name: str
     prompt: str | None
     negative_prompt: str | None
+
+
+class UpscalerItem(BaseModel):
+    """GET /sdapi/v1/upscalers item, as A1111 lists it."""
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    model_name: str | None
+    model_path: str | None
+    model_url: str | None
+    scale: float | None
+
+
+class LatentUpscaleModeItem(BaseModel):
+    name: str
+
+
+class ExtrasBaseBody(BaseModel):
+    """A1111's extras request fields. Face restoration is not available here: asking for it is refused."""
+    model_config = ConfigDict(extra="ignore")
+
+    resize_mode: int = 0
+    show_extras_results: bool = True
+    gfpgan_visibility: float = 0
+    codeformer_visibility: float = 0
+    codeformer_weight: float = 0
+    upscaling_resize: float = 2
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0
+    upscale_first: bool = False
+
+
+class ExtrasSingleImageBody(ExtrasBaseBody):
+    image: str = Field("", description="base64 image, optionally as a data: URL")
+
+
+class FileData(BaseModel):
+    data: str = Field(description="base64 representation of the file")
+    name: str
+
+
+class ExtrasBatchImagesBody(ExtrasBaseBody):
+    imageList: list[FileData] = Field(description="images to upscale, base64")  # A1111's camelCase name
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str
+    image: str | None = None
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]

@@ -5,6 +5,7 @@ import base64
 import binascii
 import csv
 import datetime
+import html
 import io
 import json
 import logging
@@ -17,22 +18,27 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from PIL import Image, UnidentifiedImageError
 
-from backend.api_models import (CheckpointItem, GenerationResponse, Img2ImgBody, PngInfoBody, PngInfoResponse,
-                                ProgressResponse, PromptStyleItem, SamplerItem, SchedulerItem, Txt2ImgBody)
+from backend.api_models import (HIRES_SAME, CheckpointItem, ExtrasBaseBody, ExtrasBatchImagesBody,
+                                ExtrasBatchImagesResponse, ExtrasSingleImageBody, ExtrasSingleImageResponse,
+                                GenerationBody, GenerationResponse, Img2ImgBody, LatentUpscaleModeItem, PngInfoBody,
+                                PngInfoResponse, ProgressResponse, PromptStyleItem, SamplerItem, SchedulerItem,
+                                Txt2ImgBody, UpscalerItem)
 from backend.checkpoint_files import CheckpointError
+from backend.extras import check_request
 from backend.infotext import parse_infotext
 from backend.job_queue import Job
 from backend.outputs import read_infotext
-from backend.requests import Img2ImgRequest, RequestError, Txt2ImgRequest, build_request
+from backend.requests import (LATENT_UPSCALE_MODES, ExtrasRequest, Img2ImgRequest, RequestError, Txt2ImgRequest,
+                              build_request)
 from backend.samplers import SAMPLERS, SCHEDULE_NAMES, schedule_api_name
 from backend.services import Services
 
 log = logging.getLogger(__name__)
 JOB_TIMEOUT_SECONDS = 24 * 3600
 NOT_YET = {
-    "extras": "upscaling (extras) is not available in this version yet",
     "networks": "LoRA, VAE and embedding support is not available in this version yet",
 }
+BUILTIN_UPSCALER_SCALE = 4  # what A1111 reports for None/Lanczos/Nearest (they have no scale of their own)
 
 
 def not_implemented(what: str):
@@ -55,17 +61,26 @@ def decode_image(data: str, field: str) -> Image.Image:
     return image
 
 
-def _unsupported_fields(body: Txt2ImgBody) -> list[str]:
+def _unsupported_fields(body: GenerationBody) -> list[str]:
     """Fields set to ask for something this version cannot do (never silently ignored)."""
     asked = {
-        "enable_hr": body.enable_hr, "restore_faces": body.restore_faces, "tiling": body.tiling,
+        "restore_faces": body.restore_faces, "tiling": body.tiling,
         "styles": body.styles, "subseed_strength": body.subseed_strength, "refiner_checkpoint": body.refiner_checkpoint,
         "script_name": body.script_name, "alwayson_scripts": body.alwayson_scripts,
     }
+    if isinstance(body, Txt2ImgBody) and body.enable_hr:
+        asked |= {
+            "firstphase_width": body.firstphase_width, "firstphase_height": body.firstphase_height,
+            "hr_checkpoint_name": body.hr_checkpoint_name not in HIRES_SAME,
+            "hr_sampler_name": body.hr_sampler_name not in HIRES_SAME,
+            "hr_scheduler": body.hr_scheduler not in HIRES_SAME,
+            "hr_prompt": body.hr_prompt not in ("", body.prompt),
+            "hr_negative_prompt": body.hr_negative_prompt not in ("", body.negative_prompt or ""),
+        }
     return [name for name, value in asked.items() if value]
 
 
-def _common_fields(body: Txt2ImgBody, services: Services) -> dict[str, Any]:
+def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
     """The request fields txt2img and img2img share, from an A1111 body."""
     unsupported = _unsupported_fields(body)
     if unsupported:
@@ -98,7 +113,44 @@ def _build(request_class, fields: dict[str, Any]):
 
 
 def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
-    return _build(Txt2ImgRequest, _common_fields(body, services))
+    fields = _common_fields(body, services)
+    if body.enable_hr:
+        upscaler = body.hr_upscaler or "Latent"
+        if upscaler not in LATENT_UPSCALE_MODES:
+            _check(lambda: services.upscalers.resolve(upscaler, "hr_upscaler"))
+        fields |= {"enable_hr": True, "hr_scale": body.hr_scale, "hr_resize_x": body.hr_resize_x,
+                   "hr_resize_y": body.hr_resize_y, "hr_upscaler": upscaler,
+                   "hr_second_pass_steps": body.hr_second_pass_steps, "denoising_strength": body.denoising_strength}
+    return _build(Txt2ImgRequest, fields)
+
+
+def _check(action):
+    """Run a check that raises RequestError; answer 422 naming the field."""
+    try:
+        return action()
+    except RequestError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+
+
+def extras_request(body: ExtrasBaseBody, images: list[bytes], services: Services) -> ExtrasRequest:
+    """An A1111 extras body -> our request, checked (names, sizes) before it is queued. Not saved, as A1111's
+    API does not save extras results."""
+    if body.gfpgan_visibility or body.codeformer_visibility:
+        raise HTTPException(status_code=501, detail="gfpgan_visibility/codeformer_visibility: face restoration is "
+                                                    "not supported by this version yet")
+    request = _build(ExtrasRequest, {
+        "images": images, "resize_mode": body.resize_mode, "upscaling_resize": body.upscaling_resize,
+        "upscaling_resize_w": body.upscaling_resize_w, "upscaling_resize_h": body.upscaling_resize_h,
+        "upscaling_crop": body.upscaling_crop, "upscaler_1": body.upscaler_1, "upscaler_2": body.upscaler_2,
+        "extras_upscaler_2_visibility": body.extras_upscaler_2_visibility, "save_images": False,
+    })
+    _check(lambda: check_request(request, services.upscalers))
+    return request
+
+
+def plaintext_to_html(text: str) -> str:
+    """A1111's html_info: the text's lines, escaped, in one paragraph."""
+    return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"
 
 
 def image_bytes(data: str, field: str) -> bytes:
@@ -148,7 +200,8 @@ def generation_info(job: Job, services: Services) -> dict[str, Any]:
         "steps": request.steps, "batch_size": request.batch_size, "restore_faces": False,
         "sd_model_name": entry.model_name, "sd_model_hash": entry.short_hash, "sd_vae_name": None,
         "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-        "denoising_strength": getattr(request, "denoising_strength", None),
+        "denoising_strength": request.denoising_strength if isinstance(request, Img2ImgRequest) or (
+            getattr(request, "enable_hr", False)) else None,
         "extra_generation_params": {}, "index_of_first_image": 0,
         "infotexts": [image.infotext for image in images], "styles": [],
         "job_timestamp": datetime.datetime.fromtimestamp(job.created_at).strftime("%Y%m%d%H%M%S"),
@@ -183,7 +236,7 @@ def basic_auth(pairs: list[tuple[str, str]] | None):
 def build_api_router(services: Services, auth: list[tuple[str, str]] | None = None) -> APIRouter:
     api = APIRouter(prefix="/sdapi/v1", dependencies=basic_auth(auth), tags=["sdapi"])
 
-    def run(request, body: Txt2ImgBody) -> GenerationResponse:
+    def run(request, body: GenerationBody) -> GenerationResponse:
         try:
             job = services.jobs.submit(request, job_id=body.force_task_id)
         except ValueError as error:
@@ -204,13 +257,28 @@ def build_api_router(services: Services, auth: list[tuple[str, str]] | None = No
     def img2img(body: Img2ImgBody):
         return run(img2img_request(body, services), body)
 
-    @api.post("/extra-single-image")
-    def extra_single_image(body: dict = Body(default={})):
-        not_implemented("extras")
+    def run_extras(request: ExtrasRequest) -> list:
+        job = finished_job_or_error(services.jobs.submit(request))
+        return job.result.images
 
-    @api.post("/extra-batch-images")
-    def extra_batch_images(body: dict = Body(default={})):
-        not_implemented("extras")
+    @api.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
+    def extra_single_image(body: ExtrasSingleImageBody):
+        if not body.image:
+            raise HTTPException(status_code=422, detail="image: give one base64 image")
+        images = run_extras(extras_request(body, [image_bytes(body.image, "image")], services))
+        return ExtrasSingleImageResponse(
+            html_info=plaintext_to_html(images[0].postprocessing) if images else "",
+            image=base64.b64encode(images[0].png).decode() if images and body.show_extras_results else None)
+
+    @api.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
+    def extra_batch_images(body: ExtrasBatchImagesBody):
+        if not body.imageList:
+            raise HTTPException(status_code=422, detail="imageList: give at least one image")
+        data = [image_bytes(item.data, f"imageList[{number}].data") for number, item in enumerate(body.imageList)]
+        images = run_extras(extras_request(body, data, services))
+        return ExtrasBatchImagesResponse(
+            html_info=plaintext_to_html(images[-1].postprocessing) if images else "",
+            images=[base64.b64encode(image.png).decode() for image in images] if body.show_extras_results else [])
 
     @api.post("/png-info", response_model=PngInfoResponse)
     def png_info(body: PngInfoBody):
@@ -307,9 +375,17 @@ def build_api_router(services: Services, auth: list[tuple[str, str]] | None = No
     def schedulers():
         return [SchedulerItem(name=schedule_api_name(label), label=label) for label in SCHEDULE_NAMES]
 
-    @api.get("/upscalers")
+    @api.get("/upscalers", response_model=list[UpscalerItem])
     def upscalers():
-        not_implemented("extras")
+        """Usable upscalers only (a file that cannot be loaded is left out here; the UI shows why)."""
+        return [UpscalerItem(name=entry.name, model_name=entry.path.stem if entry.path else None,
+                             model_path=str(entry.path) if entry.path else None, model_url=None,
+                             scale=entry.scale if entry.path else BUILTIN_UPSCALER_SCALE)
+                for entry in services.upscalers.entries if entry.usable]
+
+    @api.get("/latent-upscale-modes", response_model=list[LatentUpscaleModeItem])
+    def latent_upscale_modes():
+        return [LatentUpscaleModeItem(name=name) for name in LATENT_UPSCALE_MODES]
 
     @api.get("/loras")
     def loras():

@@ -54,6 +54,21 @@ def read_safetensors_metadata(path: Path) -> dict[str, str]:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load every tensor of a weight file on the CPU, validating as it goes."""
+    state = read_weights(path)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    require_flat_tensors(state, path)
+    return state
+
+
+def require_flat_tensors(state, path: Path):
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path.name} does not hold a flat dictionary of tensors")
+
+
+def read_weights(path: Path):
+    """The raw content of a weight file on the CPU: tensors, possibly in nested dictionaries (upscaler files
+    wrap theirs in "params_ema" and the like). Never runs code from the file."""
     kind = sniff_format(path)
     if kind == "safetensors":
         from safetensors.torch import load_file
@@ -74,10 +89,6 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             ) from error
         except (RuntimeError, EOFError, ValueError, OSError) as error:
             raise CheckpointError(f"{path.name} is truncated or corrupt: {error}") from error
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path.name} does not hold a flat dictionary of tensors")
     return state
 
 

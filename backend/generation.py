@@ -1,7 +1,8 @@
 """The one `generate` entry point: a request in, saved images and their infotext out.
 
-Every job kind reads the same way: validate, lease the model, build the job's pipeline, then for
-each batch: seeded noise, denoise (progress, preview, interrupt, skip), decode, save with infotext.
+Every generation job kind reads the same way: validate, lease the model, build the job's pipelines, then
+for each batch: seeded noise, denoise (progress, preview, interrupt, skip), decode, save with infotext.
+Upscale ("Extras") jobs need no checkpoint and run in backend.extras.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Callable
 
+from backend.extras import run_extras
+from backend.hires_fix import HiresPlan
 from backend.img2img import Img2ImgPlan
 from backend.infotext import build_infotext
 from backend.job_queue import BatchSkipped, JobInterrupted, JobProgress
@@ -16,9 +19,10 @@ from backend.model_manager import ModelManager
 from backend.outputs import OutputStore, encode_png
 from backend.pipelines import job_pipeline, seeded_generators
 from backend.previews import PreviewRenderer
-from backend.requests import (GenerationRequest, GenerationResult, ImageResult, Img2ImgRequest, RequestError,
-                              Txt2ImgRequest)
+from backend.requests import (ExtrasRequest, GenerationRequest, GenerationResult, ImageResult, Img2ImgRequest,
+                              RequestError, Txt2ImgRequest)
 from backend.samplers import build_scheduler, resolve_sampler
+from backend.upscalers import Upscalers
 
 
 @dataclass
@@ -27,38 +31,61 @@ class Generator:
     outputs: OutputStore
     previews: PreviewRenderer | None = None
     preview_every: int = 5  # steps between live previews; 0 turns them off
+    upscalers: Upscalers | None = None  # image upscalers for Extras jobs and the hires fix
 
     def generate(self, request, progress: JobProgress) -> GenerationResult:
         if isinstance(request, Txt2ImgRequest):
             return self.txt2img(request, progress)
         if isinstance(request, Img2ImgRequest):
             return self.img2img(request, progress)
+        if isinstance(request, ExtrasRequest):
+            return self.extras(request, progress)
         raise RequestError("request", f"unsupported job kind {type(request).__name__}")
 
+    def extras(self, request: ExtrasRequest, progress: JobProgress) -> GenerationResult:
+        if self.upscalers is None:
+            raise RequestError("request", "upscaling is not available in this server")
+        return run_extras(request, self.upscalers, self.outputs, progress)
+
     def txt2img(self, request: Txt2ImgRequest, progress: JobProgress) -> GenerationResult:
-        def make_batch(pipeline, seeds, on_step):
-            output = pipeline(
+        if request.enable_hr:
+            plan = HiresPlan.from_request(request, self.upscalers)
+            return self._run(request, progress, "txt2img", plan.make_batch, plan.infotext_parameters())
+
+        def make_batch(pipeline_for, seeds, on_step):
+            output = pipeline_for("txt2img")(
                 prompt=[request.prompt] * len(seeds), negative_prompt=[request.negative_prompt] * len(seeds),
                 num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
                 width=request.width, height=request.height, generator=seeded_generators(seeds),
                 callback_on_step_end=on_step, output_type="pil")
             return output.images
 
-        return self._run(request, progress, "txt2img", "txt2img", make_batch, {})
+        return self._run(request, progress, "txt2img", make_batch, {})
 
     def img2img(self, request: Img2ImgRequest, progress: JobProgress) -> GenerationResult:
         plan = Img2ImgPlan.from_request(request)
-        return self._run(request, progress, "img2img", plan.task, plan.make_batch, plan.infotext_parameters())
 
-    def _run(self, request: GenerationRequest, progress: JobProgress, output_kind: str, task: str,
-             make_batch: Callable, extra_parameters: dict) -> GenerationResult:
+        def make_batch(pipeline_for, seeds, on_step):
+            return plan.make_batch(pipeline_for(plan.task), seeds, on_step)
+
+        return self._run(request, progress, "img2img", make_batch, plan.infotext_parameters())
+
+    def _run(self, request: GenerationRequest, progress: JobProgress, output_kind: str, make_batch: Callable,
+             extra_parameters: dict) -> GenerationResult:
+        """`make_batch(pipeline_for, seeds, on_step)` gets its pipelines from `pipeline_for(task)`: one per
+        task, each with its own scheduler, built on first use and sharing the cached model's modules."""
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
         seed = request.seed if request.seed != -1 else secrets.randbelow(2**32)
         progress.batches = request.n_iter
         images: list[ImageResult] = []
         with self.models.lease(request.checkpoint) as (entry, model):  # never evicted while the job runs
-            scheduler = build_scheduler(sampler, schedule, model.pipeline.scheduler.config)
-            pipeline = job_pipeline(model, task, scheduler, entry.title)
+            pipelines: dict[str, object] = {}
+
+            def pipeline_for(task: str):
+                if task not in pipelines:
+                    scheduler = build_scheduler(sampler, schedule, model.pipeline.scheduler.config)
+                    pipelines[task] = job_pipeline(model, task, scheduler, entry.title)
+                return pipelines[task]
 
             def on_step(pipe, step, timestep, tensors):
                 progress.steps_per_batch = pipe.num_timesteps
@@ -74,7 +101,7 @@ class Generator:
                     progress.batch, progress.step = batch, 0
                     seeds = [seed + batch * request.batch_size + i for i in range(request.batch_size)]
                     try:
-                        batch_images = make_batch(pipeline, seeds, on_step)
+                        batch_images = make_batch(pipeline_for, seeds, on_step)
                     except BatchSkipped:
                         continue
                     for position, (image, image_seed) in enumerate(zip(batch_images, seeds)):

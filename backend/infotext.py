@@ -74,8 +74,13 @@ def parse_infotext(text: str) -> dict[str, Any]:
     return result
 
 
+# A1111 writes these only for hires-fix images; "Denoising strength" belongs to img2img and hires alike.
+HIRES_CONVERTERS = {"Denoising strength": ("denoising_strength", float), "Hires upscale": ("hr_scale", float),
+                    "Hires steps": ("hr_second_pass_steps", int), "Hires upscaler": ("hr_upscaler", str)}
+
+
 def request_fields(parameters: dict[str, Any]) -> dict[str, Any]:
-    """Parsed infotext -> the Txt2ImgRequest fields it determines (only those present).
+    """Parsed infotext -> the Txt2ImgRequest fields it determines (only those present), hires fix included.
 
     Old A1111 infotext writes the schedule inside the sampler name ("DPM++ 2M Karras"); that is split.
     Model hash/name are returned for the caller to look up.
@@ -85,12 +90,19 @@ def request_fields(parameters: dict[str, Any]) -> dict[str, Any]:
     converters = {"Steps": ("steps", int), "CFG scale": ("cfg_scale", float), "Seed": ("seed", int),
                   "Size-1": ("width", int), "Size-2": ("height", int), "Sampler": ("sampler_name", str),
                   "Schedule type": ("scheduler", str), "Model hash": ("model_hash", str), "Model": ("model_name", str)}
+    converters.update(HIRES_CONVERTERS)
     for key, (name, convert) in converters.items():
         if key in parameters:
             try:
                 fields[name] = convert(parameters[key])
             except ValueError:
                 continue  # a malformed value is left out rather than guessed
+    if "Hires resize" in parameters:
+        size = SIZE_PATTERN.match(parameters["Hires resize"])
+        if size:
+            fields["hr_resize_x"], fields["hr_resize_y"] = int(size.group(1)), int(size.group(2))
+    if any(key in parameters for key in ("Hires upscale", "Hires resize", "Hires upscaler", "Hires steps")):
+        fields["enable_hr"] = True
     if "sampler_name" in fields:
         try:
             sampler, schedule = resolve_sampler(fields["sampler_name"], fields.get("scheduler", "Automatic"))

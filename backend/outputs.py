@@ -1,4 +1,5 @@
-"""Saving images as A1111 does: <outputs>/<kind>-images/YYYY-MM-DD/NNNNN-SEED.png with infotext.
+"""Saving images as A1111 does: <outputs>/<kind>-images/YYYY-MM-DD/NNNNN-SEED.png with infotext
+(NNNNN.png for upscaled images, which have no seed of their own).
 
 Writes go to a temporary file in the same folder, are flushed to disk, then renamed into place, so a
 crash never leaves a half-written PNG under a real name.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-NUMBERED_FILE = re.compile(r"^(\d+)-")
+NUMBERED_FILE = re.compile(r"^(\d+)(?:-|\.png$)")
 
 
 class OutputStore:
@@ -35,11 +36,12 @@ class OutputStore:
     def save(self, image: Image.Image, kind: str, seed: int, infotext: str) -> Path:
         return self.save_png(encode_png(image, infotext), kind, seed)
 
-    def save_png(self, png: bytes, kind: str, seed: int) -> Path:
+    def save_png(self, png: bytes, kind: str, seed: int | None) -> Path:
         folder = self.folder(kind)
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            path = folder / f"{self._next_number(folder):05d}-{seed}.png"
+            suffix = "" if seed is None else f"-{seed}"
+            path = folder / f"{self._next_number(folder):05d}{suffix}.png"
             handle, temp_name = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".png")
             try:
                 with os.fdopen(handle, "wb") as temp_file:
@@ -53,11 +55,14 @@ class OutputStore:
         return path
 
 
-def encode_png(image: Image.Image, infotext: str | None) -> bytes:
-    """PNG bytes with the infotext in the `parameters` text chunk, as A1111 writes them."""
+def encode_png(image: Image.Image, infotext: str | None, extra_text: dict[str, str] | None = None) -> bytes:
+    """PNG bytes with the infotext in the `parameters` text chunk, as A1111 writes them; `extra_text` adds
+    more text chunks (A1111's upscaler writes "postprocessing" and "extras")."""
     info = PngImagePlugin.PngInfo()
     if infotext:
         info.add_text("parameters", infotext)
+    for key, value in (extra_text or {}).items():
+        info.add_text(key, value)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 from typing import Any, ClassVar
 
 from PIL import Image, UnidentifiedImageError
@@ -10,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from backend.hires_sizes import hires_sizes
 from backend.samplers import SamplerError, resolve_sampler
 
 MAX_SEED = 2**32 - 1
@@ -88,8 +90,58 @@ class GenerationRequest(BaseModel):
         return self
 
 
+LATENT_UPSCALE_MODES = {  # A1111's hires-fix latent upscalers: torch interpolation mode, antialias
+    "Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False), "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False), "Latent (nearest-exact)": ("nearest-exact", False),
+}
+HR_SCALE_RANGE = (1.0, 8.0)
+HR_RESIZE_RANGE = (0, SIZE_RANGE[1])  # 0 = derive from the other side (or use hr_scale when both are 0)
+
+
 class Txt2ImgRequest(GenerationRequest):
-    """One txt2img job."""
+    """One txt2img job, optionally with A1111's hires fix: the first pass at width x height is upscaled
+    (in latent space or with an image upscaler) and refined by an img2img pass at the final size."""
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_upscaler: str = Field("Latent", description="A latent mode (LATENT_UPSCALE_MODES) or an upscaler name")
+    hr_second_pass_steps: int = Field(0, description="Steps of the second pass; 0 = the same as steps")
+    denoising_strength: float = Field(0.7, description="How much the second pass changes the upscaled image")
+
+    @field_validator("hr_scale")
+    @classmethod
+    def _hr_scale(cls, value: float) -> float:
+        return _check_finite_range(value, *HR_SCALE_RANGE)
+
+    @field_validator("hr_resize_x", "hr_resize_y")
+    @classmethod
+    def _hr_resize(cls, value: int) -> int:
+        _check_range(value, *HR_RESIZE_RANGE)
+        if value % 8:
+            raise ValueError(f"must be 0 or a multiple of 8; got {value}")
+        return value
+
+    @field_validator("hr_second_pass_steps")
+    @classmethod
+    def _hr_steps(cls, value: int) -> int:
+        return _check_range(value, 0, STEPS_RANGE[1])
+
+    @field_validator("denoising_strength")
+    @classmethod
+    def _hr_strength(cls, value: float) -> float:
+        return _check_finite_range(value, 0, 1)
+
+    @model_validator(mode="after")
+    def _hires_sizes(self):
+        if self.enable_hr:
+            hires_sizes(self.width, self.height, self.hr_scale, self.hr_resize_x, self.hr_resize_y)
+            steps = self.hr_second_pass_steps or self.steps
+            if 0 < self.denoising_strength < 1 and int(steps * self.denoising_strength) < 1:
+                raise ValueError(f"denoising_strength: {self.denoising_strength} of {steps} hires steps runs no "
+                                 "step; raise the strength or hr_second_pass_steps")
+        return self
 
 
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"}
@@ -170,6 +222,78 @@ IMG2IMG_RANGES = {"resize_mode": (0, 2), "mask_blur": (0, 64), "inpainting_mask_
                   "inpainting_fill": (0, 3), "inpaint_full_res_padding": (0, 256)}
 
 
+EXTRAS_SCALE_MAX = 8.0  # A1111's "Resize" slider goes to 8
+EXTRAS_SIZE_MAX = 8192  # A1111's "Width"/"Height" sliders go to 8192; Settings.max_upscale_size may lower it
+EXTRAS_MAX_IMAGES = 1000
+
+
+class ExtrasRequest(BaseModel):
+    """One upscale ("Extras") job over one image, several images, or every image in a server folder.
+    Field names follow A1111's extra-single-image / extra-batch-images API."""
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+    HISTORY_EXCLUDE: ClassVar[set[str]] = {"images"}
+
+    images: list[bytes] = Field(default_factory=list, description="Encoded images (PNG, JPEG, WEBP, ...)")
+    input_dir: str | None = Field(None, description="A folder on the server whose images are upscaled")
+    resize_mode: int = Field(0, description="0 scale by upscaling_resize, 1 to upscaling_resize_w x _h")
+    upscaling_resize: float = 2.0
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = Field(True, description="Mode 1: crop to exactly the target size (else keep the "
+                                                   "aspect ratio, covering the target)")
+    upscaler_1: str = "Lanczos"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0.0
+    save_images: bool = True
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, value: list[bytes]) -> list[bytes]:
+        if len(value) > EXTRAS_MAX_IMAGES:
+            raise ValueError(f"at most {EXTRAS_MAX_IMAGES} images per job; got {len(value)}")
+        for position, data in enumerate(value):
+            try:
+                decode_image_bytes(data)
+            except ValueError as error:
+                raise ValueError(f"image {position + 1}: {error}") from None
+        return value
+
+    @field_validator("input_dir")
+    @classmethod
+    def _input_dir(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_dir():
+            raise ValueError(f"not a folder on the server: {value}")
+        return value
+
+    @field_validator("resize_mode")
+    @classmethod
+    def _resize_mode(cls, value: int) -> int:
+        return _check_range(value, 0, 1)
+
+    @field_validator("upscaling_resize")
+    @classmethod
+    def _scale(cls, value: float) -> float:
+        if not math.isfinite(value) or not 0 < value <= EXTRAS_SCALE_MAX:
+            raise ValueError(f"must be greater than 0 and at most {EXTRAS_SCALE_MAX:g}; got {value}")
+        return value
+
+    @field_validator("upscaling_resize_w", "upscaling_resize_h")
+    @classmethod
+    def _target(cls, value: int) -> int:
+        return _check_range(value, 1, EXTRAS_SIZE_MAX)
+
+    @field_validator("extras_upscaler_2_visibility")
+    @classmethod
+    def _visibility(cls, value: float) -> float:
+        return _check_finite_range(value, 0, 1)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if bool(self.images) == bool(self.input_dir):
+            raise ValueError("images: give either images or input_dir (a server folder), not both or neither")
+        return self
+
+
 def build_request(request_class: type[BaseModel], values: dict[str, Any]):
     """Build a request, turning pydantic's errors into one RequestError that names the field."""
     try:
@@ -189,10 +313,11 @@ class ImageResult(BaseModel):
 
     png: bytes  # encoded once, infotext included; the saved file holds the same bytes
     path: str | None  # None when the request asked not to save
-    seed: int
+    seed: int  # upscaled images: the source's seed when its infotext has one, else -1
     prompt: str
     negative_prompt: str
-    infotext: str
+    infotext: str  # A1111's "parameters" (upscaled images: the source's, kept; "" when it had none)
+    postprocessing: str = ""  # upscaled images: what the upscale did ("Postprocess upscaler: ...")
 
 
 class GenerationResult(BaseModel):

@@ -15,6 +15,7 @@ from backend.model_registry import ModelRegistry
 from backend.outputs import OutputStore
 from backend.previews import PreviewRenderer
 from backend.settings import Settings
+from backend.upscalers import Upscalers
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class Services:
     generator: Generator
     jobs: JobQueue
     history: JobHistory
+    upscalers: Upscalers
 
     def close(self):
         self.jobs.stop()
@@ -36,12 +38,13 @@ class Services:
 def build_services(settings: Settings) -> Services:
     device = choose_device(settings.device)
     dtype = choose_dtype(settings.precision, device)
-    registry = ModelRegistry(settings.checkpoints_dir, settings.cache_dir, HashCache(settings.cache_dir / "hashes.json"))
+    registry = ModelRegistry(settings.checkpoints_dir, HashCache(settings.cache_dir / "hashes.json"))
     registry.refresh()  # scan (and hash) once, before any thread asks for the list
     models = ModelManager(settings, registry, CheckpointLoader(), device, dtype)
     outputs = OutputStore(settings.outputs_dir)
     previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype)
-    generator = Generator(models, outputs, previews, settings.preview_every)
+    upscalers = Upscalers(settings, device, dtype)  # model files are scanned on first use, not here
+    generator = Generator(models, outputs, previews, settings.preview_every, upscalers)
     history = JobHistory(settings.outputs_dir / "history.sqlite3")
     interrupted = history.mark_unfinished_interrupted()
     if interrupted:
@@ -50,4 +53,4 @@ def build_services(settings: Settings) -> Services:
     jobs = JobQueue(generator.generate, history)
     jobs.start()
     return Services(settings=settings, models=models, outputs=outputs, generator=generator, jobs=jobs,
-                    history=history)
+                    history=history, upscalers=upscalers)

@@ -20,11 +20,20 @@ class Settings:
     max_models_on_gpu: int = 1  # the rest of the cache waits in CPU RAM
     preview_every: int = 5  # live preview every N sampling steps; 0 turns previews off
     offline: bool = False  # True: a hub repo id is only looked up in the local Hugging Face cache
+    upscale_tile_size: int = 192  # upscaler models see tiles of this many pixels; 0 = the whole image at once
+    upscale_tile_overlap: int = 16  # pixels shared by neighbouring tiles, blended so no seams show
+    max_upscale_size: int = 8192  # the largest width or height an upscale (extras) may produce
+    max_upscalers_in_memory: int = 2  # loaded upscaler models kept for the next job
 
     @property
     def styles_file(self) -> Path:
         """A1111's prompt styles, styles.csv, kept beside the models folder."""
         return self.models_dir.parent / "styles.csv"
+
+    @property
+    def upscalers_cache_file(self) -> Path:
+        """Detected architecture and scale of each upscaler file, so listing never reloads them."""
+        return self.cache_dir / "upscalers.json"
 
     @property
     def checkpoints_dir(self) -> Path:

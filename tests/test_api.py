@@ -90,10 +90,12 @@ def test_bad_fields_get_422_naming_the_field(client, payload, field):
 
 
 def test_unsupported_features_answer_501_never_pretend(client):
-    response = client.post("/txt2img", json={**FAST, "enable_hr": True})
-    assert response.status_code == 501 and "enable_hr" in response.json()["detail"]
-    for method, path in [("post", "/extra-single-image"), ("post", "/extra-batch-images"),
-                         ("get", "/upscalers"), ("get", "/loras"), ("post", "/refresh-loras"), ("get", "/sd-vae"),
+    response = client.post("/txt2img", json={**FAST, "enable_hr": True, "hr_checkpoint_name": "other.safetensors"})
+    assert response.status_code == 501 and "hr_checkpoint_name" in response.json()["detail"]
+    response = client.post("/extra-single-image", json={"image": png_b64(Image.new("RGB", (8, 8))),
+                                                        "upscaler_1": "Lanczos", "codeformer_visibility": 1})
+    assert response.status_code == 501 and "face restoration" in response.json()["detail"]
+    for method, path in [("get", "/loras"), ("post", "/refresh-loras"), ("get", "/sd-vae"),
                          ("get", "/embeddings")]:
         response = getattr(client, method)(path, **({"json": {}} if method == "post" else {}))
         assert response.status_code == 501, path
@@ -189,7 +191,8 @@ def test_docs_and_openapi(server):
     paths = httpx.get(server.url + "/openapi.json").json()["paths"]
     for path in ("txt2img", "img2img", "png-info", "progress", "interrupt", "skip", "options", "sd-models",
                  "samplers", "schedulers", "upscalers", "loras", "sd-vae", "embeddings", "prompt-styles",
-                 "refresh-checkpoints", "refresh-loras", "memory", "extra-single-image", "extra-batch-images"):
+                 "refresh-checkpoints", "refresh-loras", "memory", "extra-single-image", "extra-batch-images",
+                 "latent-upscale-modes"):
         assert f"/sdapi/v1/{path}" in paths, path
 
 

@@ -1,4 +1,4 @@
-"""--mcp: an MCP client lists the txt2img tool and gets a generated image through it."""
+"""--mcp: an MCP client lists the tools and gets generated, repainted and upscaled images through them."""
 from __future__ import annotations
 
 import asyncio
@@ -31,13 +31,15 @@ def test_mcp_txt2img_tool(tmp_path, models_dir):
                 repainted = await session.call_tool("img2img", {
                     "image_base64": base64.b64encode(buffer.getvalue()).decode(), "prompt": "keep it",
                     "denoising_strength": 0.0, "width": 64, "height": 64, "seed": 32})
-                return tools, result, repainted
+                upscaled = await session.call_tool("upscale", {
+                    "image_base64": base64.b64encode(buffer.getvalue()).decode(), "scale": 2, "upscaler": "Nearest"})
+                return tools, result, repainted, upscaled
 
     try:
-        tools, result, repainted = asyncio.run(asyncio.wait_for(call(), 120))
+        tools, result, repainted, upscaled = asyncio.run(asyncio.wait_for(call(), 120))
     finally:
         server.stop()
-    assert sorted(tools) == ["img2img", "txt2img"]  # UI events are private; only the documented tools are offered
+    assert sorted(tools) == ["img2img", "txt2img", "upscale"]  # UI events are private; only the documented tools are offered
     assert "prompt" in tools["txt2img"].inputSchema["properties"]
     assert not result.isError, result
     saved = list((tmp_path / "outputs" / "txt2img-images").rglob("*-31.png"))
@@ -47,3 +49,7 @@ def test_mcp_txt2img_tool(tmp_path, models_dir):
     assert not repainted.isError, repainted
     (kept,) = list((tmp_path / "outputs" / "img2img-images").rglob("*-32.png"))
     assert Image.open(kept).convert("RGB").getpixel((5, 5)) == (10, 200, 10)
+    assert not upscaled.isError, upscaled
+    (bigger,) = list((tmp_path / "outputs" / "extras-images").rglob("*.png"))
+    with Image.open(bigger) as image:
+        assert image.size == (128, 128) and image.convert("RGB").getpixel((100, 100)) == (10, 200, 10)

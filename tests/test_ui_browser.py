@@ -49,9 +49,13 @@ def wait_until_canvas_shows(canvas, rgb, timeout: float = 60):
 
 
 def wait_until_done(page, tab: str, timeout_ms: int = 120_000):
-    """Wait for the tab's progress area to report one finished image."""
-    page.wait_for_function(
-        f"document.querySelector('#{tab}_progress')?.innerText.includes('Done: 1 image')", timeout=timeout_ms)
+    """Wait for the tab's progress area to report one finished image (failing with what it shows instead)."""
+    try:
+        page.wait_for_function(
+            f"document.querySelector('#{tab}_progress')?.innerText.includes('Done: 1 image')", timeout=timeout_ms)
+    except playwright.TimeoutError:
+        raise AssertionError(f"{tab} did not finish; its progress area shows: "
+                             f"{page.locator(f'#{tab}_progress').inner_text()!r}") from None
 
 
 def set_slider(page, elem_id: str, value: int):
@@ -217,3 +221,50 @@ def test_send_txt2img_result_to_img2img(server, page):
     (sent,) = list((server[1] / "txt2img-images").rglob("*.png"))
     (made,) = list((server[1] / "img2img-images").rglob("*.png"))
     assert list(Image.open(sent).convert("RGB").getdata()) == list(Image.open(made).convert("RGB").getdata())
+
+
+def test_hires_fix_then_send_to_upscale(server, page):
+    page.locator("#txt2img_prompt textarea").fill("hires and upscale")
+    for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 2)):
+        set_slider(page, elem_id, value)
+    page.locator("#txt2img_seed input").fill("5")
+    page.locator("#txt2img_hires_fix").get_by_text("Hires. fix").first.click()
+    page.locator("#txt2img_enable_hr input[type=checkbox]").check()
+    set_slider(page, "txt2img_hires_steps", 2)
+    page.get_by_role("button", name="Generate").click()
+    wait_until_done(page, "txt2img")
+    infotext = page.locator("#txt2img_infotext textarea").input_value()
+    assert "Hires upscale: 2" in infotext and "Hires upscaler: Latent" in infotext and "Size: 64x64" in infotext
+    (made,) = list((server[1] / "txt2img-images").rglob("*.png"))
+    assert Image.open(made).size == (128, 128)  # the second pass ran at twice the first pass's size
+
+    page.locator("#txt2img_send_upscale").click()
+    page.wait_for_selector("#upscale_image img", timeout=30_000)
+    set_slider(page, "upscale_scale", 3)
+    page.locator("#upscale_generate").click()
+    wait_until_done(page, "upscale")
+    (upscaled,) = list((server[1] / "extras-images").rglob("*.png"))
+    with Image.open(upscaled) as image, Image.open(made) as source:
+        assert image.size == (384, 384)
+        assert image.info["parameters"] == source.info["parameters"]  # the source's infotext is kept
+        assert "Postprocess upscale by: 3" in image.info["postprocessing"]
+    assert "Postprocess upscaler: Lanczos" in page.locator("#upscale_info textarea").input_value()
+
+
+def test_upscale_a_server_folder_to_an_exact_size(server, page, tmp_path):
+    folder = tmp_path / "to-upscale"
+    folder.mkdir()
+    for number, colour in enumerate([(200, 20, 20), (20, 20, 200)]):
+        Image.new("RGB", (40, 30), colour).save(folder / f"{number}.png")
+    page.get_by_role("tab", name="Upscale").click()
+    page.get_by_role("tab", name="Batch from directory").click()
+    page.locator("#upscale_input_dir textarea").fill(str(folder))
+    page.get_by_role("tab", name="Scale to").click()
+    set_slider(page, "upscale_width", 96)
+    set_slider(page, "upscale_height", 96)
+    page.locator("#upscale_generate").click()
+    page.wait_for_function("document.querySelector('#upscale_progress')?.innerText.includes('Done: 2 image')",
+                           timeout=60_000)
+    made = sorted((server[1] / "extras-images").rglob("*.png"))
+    assert [Image.open(path).size for path in made] == [(96, 96), (96, 96)]  # covered, then cropped to fit
+    assert [Image.open(path).convert("RGB").getpixel((48, 48)) for path in made] == [(200, 20, 20), (20, 20, 200)]
