@@ -3,7 +3,7 @@ request -> job queue -> live progress and preview -> gallery and infotext."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import gradio as gr
@@ -46,6 +46,8 @@ class GenerationForm:
     selected_path: gr.State | None = None  # file of the selected image, for "Send to ..."
     send_to_img2img: gr.Button | None = None
     send_to_inpaint: gr.Button | None = None
+    send_to_upscale: gr.Button | None = None
+    extra_fields: dict = field(default_factory=dict)  # request field -> component, beyond the common ones
 
     @property
     def inputs(self) -> set:

@@ -23,6 +23,7 @@ def build_history_tab(services: Services, send_to: SendTo):
                 to_txt2img = gr.Button("Send to txt2img", elem_id="history_send_txt2img")
                 to_img2img = gr.Button("Send to img2img", elem_id="history_send_img2img")
                 to_inpaint = gr.Button("Send to inpaint", elem_id="history_send_inpaint")
+                to_upscale = gr.Button("Send to upscale", elem_id="history_send_upscale")
     rows = gr.State([])  # [(path, infotext)] in gallery order
     selected_path = gr.State(None)
 
@@ -44,4 +45,5 @@ def build_history_tab(services: Services, send_to: SendTo):
     send_to.to_txt2img(to_txt2img, infotext)
     send_to.to_img2img(to_img2img, selected_path, infotext, "img2img")
     send_to.to_img2img(to_inpaint, selected_path, infotext, "inpaint")
+    send_to.to_upscale(to_upscale, selected_path)
     return load, search, outputs

@@ -101,6 +101,7 @@ def build_img2img_tab(services: Services, checkpoint: gr.Dropdown, size: tuple[i
         with gr.Column():
             form = GenerationForm(prefix="img2img", **top, **sampling)
             build_results(form)
+            form.send_to_upscale = gr.Button("Send to upscale", elem_id="img2img_send_upscale")
 
     image_inputs = {mode, init_image, editor, upload_image, upload_mask, outpaint_image, resize_mode, strength,
                     mask_blur, mask_mode, masked_content, inpaint_area, padding, *margins}

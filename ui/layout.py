@@ -12,6 +12,7 @@ from ui.png_info_tab import build_png_info_tab
 from ui.progress_view import render_queue
 from ui.send_to import SendTo
 from ui.txt2img_tab import build_txt2img_tab
+from ui.upscale_tab import build_upscale_tab
 
 QUEUE_REFRESH_SECONDS = 1.0
 
@@ -38,7 +39,9 @@ def build_ui(services: Services, mcp: bool = False) -> gr.Blocks:
                 txt2img = build_txt2img_tab(services, checkpoint, size)
             with gr.Tab("img2img", id="img2img"):
                 img2img = build_img2img_tab(services, checkpoint, size)
-            send_to = SendTo(services, checkpoint, tabs, txt2img, img2img)
+            with gr.Tab("Upscale", id="upscale"):
+                upscale = build_upscale_tab(services)
+            send_to = SendTo(services, checkpoint, tabs, txt2img, img2img, upscale)
             with gr.Tab("PNG Info", id="png_info"):
                 build_png_info_tab(services, send_to)
             with gr.Tab("History", id="history") as history:
@@ -48,6 +51,8 @@ def build_ui(services: Services, mcp: bool = False) -> gr.Blocks:
                          outputs=[txt2img.width, txt2img.height, img2img.form.width, img2img.form.height], **PRIVATE)
         send_to.to_img2img(txt2img.send_to_img2img, txt2img.selected_path, txt2img.infotext, "img2img")
         send_to.to_img2img(txt2img.send_to_inpaint, txt2img.selected_path, txt2img.infotext, "inpaint")
+        send_to.to_upscale(txt2img.send_to_upscale, txt2img.selected_path)
+        send_to.to_upscale(img2img.form.send_to_upscale, img2img.form.selected_path)
         if mcp:
             from ui.mcp_tools import register_mcp_tools
 

@@ -1,7 +1,6 @@
 """Tools for AI assistants over MCP (Gradio's built-in MCP server, enabled with --mcp).
 
 Each tool builds the same typed request as the UI and the REST API and runs it through the job queue.
-The upscaling tool comes with the upscaling feature.
 """
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import binascii
 
 import gradio as gr
 
-from backend.requests import Img2ImgRequest, RequestError, Txt2ImgRequest, build_request
+from backend.requests import ExtrasRequest, Img2ImgRequest, RequestError, Txt2ImgRequest, build_request
 from backend.services import Services
 
 
@@ -80,5 +79,25 @@ def register_mcp_tools(services: Services):
             denoising_strength=denoising_strength, negative_prompt=negative_prompt, steps=steps, cfg_scale=cfg_scale,
             width=width, height=height, seed=seed))
 
+    def upscale(image_base64: str, scale: float = 2.0, upscaler: str = "Lanczos", width: int = 0,
+                height: int = 0) -> list[str]:
+        """Upscale an image with a built-in resampler or an upscaler model (ESRGAN, Real-ESRGAN, SwinIR, ...).
+
+        Args:
+            image_base64: the input image, PNG/JPEG/WEBP, base64-encoded (a data: URL also works).
+            scale: how many times larger, above 0 and at most 8; used when width and height are 0.
+            upscaler: "Lanczos", "Nearest" or the name of an upscaler model file in models/ESRGAN (without extension).
+            width: exact output width in pixels (with height; the image is scaled to cover it and cropped).
+            height: exact output height in pixels (with width).
+
+        Returns:
+            Paths of the saved PNG images (the source's generation parameters are kept).
+        """
+        fields = dict(images=[_decode(image_base64, "image_base64")], upscaler_1=upscaler, upscaling_resize=scale)
+        if width or height:
+            fields.update(resize_mode=1, upscaling_resize_w=width, upscaling_resize_h=height, upscaling_crop=True)
+        return _run(services, ExtrasRequest, fields)
+
     gr.api(txt2img, api_name="txt2img")
     gr.api(img2img, api_name="img2img")
+    gr.api(upscale, api_name="upscale")

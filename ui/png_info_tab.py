@@ -20,6 +20,7 @@ def build_png_info_tab(services: Services, send_to: SendTo):
                 to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
                 to_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_img2img")
                 to_inpaint = gr.Button("Send to inpaint", elem_id="pnginfo_send_inpaint")
+                to_upscale = gr.Button("Send to upscale", elem_id="pnginfo_send_upscale")
 
     def read(path: str | None) -> str:
         if not path:
@@ -34,3 +35,4 @@ def build_png_info_tab(services: Services, send_to: SendTo):
     send_to.to_txt2img(to_txt2img, parameters)
     send_to.to_img2img(to_img2img, source, parameters, "img2img")
     send_to.to_img2img(to_inpaint, source, parameters, "inpaint")
+    send_to.to_upscale(to_upscale, source)

@@ -1,4 +1,4 @@
-"""Fill a tab's form from infotext, and carry images between tabs ("Send to txt2img/img2img/inpaint")."""
+"""Fill a tab's form from infotext, and carry images between tabs ("Send to txt2img/img2img/inpaint/upscale")."""
 from __future__ import annotations
 
 import gradio as gr
@@ -13,7 +13,8 @@ FIELD_COMPONENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "s
 
 
 def form_targets(form: GenerationForm, checkpoint: gr.Dropdown) -> list:
-    return [getattr(form, name) for name in FIELD_COMPONENTS.values()] + [checkpoint]
+    return [getattr(form, name) for name in FIELD_COMPONENTS.values()] + list(form.extra_fields.values()) + [
+        checkpoint]
 
 
 def form_updates(services: Services, infotext: str | None, form: GenerationForm, checkpoint: gr.Dropdown) -> dict:
@@ -23,6 +24,9 @@ def form_updates(services: Services, infotext: str | None, form: GenerationForm,
     fields = request_fields(parse_infotext(infotext))
     updates = {getattr(form, component): fields[name] for name, component in FIELD_COMPONENTS.items()
                if name in fields}
+    updates.update({component: fields[name] for name, component in form.extra_fields.items() if name in fields})
+    if form.extra_fields.get("enable_hr") is not None and "enable_hr" not in fields:
+        updates[form.extra_fields["enable_hr"]] = False  # parameters without hires fix turn it off, as in A1111
     for key in ("model_hash", "model_name"):
         entry = services.models.registry.find(fields[key]) if fields.get(key) else None
         if entry:
@@ -35,9 +39,22 @@ class SendTo:
     """Wires "Send to ..." buttons once the target tabs exist."""
 
     def __init__(self, services: Services, checkpoint: gr.Dropdown, tabs: gr.Tabs, txt2img: GenerationForm,
-                 img2img):
+                 img2img, upscale):
         self.services, self.checkpoint, self.tabs = services, checkpoint, tabs
-        self.txt2img, self.img2img = txt2img, img2img
+        self.txt2img, self.img2img, self.upscale = txt2img, img2img, upscale
+
+    def to_upscale(self, button: gr.Button, image_path: gr.Component):
+        """The image goes to the Upscale tab's single-image input (A1111's "Send to extras")."""
+        tab = self.upscale
+
+        def send(path):
+            if not path:
+                return {}
+            return {tab.single_image: path, tab.source: "single", tab.source_tabs: gr.Tabs(selected="single"),
+                    self.tabs: gr.Tabs(selected="upscale")}
+
+        button.click(send, inputs=image_path, outputs=[tab.single_image, tab.source, tab.source_tabs, self.tabs],
+                     **PRIVATE)
 
     def to_txt2img(self, button: gr.Button, infotext: gr.Component):
         def send(text):

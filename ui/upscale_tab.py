@@ -1,0 +1,139 @@
+"""The Upscale tab (A1111's "Extras"): one image, several images, or a folder on the server, scaled by a
+factor or to a size, with Upscaler 1 and optionally Upscaler 2 blended in."""
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from backend.requests import EXTRAS_SCALE_MAX, EXTRAS_SIZE_MAX, ExtrasRequest, RequestError, build_request
+from backend.services import Services
+from ui.generation_form import POLL_SECONDS, PRIVATE
+from ui.progress_view import render_done, render_error, render_progress
+
+
+@dataclass
+class UpscaleTab:
+    source_tabs: gr.Tabs
+    source: gr.State
+    single_image: gr.Image
+    upscaler_1: gr.Dropdown
+    upscaler_2: gr.Dropdown
+
+
+def upscaler_status(services: Services) -> str:
+    """A line naming the model files that cannot be used, and why (the others stay usable)."""
+    broken = [entry for entry in services.upscalers.entries if not entry.usable]
+    if not broken:
+        return ""
+    items = "".join(f"<li>{html.escape(entry.path.name)}: {html.escape(entry.error or '')}</li>" for entry in broken)
+    return f'<div class="upscaler-errors">Upscaler files that cannot be used:<ul>{items}</ul></div>'
+
+
+def read_files(paths: list[str] | None) -> list[bytes]:
+    return [Path(path).read_bytes() for path in paths or []]
+
+
+def build_upscale_tab(services: Services) -> UpscaleTab:
+    fields = ExtrasRequest.model_fields
+    with gr.Row():
+        with gr.Column():
+            with gr.Tabs(elem_id="upscale_source_tabs") as source_tabs:
+                with gr.Tab("Single image", id="single") as single_tab:
+                    single = gr.Image(label="Source", type="filepath", sources=["upload", "clipboard"],
+                                      elem_id="upscale_image")
+                with gr.Tab("Batch process", id="batch") as batch_tab:
+                    files = gr.File(label="Images", file_count="multiple", file_types=["image"],
+                                    type="filepath", elem_id="upscale_files")
+                with gr.Tab("Batch from directory", id="folder") as folder_tab:
+                    folder = gr.Textbox(label="Input directory (a folder on the server)",
+                                        elem_id="upscale_input_dir")
+            source = gr.State("single")
+            with gr.Tabs(elem_id="upscale_resize_tabs"):
+                with gr.Tab("Scale by", id="scale_by") as scale_by_tab:
+                    scale = gr.Slider(label="Resize", minimum=1, maximum=EXTRAS_SCALE_MAX, step=0.05,
+                                      value=fields["upscaling_resize"].default, elem_id="upscale_scale")
+                with gr.Tab("Scale to", id="scale_to") as scale_to_tab:
+                    with gr.Row():
+                        width = gr.Slider(label="Width", minimum=64, maximum=EXTRAS_SIZE_MAX, step=8,
+                                          value=fields["upscaling_resize_w"].default, elem_id="upscale_width")
+                        height = gr.Slider(label="Height", minimum=64, maximum=EXTRAS_SIZE_MAX, step=8,
+                                           value=fields["upscaling_resize_h"].default, elem_id="upscale_height")
+                    crop = gr.Checkbox(label="Crop to fit", value=fields["upscaling_crop"].default,
+                                       elem_id="upscale_crop")
+            resize_mode = gr.State(0)
+            names = services.upscalers.names()
+            with gr.Row():
+                upscaler_1 = gr.Dropdown(label="Upscaler 1", choices=names, value="Lanczos", elem_id="upscaler_1")
+                refresh = gr.Button("🔄", scale=0, min_width=50, elem_id="upscale_refresh")
+            with gr.Row():
+                upscaler_2 = gr.Dropdown(label="Upscaler 2", choices=["None", *[n for n in names if n != "None"]],
+                                         value="None", elem_id="upscaler_2")
+                visibility = gr.Slider(label="Upscaler 2 visibility", minimum=0, maximum=1, step=0.001, value=0,
+                                       elem_id="upscaler_2_visibility")
+            status = gr.HTML(upscaler_status(services), elem_id="upscaler_status")
+            run_button = gr.Button("Upscale", variant="primary", elem_id="upscale_generate")
+        with gr.Column():
+            progress = gr.HTML(elem_id="upscale_progress")
+            gallery = gr.Gallery(label="Output", elem_id="upscale_gallery", columns=2, height=480, interactive=False)
+            info = gr.Textbox(label="Postprocessing", lines=2, interactive=False, elem_id="upscale_info")
+    results = gr.State([])
+
+    # Which source and which resize mode the job uses follows the sub-tab the user last opened.
+    single_tab.select(lambda: "single", None, source, **PRIVATE)
+    batch_tab.select(lambda: "batch", None, source, **PRIVATE)
+    folder_tab.select(lambda: "folder", None, source, **PRIVATE)
+    scale_by_tab.select(lambda: 0, None, resize_mode, **PRIVATE)
+    scale_to_tab.select(lambda: 1, None, resize_mode, **PRIVATE)
+
+    def run(kind, single_path, file_paths, input_dir, mode, factor, to_width, to_height, to_crop, first, second,
+            second_visibility):
+        started = time.perf_counter()
+        try:
+            if kind == "single":
+                sources = {"images": read_files([single_path] if single_path else [])}
+            elif kind == "batch":
+                sources = {"images": read_files(file_paths)}
+            else:
+                sources = {"input_dir": (input_dir or "").strip() or None}
+            if not sources.get("images") and not sources.get("input_dir"):
+                raise RequestError("images", {"single": "drop an image to upscale",
+                                              "batch": "add one or more images to upscale",
+                                              "folder": "type a folder on the server"}[kind])
+            request = build_request(ExtrasRequest, {
+                **sources, "resize_mode": mode, "upscaling_resize": factor, "upscaling_resize_w": int(to_width),
+                "upscaling_resize_h": int(to_height), "upscaling_crop": to_crop, "upscaler_1": first,
+                "upscaler_2": second or "None", "extras_upscaler_2_visibility": second_visibility})
+        except (RequestError, OSError) as error:
+            yield {progress: render_error(str(error))}
+            return
+        job = services.jobs.submit(request)
+        while not job.finished.wait(POLL_SECONDS):
+            yield {progress: render_progress(job, services.jobs.position(job))}
+        if job.status == "failed":
+            yield {progress: render_error(job.error)}
+            return
+        images = job.result.images
+        yield {progress: render_done(job, time.perf_counter() - started),
+               gallery: [(image.path, Path(image.path).name) for image in images if image.path],
+               info: images[0].postprocessing if images else "", results: [image.postprocessing for image in images]}
+
+    def on_select(shown: list, event: gr.SelectData):
+        return shown[event.index] if shown and event.index is not None and event.index < len(shown) else ""
+
+    def refresh_list():
+        services.upscalers.refresh()
+        choices = services.upscalers.names()
+        return (gr.Dropdown(choices=choices), gr.Dropdown(choices=["None", *[n for n in choices if n != "None"]]),
+                upscaler_status(services))
+
+    run_button.click(run, inputs=[source, single, files, folder, resize_mode, scale, width, height, crop, upscaler_1,
+                                  upscaler_2, visibility], outputs=[progress, gallery, info, results],
+                     concurrency_limit=None, **PRIVATE)
+    gallery.select(on_select, inputs=results, outputs=info, **PRIVATE)
+    refresh.click(refresh_list, outputs=[upscaler_1, upscaler_2, status], **PRIVATE)
+    return UpscaleTab(source_tabs=source_tabs, source=source, single_image=single, upscaler_1=upscaler_1,
+                      upscaler_2=upscaler_2)
