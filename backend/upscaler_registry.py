@@ -6,14 +6,13 @@ A file that fails is listed with its error; the others stay usable.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from backend.checkpoint_files import CheckpointError
+from backend.file_facts_cache import FileFactsCache
 from backend.upscaler_models import UPSCALER_EXTENSIONS, describe, load_upscaler
 
 log = logging.getLogger(__name__)
@@ -39,43 +38,10 @@ class UpscalerEntry:
         return self.path is not None
 
 
-class DetectionCache:
-    """{resolved path: {size, mtime, architecture, scale, error}} in a JSON file."""
-
-    def __init__(self, cache_file: Path):
-        self.cache_file = Path(cache_file)
-        self._entries: dict | None = None
-
-    def _load(self) -> dict:
-        if self._entries is None:
-            try:
-                self._entries = json.loads(self.cache_file.read_text())
-            except (OSError, ValueError):
-                self._entries = {}
-        return self._entries
-
-    def get(self, path: Path) -> dict | None:
-        stat = path.stat()
-        entry = self._load().get(str(path.resolve()))
-        if entry and entry["size"] == stat.st_size and entry["mtime"] == stat.st_mtime:
-            return {key: entry.get(key) for key in DETECTED_FIELDS}
-        return None
-
-    def put(self, path: Path, values: dict):
-        stat = path.stat()
-        self._load()[str(path.resolve())] = {"size": stat.st_size, "mtime": stat.st_mtime, **values}
-
-    def save(self):
-        self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.cache_file.with_suffix(".tmp")
-        temp.write_text(json.dumps(self._entries or {}, indent=1))
-        os.replace(temp, self.cache_file)
-
-
 class UpscalerRegistry:
     def __init__(self, models_dir: Path, cache_file: Path):
         self.models_dir = Path(models_dir)
-        self._detections = DetectionCache(cache_file)
+        self._detections = FileFactsCache(cache_file)
         self._lock = threading.Lock()
         self._entries: tuple[UpscalerEntry, ...] | None = None
         self.detections_run = 0  # files actually loaded to detect them (tests check the cache with it)
@@ -118,9 +84,9 @@ class UpscalerRegistry:
             detected = self._detections.get(path)
             if detected is None:
                 detected = self._detect(path)
-                self._detections.put(path, detected)
+                self._detections.put(path, detected, save=False)  # saved once, after the scan
                 changed = True
-            entries.append(UpscalerEntry(name=name, path=path, **detected))
+            entries.append(UpscalerEntry(name=name, path=path, **{key: detected.get(key) for key in DETECTED_FIELDS}))
         if changed:
             try:
                 self._detections.save()
