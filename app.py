@@ -26,9 +26,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="also serve txt2img and img2img as MCP tools for AI assistants (Gradio's MCP server)")
     paths = parser.add_argument_group("folders")
     paths.add_argument("--models-dir", type=Path, default=APP_DIR / "models",
-                       help="root holding Stable-diffusion/, Lora/, VAE/, ESRGAN/, embeddings/ (A1111 layout)")
+                       help="root holding Stable-diffusion/, Lora/, VAE/, ESRGAN/ (A1111 layout)")
     paths.add_argument("--ckpt-dir", type=Path, default=None,
                        help="folder of checkpoints (default: <models-dir>/Stable-diffusion)")
+    paths.add_argument("--lora-dir", type=Path, default=None, help="folder of LoRAs (default: <models-dir>/Lora)")
+    paths.add_argument("--vae-dir", type=Path, default=None, help="folder of VAEs (default: <models-dir>/VAE)")
+    paths.add_argument("--embeddings-dir", type=Path, default=None,
+                       help="folder of textual-inversion embeddings (default: embeddings/ beside <models-dir>)")
     paths.add_argument("--outputs-dir", type=Path, default=APP_DIR / "outputs", help="where images are saved")
     paths.add_argument("--cache-dir", type=Path, default=APP_DIR / "cache",
                        help="hash cache and the built-in demo model")
@@ -77,7 +81,8 @@ def main(argv=None):
     from backend.settings import Settings
     from ui.layout import build_ui
 
-    settings = Settings(models_dir=args.models_dir, ckpt_dir=args.ckpt_dir, outputs_dir=args.outputs_dir,
+    settings = Settings(models_dir=args.models_dir, ckpt_dir=args.ckpt_dir, lora_folder=args.lora_dir,
+                        vae_folder=args.vae_dir, embeddings_folder=args.embeddings_dir, outputs_dir=args.outputs_dir,
                         cache_dir=args.cache_dir, startup_checkpoint=args.ckpt, device=args.device,
                         precision=args.precision, xformers=args.xformers, max_models_in_memory=args.max_models,
                         max_cache_gb=args.max_cache_gb, offline=os.environ.get("HF_HUB_OFFLINE") == "1",

@@ -188,3 +188,29 @@ class ExtrasSingleImageResponse(BaseModel):
 class ExtrasBatchImagesResponse(BaseModel):
     html_info: str
     images: list[str]
+
+
+class LoraItem(BaseModel):
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class VaeItem(BaseModel):
+    model_name: str
+    filename: str
+
+
+class EmbeddingItem(BaseModel):
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int | None = None  # the width of each vector
+    vectors: int | None = None  # how many tokens it takes
+    error: str | None = None  # skipped embeddings: why
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, EmbeddingItem]
+    skipped: dict[str, EmbeddingItem]

@@ -22,8 +22,8 @@ from backend.api_models import (HIRES_SAME, CheckpointItem, ExtrasBaseBody, Extr
                                 ExtrasBatchImagesResponse, ExtrasSingleImageBody, ExtrasSingleImageResponse,
                                 GenerationBody, GenerationResponse, Img2ImgBody, LatentUpscaleModeItem, PngInfoBody,
                                 PngInfoResponse, ProgressResponse, PromptStyleItem, SamplerItem, SchedulerItem,
-                                Txt2ImgBody, UpscalerItem)
-from backend.checkpoint_files import CheckpointError
+                                Txt2ImgBody, UpscalerItem, LoraItem, VaeItem, EmbeddingItem, EmbeddingsResponse)
+from backend.checkpoint_files import CheckpointError, read_safetensors_metadata, sniff_format
 from backend.extras import check_request
 from backend.infotext import parse_infotext
 from backend.job_queue import Job
@@ -35,14 +35,17 @@ from backend.services import Services
 
 log = logging.getLogger(__name__)
 JOB_TIMEOUT_SECONDS = 24 * 3600
-NOT_YET = {
-    "networks": "LoRA, VAE and embedding support is not available in this version yet",
-}
+SUPPORTED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
+EXTRA_GENERATION_KEYS = ("Lora hashes", "TI hashes")  # reported in info.extra_generation_params, as A1111
 BUILTIN_UPSCALER_SCALE = 4  # what A1111 reports for None/Lanczos/Nearest (they have no scale of their own)
 
 
-def not_implemented(what: str):
-    raise HTTPException(status_code=501, detail=NOT_YET[what])
+def lora_metadata(path) -> dict[str, Any]:
+    """A LoRA's training metadata (kohya's ss_* keys), from the safetensors header only."""
+    try:
+        return read_safetensors_metadata(path) if sniff_format(path) == "safetensors" else {}
+    except (CheckpointError, OSError, ValueError):
+        return {}
 
 
 def decode_image(data: str, field: str) -> Image.Image:
@@ -87,9 +90,15 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         raise HTTPException(status_code=501, detail=f"{', '.join(unsupported)}: not supported by this version yet")
     overrides = dict(body.override_settings or {})
     checkpoint = overrides.pop("sd_model_checkpoint", None)
+    vae = overrides.pop("sd_vae", "Automatic")
+    clip_skip = overrides.pop("CLIP_stop_at_last_layers", 1)
     if overrides:
         raise HTTPException(status_code=422, detail=f"override_settings: unsupported option(s) {sorted(overrides)}; "
-                                                    "supported: sd_model_checkpoint")
+                                                    f"supported: {', '.join(SUPPORTED_OVERRIDES)}")
+    try:
+        services.networks.check_vae(str(vae))
+    except RequestError as error:
+        raise HTTPException(status_code=422, detail=f"override_settings.{error}") from None
     if checkpoint is not None:
         try:
             checkpoint = services.models.resolve(checkpoint).title
@@ -101,7 +110,7 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "sampler_name": body.sampler_name or body.sampler_index, "scheduler": body.scheduler or "Automatic",
         "steps": body.steps, "cfg_scale": body.cfg_scale, "width": body.width, "height": body.height,
         "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
-        "save_images": body.save_images,
+        "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip,
     }
 
 
@@ -198,14 +207,16 @@ def generation_info(job: Job, services: Services) -> dict[str, Any]:
         "width": request.width, "height": request.height, "sampler_name": parsed.get("Sampler", request.sampler_name),
         "scheduler": parsed.get("Schedule type", request.scheduler), "cfg_scale": request.cfg_scale,
         "steps": request.steps, "batch_size": request.batch_size, "restore_faces": False,
-        "sd_model_name": entry.model_name, "sd_model_hash": entry.short_hash, "sd_vae_name": None,
-        "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "sd_model_name": entry.model_name, "sd_model_hash": entry.short_hash, "sd_vae_name": parsed.get("VAE"),
+        "sd_vae_hash": parsed.get("VAE hash"), "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": request.denoising_strength if isinstance(request, Img2ImgRequest) or (
             getattr(request, "enable_hr", False)) else None,
-        "extra_generation_params": {}, "index_of_first_image": 0,
+        "extra_generation_params": {key: parsed[key] for key in EXTRA_GENERATION_KEYS if key in parsed},
+        "index_of_first_image": 0, "warnings": job.result.warnings,
         "infotexts": [image.infotext for image in images], "styles": [],
         "job_timestamp": datetime.datetime.fromtimestamp(job.created_at).strftime("%Y%m%d%H%M%S"),
-        "clip_skip": 1, "is_using_inpainting_conditioning": job.result.model_label.endswith("inpainting"), "task_id": job.id,
+        "clip_skip": int(parsed.get("Clip skip", 1)),
+        "is_using_inpainting_conditioning": job.result.model_label.endswith("inpainting"), "task_id": job.id,
         "interrupted": job.status == "interrupted",
     }
 
@@ -340,6 +351,7 @@ def build_api_router(services: Services, auth: list[tuple[str, str]] | None = No
             "sd_checkpoints_limit": settings.max_models_in_memory,
             "live_previews_enable": settings.preview_every > 0,
             "show_progress_every_n_steps": settings.preview_every, "CLIP_stop_at_last_layers": 1,
+            "sd_vae": "Automatic",
         }
 
     @api.post("/options")
@@ -387,21 +399,39 @@ def build_api_router(services: Services, auth: list[tuple[str, str]] | None = No
     def latent_upscale_modes():
         return [LatentUpscaleModeItem(name=name) for name in LATENT_UPSCALE_MODES]
 
-    @api.get("/loras")
+    @api.get("/loras", response_model=list[LoraItem])
     def loras():
-        not_implemented("networks")
+        return [LoraItem(name=entry.name, alias=entry.name, path=str(entry.path),
+                         metadata=lora_metadata(entry.path)) for entry in services.networks.loras.entries]
 
     @api.post("/refresh-loras")
     def refresh_loras():
-        not_implemented("networks")
+        services.networks.loras.refresh()
+        return {"count": len(services.networks.loras.entries)}
 
-    @api.get("/sd-vae")
+    @api.get("/sd-vae", response_model=list[VaeItem])
     def sd_vae():
-        not_implemented("networks")
+        return [VaeItem(model_name=entry.file_name, filename=str(entry.path))
+                for entry in services.networks.vaes.files.entries]
 
-    @api.get("/embeddings")
+    @api.post("/refresh-vae")
+    def refresh_vae():
+        services.networks.vaes.refresh()
+        return {"count": len(services.networks.vaes.files.entries)}
+
+    @api.get("/embeddings", response_model=EmbeddingsResponse)
     def embeddings():
-        not_implemented("networks")
+        """Every readable embedding file is "loaded" (which ones fit a model is decided per job, with a
+        warning when one does not); a file that cannot be read is "skipped" with the reason."""
+        loaded, failed = services.networks.embeddings.all()
+        return EmbeddingsResponse(
+            loaded={e.name: EmbeddingItem(step=e.step, shape=e.widths[0], vectors=e.length) for e in loaded},
+            skipped={name: EmbeddingItem(error=reason) for name, reason in failed.items()})
+
+    @api.post("/refresh-embeddings")
+    def refresh_embeddings():
+        services.networks.embeddings.refresh()
+        return {"count": len(services.networks.embeddings.files.entries)}
 
     @api.get("/prompt-styles", response_model=list[PromptStyleItem])
     def prompt_styles():

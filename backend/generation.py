@@ -16,6 +16,7 @@ from backend.img2img import Img2ImgPlan
 from backend.infotext import build_infotext
 from backend.job_queue import BatchSkipped, JobInterrupted, JobProgress
 from backend.model_manager import ModelManager
+from backend.networks import Networks
 from backend.outputs import OutputStore, encode_png
 from backend.pipelines import job_pipeline, seeded_generators
 from backend.previews import PreviewRenderer
@@ -32,6 +33,7 @@ class Generator:
     previews: PreviewRenderer | None = None
     preview_every: int = 5  # steps between live previews; 0 turns them off
     upscalers: Upscalers | None = None  # image upscalers for Extras jobs and the hires fix
+    networks: Networks | None = None  # LoRAs, embeddings, VAEs, prompt encoding: needed by generation jobs
 
     def generate(self, request, progress: JobProgress) -> GenerationResult:
         if isinstance(request, Txt2ImgRequest):
@@ -52,12 +54,11 @@ class Generator:
             plan = HiresPlan.from_request(request, self.upscalers)
             return self._run(request, progress, "txt2img", plan.make_batch, plan.infotext_parameters())
 
-        def make_batch(pipeline_for, seeds, on_step):
+        def make_batch(pipeline_for, seeds, on_step, prompts):
             output = pipeline_for("txt2img")(
-                prompt=[request.prompt] * len(seeds), negative_prompt=[request.negative_prompt] * len(seeds),
                 num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
                 width=request.width, height=request.height, generator=seeded_generators(seeds),
-                callback_on_step_end=on_step, output_type="pil")
+                output_type="pil", **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
             return output.images
 
         return self._run(request, progress, "txt2img", make_batch, {})
@@ -65,26 +66,28 @@ class Generator:
     def img2img(self, request: Img2ImgRequest, progress: JobProgress) -> GenerationResult:
         plan = Img2ImgPlan.from_request(request)
 
-        def make_batch(pipeline_for, seeds, on_step):
-            return plan.make_batch(pipeline_for(plan.task), seeds, on_step)
+        def make_batch(pipeline_for, seeds, on_step, prompts):
+            return plan.make_batch(pipeline_for(plan.task), seeds, on_step, prompts)
 
         return self._run(request, progress, "img2img", make_batch, plan.infotext_parameters())
 
     def _run(self, request: GenerationRequest, progress: JobProgress, output_kind: str, make_batch: Callable,
              extra_parameters: dict) -> GenerationResult:
-        """`make_batch(pipeline_for, seeds, on_step)` gets its pipelines from `pipeline_for(task)`: one per
-        task, each with its own scheduler, built on first use and sharing the cached model's modules."""
+        """`make_batch(pipeline_for, seeds, on_step, prompts)` gets its pipelines from `pipeline_for(task)`: one
+        per task, each with its own scheduler (and the job's VAE), built on first use and sharing the cached
+        model's modules; `prompts.pipeline_arguments(...)` gives it the encoded, scheduled prompts."""
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
         seed = request.seed if request.seed != -1 else secrets.randbelow(2**32)
         progress.batches = request.n_iter
         images: list[ImageResult] = []
-        with self.models.lease(request.checkpoint) as (entry, model):  # never evicted while the job runs
+        with (self.models.lease(request.checkpoint) as (entry, model),  # never evicted while the job runs
+              self._networks.prepare(request, model, entry.path) as prompts):  # LoRAs removed afterwards
             pipelines: dict[str, object] = {}
 
             def pipeline_for(task: str):
                 if task not in pipelines:
                     scheduler = build_scheduler(sampler, schedule, model.pipeline.scheduler.config)
-                    pipelines[task] = job_pipeline(model, task, scheduler, entry.title)
+                    pipelines[task] = job_pipeline(model, task, scheduler, entry.title, vae=prompts.vae)
                 return pipelines[task]
 
             def on_step(pipe, step, timestep, tensors):
@@ -101,7 +104,7 @@ class Generator:
                     progress.batch, progress.step = batch, 0
                     seeds = [seed + batch * request.batch_size + i for i in range(request.batch_size)]
                     try:
-                        batch_images = make_batch(pipeline_for, seeds, on_step)
+                        batch_images = make_batch(pipeline_for, seeds, on_step, prompts)
                     except BatchSkipped:
                         continue
                     for position, (image, image_seed) in enumerate(zip(batch_images, seeds)):
@@ -110,7 +113,7 @@ class Generator:
                             "CFG scale": request.cfg_scale, "Seed": image_seed,
                             "Size": f"{image.width}x{image.height}",
                             "Model hash": entry.short_hash, "Model": entry.model_name,
-                            **extra_parameters,
+                            **extra_parameters, **prompts.infotext,
                             "Batch size": request.batch_size if request.batch_size > 1 else None,
                             "Batch pos": position if request.batch_size > 1 else None,
                         })
@@ -120,5 +123,12 @@ class Generator:
                                                   prompt=request.prompt, negative_prompt=request.negative_prompt,
                                                   infotext=infotext))
             except JobInterrupted:
-                return GenerationResult(images=images, interrupted=True, model_label=model.label)
-        return GenerationResult(images=images, model_label=model.label)
+                return GenerationResult(images=images, interrupted=True, model_label=model.label,
+                                        warnings=prompts.warnings)
+        return GenerationResult(images=images, model_label=model.label, warnings=prompts.warnings)
+
+    @property
+    def _networks(self) -> Networks:
+        if self.networks is None:
+            raise RequestError("request", "this server was built without prompt networks")
+        return self.networks

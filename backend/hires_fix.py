@@ -56,13 +56,13 @@ class HiresPlan:
         return parameters
 
     # --- the two passes ----------------------------------------------------------------------------
-    def make_batch(self, pipeline_for, seeds: list[int], on_step) -> list[Image.Image]:
+    def make_batch(self, pipeline_for, seeds: list[int], on_step, prompts) -> list[Image.Image]:
         request = self.request
-        prompts = dict(prompt=[request.prompt] * len(seeds), negative_prompt=[request.negative_prompt] * len(seeds),
-                       guidance_scale=request.cfg_scale, callback_on_step_end=on_step)
         first = pipeline_for("txt2img")(
             num_inference_steps=request.steps, width=request.width, height=request.height,
-            generator=seeded_generators(seeds), output_type="latent" if self.latent_mode else "pil", **prompts)
+            guidance_scale=request.cfg_scale, generator=seeded_generators(seeds),
+            output_type="latent" if self.latent_mode else "pil",
+            **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
         second = pipeline_for("img2img")
         if self.latent_mode:
             upscaled = self._upscale_latents(first.images, second.vae_scale_factor)
@@ -73,7 +73,9 @@ class HiresPlan:
             if request.denoising_strength == 0:
                 return upscaled
         return second(image=upscaled, strength=request.denoising_strength, num_inference_steps=self.second_pass_steps,
-                      generator=seeded_generators(seeds), output_type="pil", **prompts).images
+                      guidance_scale=request.cfg_scale, generator=seeded_generators(seeds), output_type="pil",
+                      **prompts.pipeline_arguments(request.steps, len(seeds), on_step,
+                                                   hires_steps=self.second_pass_steps)).images
 
     def _upscale_latents(self, latents: torch.Tensor, vae_scale: int) -> torch.Tensor:
         mode, antialias = self.latent_mode

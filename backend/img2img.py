@@ -85,7 +85,7 @@ class Img2ImgPlan:
         return parameters
 
     # --- denoising ---------------------------------------------------------------------------------
-    def make_batch(self, pipeline, seeds: list[int], on_step) -> list[Image.Image]:
+    def make_batch(self, pipeline, seeds: list[int], on_step, prompts) -> list[Image.Image]:
         request = self.request
         work_image, work_mask = self.base, self.mask
         if self.crop is not None:
@@ -97,15 +97,15 @@ class Img2ImgPlan:
         if request.denoising_strength == 0:
             generated = [work_image.copy() for _ in seeds]  # no denoising: the (prepared) input itself
         else:
-            generated = self._denoise(pipeline, work_image, work_mask, seeds, on_step)
+            generated = self._denoise(pipeline, work_image, work_mask, seeds, on_step, prompts)
         return [self._finish(image) for image in generated]
 
-    def _denoise(self, pipeline, image: Image.Image, mask: Image.Image | None, seeds, on_step) -> list[Image.Image]:
+    def _denoise(self, pipeline, image: Image.Image, mask: Image.Image | None, seeds, on_step,
+                 prompts) -> list[Image.Image]:
         request = self.request
-        common = dict(prompt=[request.prompt] * len(seeds), negative_prompt=[request.negative_prompt] * len(seeds),
-                      num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-                      generator=seeded_generators(seeds), callback_on_step_end=on_step, output_type="pil",
-                      strength=request.denoising_strength)
+        common = dict(num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+                      generator=seeded_generators(seeds), output_type="pil", strength=request.denoising_strength,
+                      **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
         if mask is None:
             if request.denoising_strength == 1:
                 # Full strength starts from pure noise, so the input image has no influence at all.

@@ -89,7 +89,8 @@ def request_fields(parameters: dict[str, Any]) -> dict[str, Any]:
                               "negative_prompt": parameters.get("Negative prompt", "")}
     converters = {"Steps": ("steps", int), "CFG scale": ("cfg_scale", float), "Seed": ("seed", int),
                   "Size-1": ("width", int), "Size-2": ("height", int), "Sampler": ("sampler_name", str),
-                  "Schedule type": ("scheduler", str), "Model hash": ("model_hash", str), "Model": ("model_name", str)}
+                  "Schedule type": ("scheduler", str), "Model hash": ("model_hash", str), "Model": ("model_name", str),
+                  "Clip skip": ("clip_skip", int), "VAE": ("sd_vae", str)}
     converters.update(HIRES_CONVERTERS)
     for key, (name, convert) in converters.items():
         if key in parameters:

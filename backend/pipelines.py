@@ -18,9 +18,10 @@ PIPELINE_CLASSES = {
 }
 
 
-def job_pipeline(model: LoadedModel, task: str, scheduler, checkpoint_title: str):
+def job_pipeline(model: LoadedModel, task: str, scheduler, checkpoint_title: str, vae=None):
     """A pipeline for `task` ("txt2img", "img2img", "inpaint") sharing every module with the cached one
-    but with its own scheduler, so per-request choices never mutate shared state."""
+    but with its own scheduler (and `vae` when the job chose another), so per-request choices never mutate
+    shared state."""
     if model.family == "sdxl-refiner" and task != "img2img":
         raise RequestError("checkpoint", f"{checkpoint_title} is an SDXL refiner; it only does img2img without a mask")
     if model.inpainting and task != "inpaint":
@@ -31,6 +32,8 @@ def job_pipeline(model: LoadedModel, task: str, scheduler, checkpoint_title: str
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {name: module for name, module in base.components.items() if name in accepted}
     kwargs["scheduler"] = scheduler
+    if vae is not None:
+        kwargs["vae"] = vae
     kwargs.update({k: v for k, v in base.config.items() if k in accepted and k not in kwargs and not k.startswith("_")})
     for name, parameter in accepted.items():  # optional components the cached pipeline does not have
         if name not in kwargs and name != "self" and parameter.default is inspect.Parameter.empty:

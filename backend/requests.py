@@ -20,8 +20,9 @@ STEPS_RANGE = (1, 150)
 CFG_RANGE = (1.0, 30.0)
 BATCH_SIZE_RANGE = (1, 8)
 BATCH_COUNT_RANGE = (1, 100)
+CLIP_SKIP_RANGE = (1, 12)
 INTEGER_RANGES = {"steps": STEPS_RANGE, "seed": (-1, MAX_SEED), "batch_size": BATCH_SIZE_RANGE,
-                  "n_iter": BATCH_COUNT_RANGE}
+                  "n_iter": BATCH_COUNT_RANGE, "clip_skip": CLIP_SKIP_RANGE}
 
 
 class RequestError(ValueError):
@@ -61,6 +62,8 @@ class GenerationRequest(BaseModel):
     n_iter: int = Field(1, description="Batch count: how many batches run one after another")
     checkpoint: str | None = Field(None, description="Checkpoint title or name; None uses the selected one")
     save_images: bool = Field(True, description="Write the images to the outputs folder (and the history)")
+    sd_vae: str = Field("Automatic", description="Automatic, None (the checkpoint's own) or a file in models/VAE")
+    clip_skip: int = Field(1, description="Use the text encoder's output this many layers from the end (1 = last)")
     extension_args: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("width", "height")
@@ -76,7 +79,7 @@ class GenerationRequest(BaseModel):
     def _cfg(cls, value: float) -> float:
         return _check_finite_range(value, *CFG_RANGE)
 
-    @field_validator("steps", "seed", "batch_size", "n_iter")
+    @field_validator("steps", "seed", "batch_size", "n_iter", "clip_skip")
     @classmethod
     def _in_range(cls, value: int, info: ValidationInfo) -> int:
         return _check_range(value, *INTEGER_RANGES[info.field_name])
@@ -326,3 +329,4 @@ class GenerationResult(BaseModel):
     images: list[ImageResult]
     interrupted: bool = False
     model_label: str = ""  # e.g. "SD1.x inpainting"
+    warnings: list[str] = Field(default_factory=list)  # what was ignored (unknown LoRA, unbalanced bracket, ...)

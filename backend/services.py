@@ -12,6 +12,7 @@ from backend.job_queue import JobQueue
 from backend.model_hashes import HashCache
 from backend.model_manager import ModelManager
 from backend.model_registry import ModelRegistry
+from backend.networks import Networks
 from backend.outputs import OutputStore
 from backend.previews import PreviewRenderer
 from backend.settings import Settings
@@ -29,6 +30,7 @@ class Services:
     jobs: JobQueue
     history: JobHistory
     upscalers: Upscalers
+    networks: Networks
 
     def close(self):
         self.jobs.stop()
@@ -38,13 +40,15 @@ class Services:
 def build_services(settings: Settings) -> Services:
     device = choose_device(settings.device)
     dtype = choose_dtype(settings.precision, device)
-    registry = ModelRegistry(settings.checkpoints_dir, HashCache(settings.cache_dir / "hashes.json"))
+    hashes = HashCache(settings.cache_dir / "hashes.json")
+    registry = ModelRegistry(settings.checkpoints_dir, hashes)
     registry.refresh()  # scan (and hash) once, before any thread asks for the list
     models = ModelManager(settings, registry, CheckpointLoader(), device, dtype)
     outputs = OutputStore(settings.outputs_dir)
     previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype)
     upscalers = Upscalers(settings, device, dtype)  # model files are scanned on first use, not here
-    generator = Generator(models, outputs, previews, settings.preview_every, upscalers)
+    networks = Networks(settings.lora_dir, settings.embeddings_dir, settings.vae_dir, settings.checkpoints_dir, hashes)
+    generator = Generator(models, outputs, previews, settings.preview_every, upscalers, networks)
     history = JobHistory(settings.outputs_dir / "history.sqlite3")
     interrupted = history.mark_unfinished_interrupted()
     if interrupted:
@@ -53,4 +57,4 @@ def build_services(settings: Settings) -> Services:
     jobs = JobQueue(generator.generate, history)
     jobs.start()
     return Services(settings=settings, models=models, outputs=outputs, generator=generator, jobs=jobs,
-                    history=history, upscalers=upscalers)
+                    history=history, upscalers=upscalers, networks=networks)

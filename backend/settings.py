@@ -11,6 +11,9 @@ class Settings:
     outputs_dir: Path
     cache_dir: Path
     ckpt_dir: Path | None = None  # defaults to <models_dir>/Stable-diffusion
+    embeddings_folder: Path | None = None  # defaults to embeddings/ beside the models folder, as in A1111
+    lora_folder: Path | None = None  # defaults to <models_dir>/Lora
+    vae_folder: Path | None = None  # defaults to <models_dir>/VAE
     startup_checkpoint: str | None = None
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
@@ -34,6 +37,19 @@ class Settings:
     def upscalers_cache_file(self) -> Path:
         """Detected architecture and scale of each upscaler file, so listing never reloads them."""
         return self.cache_dir / "upscalers.json"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        """Textual-inversion embeddings: A1111 keeps them in `embeddings/` beside `models/`."""
+        return self.embeddings_folder or self.models_dir.parent / "embeddings"
+
+    @property
+    def lora_dir(self) -> Path:
+        return self.lora_folder or self.models_dir / "Lora"
+
+    @property
+    def vae_dir(self) -> Path:
+        return self.vae_folder or self.models_dir / "VAE"
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -16,6 +16,7 @@ from PIL import Image, PngImagePlugin
 from backend.infotext import parse_infotext
 from tests.server_process import ServerProcess
 from tests.test_infotext import A1111_SAMPLE
+from tests.tiny_networks import write_embedding, write_kohya_lora, write_vae
 
 FAST = {"steps": 3, "width": 64, "height": 64}
 
@@ -27,6 +28,10 @@ def server(tmp_path_factory, checkpoint_files):
     models.mkdir(parents=True)
     for key in ("sd1", "sd1_other"):
         os.link(checkpoint_files[key], models / checkpoint_files[key].name)
+    write_kohya_lora(root / "models" / "Lora" / "style.safetensors", seed=1)
+    write_vae(root / "models" / "VAE" / "other.safetensors")
+    write_embedding(root / "embeddings" / "shiny.pt", width=32, vectors=3)
+    (root / "embeddings" / "broken.safetensors").write_bytes(b"not weights at all")
     (root / "styles.csv").write_text('name,prompt,negative_prompt\nCinematic,"{prompt}, film grain",blurry\n')
     process = ServerProcess(root, root / "models", "--api", "--ckpt", "tiny-sd1.safetensors").start()
     yield process
@@ -81,6 +86,8 @@ def test_a1111_defaults_and_save_images(client, server):
     ({"width": 65}, "width"), ({"steps": 0}, "steps"), ({"cfg_scale": 100}, "cfg_scale"),
     ({"sampler_name": "Nope"}, "sampler_name"), ({"scheduler": "wobbly"}, "scheduler"),
     ({"override_settings": {"sd_model_checkpoint": "missing.safetensors"}}, "sd_model_checkpoint"),
+    ({"override_settings": {"sd_vae": "missing.safetensors"}}, "sd_vae"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 13}}, "clip_skip"),
     ({"batch_size": 50}, "batch_size"), ({"seed": 2**40}, "seed"),
 ])
 def test_bad_fields_get_422_naming_the_field(client, payload, field):
@@ -95,11 +102,6 @@ def test_unsupported_features_answer_501_never_pretend(client):
     response = client.post("/extra-single-image", json={"image": png_b64(Image.new("RGB", (8, 8))),
                                                         "upscaler_1": "Lanczos", "codeformer_visibility": 1})
     assert response.status_code == 501 and "face restoration" in response.json()["detail"]
-    for method, path in [("get", "/loras"), ("post", "/refresh-loras"), ("get", "/sd-vae"),
-                         ("get", "/embeddings")]:
-        response = getattr(client, method)(path, **({"json": {}} if method == "post" else {}))
-        assert response.status_code == 501, path
-        assert "not available in this version yet" in response.json()["detail"]
 
 
 def test_png_info_reads_ours_a1111_and_jpeg_exif(client):
@@ -282,3 +284,30 @@ def test_img2img_errors(client, body, status, field):
     response = client.post("/img2img", json={**FAST, **body})
     assert response.status_code == status, response.text
     assert field in json.dumps(response.json()["detail"])
+
+
+def test_lora_vae_and_embedding_lists(client):
+    loras = client.get("/loras").json()
+    assert [(item["name"], item["alias"]) for item in loras] == [("style", "style")]
+    assert loras[0]["path"].endswith("style.safetensors") and loras[0]["metadata"]["ss_output_name"] == "style"
+    assert client.get("/sd-vae").json() == [{"model_name": "other.safetensors",
+                                            "filename": client.get("/sd-vae").json()[0]["filename"]}]
+    embeddings = client.get("/embeddings").json()
+    assert embeddings["loaded"]["shiny"] == {"step": 500, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                            "shape": 32, "vectors": 3, "error": None}
+    assert "broken" in embeddings["skipped"] and embeddings["skipped"]["broken"]["error"]
+    assert client.post("/refresh-loras").json() == {"count": 1}
+
+
+def test_overrides_clip_skip_and_vae_lora_tags_and_warnings(client):
+    plain = client.post("/txt2img", json={**FAST, "prompt": "a cat", "seed": 3}).json()
+    tuned = client.post("/txt2img", json={**FAST, "prompt": "a cat <lora:style:0.6> <lora:nosuch:1>", "seed": 3,
+                                          "override_settings": {"CLIP_stop_at_last_layers": 2,
+                                                                "sd_vae": "other.safetensors"}}).json()
+    info = json.loads(tuned["info"])
+    assert info["clip_skip"] == 2 and info["sd_vae_name"] == "other.safetensors" and len(info["sd_vae_hash"]) == 10
+    assert info["extra_generation_params"]["Lora hashes"].startswith("style: ")
+    assert info["warnings"] == [info["warnings"][0]] and "nosuch" in info["warnings"][0]
+    assert tuned["images"][0] != plain["images"][0]
+    parameters = parse_infotext(info["infotexts"][0])
+    assert parameters["Clip skip"] == "2" and parameters["VAE"] == "other.safetensors"

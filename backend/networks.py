@@ -1,0 +1,193 @@
+"""Everything a prompt can pull in besides the checkpoint: LoRAs (`<lora:name:weight>`), textual-inversion
+embeddings (by name), an external VAE, and clip skip. `prepare` readies them for one job and undoes the
+LoRAs afterwards; problems a user can make by typing (an unknown name, a LoRA for another model family, an
+unbalanced bracket) become warnings shown with the result, as A1111 users expect, instead of failing the job."""
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from functools import cached_property
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from backend.checkpoint_files import CheckpointError
+from backend.conditioning import PassConditioning
+from backend.embeddings import EmbeddingLibrary
+from backend.lora import LORA_EXTENSIONS, LoraUse, applied_loras
+from backend.model_hashes import HashCache
+from backend.network_files import NetworkFolder
+from backend.clip_tokenizer import build_clip_tokenizer
+from backend.prompt_encoding import PromptChunker, PromptEncoder
+from backend.prompt_parser import (PromptSyntaxError, bracket_problems, extract_extra_networks, parse_weighted,
+                                   prompt_schedule)
+from backend.requests import RequestError
+from backend.vae_files import VaeLibrary
+
+EXPLICIT_EMBEDDING = re.compile(r"\bembedding:([\w.\-]+)")
+
+
+@dataclass
+class JobNetworks:
+    """What one job uses: call `conditioning` for each sampling pass; `vae` is None for the model's own."""
+    encoder: PromptEncoder
+    prompt: str  # without <lora:...> tags
+    negative_prompt: str
+    vae: object | None = None
+    warnings: list[str] = field(default_factory=list)
+    parameters: dict[str, object] = field(default_factory=dict)  # infotext keys known before encoding
+    ti_hash: Callable | None = None  # embedding -> its A1111 short hash
+    _passes: dict = field(default_factory=dict)
+
+    @property
+    def infotext(self) -> dict[str, object]:
+        """A1111's keys for what this job used; `TI hashes` lists the embeddings the encoded prompts contained."""
+        used = self.encoder.used_embeddings
+        return {**self.parameters,
+                "TI hashes": ", ".join(f"{name}: {self.ti_hash(e)}" for name, e in used.items()) or None}
+
+    def conditioning(self, steps: int, hires_steps: int | None = None) -> PassConditioning:
+        """Encoded once per job and pass length, reused by every batch."""
+        key = (steps, hires_steps)
+        if key not in self._passes:
+            self._passes[key] = PassConditioning(self.encoder, self.prompt, self.negative_prompt, steps, hires_steps)
+        return self._passes[key]
+
+    def pipeline_arguments(self, steps: int, batch: int, on_step, hires_steps: int | None = None) -> dict:
+        """prompt_embeds & co. and the step callback for a diffusers pipeline call of `batch` images."""
+        return self.conditioning(steps, hires_steps).pipeline_arguments(batch, on_step)
+
+
+class Networks:
+    def __init__(self, lora_dir: Path, embeddings_dir: Path, vae_dir: Path, checkpoints_dir: Path,
+                 hashes: HashCache):
+        self.loras = NetworkFolder(lora_dir, LORA_EXTENSIONS)
+        self.embeddings = EmbeddingLibrary(embeddings_dir, hashes)
+        self.vaes = VaeLibrary(vae_dir, checkpoints_dir, hashes)
+        self.hashes = hashes
+
+    def refresh(self):
+        self.loras.refresh()
+        self.embeddings.refresh()
+        self.vaes.refresh()
+
+    @cached_property
+    def tokenizer(self):
+        return build_clip_tokenizer()
+
+    def token_counter(self, text: str, steps: int = 20) -> tuple[int, int]:
+        """A1111's `used/75` beside a prompt box: the longest of the prompt's scheduled variants, with LoRA tags
+        left out and embeddings counted by their vectors."""
+        try:
+            text, _ = extract_extra_networks(text or "")
+        except PromptSyntaxError:
+            pass  # counted as typed; the job will say what is wrong with the tag
+        chunker = PromptChunker(self.tokenizer, self.embeddings.all()[0])
+        return max(chunker.lengths(variant) for _, variant in prompt_schedule(text, max(1, steps)))
+
+    def lora_short_hash(self, path: Path) -> str:
+        """A1111's `Lora hashes` value: the addnet hash (tensor data only), first 12 hex digits."""
+        return self.hashes.addnet_hash(path)[:12]
+
+    def check_vae(self, choice: str):
+        """Validate a VAE choice before queueing (RequestError naming the field)."""
+        if choice not in self.vaes.choices():
+            raise RequestError("sd_vae", f"unknown VAE {choice!r}; choose one of {self.vaes.choices()}")
+
+    @contextmanager
+    def prepare(self, request, model, checkpoint_path: Path | None) -> Iterator[JobNetworks]:
+        warnings: list[str] = []
+        try:
+            prompt, tags = extract_extra_networks(request.prompt)
+            negative_prompt, negative_tags = extract_extra_networks(request.negative_prompt)
+        except PromptSyntaxError as error:
+            raise RequestError("prompt", str(error)) from None
+        if negative_tags:
+            warnings.append("ignored in the negative prompt (extra networks apply from the prompt only): "
+                            + ", ".join(f"<{t.kind}:{t.name}>" for t in negative_tags))
+        prompt = self._explicit_embeddings(prompt, warnings)
+        negative_prompt = self._explicit_embeddings(negative_prompt, warnings)
+        for label, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            warnings += [f"{label.replace('_', ' ')}: {problem}" for problem in bracket_problems(text)]
+            try:
+                for _, variant in prompt_schedule(text, request.steps):
+                    parse_weighted(variant)
+            except PromptSyntaxError as error:
+                raise RequestError(label, str(error)) from None
+        uses = self._lora_uses(tags, warnings)
+        pipeline = model.pipeline
+        with applied_loras(pipeline, model.family, uses, warnings) as applied:
+            embeddings, failed = self.embeddings.all()
+            encoder = PromptEncoder(pipeline, model.family, request.clip_skip, embeddings)
+            job = JobNetworks(encoder, prompt, negative_prompt, warnings=warnings,
+                              ti_hash=self.embeddings.short_hash)
+            if encoder.clip_skip_usable() != request.clip_skip:
+                warnings.append(f"clip skip {request.clip_skip} is deeper than this model's text encoder allows; "
+                                f"used {encoder.clip_skip_usable()}")
+            job.vae = self._vae(request.sd_vae, pipeline, checkpoint_path, job)
+            self._check_embedding_names(encoder, embeddings, failed, prompt, negative_prompt, warnings)
+            job.parameters = {
+                "Clip skip": encoder.clip_skip_usable() if encoder.clip_skip_usable() > 1 else None,
+                **job.parameters,
+                "Lora hashes": ", ".join(f"{use.file.name}: {self.lora_short_hash(use.file.path)}"
+                                         for use in applied) or None,
+            }
+            yield job
+
+    def _lora_uses(self, tags, warnings: list[str]) -> list[LoraUse]:
+        uses = []
+        for tag in tags:
+            if tag.kind not in ("lora", "lyco"):
+                warnings.append(f"<{tag.kind}:{tag.name}> ignored: {tag.kind} networks are not supported")
+                continue
+            entry = self.loras.find(tag.name)
+            if entry is None:
+                warnings.append(f"LoRA {tag.name} ignored: no such file in {self.loras.folder}")
+                continue
+            uses.append(LoraUse(entry, tag.weight, tag.unet_weight if tag.unet_weight is not None else tag.weight))
+        return uses
+
+    def _vae(self, choice: str, pipeline, checkpoint_path: Path | None, job: JobNetworks):
+        try:
+            entry = self.vaes.resolve(choice, checkpoint_path)
+        except CheckpointError as error:
+            raise RequestError("sd_vae", str(error)) from None
+        if entry is None:
+            return None
+        try:
+            vae = self.vaes.load(entry, pipeline.vae)
+        except CheckpointError as error:
+            job.warnings.append(f"VAE {entry.file_name} ignored, the checkpoint's own VAE was used: {error}")
+            return None
+        job.parameters |= {"VAE hash": self.vaes.short_hash(entry), "VAE": entry.file_name}
+        return vae
+
+    def _check_embedding_names(self, encoder, embeddings, failed: dict[str, str], prompt: str, negative: str,
+                               warnings: list[str]):
+        """Embeddings named in a prompt that cannot be used with this model are said, not silently dropped."""
+        usable = {e.name for candidates in encoder.embeddings.values() for _, e in candidates}
+        tokens = encoder.tokenize(prompt + " , " + negative)
+        for embedding in embeddings:
+            if embedding.name not in usable and _contains(tokens, encoder.tokenize(embedding.name)):
+                widths = "/".join(map(str, embedding.widths))
+                warnings.append(f"embedding {embedding.name} ignored: its vectors ({widths} wide) are for another "
+                                "model family")
+        for name, reason in failed.items():
+            if _contains(tokens, encoder.tokenize(name)):
+                warnings.append(f"embedding {name} ignored: {reason}")
+
+    def _explicit_embeddings(self, text: str, warnings: list[str]) -> str:
+        """ComfyUI's `embedding:name` spelling: the name alone if the file exists, else a warning."""
+        def replace(match: re.Match) -> str:
+            name = match.group(1)
+            entry = self.embeddings.files.find(name)
+            if entry is None:
+                warnings.append(f"embedding {name} not found in {self.embeddings.files.folder}")
+                return ""
+            return entry.name
+
+        return EXPLICIT_EMBEDDING.sub(replace, text)
+
+
+def _contains(tokens: list[int], ids: list[int]) -> bool:
+    return bool(ids) and any(tokens[i:i + len(ids)] == ids for i in range(len(tokens) - len(ids) + 1))

@@ -1,0 +1,102 @@
+"""External VAEs (A1111's "SD VAE" setting): files in models/VAE/ (and `<checkpoint>.vae.*` beside a
+checkpoint), loaded into the checkpoint's own VAE architecture and swapped in per job, never into the cache.
+
+Choices, as in A1111: "Automatic" (a VAE file named after the checkpoint, else the checkpoint's own),
+"None" (the checkpoint's own), or a file name.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL
+from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+from backend.checkpoint_files import CheckpointError, load_state_dict
+from backend.model_hashes import HashCache
+from backend.network_files import NetworkFile, NetworkFolder
+
+VAE_EXTENSIONS = (".safetensors", ".pt", ".ckpt", ".bin")
+VAE_AUTOMATIC, VAE_NONE = "Automatic", "None"
+CHECKPOINT_VAE_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt")
+LOSS_PREFIXES = ("loss.", "model_ema.")  # training leftovers some VAE files carry
+
+
+def vae_weights_for(vae: AutoencoderKL, state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """A VAE file's tensors (original or diffusers layout) renamed for `vae`; CheckpointError if they do not fit."""
+    state = {key: value for key, value in state.items() if not key.startswith(LOSS_PREFIXES)}
+    if not any(key.startswith("encoder.down_blocks.") for key in state):
+        state = convert_ldm_vae_checkpoint(state, dict(vae.config))
+    expected = vae.state_dict()
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise CheckpointError(f"{name} is not a VAE for this model ({len(missing)} tensors missing, e.g. {missing[0]})")
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{name} is a VAE of another shape than this model's ({key}: "
+                                  f"{tuple(state[key].shape)}, expected {tuple(tensor.shape)})")
+    return {key: state[key] for key in expected}
+
+
+class VaeLibrary:
+    def __init__(self, folder: Path, checkpoints_dir: Path, hashes: HashCache, max_loaded: int = 2):
+        self.files = NetworkFolder(folder, VAE_EXTENSIONS)
+        self.checkpoints_dir = Path(checkpoints_dir)
+        self.hashes = hashes
+        self.max_loaded = max_loaded
+        self._lock = threading.Lock()
+        self._loaded: OrderedDict[tuple, AutoencoderKL] = OrderedDict()
+
+    def refresh(self):
+        self.files.refresh()
+
+    def choices(self) -> list[str]:
+        return [VAE_AUTOMATIC, VAE_NONE, *(entry.file_name for entry in self.files.entries)]
+
+    def _beside_checkpoints(self) -> list[NetworkFile]:
+        if not self.checkpoints_dir.is_dir():
+            return []
+        return [NetworkFile(path.name.split(".vae.")[0], path) for path in sorted(self.checkpoints_dir.rglob("*"))
+                if path.is_file() and path.name.lower().endswith(CHECKPOINT_VAE_SUFFIXES)]
+
+    def resolve(self, choice: str, checkpoint_path: Path | None) -> NetworkFile | None:
+        """The VAE file a choice means for this checkpoint; None = the checkpoint's own VAE."""
+        if choice == VAE_NONE:
+            return None
+        if choice == VAE_AUTOMATIC:
+            if checkpoint_path is None:
+                return None
+            stem = checkpoint_path.name.rsplit(".", 1)[0]
+            for entry in [*self._beside_checkpoints(), *self.files.entries]:
+                if entry.file_name.startswith(stem):
+                    return entry
+            return None
+        entry = self.files.find(choice)
+        if entry is None:
+            raise CheckpointError(f"no VAE named {choice!r} in {self.files.folder}; choose one of {self.choices()}")
+        return entry
+
+    def load(self, entry: NetworkFile, like: AutoencoderKL) -> AutoencoderKL:
+        """`entry`'s weights in a VAE built like the checkpoint's (same config, device and dtype)."""
+        key = (str(entry.path), entry.path.stat().st_mtime, str(dict(like.config)), like.device, like.dtype)
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+        weights = vae_weights_for(like, load_state_dict(entry.path), entry.file_name)
+        with init_empty_weights():
+            vae = AutoencoderKL.from_config(like.config)
+        vae.load_state_dict({k: v.to(like.dtype) for k, v in weights.items()}, strict=True, assign=True)
+        vae = vae.to(like.device).eval().requires_grad_(False)
+        with self._lock:
+            self._loaded[key] = vae
+            while len(self._loaded) > self.max_loaded:
+                self._loaded.popitem(last=False)
+        return vae
+
+    def short_hash(self, entry: NetworkFile) -> str:
+        """A1111's `VAE hash`: the file's sha256, first 10 hex digits."""
+        return self.hashes.sha256(entry.path)[:10]
