@@ -268,3 +268,47 @@ def test_upscale_a_server_folder_to_an_exact_size(server, page, tmp_path):
     made = sorted((server[1] / "extras-images").rglob("*.png"))
     assert [Image.open(path).size for path in made] == [(96, 96), (96, 96)]  # covered, then cropped to fit
     assert [Image.open(path).convert("RGB").getpixel((48, 48)) for path in made] == [(200, 20, 20), (20, 20, 200)]
+
+
+@pytest.fixture
+def networks_server(tmp_path, models_dir):
+    from tests.tiny_networks import write_embedding, write_kohya_lora, write_vae
+
+    write_kohya_lora(models_dir / "Lora" / "style.safetensors", seed=1)
+    write_vae(models_dir / "VAE" / "other.safetensors")
+    write_embedding(models_dir.parent / "embeddings" / "shiny.safetensors", width=32, vectors=3)
+    process = ServerProcess(tmp_path, models_dir, "--ckpt", "tiny-sd1.safetensors").start()
+    yield process.url + "/", process.outputs
+    process.stop()
+
+
+def test_extra_networks_token_counter_vae_clip_skip_and_warnings(networks_server, page):
+    prompt = page.locator("#txt2img_prompt textarea")
+    prompt.fill("a cat BREAK a dog")
+    page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() === '77/150'",
+                           timeout=30_000)
+    page.locator("#txt2img_extra_networks").get_by_text("Extra networks").click()
+    page.locator("#txt2img_lora_cards img").first.click()
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.endsWith('<lora:style:1>')",
+                           timeout=30_000)
+    page.get_by_role("tab", name="Textual Inversion").first.click()
+    page.locator("#txt2img_ti_cards img").first.click()
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.endsWith(', shiny')",
+                           timeout=30_000)
+    page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() === '81/150'",
+                           timeout=30_000)  # "a dog , shiny": the LoRA tag counts nothing, the embedding 3
+    prompt.fill(prompt.input_value() + " <lora:nosuch:1>")
+    page.locator("#sd_vae input").click()
+    page.get_by_role("option", name="other.safetensors").click()
+    set_slider(page, "clip_skip", 2)
+    for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 2)):
+        set_slider(page, elem_id, value)
+    page.get_by_role("button", name="Generate").click()
+    wait_until_done(page, "txt2img")
+    assert "LoRA nosuch ignored" in page.locator("#txt2img_progress .job-warnings").inner_text()
+    infotext = page.locator("#txt2img_infotext textarea").input_value()
+    assert "Clip skip: 2" in infotext and "VAE: other.safetensors" in infotext
+    assert 'Lora hashes: "style: ' in infotext and 'TI hashes: "shiny: ' in infotext
+    set_slider(page, "clip_skip", 1)
+    page.locator("#txt2img_send_img2img").click()  # the infotext's clip skip comes back with it
+    page.wait_for_function("document.querySelector('#clip_skip input[type=number]').value === '2'", timeout=30_000)

@@ -37,6 +37,8 @@ class GenerationForm:
     seed: gr.Number
     random_seed: gr.Button
     reuse_seed: gr.Button
+    token_counter: gr.HTML | None = None
+    negative_token_counter: gr.HTML | None = None
     progress: gr.HTML | None = None
     gallery: gr.Gallery | None = None
     infotext: gr.Textbox | None = None
@@ -54,27 +56,36 @@ class GenerationForm:
         return {self.prompt, self.negative_prompt, self.sampler, self.schedule, self.steps, self.width, self.height,
                 self.batch_count, self.batch_size, self.cfg_scale, self.seed}
 
-    def common_fields(self, values: dict, checkpoint: gr.Dropdown) -> dict:
+    def common_fields(self, values: dict, model) -> dict:
+        """`model`: the page's ModelControls (checkpoint, VAE, clip skip)."""
         seed = values[self.seed]
         return {"prompt": values[self.prompt], "negative_prompt": values[self.negative_prompt],
                 "sampler_name": values[self.sampler], "scheduler": values[self.schedule],
                 "steps": int(values[self.steps]), "cfg_scale": float(values[self.cfg_scale]),
                 "width": int(values[self.width]), "height": int(values[self.height]),
                 "seed": -1 if seed is None else int(seed), "batch_size": int(values[self.batch_size]),
-                "n_iter": int(values[self.batch_count]), "checkpoint": values[checkpoint]}
+                "n_iter": int(values[self.batch_count]), **model.request_fields(values)}
 
 
 def build_prompt_row(prefix: str) -> dict:
     with gr.Row():
         with gr.Column(scale=6):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt", placeholder="Prompt")
+            token_counter = gr.HTML(render_token_count(0, 75), elem_id=f"{prefix}_token_counter")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
+            negative_counter = gr.HTML(render_token_count(0, 75), elem_id=f"{prefix}_negative_token_counter")
         with gr.Column(scale=1, min_width=160):
             generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", min_width=70)
                 skip = gr.Button("Skip", elem_id=f"{prefix}_skip", min_width=70)
-    return dict(prompt=prompt, negative_prompt=negative, generate=generate, interrupt=interrupt, skip=skip)
+    return dict(prompt=prompt, negative_prompt=negative, generate=generate, interrupt=interrupt, skip=skip,
+                token_counter=token_counter, negative_token_counter=negative_counter)
+
+
+def render_token_count(used: int, limit: int) -> str:
+    return f'<div class="token-counter" style="text-align:right;font-size:0.85em;opacity:0.8">{used}/{limit}</div>'
+
 
 
 def build_sampling_controls(prefix: str, size: tuple[int, int] | None = None) -> dict:
@@ -172,4 +183,11 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
     form.gallery.select(on_select, inputs=form.results, outputs=[form.infotext, form.selected, form.selected_path],
                         **PRIVATE)
     form.random_seed.click(lambda: -1, outputs=form.seed, **PRIVATE)
+
+    def count(text: str | None, steps) -> str:
+        return render_token_count(*services.networks.token_counter(text or "", int(steps or 1)))
+
+    for box, counter in ((form.prompt, form.token_counter), (form.negative_prompt, form.negative_token_counter)):
+        box.change(count, inputs=[box, form.steps], outputs=counter, trigger_mode="always_last",
+                   show_progress="hidden", queue=False, **PRIVATE)
     form.reuse_seed.click(reuse, inputs=[form.results, form.selected], outputs=form.seed, **PRIVATE)

@@ -12,6 +12,8 @@ from PIL import Image
 from backend.image_ops import MASK_MODES, MASKED_CONTENT, RESIZE_MODES
 from backend.requests import Img2ImgRequest, RequestError, build_request
 from backend.services import Services
+from ui.extra_networks import build_extra_networks
+from ui.model_picker import ModelControls
 from ui.generation_form import (PRIVATE, GenerationForm, build_prompt_row, build_results, build_sampling_controls,
                                 wire_generation)
 
@@ -52,8 +54,9 @@ def editor_image_and_mask(value: dict | None) -> tuple[bytes, bytes]:
     return png_bytes(background.convert("RGB")), png_bytes(mask)
 
 
-def build_img2img_tab(services: Services, checkpoint: gr.Dropdown, size: tuple[int, int] | None) -> Img2ImgTab:
+def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int, int] | None) -> Img2ImgTab:
     top = build_prompt_row("img2img")
+    build_extra_networks(services, "img2img", top["prompt"])
     with gr.Row():
         with gr.Column():
             mode = gr.State("img2img")
@@ -108,7 +111,7 @@ def build_img2img_tab(services: Services, checkpoint: gr.Dropdown, size: tuple[i
 
     def request_from(values: dict) -> Img2ImgRequest:
         chosen = values[mode]
-        fields = {**form.common_fields(values, checkpoint), "denoising_strength": float(values[strength]),
+        fields = {**form.common_fields(values, model), "denoising_strength": float(values[strength]),
                   "resize_mode": values[resize_mode], "mask_blur": int(values[mask_blur]),
                   "inpainting_mask_invert": values[mask_mode], "inpainting_fill": values[masked_content],
                   "inpaint_full_res": values[inpaint_area] == 1, "inpaint_full_res_padding": int(values[padding])}
@@ -125,5 +128,5 @@ def build_img2img_tab(services: Services, checkpoint: gr.Dropdown, size: tuple[i
                 fields[f"outpaint_{side}"] = int(values[slider])
         return build_request(Img2ImgRequest, fields)
 
-    wire_generation(services, form, form.inputs | image_inputs | {checkpoint}, request_from)
+    wire_generation(services, form, form.inputs | image_inputs | model.inputs, request_from)
     return Img2ImgTab(form=form, modes=modes, mode=mode, init_image=init_image, inpaint_editor=editor)

@@ -28,7 +28,7 @@ def model_size_updates(services: Services, title: str) -> tuple:
 
 def build_ui(services: Services, mcp: bool = False) -> gr.Blocks:
     with gr.Blocks(title="Stable Diffusion WebUI") as page:
-        checkpoint = build_model_picker(services)
+        model = build_model_picker(services)
         with gr.Accordion("Queue", open=False, elem_id="queue_panel"):
             queue_view = gr.HTML(render_queue(services.jobs.pending()), elem_id="queue_view")
         gr.Timer(QUEUE_REFRESH_SECONDS).tick(lambda: render_queue(services.jobs.pending()), outputs=queue_view,
@@ -36,18 +36,18 @@ def build_ui(services: Services, mcp: bool = False) -> gr.Blocks:
         size = services.models.selected.resolution
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):
-                txt2img = build_txt2img_tab(services, checkpoint, size)
+                txt2img = build_txt2img_tab(services, model, size)
             with gr.Tab("img2img", id="img2img"):
-                img2img = build_img2img_tab(services, checkpoint, size)
+                img2img = build_img2img_tab(services, model, size)
             with gr.Tab("Upscale", id="upscale"):
                 upscale = build_upscale_tab(services)
-            send_to = SendTo(services, checkpoint, tabs, txt2img, img2img, upscale)
+            send_to = SendTo(services, model, tabs, txt2img, img2img, upscale)
             with gr.Tab("PNG Info", id="png_info"):
                 build_png_info_tab(services, send_to)
             with gr.Tab("History", id="history") as history:
                 load_history, search, history_outputs = build_history_tab(services, send_to)
         history.select(load_history, inputs=search, outputs=history_outputs, **PRIVATE)
-        checkpoint.input(lambda title: model_size_updates(services, title), inputs=checkpoint,
+        model.checkpoint.input(lambda title: model_size_updates(services, title), inputs=model.checkpoint,
                          outputs=[txt2img.width, txt2img.height, img2img.form.width, img2img.form.height], **PRIVATE)
         send_to.to_img2img(txt2img.send_to_img2img, txt2img.selected_path, txt2img.infotext, "img2img")
         send_to.to_img2img(txt2img.send_to_inpaint, txt2img.selected_path, txt2img.infotext, "inpaint")

@@ -28,7 +28,12 @@ def render_error(message: str) -> str:
 def render_done(job: Job, seconds: float) -> str:
     count = len(job.result.images) if job.result else 0
     word = "Interrupted" if job.status == "interrupted" else "Done"
-    return f'<div class="job-done">{word}: {count} image(s) in {seconds:.1f}s</div>'
+    done = f'<div class="job-done">{word}: {count} image(s) in {seconds:.1f}s</div>'
+    warnings = job.result.warnings if job.result else []
+    if not warnings:
+        return done
+    items = "".join(f"<li>{html.escape(warning)}</li>" for warning in warnings)
+    return done + f'<ul class="job-warnings" style="color:#b45309">{items}</ul>'
 
 
 def render_queue(jobs: list[Job]) -> str:

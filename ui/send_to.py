@@ -6,31 +6,35 @@ import gradio as gr
 from backend.infotext import parse_infotext, request_fields
 from backend.services import Services
 from ui.generation_form import PRIVATE, GenerationForm
+from ui.model_picker import ModelControls
 
 FIELD_COMPONENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "sampler_name": "sampler",
                     "scheduler": "schedule", "steps": "steps", "cfg_scale": "cfg_scale", "seed": "seed",
                     "width": "width", "height": "height"}
 
 
-def form_targets(form: GenerationForm, checkpoint: gr.Dropdown) -> list:
+def form_targets(form: GenerationForm, model: ModelControls) -> list:
     return [getattr(form, name) for name in FIELD_COMPONENTS.values()] + list(form.extra_fields.values()) + [
-        checkpoint]
+        model.checkpoint, *model.fields.values()]
 
 
-def form_updates(services: Services, infotext: str | None, form: GenerationForm, checkpoint: gr.Dropdown) -> dict:
-    """{component: value} for every field the infotext names, model included."""
+def form_updates(services: Services, infotext: str | None, form: GenerationForm, model: ModelControls) -> dict:
+    """{component: value} for every field the infotext names, model, VAE and clip skip included."""
     if not infotext:
         return {}
     fields = request_fields(parse_infotext(infotext))
     updates = {getattr(form, component): fields[name] for name, component in FIELD_COMPONENTS.items()
                if name in fields}
     updates.update({component: fields[name] for name, component in form.extra_fields.items() if name in fields})
+    if fields.get("sd_vae") and fields["sd_vae"] not in services.networks.vaes.choices():
+        fields.pop("sd_vae")  # a VAE this server does not have: keep the current choice
+    updates.update({component: fields[name] for name, component in model.fields.items() if name in fields})
     if form.extra_fields.get("enable_hr") is not None and "enable_hr" not in fields:
         updates[form.extra_fields["enable_hr"]] = False  # parameters without hires fix turn it off, as in A1111
     for key in ("model_hash", "model_name"):
         entry = services.models.registry.find(fields[key]) if fields.get(key) else None
         if entry:
-            updates[checkpoint] = entry.title
+            updates[model.checkpoint] = entry.title
             break
     return updates
 
@@ -38,9 +42,9 @@ def form_updates(services: Services, infotext: str | None, form: GenerationForm,
 class SendTo:
     """Wires "Send to ..." buttons once the target tabs exist."""
 
-    def __init__(self, services: Services, checkpoint: gr.Dropdown, tabs: gr.Tabs, txt2img: GenerationForm,
+    def __init__(self, services: Services, model: ModelControls, tabs: gr.Tabs, txt2img: GenerationForm,
                  img2img, upscale):
-        self.services, self.checkpoint, self.tabs = services, checkpoint, tabs
+        self.services, self.model, self.tabs = services, model, tabs
         self.txt2img, self.img2img, self.upscale = txt2img, img2img, upscale
 
     def to_upscale(self, button: gr.Button, image_path: gr.Component):
@@ -58,10 +62,10 @@ class SendTo:
 
     def to_txt2img(self, button: gr.Button, infotext: gr.Component):
         def send(text):
-            return {**form_updates(self.services, text, self.txt2img, self.checkpoint),
+            return {**form_updates(self.services, text, self.txt2img, self.model),
                     self.tabs: gr.Tabs(selected="txt2img")}
 
-        button.click(send, inputs=infotext, outputs=form_targets(self.txt2img, self.checkpoint) + [self.tabs],
+        button.click(send, inputs=infotext, outputs=form_targets(self.txt2img, self.model) + [self.tabs],
                      **PRIVATE)
 
     def to_img2img(self, button: gr.Button, image_path: gr.Component, infotext: gr.Component, mode: str):
@@ -71,7 +75,7 @@ class SendTo:
         def send(path, text):
             if not path:
                 return {}
-            updates = {**form_updates(self.services, text, tab.form, self.checkpoint),
+            updates = {**form_updates(self.services, text, tab.form, self.model),
                        self.tabs: gr.Tabs(selected="img2img"), tab.modes: gr.Tabs(selected=f"{mode}_mode"),
                        tab.mode: mode}
             if mode == "inpaint":
@@ -80,5 +84,5 @@ class SendTo:
                 updates[tab.init_image] = path
             return updates
 
-        button.click(send, inputs=[image_path, infotext], outputs=form_targets(tab.form, self.checkpoint) + [
+        button.click(send, inputs=[image_path, infotext], outputs=form_targets(tab.form, self.model) + [
             self.tabs, tab.modes, tab.mode, tab.inpaint_editor, tab.init_image], **PRIVATE)

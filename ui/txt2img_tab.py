@@ -6,6 +6,8 @@ import gradio as gr
 from backend.requests import (HR_RESIZE_RANGE, LATENT_UPSCALE_MODES, STEPS_RANGE, Txt2ImgRequest,
                               build_request)
 from backend.services import Services
+from ui.extra_networks import build_extra_networks
+from ui.model_picker import ModelControls
 from ui.generation_form import (PRIVATE, GenerationForm, build_prompt_row, build_results, build_sampling_controls,
                                 wire_generation)
 
@@ -47,8 +49,9 @@ def hires_fields(values: dict, controls: dict[str, gr.Component]) -> dict:
             "hr_resize_y": int(values[controls["hr_resize_y"]])}
 
 
-def build_txt2img_tab(services: Services, checkpoint: gr.Dropdown, size: tuple[int, int] | None) -> GenerationForm:
+def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int, int] | None) -> GenerationForm:
     top = build_prompt_row("txt2img")
+    build_extra_networks(services, "txt2img", top["prompt"])
     with gr.Row():
         with gr.Column():
             form = GenerationForm(prefix="txt2img", **top, **build_sampling_controls("txt2img", size))
@@ -60,8 +63,8 @@ def build_txt2img_tab(services: Services, checkpoint: gr.Dropdown, size: tuple[i
                 form.send_to_img2img = gr.Button("Send to img2img", elem_id="txt2img_send_img2img")
                 form.send_to_inpaint = gr.Button("Send to inpaint", elem_id="txt2img_send_inpaint")
                 form.send_to_upscale = gr.Button("Send to upscale", elem_id="txt2img_send_upscale")
-    wire_generation(services, form, form.inputs | set(hires.values()) | {checkpoint},
-                    lambda values: build_request(Txt2ImgRequest, {**form.common_fields(values, checkpoint),
+    wire_generation(services, form, form.inputs | set(hires.values()) | model.inputs,
+                    lambda values: build_request(Txt2ImgRequest, {**form.common_fields(values, model),
                                                                   **hires_fields(values, hires)}))
     # The list of image upscalers can change (new files, 🔄 in the Upscale tab); refresh it when opened.
     hires["hr_upscaler"].focus(lambda: gr.Dropdown(choices=hires_upscaler_choices(services)), None,
