@@ -24,6 +24,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     net.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]", help="HTTP Basic credentials for the API")
     net.add_argument("--mcp", action="store_true",
                      help="also serve txt2img and img2img as MCP tools for AI assistants (Gradio's MCP server)")
+    net.add_argument("--enable-insecure-extension-access", action="store_true",
+                     help="allow installing/updating/removing extensions even with --listen or --share")
     paths = parser.add_argument_group("folders")
     paths.add_argument("--models-dir", type=Path, default=APP_DIR / "models",
                        help="root holding Stable-diffusion/, Lora/, VAE/, ESRGAN/ (A1111 layout)")
@@ -33,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     paths.add_argument("--vae-dir", type=Path, default=None, help="folder of VAEs (default: <models-dir>/VAE)")
     paths.add_argument("--embeddings-dir", type=Path, default=None,
                        help="folder of textual-inversion embeddings (default: embeddings/ beside <models-dir>)")
+    paths.add_argument("--extensions-dir", type=Path, default=APP_DIR / "extensions",
+                       help="folder of extensions, one Python package each (default ./extensions)")
     paths.add_argument("--outputs-dir", type=Path, default=APP_DIR / "outputs", help="where images are saved")
     paths.add_argument("--cache-dir", type=Path, default=APP_DIR / "cache",
                        help="hash cache and the built-in demo model")
@@ -77,12 +81,16 @@ def main(argv=None):
     auth = read_auth(args)
     api_auth = parse_credentials(args.api_auth, "--api-auth")
 
+    from backend.extension_installer import extension_access
     from backend.services import build_services
     from backend.settings import Settings
     from ui.layout import build_ui
 
     settings = Settings(models_dir=args.models_dir, ckpt_dir=args.ckpt_dir, lora_folder=args.lora_dir,
                         vae_folder=args.vae_dir, embeddings_folder=args.embeddings_dir, outputs_dir=args.outputs_dir,
+                        extensions_dir=args.extensions_dir,
+                        extension_install_refused=extension_access(args.listen, args.share,
+                                                                   args.enable_insecure_extension_access),
                         cache_dir=args.cache_dir, startup_checkpoint=args.ckpt, device=args.device,
                         precision=args.precision, xformers=args.xformers, max_models_in_memory=args.max_models,
                         max_cache_gb=args.max_cache_gb, offline=os.environ.get("HF_HUB_OFFLINE") == "1",
@@ -101,9 +109,14 @@ def main(argv=None):
         # Given to the app's constructor, so the API answers from the first request on.
         app_kwargs["routes"] = list(build_api_router(services, api_auth).routes)
         logging.info("REST API at /sdapi/v1, documentation at /docs")
+    if services.extensions.hooks.routes:
+        from backend.api_routes import build_extension_router
+
+        app_kwargs["routes"] = app_kwargs.get("routes", []) + list(build_extension_router(services, api_auth).routes)
     page.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
                 auth=auth, allowed_paths=[str(settings.outputs_dir.resolve())], show_error=True,
-                mcp_server=args.mcp, prevent_thread_lock=True, app_kwargs=app_kwargs)
+                mcp_server=args.mcp, prevent_thread_lock=True, app_kwargs=app_kwargs,
+                head=services.extensions.page_head() or None)
     try:
         page.block_thread()
     finally:

@@ -34,6 +34,8 @@ class GenerationBody(BaseModel):
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    extension_args: dict[str, Any] = Field(default_factory=dict, description="{extension: {argument: value}}: "
+                                           "the values of extensions' form sections (A1111: alwayson_scripts)")
     send_images: bool = True
     save_images: bool = False
     force_task_id: str | None = None

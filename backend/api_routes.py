@@ -69,7 +69,7 @@ def _unsupported_fields(body: GenerationBody) -> list[str]:
     asked = {
         "restore_faces": body.restore_faces, "tiling": body.tiling,
         "styles": body.styles, "subseed_strength": body.subseed_strength, "refiner_checkpoint": body.refiner_checkpoint,
-        "script_name": body.script_name, "alwayson_scripts": body.alwayson_scripts,
+        "script_name": body.script_name,
     }
     if isinstance(body, Txt2ImgBody) and body.enable_hr:
         asked |= {
@@ -106,12 +106,28 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
             raise HTTPException(status_code=422,
                                 detail=f"override_settings.sd_model_checkpoint: {error}".replace("checkpoint: ", "", 1))
     return {
+        "extension_args": _extension_args(body, services),
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "",
         "sampler_name": body.sampler_name or body.sampler_index, "scheduler": body.scheduler or "Automatic",
         "steps": body.steps, "cfg_scale": body.cfg_scale, "width": body.width, "height": body.height,
         "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
         "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip,
     }
+
+
+def _extension_args(body: GenerationBody, services: Services) -> dict[str, Any]:
+    """`extension_args`, plus A1111's `alwayson_scripts` ({name: {"args": [...]}}) addressed to an extension by
+    its name; a name no loaded extension has is refused, not ignored."""
+    loaded = {record.name.lower(): record.name for record in services.extensions.records if record.loaded}
+    result: dict[str, Any] = {}
+    for source, values in (("extension_args", body.extension_args), ("alwayson_scripts", body.alwayson_scripts)):
+        for name, value in values.items():
+            extension = loaded.get(str(name).lower())
+            if extension is None:
+                raise HTTPException(status_code=422, detail=f"{source}.{name}: no loaded extension of that name; "
+                                                            f"loaded: {sorted(loaded.values()) or 'none'}")
+            result[extension] = value if isinstance(value, dict) else {"args": value}
+    return result
 
 
 def _build(request_class, fields: dict[str, Any]):
@@ -200,8 +216,10 @@ def generation_info(job: Job, services: Services) -> dict[str, Any]:
     entry = services.models.resolve(request.checkpoint)
     parsed = parse_infotext(images[0].infotext) if images else {}
     return {
-        "prompt": request.prompt, "all_prompts": [request.prompt] * len(images),
-        "negative_prompt": request.negative_prompt, "all_negative_prompts": [request.negative_prompt] * len(images),
+        # The prompts the images were made with (an extension such as wildcards may have resolved the request's).
+        "prompt": images[0].prompt if images else request.prompt, "all_prompts": [image.prompt for image in images],
+        "negative_prompt": images[0].negative_prompt if images else request.negative_prompt,
+        "all_negative_prompts": [image.negative_prompt for image in images],
         "seed": images[0].seed if images else request.seed, "all_seeds": [image.seed for image in images],
         "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0,
         "width": request.width, "height": request.height, "sampler_name": parsed.get("Sampler", request.sampler_name),
@@ -457,3 +475,12 @@ def build_api_router(services: Services, auth: list[tuple[str, str]] | None = No
         return result
 
     return api
+
+
+def build_extension_router(services: Services, auth: list[tuple[str, str]] | None = None) -> APIRouter:
+    """Extensions' REST routes, each under /extensions/<extension>/, behind the API's credentials."""
+    router = APIRouter(prefix="/extensions", dependencies=basic_auth(auth), tags=["extensions"])
+    for route in services.extensions.hooks.routes:
+        path, endpoint, methods = route.value
+        router.add_api_route(f"/{route.extension}/{path}", endpoint, methods=list(methods))
+    return router

@@ -177,7 +177,9 @@ class CheckpointLoader:
     def _assemble(self, detected: DetectedModel, components: dict, scheduler) -> DiffusionPipeline:
         if detected.family in ("sd1", "sd2"):
             cls = StableDiffusionInpaintPipeline if detected.inpainting else StableDiffusionPipeline
-            return cls(**components, tokenizer=self.tokenizer, scheduler=scheduler, safety_checker=None,
+            # SD2's OpenCLIP encoder pads with "!" (as its diffusers tokenizer and A1111 do), SD1 with the end token.
+            tokenizer = self.tokenizer_open_clip if detected.family == "sd2" else self.tokenizer
+            return cls(**components, tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
                        feature_extractor=None, requires_safety_checker=False)
         if detected.family == "sdxl":
             cls = StableDiffusionXLInpaintPipeline if detected.inpainting else StableDiffusionXLPipeline

@@ -7,9 +7,10 @@ Upscale ("Extras") jobs need no checkpoint and run in backend.extras.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
+from backend.extension_api import ExtensionHooks, SaveInfo, StepInfo
 from backend.extras import run_extras
 from backend.hires_fix import HiresPlan
 from backend.img2img import Img2ImgPlan
@@ -34,15 +35,24 @@ class Generator:
     preview_every: int = 5  # steps between live previews; 0 turns them off
     upscalers: Upscalers | None = None  # image upscalers for Extras jobs and the hires fix
     networks: Networks | None = None  # LoRAs, embeddings, VAEs, prompt encoding: needed by generation jobs
+    hooks: ExtensionHooks = field(default_factory=ExtensionHooks)  # what extensions registered
 
     def generate(self, request, progress: JobProgress) -> GenerationResult:
-        if isinstance(request, Txt2ImgRequest):
-            return self.txt2img(request, progress)
-        if isinstance(request, Img2ImgRequest):
-            return self.img2img(request, progress)
         if isinstance(request, ExtrasRequest):
             return self.extras(request, progress)
-        raise RequestError("request", f"unsupported job kind {type(request).__name__}")
+        if not isinstance(request, (Txt2ImgRequest, Img2ImgRequest)):
+            raise RequestError("request", f"unsupported job kind {type(request).__name__}")
+        if request.seed == -1:  # fixed first, so extensions (wildcards, grids) see the seed the images get
+            request = request.model_copy(update={"seed": secrets.randbelow(2**32)})
+        request = self.hooks.run_before_generate(request)
+        run = self.hooks.wrap_generation(lambda job_request: self._generate_one(job_request, progress))
+        result = run(request)
+        self.hooks.run_after_generate(request, result)
+        return result
+
+    def _generate_one(self, request, progress: JobProgress) -> GenerationResult:
+        return self.txt2img(request, progress) if isinstance(request, Txt2ImgRequest) \
+            else self.img2img(request, progress)
 
     def extras(self, request: ExtrasRequest, progress: JobProgress) -> GenerationResult:
         if self.upscalers is None:
@@ -96,6 +106,9 @@ class Generator:
                 if self.previews and self.preview_every and progress.step % self.preview_every == 0:
                     progress.preview = self.previews.render(tensors["latents"][0], model.family)
                     progress.preview_step = progress.step
+                if self.hooks.on_step:
+                    self.hooks.run_on_step(StepInfo(request, progress.step, pipe.num_timesteps, progress.batch,
+                                                    tensors["latents"]))
                 progress.check_interrupt()
                 return tensors
 
@@ -108,7 +121,7 @@ class Generator:
                     except BatchSkipped:
                         continue
                     for position, (image, image_seed) in enumerate(zip(batch_images, seeds)):
-                        infotext = build_infotext(request.prompt, request.negative_prompt, {
+                        parameters = {
                             "Steps": request.steps, "Sampler": sampler, "Schedule type": schedule,
                             "CFG scale": request.cfg_scale, "Seed": image_seed,
                             "Size": f"{image.width}x{image.height}",
@@ -116,7 +129,11 @@ class Generator:
                             **extra_parameters, **prompts.infotext,
                             "Batch size": request.batch_size if request.batch_size > 1 else None,
                             "Batch pos": position if request.batch_size > 1 else None,
-                        })
+                        }
+                        if self.hooks.before_save:
+                            parameters |= self.hooks.run_before_save(SaveInfo(request, image, image_seed,
+                                                                              dict(parameters)))
+                        infotext = build_infotext(request.prompt, request.negative_prompt, parameters)
                         png = encode_png(image, infotext)
                         path = self.outputs.save_png(png, output_kind, image_seed) if request.save_images else None
                         images.append(ImageResult(png=png, path=path and str(path), seed=image_seed,

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from backend.checkpoint_loader import CheckpointLoader
 from backend.devices import choose_device, choose_dtype
+from backend.extension_installer import ExtensionInstaller
+from backend.extension_loader import Extensions
 from backend.generation import Generator
 from backend.job_history import JobHistory
 from backend.job_queue import JobQueue
@@ -31,6 +33,8 @@ class Services:
     history: JobHistory
     upscalers: Upscalers
     networks: Networks
+    extensions: Extensions
+    extension_installer: ExtensionInstaller
 
     def close(self):
         self.jobs.stop()
@@ -48,7 +52,10 @@ def build_services(settings: Settings) -> Services:
     previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype)
     upscalers = Upscalers(settings, device, dtype)  # model files are scanned on first use, not here
     networks = Networks(settings.lora_dir, settings.embeddings_dir, settings.vae_dir, settings.checkpoints_dir, hashes)
-    generator = Generator(models, outputs, previews, settings.preview_every, upscalers, networks)
+    extensions = Extensions(settings.extensions_dir, settings.extensions_state_file, settings.outputs_dir)
+    extensions.load_all()  # a broken extension is recorded and skipped; the app starts regardless
+    upscalers.from_extensions = extensions.hooks.upscalers
+    generator = Generator(models, outputs, previews, settings.preview_every, upscalers, networks, extensions.hooks)
     history = JobHistory(settings.outputs_dir / "history.sqlite3")
     interrupted = history.mark_unfinished_interrupted()
     if interrupted:
@@ -57,4 +64,6 @@ def build_services(settings: Settings) -> Services:
     jobs = JobQueue(generator.generate, history)
     jobs.start()
     return Services(settings=settings, models=models, outputs=outputs, generator=generator, jobs=jobs,
-                    history=history, upscalers=upscalers, networks=networks)
+                    history=history, upscalers=upscalers, networks=networks, extensions=extensions,
+                    extension_installer=ExtensionInstaller(settings.extensions_dir,
+                                                           settings.extension_install_refused))

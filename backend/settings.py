@@ -14,6 +14,8 @@ class Settings:
     embeddings_folder: Path | None = None  # defaults to embeddings/ beside the models folder, as in A1111
     lora_folder: Path | None = None  # defaults to <models_dir>/Lora
     vae_folder: Path | None = None  # defaults to <models_dir>/VAE
+    extensions_dir: Path | None = None  # None: no extensions (tests); app.py passes ./extensions
+    extension_install_refused: str | None = None  # why installing extensions is off (--listen/--share), or None
     startup_checkpoint: str | None = None
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
@@ -42,6 +44,11 @@ class Settings:
     def embeddings_dir(self) -> Path:
         """Textual-inversion embeddings: A1111 keeps them in `embeddings/` beside `models/`."""
         return self.embeddings_folder or self.models_dir.parent / "embeddings"
+
+    @property
+    def extensions_state_file(self) -> Path:
+        """Which extensions the user disabled, remembered across restarts."""
+        return self.cache_dir / "extensions.json"
 
     @property
     def lora_dir(self) -> Path:

@@ -92,6 +92,7 @@ class Upscalers:
         self.registry = UpscalerRegistry(settings.models_dir, settings.upscalers_cache_file)
         self.models = UpscalerModelCache(settings.max_upscalers_in_memory, device, dtype)
         self.device = device
+        self.from_extensions: dict = {}  # name -> Registered(extension, upscale(image, size)), set by the services
 
     # --- which upscalers --------------------------------------------------------------------------
     @property
@@ -100,8 +101,9 @@ class Upscalers:
         return self.registry.entries
 
     def names(self) -> list[str]:
-        """The upscalers a user can pick, built-ins first."""
-        return self.registry.usable_names()
+        """The upscalers a user can pick, built-ins first, extensions' last."""
+        names = self.registry.usable_names()
+        return names + [name for name in self.from_extensions if name not in names]
 
     def refresh(self) -> tuple[UpscalerEntry, ...]:
         return self.registry.refresh()
@@ -109,6 +111,8 @@ class Upscalers:
     def resolve(self, name: str, field: str) -> UpscalerEntry:
         """The entry called `name`, or RequestError naming `field` and the choices."""
         entry = self.registry.find(name)
+        if entry is None and name in self.from_extensions:
+            return UpscalerEntry(name=name, architecture=f"extension {self.from_extensions[name].extension}")
         if entry is None:
             raise RequestError(field, f"no upscaler named '{name}'; available: {', '.join(self.names())}")
         if not entry.usable:
@@ -121,6 +125,8 @@ class Upscalers:
         """`image` resized to exactly `size` (width, height) with the upscaler called `name`."""
         entry = self.resolve(name, field)
         image = image.convert("RGB")
+        if entry.name in self.from_extensions and self.registry.find(name) is None:
+            return self._run_extension(entry.name, image, size)
         if not entry.is_model:
             return image.resize(size, RESAMPLERS[entry.name])
         descriptor = self.models.get(entry)
@@ -134,6 +140,14 @@ class Upscalers:
             if image.size == before:
                 break  # a 1x model: running it again cannot reach a larger size
         return image if image.size == size else image.resize(size, Image.LANCZOS)
+
+    def _run_extension(self, name: str, image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        registered = self.from_extensions[name]
+        result = registered.value(image, size)
+        if not isinstance(result, Image.Image):
+            raise UpscalerError(f"upscaler {name} (extension {registered.extension}) returned "
+                                f"{type(result).__name__}, not an image")
+        return result.convert("RGB") if result.size == size else result.convert("RGB").resize(size, Image.LANCZOS)
 
     def _run_model(self, descriptor, image: Image.Image, check: Callable | None) -> Image.Image:
         from spandrel import ModelTiling

@@ -79,6 +79,22 @@ def test_unbalanced_brackets_are_reported_not_fatal(services):
     assert image.std() > 0
 
 
+def test_prompt_syntax_on_sd2(make_services, checkpoint_files, tmp_path):
+    from backend.prompt_encoding import PromptEncoder
+
+    folder = tmp_path / "sd2" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    os.link(checkpoint_files["sd2"], folder / checkpoint_files["sd2"].name)
+    services = make_services(models_dir=tmp_path / "sd2")
+    plain, _ = generate(services, prompt="a cat")
+    assert same(plain, generate(services, prompt="(a cat:1.0)")[0])
+    assert not same(plain, generate(services, prompt="(a cat:1.4)")[0])
+    assert not same(generate(services, prompt=LONG_PREFIX + ", a cat")[0],
+                    generate(services, prompt=LONG_PREFIX + ", a dog")[0])
+    with services.models.lease(None) as (_, model):
+        assert [slot.pad_token for slot in PromptEncoder(model.pipeline, model.family).slots] == [0]  # "!"
+
+
 def test_prompt_syntax_on_sdxl_uses_both_encoders(make_services, checkpoint_files, tmp_path):
     folder = tmp_path / "xl" / "Stable-diffusion"
     folder.mkdir(parents=True)

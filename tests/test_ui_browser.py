@@ -1,6 +1,7 @@
 """The real page in headless Chromium: type a prompt, click Generate, see the image; pick a broken model."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -312,3 +313,51 @@ def test_extra_networks_token_counter_vae_clip_skip_and_warnings(networks_server
     set_slider(page, "clip_skip", 1)
     page.locator("#txt2img_send_img2img").click()  # the infotext's clip skip comes back with it
     page.wait_for_function("document.querySelector('#clip_skip input[type=number]').value === '2'", timeout=30_000)
+
+
+@pytest.fixture
+def extensions_server(tmp_path, models_dir):
+    from tests.extension_fixtures import write_extensions
+
+    folder = write_extensions(tmp_path / "extensions")
+    process = ServerProcess(tmp_path, models_dir, "--ckpt", "tiny-sd1.safetensors", "--api",
+                            "--extensions-dir", str(folder)).start()
+    yield process
+    process.stop()
+
+
+def test_extension_section_tab_assets_errors_and_rest(extensions_server, tmp_path):
+    import httpx
+
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(extensions_server.url + "/")
+        assert page.evaluate("window.probeExtensionLoaded") is True  # javascript/*.js injected
+        page.get_by_role("tab", name="Extensions").click()
+        table = page.locator("#extensions_table").inner_text()
+        assert "probe" in table and "loaded" in table and "needs a package that is not installed" in table
+        page.get_by_role("tab", name="Probe tab").click()
+        content = page.locator("#probe_tab_content")
+        assert content.inner_text() == "Probe tab content"
+        assert "rgb(1, 2, 3)" in content.evaluate("node => getComputedStyle(node).borderColor")  # style.css
+        page.get_by_role("tab", name="txt2img").first.click()
+        page.locator("#txt2img_extension_probe").get_by_text("Probe").first.click()
+        page.locator("#txt2img_probe_note textarea").fill("change")
+        page.locator("#txt2img_prompt textarea").fill("a cat")
+        for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 2)):
+            set_slider(page, elem_id, value)
+        page.get_by_role("button", name="Generate").click()
+        wait_until_done(page, "txt2img")
+        infotext = page.locator("#txt2img_infotext textarea").input_value()
+        assert infotext.startswith("a cat, probed\n") and "Probe note: change" in infotext
+        browser.close()
+    with httpx.Client(base_url=extensions_server.url, timeout=300) as http:
+        assert http.get("/extensions/probe/ping").json() == {"pong": True, "api_version": "1.0"}
+        body = {"prompt": "a dog", "steps": 2, "width": 64, "height": 64, "alwayson_scripts": {"Probe": {"note": "x"}}}
+        info = json.loads(http.post("/sdapi/v1/txt2img", json=body).json()["info"])
+        assert "Probe note: x" in info["infotexts"][0]
+        refused = http.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"nosuch": {"args": []}}})
+        assert refused.status_code == 422 and "nosuch" in refused.json()["detail"]

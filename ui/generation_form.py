@@ -50,11 +50,13 @@ class GenerationForm:
     send_to_inpaint: gr.Button | None = None
     send_to_upscale: gr.Button | None = None
     extra_fields: dict = field(default_factory=dict)  # request field -> component, beyond the common ones
+    extension_inputs: dict = field(default_factory=dict)  # extension -> {argument: component} of its section
 
     @property
     def inputs(self) -> set:
         return {self.prompt, self.negative_prompt, self.sampler, self.schedule, self.steps, self.width, self.height,
-                self.batch_count, self.batch_size, self.cfg_scale, self.seed}
+                self.batch_count, self.batch_size, self.cfg_scale, self.seed,
+                *(c for arguments in self.extension_inputs.values() for c in arguments.values())}
 
     def common_fields(self, values: dict, model) -> dict:
         """`model`: the page's ModelControls (checkpoint, VAE, clip skip)."""
@@ -64,7 +66,9 @@ class GenerationForm:
                 "steps": int(values[self.steps]), "cfg_scale": float(values[self.cfg_scale]),
                 "width": int(values[self.width]), "height": int(values[self.height]),
                 "seed": -1 if seed is None else int(seed), "batch_size": int(values[self.batch_size]),
-                "n_iter": int(values[self.batch_count]), **model.request_fields(values)}
+                "n_iter": int(values[self.batch_count]), **model.request_fields(values),
+                "extension_args": {extension: {argument: values[component] for argument, component in args.items()}
+                                   for extension, args in self.extension_inputs.items()}}
 
 
 def build_prompt_row(prefix: str) -> dict:

@@ -12,6 +12,7 @@ from PIL import Image
 from backend.image_ops import MASK_MODES, MASKED_CONTENT, RESIZE_MODES
 from backend.requests import Img2ImgRequest, RequestError, build_request
 from backend.services import Services
+from ui.extension_sections import build_sections
 from ui.extra_networks import build_extra_networks
 from ui.model_picker import ModelControls
 from ui.generation_form import (PRIVATE, GenerationForm, build_prompt_row, build_results, build_sampling_controls,
@@ -101,8 +102,10 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
                                             label="Inpaint area", elem_id="img2img_inpaint_area")
                     padding = gr.Slider(label="Only masked padding, pixels", minimum=0, maximum=256, step=4,
                                         value=32, elem_id="img2img_padding")
+            sections = build_sections(services, "img2img")
         with gr.Column():
             form = GenerationForm(prefix="img2img", **top, **sampling)
+            form.extension_inputs = sections
             build_results(form)
             form.send_to_upscale = gr.Button("Send to upscale", elem_id="img2img_send_upscale")
 

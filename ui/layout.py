@@ -4,6 +4,8 @@ from __future__ import annotations
 import gradio as gr
 
 from backend.services import Services
+from ui.extension_sections import build_extension_tabs
+from ui.extensions_tab import build_extensions_tab
 from ui.generation_form import PRIVATE
 from ui.history_tab import build_history_tab
 from ui.img2img_tab import build_img2img_tab
@@ -46,6 +48,9 @@ def build_ui(services: Services, mcp: bool = False) -> gr.Blocks:
                 build_png_info_tab(services, send_to)
             with gr.Tab("History", id="history") as history:
                 load_history, search, history_outputs = build_history_tab(services, send_to)
+            build_extension_tabs(services)
+            with gr.Tab("Extensions", id="extensions"):
+                build_extensions_tab(services)
         history.select(load_history, inputs=search, outputs=history_outputs, **PRIVATE)
         model.checkpoint.input(lambda title: model_size_updates(services, title), inputs=model.checkpoint,
                          outputs=[txt2img.width, txt2img.height, img2img.form.width, img2img.form.height], **PRIVATE)

@@ -6,6 +6,7 @@ import gradio as gr
 from backend.requests import (HR_RESIZE_RANGE, LATENT_UPSCALE_MODES, STEPS_RANGE, Txt2ImgRequest,
                               build_request)
 from backend.services import Services
+from ui.extension_sections import build_sections
 from ui.extra_networks import build_extra_networks
 from ui.model_picker import ModelControls
 from ui.generation_form import (PRIVATE, GenerationForm, build_prompt_row, build_results, build_sampling_controls,
@@ -57,6 +58,7 @@ def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int,
             form = GenerationForm(prefix="txt2img", **top, **build_sampling_controls("txt2img", size))
             hires = build_hires_controls(services)
             form.extra_fields = hires
+            form.extension_inputs = build_sections(services, "txt2img")
         with gr.Column():
             build_results(form)
             with gr.Row():
