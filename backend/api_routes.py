@@ -30,7 +30,7 @@ from backend.job_queue import Job
 from backend.outputs import read_infotext
 from backend.requests import (LATENT_UPSCALE_MODES, ExtrasRequest, Img2ImgRequest, RequestError, Txt2ImgRequest,
                               build_request)
-from backend.samplers import SAMPLERS, SCHEDULE_NAMES, schedule_api_name
+from backend.samplers import SCHEDULE_NAMES, sampler_table, schedule_api_name
 from backend.services import Services
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,9 @@ def _extension_args(body: GenerationBody, services: Services) -> dict[str, Any]:
     return result
 
 
-def _build(request_class, fields: dict[str, Any]):
+def _build(request_class, fields: dict[str, Any], services: Services):
     try:
-        return build_request(request_class, fields)
+        return build_request(request_class, fields, services.extensions.hooks.sampler_specs())
     except RequestError as error:
         raise HTTPException(status_code=422, detail=str(error)) from None
 
@@ -146,7 +146,7 @@ def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
         fields |= {"enable_hr": True, "hr_scale": body.hr_scale, "hr_resize_x": body.hr_resize_x,
                    "hr_resize_y": body.hr_resize_y, "hr_upscaler": upscaler,
                    "hr_second_pass_steps": body.hr_second_pass_steps, "denoising_strength": body.denoising_strength}
-    return _build(Txt2ImgRequest, fields)
+    return _build(Txt2ImgRequest, fields, services)
 
 
 def _check(action):
@@ -168,7 +168,7 @@ def extras_request(body: ExtrasBaseBody, images: list[bytes], services: Services
         "upscaling_resize_w": body.upscaling_resize_w, "upscaling_resize_h": body.upscaling_resize_h,
         "upscaling_crop": body.upscaling_crop, "upscaler_1": body.upscaler_1, "upscaler_2": body.upscaler_2,
         "extras_upscaler_2_visibility": body.extras_upscaler_2_visibility, "save_images": False,
-    })
+    }, services)
     _check(lambda: check_request(request, services.upscalers))
     return request
 
@@ -199,7 +199,7 @@ def img2img_request(body: Img2ImgBody, services: Services) -> Img2ImgRequest:
         "inpainting_fill": body.inpainting_fill, "inpaint_full_res": body.inpaint_full_res,
         "inpaint_full_res_padding": body.inpaint_full_res_padding,
         "inpainting_mask_invert": body.inpainting_mask_invert,
-    })
+    }, services)
 
 
 def finished_job_or_error(job: Job) -> Job:
@@ -398,8 +398,9 @@ def build_api_router(services: Services, auth: list[tuple[str, str]] | None = No
 
     @api.get("/samplers", response_model=list[SamplerItem])
     def samplers():
+        table = sampler_table(services.extensions.hooks.sampler_specs())
         return [SamplerItem(name=name, aliases=list(spec.aliases), options={"scheduler": spec.default_schedule})
-                for name, spec in SAMPLERS.items()]
+                for name, spec in table.items()]
 
     @api.get("/schedulers", response_model=list[SchedulerItem])
     def schedulers():

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from backend.job_queue import BatchSkipped, JobInterrupted
 from backend.requests import RequestError, build_request
+from backend.samplers import SamplerSpec, check_sampler_spec
 
 log = logging.getLogger(__name__)
 API_VERSION = "1.0"
@@ -72,6 +73,7 @@ class ExtensionHooks:
     sections: list[FormSection] = field(default_factory=list)
     tabs: list[ExtensionTab] = field(default_factory=list)
     upscalers: dict[str, Registered] = field(default_factory=dict)
+    samplers: dict[str, Registered] = field(default_factory=dict)
     routes: list[Registered] = field(default_factory=list)
     hook_errors: dict[str, list[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -98,10 +100,13 @@ class ExtensionHooks:
                                  TypeError(f"returned {type(changed).__name__}, not {type(request).__name__}"))
                     continue
                 try:  # model_copy(update=...) does not validate; the job must not run on invalid values
-                    request = build_request(type(request), changed.model_dump())
+                    request = build_request(type(request), changed.model_dump(), self.sampler_specs())
                 except RequestError as error:
                     self.report_failure(hook.extension, "before-generate", error)
         return request
+
+    def sampler_specs(self) -> dict[str, SamplerSpec]:
+        return {name: registered.value for name, registered in self.samplers.items()}
 
     def run_on_step(self, info: StepInfo):
         for hook in list(self.on_step):
@@ -213,6 +218,14 @@ class ExtensionAPI:
     def register_upscaler(self, name: str, upscale: Callable[[Any, tuple[int, int]], Any]):
         """upscale(PIL image, (width, height)) -> PIL image of that size. Listed with the other upscalers."""
         self._claim(self._hooks.upscalers, name, "upscaler", upscale)
+
+    def register_sampler(self, name: str, scheduler_class: str, options: dict | None = None,
+                         default_schedule: str = "Uniform"):
+        """A sampler name backed by a diffusers scheduler class (by its name) with config `options`; it appears in
+        the sampler lists, the REST API's /samplers, and is accepted in requests."""
+        spec = SamplerSpec(scheduler_class, dict(options or {}), default_schedule)
+        check_sampler_spec(name, spec)
+        self._claim(self._hooks.samplers, name, "sampler", spec)
 
     def add_api_route(self, path: str, endpoint: Callable, methods: tuple[str, ...] = ("GET",)):
         """Served at /extensions/<extension name>/<path>, behind the same auth as the REST API."""

@@ -138,7 +138,7 @@ class Extensions:
         for kind in ("before_generate", "on_step", "after_generate", "before_save", "generation_wrappers",
                      "sections", "tabs", "routes"):
             setattr(hooks, kind, [item for item in getattr(hooks, kind) if item.extension != extension])
-        for table in (hooks.upscalers,):
+        for table in (hooks.upscalers, hooks.samplers):
             for key in [key for key, item in table.items() if item.extension == extension]:
                 del table[key]
 

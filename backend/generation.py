@@ -86,7 +86,8 @@ class Generator:
         """`make_batch(pipeline_for, seeds, on_step, prompts)` gets its pipelines from `pipeline_for(task)`: one
         per task, each with its own scheduler (and the job's VAE), built on first use and sharing the cached
         model's modules; `prompts.pipeline_arguments(...)` gives it the encoded, scheduled prompts."""
-        sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler)
+        extra_samplers = self.hooks.sampler_specs()
+        sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler, extra_samplers)
         seed = request.seed if request.seed != -1 else secrets.randbelow(2**32)
         progress.batches = request.n_iter
         images: list[ImageResult] = []
@@ -96,7 +97,7 @@ class Generator:
 
             def pipeline_for(task: str):
                 if task not in pipelines:
-                    scheduler = build_scheduler(sampler, schedule, model.pipeline.scheduler.config)
+                    scheduler = build_scheduler(sampler, schedule, model.pipeline.scheduler.config, extra_samplers)
                     pipelines[task] = job_pipeline(model, task, scheduler, entry.title, vae=prompts.vae)
                 return pipelines[task]
 

@@ -85,9 +85,9 @@ class GenerationRequest(BaseModel):
         return _check_range(value, *INTEGER_RANGES[info.field_name])
 
     @model_validator(mode="after")
-    def _sampler(self):
-        try:
-            resolve_sampler(self.sampler_name, self.scheduler)
+    def _sampler(self, info: ValidationInfo):
+        try:  # samplers registered by extensions come in the validation context (see build_request)
+            resolve_sampler(self.sampler_name, self.scheduler, (info.context or {}).get("samplers"))
         except SamplerError as error:
             raise ValueError(str(error)) from None
         return self
@@ -297,10 +297,11 @@ class ExtrasRequest(BaseModel):
         return self
 
 
-def build_request(request_class: type[BaseModel], values: dict[str, Any]):
-    """Build a request, turning pydantic's errors into one RequestError that names the field."""
+def build_request(request_class: type[BaseModel], values: dict[str, Any], samplers: dict | None = None):
+    """Build a request, turning pydantic's errors into one RequestError that names the field. `samplers`: the
+    samplers extensions registered, accepted besides the built-in ones."""
     try:
-        return request_class(**values)
+        return request_class.model_validate(values, context={"samplers": samplers} if samplers else None)
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "request"

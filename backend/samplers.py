@@ -5,6 +5,7 @@ A name we cannot honour is an error, never a silent substitute.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -64,16 +65,22 @@ class SamplerError(ValueError):
     pass
 
 
-def canonical_sampler_name(name: str) -> str:
+def sampler_table(extra: Mapping[str, SamplerSpec] | None = None) -> Mapping[str, SamplerSpec]:
+    """The built-in samplers plus `extra` (those extensions registered)."""
+    return {**SAMPLERS, **extra} if extra else SAMPLERS
+
+
+def canonical_sampler_name(name: str, extra: Mapping[str, SamplerSpec] | None = None) -> str:
     """Accept A1111's names, its old aliases (k_euler_a) and the combined form ("DPM++ 2M Karras" is
     handled by resolve_sampler)."""
-    for sampler_name, spec in SAMPLERS.items():
+    table = sampler_table(extra)
+    for sampler_name, spec in table.items():
         if name == sampler_name or name in spec.aliases:
             return sampler_name
     if name in UNSUPPORTED_SAMPLERS:
         raise SamplerError(f"sampler_name: '{name}' cannot be honoured ({UNSUPPORTED_SAMPLERS[name]}); "
-                           f"choose one of {', '.join(SAMPLERS)}")
-    raise SamplerError(f"sampler_name: unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}")
+                           f"choose one of {', '.join(table)}")
+    raise SamplerError(f"sampler_name: unknown sampler '{name}'; choose one of {', '.join(table)}")
 
 
 def schedule_api_name(label: str) -> str:
@@ -81,20 +88,22 @@ def schedule_api_name(label: str) -> str:
     return label.lower().replace(" ", "_")
 
 
-def resolve_sampler(sampler_name: str, schedule: str) -> tuple[str, str]:
+def resolve_sampler(sampler_name: str, schedule: str,
+                    extra: Mapping[str, SamplerSpec] | None = None) -> tuple[str, str]:
     """(sampler, concrete schedule). Old A1111 names such as "DPM++ 2M Karras" carry the schedule;
     schedule types are accepted by label ("SGM Uniform") or API name ("sgm_uniform")."""
+    table = sampler_table(extra)
     schedule = next((label for label in SCHEDULE_NAMES if schedule_api_name(label) == schedule), schedule)
     for schedule_name in SCHEDULES:
         suffix = " " + schedule_name
-        if sampler_name.endswith(suffix) and sampler_name[: -len(suffix)] in SAMPLERS:
+        if sampler_name.endswith(suffix) and sampler_name[: -len(suffix)] in table:
             sampler_name, schedule = sampler_name[: -len(suffix)], schedule_name
-    sampler_name = canonical_sampler_name(sampler_name)
+    sampler_name = canonical_sampler_name(sampler_name, extra)
     if schedule not in SCHEDULE_NAMES:
         raise SamplerError(f"scheduler: unknown schedule type '{schedule}'; choose one of {', '.join(SCHEDULE_NAMES)}")
     if schedule == "Automatic":
-        schedule = SAMPLERS[sampler_name].default_schedule
-    cls = getattr(diffusers, SAMPLERS[sampler_name].scheduler_class)
+        schedule = table[sampler_name].default_schedule
+    cls = getattr(diffusers, table[sampler_name].scheduler_class)
     accepted = inspect.signature(cls.__init__).parameters
     unsupported = [flag for flag in SCHEDULES[schedule] if flag not in accepted]
     if unsupported:
@@ -102,10 +111,21 @@ def resolve_sampler(sampler_name: str, schedule: str) -> tuple[str, str]:
     return sampler_name, schedule
 
 
-def build_scheduler(sampler_name: str, schedule: str, base_config):
+def build_scheduler(sampler_name: str, schedule: str, base_config, extra: Mapping[str, SamplerSpec] | None = None):
     """A fresh scheduler for one job, from the model's own scheduler config (betas, prediction type)."""
-    sampler_name, schedule = resolve_sampler(sampler_name, schedule)
-    spec = SAMPLERS[sampler_name]
+    sampler_name, schedule = resolve_sampler(sampler_name, schedule, extra)
+    spec = sampler_table(extra)[sampler_name]
     cls = getattr(diffusers, spec.scheduler_class)
     config = {**dict(base_config), **spec.options, **SCHEDULES[schedule]}
     return cls.from_config(config)
+
+
+def check_sampler_spec(name: str, spec: SamplerSpec):
+    """For samplers added by extensions: a new name, a diffusers scheduler class, a known default schedule."""
+    if name in SAMPLERS or name in UNSUPPORTED_SAMPLERS:
+        raise SamplerError(f"sampler {name!r} is a built-in name")
+    cls = getattr(diffusers, spec.scheduler_class, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise SamplerError(f"sampler {name!r}: {spec.scheduler_class!r} is not a diffusers scheduler class")
+    if spec.default_schedule not in SCHEDULES:
+        raise SamplerError(f"sampler {name!r}: unknown default schedule {spec.default_schedule!r}")

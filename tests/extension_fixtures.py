@@ -62,6 +62,7 @@ def register(api):
     api.on_before_save(before_save)
     api.wrap_generation(wrapper)
     api.register_upscaler("Probe resize", double)
+    api.register_sampler("Probe Euler", "EulerDiscreteScheduler", {"timestep_spacing": "trailing"})
     api.add_api_route("ping", lambda: {"pong": True, "api_version": api.version})
 '''
 

@@ -96,3 +96,19 @@ def test_disabling_is_remembered_across_restarts(make_services, extensions_dir):
     second.extensions.set_enabled("probe", True)
     third = make_services(extensions_dir=extensions_dir)
     assert next(record for record in third.extensions.records if record.name == "probe").loaded
+
+
+def test_registered_sampler_is_listed_accepted_and_used(ext_services):
+    from backend.requests import RequestError, build_request
+
+    samplers = ext_services.extensions.hooks.sampler_specs()
+    assert list(samplers) == ["Probe Euler"]
+    fields = {**FAST, "prompt": "a cat", "seed": 5, "save_images": False}
+    request = build_request(Txt2ImgRequest, {**fields, "sampler_name": "Probe Euler"}, samplers)
+    with pytest.raises(RequestError, match="unknown sampler 'Probe Euler'"):
+        build_request(Txt2ImgRequest, {**fields, "sampler_name": "Probe Euler"})  # without the extension
+    probe = ext_services.jobs.run_and_wait(request, timeout=300)
+    assert probe.status == "done", probe.error
+    assert parse_infotext(probe.result.images[0].infotext)["Sampler"] == "Probe Euler"
+    euler = run(ext_services, prompt="a cat", sampler_name="Euler")
+    assert probe.result.images[0].png != euler.images[0].png  # trailing spacing: other timesteps, other pixels

@@ -92,12 +92,14 @@ def render_token_count(used: int, limit: int) -> str:
 
 
 
-def build_sampling_controls(prefix: str, size: tuple[int, int] | None = None) -> dict:
-    """`size`: the selected model's training size, when it declares one (else A1111's 512x512)."""
+def build_sampling_controls(prefix: str, size: tuple[int, int] | None = None, extra_samplers=()) -> dict:
+    """`size`: the selected model's training size, when it declares one (else A1111's 512x512);
+    `extra_samplers`: names of samplers extensions registered."""
     defaults = Txt2ImgRequest()
     default_width, default_height = size or (defaults.width, defaults.height)
     with gr.Row():
-        sampler = gr.Dropdown(label="Sampling method", choices=list(SAMPLERS), value=defaults.sampler_name,
+        sampler = gr.Dropdown(label="Sampling method", choices=[*SAMPLERS, *extra_samplers],
+                              value=defaults.sampler_name,
                               elem_id=f"{prefix}_sampling")
         schedule = gr.Dropdown(label="Schedule type", choices=list(SCHEDULE_NAMES), value=defaults.scheduler,
                                elem_id=f"{prefix}_scheduler")

@@ -87,7 +87,7 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
                 tab.select(lambda chosen=name: chosen, outputs=mode, **PRIVATE)
             resize_mode = gr.Radio(list(RESIZE_MODES), type="index", value=RESIZE_MODES[0], label="Resize mode",
                                    elem_id="img2img_resize_mode")
-            sampling = build_sampling_controls("img2img", size)
+            sampling = build_sampling_controls("img2img", size, services.extensions.hooks.samplers)
             strength = gr.Slider(label="Denoising strength", minimum=0, maximum=1, step=0.01, value=0.75,
                                  elem_id="img2img_denoising_strength")
             with gr.Accordion("Inpaint options", open=False, elem_id="img2img_inpaint_options"):
@@ -129,7 +129,7 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
             fields["init_image"] = file_bytes(values[outpaint_image], "init_image", "an image")
             for side, slider in zip(("left", "right", "up", "down"), margins):
                 fields[f"outpaint_{side}"] = int(values[slider])
-        return build_request(Img2ImgRequest, fields)
+        return build_request(Img2ImgRequest, fields, services.extensions.hooks.sampler_specs())
 
     wire_generation(services, form, form.inputs | image_inputs | model.inputs, request_from)
     return Img2ImgTab(form=form, modes=modes, mode=mode, init_image=init_image, inpaint_editor=editor)

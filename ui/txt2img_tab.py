@@ -55,7 +55,8 @@ def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int,
     build_extra_networks(services, "txt2img", top["prompt"])
     with gr.Row():
         with gr.Column():
-            form = GenerationForm(prefix="txt2img", **top, **build_sampling_controls("txt2img", size))
+            sampling = build_sampling_controls("txt2img", size, services.extensions.hooks.samplers)
+            form = GenerationForm(prefix="txt2img", **top, **sampling)
             hires = build_hires_controls(services)
             form.extra_fields = hires
             form.extension_inputs = build_sections(services, "txt2img")
@@ -67,7 +68,8 @@ def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int,
                 form.send_to_upscale = gr.Button("Send to upscale", elem_id="txt2img_send_upscale")
     wire_generation(services, form, form.inputs | set(hires.values()) | model.inputs,
                     lambda values: build_request(Txt2ImgRequest, {**form.common_fields(values, model),
-                                                                  **hires_fields(values, hires)}))
+                                                                  **hires_fields(values, hires)},
+                                                 services.extensions.hooks.sampler_specs()))
     # The list of image upscalers can change (new files, 🔄 in the Upscale tab); refresh it when opened.
     hires["hr_upscaler"].focus(lambda: gr.Dropdown(choices=hires_upscaler_choices(services)), None,
                                hires["hr_upscaler"], **PRIVATE)
