@@ -75,27 +75,32 @@ def read_auth(args: argparse.Namespace) -> list[tuple[str, str]] | None:
     return parse_credentials(text, "--gradio-auth")
 
 
+def settings_from_args(args: argparse.Namespace):
+    from backend.extension_installer import extension_access
+    from backend.settings import Settings
+
+    return Settings(models_dir=args.models_dir, ckpt_dir=args.ckpt_dir, lora_folder=args.lora_dir,
+                    vae_folder=args.vae_dir, embeddings_folder=args.embeddings_dir, outputs_dir=args.outputs_dir,
+                    extensions_dir=args.extensions_dir,
+                    extension_install_refused=extension_access(args.listen, args.share,
+                                                               args.enable_insecure_extension_access),
+                    cache_dir=args.cache_dir, startup_checkpoint=args.ckpt, device=args.device,
+                    precision=args.precision, xformers=args.xformers, max_models_in_memory=args.max_models,
+                    max_cache_gb=args.max_cache_gb, offline=os.environ.get("HF_HUB_OFFLINE") == "1",
+                    upscale_tile_size=args.upscale_tile_size, upscale_tile_overlap=args.upscale_tile_overlap,
+                    max_upscale_size=args.max_upscale_size)
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     auth = read_auth(args)
     api_auth = parse_credentials(args.api_auth, "--api-auth")
 
-    from backend.extension_installer import extension_access
     from backend.services import build_services
-    from backend.settings import Settings
     from ui.layout import build_ui
 
-    settings = Settings(models_dir=args.models_dir, ckpt_dir=args.ckpt_dir, lora_folder=args.lora_dir,
-                        vae_folder=args.vae_dir, embeddings_folder=args.embeddings_dir, outputs_dir=args.outputs_dir,
-                        extensions_dir=args.extensions_dir,
-                        extension_install_refused=extension_access(args.listen, args.share,
-                                                                   args.enable_insecure_extension_access),
-                        cache_dir=args.cache_dir, startup_checkpoint=args.ckpt, device=args.device,
-                        precision=args.precision, xformers=args.xformers, max_models_in_memory=args.max_models,
-                        max_cache_gb=args.max_cache_gb, offline=os.environ.get("HF_HUB_OFFLINE") == "1",
-                        upscale_tile_size=args.upscale_tile_size, upscale_tile_overlap=args.upscale_tile_overlap,
-                        max_upscale_size=args.max_upscale_size)
+    settings = settings_from_args(args)
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
     services = build_services(settings)
     # Load the first model in the background so the page answers at once.

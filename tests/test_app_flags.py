@@ -11,7 +11,8 @@ import app
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = ["--listen", "--port", "--share", "--gradio-auth", "--gradio-auth-path", "--models-dir", "--ckpt-dir",
-         "--outputs-dir", "--ckpt", "--device", "--precision", "--xformers", "--api"]
+         "--outputs-dir", "--ckpt", "--device", "--precision", "--xformers", "--api", "--lora-dir", "--vae-dir",
+         "--embeddings-dir", "--extensions-dir", "--enable-insecure-extension-access"]
 
 
 def test_help_documents_every_flag():
@@ -41,3 +42,12 @@ def test_bad_device_and_precision_are_refused():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             choose_device("cuda")
+
+
+def test_extension_installs_are_refused_on_exposed_servers_unless_opted_in():
+    assert app.settings_from_args(app.parse_args([])).extension_install_refused is None
+    listen = app.settings_from_args(app.parse_args(["--listen"])).extension_install_refused
+    assert "--listen" in listen and "--enable-insecure-extension-access" in listen
+    assert "--share" in app.settings_from_args(app.parse_args(["--share"])).extension_install_refused
+    opted_in = app.parse_args(["--listen", "--share", "--enable-insecure-extension-access"])
+    assert app.settings_from_args(opted_in).extension_install_refused is None
