@@ -49,9 +49,11 @@ def test_request_fields_from_old_and_new_infotext():
                                         "Size: 640x448, Model hash: abcdef1234, Model: mymodel"))
     assert old == {"prompt": "cat", "negative_prompt": "", "steps": 30, "sampler_name": "DPM++ 2M",
                    "scheduler": "Karras", "cfg_scale": 5.5, "seed": 9, "width": 640, "height": 448,
-                   "model_hash": "abcdef1234", "model_name": "mymodel"}
+                   "model_hash": "abcdef1234", "model_name": "mymodel", "clip_skip": 1}  # missing means 1
     new = request_fields(parse_infotext(A1111_SAMPLE))
     assert (new["sampler_name"], new["scheduler"], new["steps"]) == ("DPM++ 2M", "Karras", 28)
+    xl = request_fields(parse_infotext(A1111_MORE_SAMPLES[0][0]))
+    assert (xl["sd_vae"], xl["clip_skip"]) == ("sdxl_vae.safetensors", 1)
 
 
 A1111_MORE_SAMPLES = [
