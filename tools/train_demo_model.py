@@ -47,7 +47,7 @@ def make_dataset(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     return pixels, captions
 
 
-def build_models():
+def build_models(full_res_attention: bool = False):
     """SD1.x's component classes at toy widths. The autoencoder downsamples 4x (like LDM's kl-f4 models)
     rather than SD's 8x: at 64x64 an 8x latent is 8x8, too coarse to keep a small star from becoming a blob."""
     vae = AutoencoderKL(block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4,
@@ -58,11 +58,14 @@ def build_models():
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=1,
         max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=64))
-    # The 16x16 level has no attention (as SDXL's first level), which keeps a step as cheap as an 8x8 UNet's.
+    # The shipped model has no attention at the 16x16 level (as SDXL's first level), which keeps a step cheap.
+    # `full_res_attention` adds SD1's attention there too (an experiment for positions: 2.3x the step time).
+    first_down, last_up = ("CrossAttnDownBlock2D", "CrossAttnUpBlock2D") if full_res_attention \
+        else ("DownBlock2D", "UpBlock2D")
     unet = UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 128), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=64,
+        down_block_types=(first_down, "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", last_up), cross_attention_dim=64,
         attention_head_dim=8, norm_num_groups=32)
     return vae, text_encoder, unet
 
@@ -145,16 +148,33 @@ def encode_all(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
         * SD_LATENT_SCALE
 
 
+def coarse_noise(shape, generator: torch.Generator, strength: float, offset: float) -> torch.Tensor:
+    """Low-frequency noise to add to the white noise: random fields at half, quarter, ... resolution,
+    upsampled, weighted strength, strength^2, ...; the last (1x1) level is the per-channel offset.
+
+    A 16x16 latent averages white noise over few positions, so on SD's schedule an object's rough place and
+    the background colour still show through at the last timestep; a model trained on white noise learns to
+    read them from there and, sampling from pure noise, then lets the seed choose them instead of the prompt.
+    Noise with energy at those coarse scales hides them, so the prompt is the only source left."""
+    batch, channels, height, _ = shape
+    total = offset * torch.randn((batch, channels, 1, 1), generator=generator) if offset else torch.zeros(())
+    size, weight = height // 2, strength
+    while strength and size >= 2:
+        field = torch.randn((batch, channels, size, size), generator=generator)
+        total = total + weight * F.interpolate(field, size=shape[-2:], mode="bilinear", align_corners=False)
+        size, weight = size // 2, weight * strength
+    return total
+
+
 def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: int = 128, log_every: int = 50,
-                    snapshot=None, snapshot_every: int = 0, peak_lr: float = 6e-4, offset_noise: float = 0.0):
+                    snapshot=None, snapshot_every: int = 0, peak_lr: float = 6e-4, offset_noise: float = 0.0,
+                    multires_noise: float = 0.0):
     """Epsilon prediction on SD's noise schedule; the text encoder trains too (it starts from nothing). The
     weights kept are an exponential moving average; `snapshot(unet, text_encoder, step)` is called with the
     averaged weights every `snapshot_every` steps so a long run can be checked while it goes.
 
-    `offset_noise` adds a per-image, per-channel constant to the noise. A 16x16 latent averages its noise
-    over only 256 positions, so on SD's schedule the background colour still shows through at the last
-    timestep; without the offset the model learns to read it from there, and from pure noise at sampling
-    time it then picks a background by the seed instead of by the prompt."""
+    `offset_noise` and `multires_noise` add coarse noise (see `coarse_noise`) so that the prompt, not the
+    seed, decides the background and the layout."""
     tokenizer = build_clip_tokenizer()
     ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
@@ -183,8 +203,8 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
         tokens[drop] = empty
         t = torch.randint(0, 1000, (batch,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
-        if offset_noise:
-            noise = noise + offset_noise * torch.randn(x0.shape[:2] + (1, 1), generator=generator)
+        if offset_noise or multires_noise:
+            noise = noise + coarse_noise(x0.shape, generator, multires_noise, offset_noise)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         context = text_encoder(tokens).last_hidden_state
@@ -225,8 +245,13 @@ def main(argv=None):
     parser.add_argument("--snapshot-every", type=int, default=500,
                         help="also save the averaged weights every this many steps, to <out>.step<N>.safetensors")
     parser.add_argument("--peak-lr", type=float, default=6e-4)
+    parser.add_argument("--batch", type=int, default=128, help="images per diffusion training step")
     parser.add_argument("--offset-noise", type=float, default=0.0,
-                        help="per-channel noise offset (see train_diffusion); the shipped model's stage 2 used 0.3")
+                        help="per-channel noise offset (see coarse_noise)")
+    parser.add_argument("--multires-noise", type=float, default=0.0,
+                        help="weight of half-resolution noise, squared for quarter resolution etc. (see coarse_noise)")
+    parser.add_argument("--full-res-attention", action="store_true",
+                        help="also attend at the 16x16 level (SD1's layout; 2.3x the step time)")
     parser.add_argument("--resume", type=Path, default=None,
                         help="continue the diffusion training of this checkpoint (its VAE is kept as it is)")
     args = parser.parse_args(argv)
@@ -242,7 +267,7 @@ def main(argv=None):
         text_encoder.requires_grad_(True)
         unet.requires_grad_(True)
     else:
-        vae, text_encoder, unet = build_models()
+        vae, text_encoder, unet = build_models(args.full_res_attention)
         vae = train_vae(vae, pixels, args.vae_steps)
         normalise_latent_scale(vae, pixels)
     print(f"parameters: unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M, "
@@ -256,7 +281,8 @@ def main(argv=None):
 
     unet, text_encoder = train_diffusion(unet, text_encoder, latents, captions, args.diffusion_steps,
                                          snapshot=snapshot, snapshot_every=args.snapshot_every,
-                                         peak_lr=args.peak_lr, offset_noise=args.offset_noise)
+                                         peak_lr=args.peak_lr, offset_noise=args.offset_noise, batch=args.batch,
+                                         multires_noise=args.multires_noise)
     save_checkpoint(args.out, vae, text_encoder, unet)
     print(f"total training time {(time.monotonic() - started) / 60:.1f} min", flush=True)
 
