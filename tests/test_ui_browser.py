@@ -335,7 +335,7 @@ def test_extension_section_tab_assets_errors_and_rest(extensions_server, tmp_pat
             "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(extensions_server.url + "/")
-        assert page.evaluate("window.probeExtensionLoaded") is True  # javascript/*.js injected
+        page.wait_for_function("window.probeExtensionLoaded === true", timeout=30_000)  # javascript/*.js ran
         page.get_by_role("tab", name="Extensions").click()
         table = page.locator("#extensions_table").inner_text()
         assert "probe" in table and "loaded" in table and "needs a package that is not installed" in table
