@@ -43,7 +43,8 @@ class LoadedModel:
                    if isinstance(c, torch.nn.Module) for p in c.parameters())
 
 
-def _materialise(model: torch.nn.Module, weights: dict[str, torch.Tensor], dtype: torch.dtype, what: str):
+def materialise(model: torch.nn.Module, weights: dict[str, torch.Tensor], dtype: torch.dtype, what: str):
+    """Load `weights` into a model built on the meta device, checking every tensor is there with its shape."""
     expected = model.state_dict()
     missing = [key for key in expected if key not in weights]
     if missing:
@@ -136,8 +137,8 @@ class CheckpointLoader:
         with init_empty_weights():
             unet = UNet2DConditionModel.from_config(configs["unet"])
             vae = AutoencoderKL.from_config(configs["vae"])
-        unet = _materialise(unet, convert_ldm_unet_checkpoint(state, configs["unet"]), dtype, "UNet")
-        vae = _materialise(vae, convert_ldm_vae_checkpoint(state, configs["vae"]), dtype, "VAE")
+        unet = materialise(unet, convert_ldm_unet_checkpoint(state, configs["unet"]), dtype, "UNet")
+        vae = materialise(vae, convert_ldm_vae_checkpoint(state, configs["vae"]), dtype, "VAE")
         components = {"unet": unet, "vae": vae}
         if "text_encoder" in configs:
             components["text_encoder"] = self._text_encoder(state, detected, "text_encoder", dtype)
@@ -172,7 +173,7 @@ class CheckpointLoader:
                        for k, v in convert_ldm_clip_checkpoint(state).items()}
         if not any(key.startswith("text_model.") for key in model.state_dict()):
             weights = {key.removeprefix("text_model."): value for key, value in weights.items()}
-        return _materialise(model, weights, dtype, "text encoder" + (" 2" if component.endswith("2") else ""))
+        return materialise(model, weights, dtype, "text encoder" + (" 2" if component.endswith("2") else ""))
 
     def _assemble(self, detected: DetectedModel, components: dict, scheduler) -> DiffusionPipeline:
         if detected.family in ("sd1", "sd2"):

@@ -16,6 +16,7 @@ from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from backend.checkpoint_files import CheckpointError, load_state_dict
+from backend.checkpoint_loader import materialise
 from backend.model_hashes import HashCache
 from backend.network_files import NetworkFile, NetworkFolder
 
@@ -25,20 +26,12 @@ CHECKPOINT_VAE_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt")
 LOSS_PREFIXES = ("loss.", "model_ema.")  # training leftovers some VAE files carry
 
 
-def vae_weights_for(vae: AutoencoderKL, state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
-    """A VAE file's tensors (original or diffusers layout) renamed for `vae`; CheckpointError if they do not fit."""
+def vae_weights(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """A VAE file's tensors (original or diffusers layout) under diffusers' names."""
     state = {key: value for key, value in state.items() if not key.startswith(LOSS_PREFIXES)}
-    if not any(key.startswith("encoder.down_blocks.") for key in state):
-        state = convert_ldm_vae_checkpoint(state, dict(vae.config))
-    expected = vae.state_dict()
-    missing = [key for key in expected if key not in state]
-    if missing:
-        raise CheckpointError(f"{name} is not a VAE for this model ({len(missing)} tensors missing, e.g. {missing[0]})")
-    for key, tensor in expected.items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"{name} is a VAE of another shape than this model's ({key}: "
-                                  f"{tuple(state[key].shape)}, expected {tuple(tensor.shape)})")
-    return {key: state[key] for key in expected}
+    if any(key.startswith("encoder.down_blocks.") for key in state):
+        return state
+    return convert_ldm_vae_checkpoint(state, dict(config))
 
 
 class VaeLibrary:
@@ -86,11 +79,13 @@ class VaeLibrary:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
-        weights = vae_weights_for(like, load_state_dict(entry.path), entry.file_name)
+        try:
+            weights = vae_weights(load_state_dict(entry.path), like.config)
+        except KeyError as error:
+            raise CheckpointError(f"{entry.file_name} is not a VAE for this model (no {error})") from None
         with init_empty_weights():
             vae = AutoencoderKL.from_config(like.config)
-        vae.load_state_dict({k: v.to(like.dtype) for k, v in weights.items()}, strict=True, assign=True)
-        vae = vae.to(like.device).eval().requires_grad_(False)
+        vae = materialise(vae, weights, like.dtype, f"VAE {entry.file_name}").to(like.device)
         with self._lock:
             self._loaded[key] = vae
             while len(self._loaded) > self.max_loaded:

@@ -279,3 +279,13 @@ def test_clip_skip_changes_the_image_and_round_trips(services):
     assert parsed["Clip skip"] == "2" and request_fields(parsed)["clip_skip"] == 2
     deep, result = generate(services, prompt="a cat", clip_skip=12)  # the tiny text encoder has 2 layers
     assert same(deep, two) and any("clip skip 12" in w for w in result.warnings)
+
+
+def test_a_file_that_is_not_a_fitting_vae_is_a_warning(make_services, models_dir):
+    write_embedding(models_dir / "VAE" / "not-a-vae.safetensors", width=32)
+    services = make_services()
+    own, _ = generate(services, prompt="a cat", sd_vae="None")
+    image, result = generate(services, prompt="a cat", sd_vae="not-a-vae.safetensors")
+    assert same(own, image)
+    assert any(w.startswith("VAE not-a-vae.safetensors ignored") for w in result.warnings), result.warnings
+    assert "VAE:" not in result.images[0].infotext
