@@ -79,13 +79,17 @@ def test_unbalanced_brackets_are_reported_not_fatal(services):
     assert image.std() > 0
 
 
+def services_with_only(family: str, make_services, checkpoint_files, tmp_path):
+    folder = tmp_path / family / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    os.link(checkpoint_files[family], folder / checkpoint_files[family].name)
+    return make_services(models_dir=tmp_path / family)
+
+
 def test_prompt_syntax_on_sd2(make_services, checkpoint_files, tmp_path):
     from backend.prompt_encoding import PromptEncoder
 
-    folder = tmp_path / "sd2" / "Stable-diffusion"
-    folder.mkdir(parents=True)
-    os.link(checkpoint_files["sd2"], folder / checkpoint_files["sd2"].name)
-    services = make_services(models_dir=tmp_path / "sd2")
+    services = services_with_only("sd2", make_services, checkpoint_files, tmp_path)
     plain, _ = generate(services, prompt="a cat")
     assert same(plain, generate(services, prompt="(a cat:1.0)")[0])
     assert not same(plain, generate(services, prompt="(a cat:1.4)")[0])
@@ -96,10 +100,7 @@ def test_prompt_syntax_on_sd2(make_services, checkpoint_files, tmp_path):
 
 
 def test_prompt_syntax_on_sdxl_uses_both_encoders(make_services, checkpoint_files, tmp_path):
-    folder = tmp_path / "xl" / "Stable-diffusion"
-    folder.mkdir(parents=True)
-    os.link(checkpoint_files["sdxl"], folder / checkpoint_files["sdxl"].name)
-    services = make_services(models_dir=tmp_path / "xl")
+    services = services_with_only("sdxl", make_services, checkpoint_files, tmp_path)
     plain, _ = generate(services, prompt="a cat")
     assert same(plain, generate(services, prompt="(a cat:1.0)")[0])
     assert not same(plain, generate(services, prompt="(a cat:1.4)")[0])
@@ -116,10 +117,7 @@ def test_scheduled_sdxl_conditioning_swaps_both_embeddings(make_services, checkp
     from backend.networks import JobNetworks
     from backend.prompt_encoding import PromptEncoder
 
-    folder = tmp_path / "xl" / "Stable-diffusion"
-    folder.mkdir(parents=True)
-    os.link(checkpoint_files["sdxl"], folder / checkpoint_files["sdxl"].name)
-    services = make_services(models_dir=tmp_path / "xl")
+    services = services_with_only("sdxl", make_services, checkpoint_files, tmp_path)
     with services.models.lease(None) as (_, model):
         encoder = PromptEncoder(model.pipeline, model.family)
         job = JobNetworks(encoder, "a [cat:dog:2]", "[ugly:blurry:1]")
