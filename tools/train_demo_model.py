@@ -25,7 +25,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from backend.clip_tokenizer import build_clip_tokenizer
 from backend.original_layout import SD1_CLIP_PREFIX, clip_to_original, unet_to_original, vae_to_original
-from tools.shapes_world import detect, random_scene, render
+from tools.shapes_world import COLOURS, POSITIONS, SHAPES, detect, random_scene, render
 
 SD_LATENT_SCALE = 0.18215  # SD1.x's VAE scaling factor, which the loader assumes for this family
 CHECKPOINT_METADATA = {  # ModelSpec keys, so other tools know what this is and at which size it was trained
@@ -36,15 +36,27 @@ CHECKPOINT_METADATA = {  # ModelSpec keys, so other tools know what this is and 
 }
 
 
-def make_dataset(count: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+FACT_CLASSES = {"position": [*POSITIONS, None], "colour": list(COLOURS), "shape": list(SHAPES),
+                "background": list(COLOURS)}
+
+
+def scene_facts(scene) -> list[int]:
+    """Class indices of the first object's position (None: not stated), colour and shape, and the background."""
+    first = scene.objects[0]
+    values = {"position": first.position, "colour": first.colour, "shape": first.shape, "background": scene.background}
+    return [FACT_CLASSES[fact].index(values[fact]) for fact in FACT_CLASSES]
+
+
+def make_dataset(count: int, seed: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
     rng = random.Random(seed)
-    images, captions = [], []
+    images, captions, facts = [], [], []
     for _ in range(count):
         scene = random_scene(rng)
         images.append(np.asarray(render(scene, rng)))
         captions.append(scene.caption)
+        facts.append(scene_facts(scene))
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return pixels, captions
+    return pixels, captions, torch.tensor(facts)
 
 
 def build_models(full_res_attention: bool = False):
@@ -168,21 +180,29 @@ def coarse_noise(shape, generator: torch.Generator, strength: float, offset: flo
 
 def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: int = 128, log_every: int = 50,
                     snapshot=None, snapshot_every: int = 0, peak_lr: float = 6e-4, offset_noise: float = 0.0,
-                    multires_noise: float = 0.0):
+                    multires_noise: float = 0.0, facts: torch.Tensor | None = None, fact_weight: float = 0.0):
     """Epsilon prediction on SD's noise schedule; the text encoder trains too (it starts from nothing). The
     weights kept are an exponential moving average; `snapshot(unet, text_encoder, step)` is called with the
     averaged weights every `snapshot_every` steps so a long run can be checked while it goes.
 
     `offset_noise` and `multires_noise` add coarse noise (see `coarse_noise`) so that the prompt, not the
-    seed, decides the background and the layout."""
+    seed, decides the background and the layout.
+
+    `fact_weight` adds linear heads on the text encoder's pooled output that predict each caption's facts
+    (`facts`, see scene_facts): a jointly trained encoder otherwise never learned to encode positions (the
+    probe in tools/probe_text_encoder.py), so the UNet had nothing to follow. The heads are not saved."""
     tokenizer = build_clip_tokenizer()
-    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    encoded = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    ids, token_masks = encoded.input_ids, encoded.attention_mask
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear")
     alphas = scheduler.alphas_cumprod
+    width = text_encoder.config.hidden_size
+    heads = torch.nn.ModuleList([torch.nn.Linear(2 * width, len(classes)) for classes in FACT_CLASSES.values()]) \
+        if fact_weight else torch.nn.ModuleList()
     parameters = list(unet.parameters()) + list(text_encoder.parameters())
-    optimiser = torch.optim.AdamW(parameters, lr=6e-4, weight_decay=0.01)
+    optimiser = torch.optim.AdamW(parameters + list(heads.parameters()), lr=6e-4, weight_decay=0.01)
     ema = [p.detach().clone() for p in parameters]
     generator = torch.Generator().manual_seed(2)
     started = time.monotonic()
@@ -209,6 +229,12 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         context = text_encoder(tokens).last_hidden_state
         loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, noise)
+        if fact_weight and (~drop).any():
+            mask = token_masks[index].unsqueeze(-1).float()
+            pooled = torch.cat([(context * mask).sum(1) / mask.sum(1), context.max(1).values], -1)[~drop]
+            targets = facts[index][~drop]
+            loss = loss + fact_weight * sum(F.cross_entropy(head(pooled), targets[:, fact])
+                                            for fact, head in enumerate(heads))
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -246,6 +272,8 @@ def main(argv=None):
                         help="also save the averaged weights every this many steps, to <out>.step<N>.safetensors")
     parser.add_argument("--peak-lr", type=float, default=6e-4)
     parser.add_argument("--batch", type=int, default=128, help="images per diffusion training step")
+    parser.add_argument("--fact-weight", type=float, default=0.0,
+                        help="weight of the text encoder's caption-fact heads (see train_diffusion)")
     parser.add_argument("--offset-noise", type=float, default=0.0,
                         help="per-channel noise offset (see coarse_noise)")
     parser.add_argument("--multires-noise", type=float, default=0.0,
@@ -257,7 +285,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     started = time.monotonic()
     torch.manual_seed(0)
-    pixels, captions = make_dataset(args.images, seed=0)
+    pixels, captions, facts = make_dataset(args.images, seed=0)
     print(f"dataset: {len(captions)} images, e.g. {captions[:3]}", flush=True)
     if args.resume:
         from backend.checkpoint_loader import CheckpointLoader
@@ -282,7 +310,8 @@ def main(argv=None):
     unet, text_encoder = train_diffusion(unet, text_encoder, latents, captions, args.diffusion_steps,
                                          snapshot=snapshot, snapshot_every=args.snapshot_every,
                                          peak_lr=args.peak_lr, offset_noise=args.offset_noise, batch=args.batch,
-                                         multires_noise=args.multires_noise)
+                                         multires_noise=args.multires_noise, facts=facts,
+                                         fact_weight=args.fact_weight)
     save_checkpoint(args.out, vae, text_encoder, unet)
     print(f"total training time {(time.monotonic() - started) / 60:.1f} min", flush=True)
 
