@@ -75,11 +75,9 @@ class PromptChunker:
 
     def __init__(self, tokenizer, embeddings=()):
         self.tokenizer = tokenizer
-        self.vocab = tokenizer.get_vocab()
-        self.unknown_token = tokenizer.unk_token_id
         self.start_token = tokenizer.bos_token_id
         self.end_token = tokenizer.eos_token_id
-        self.comma_token = self.vocab[",</w>"]
+        self.comma_token = tokenizer.convert_tokens_to_ids(",</w>")
         self.embeddings = {}  # first token id -> [(token ids, embedding)], longest name first
         for embedding in embeddings:
             ids = tuple(self.tokenize(embedding.name))
@@ -95,7 +93,7 @@ class PromptChunker:
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is not None:
             return backend.encode(text, add_special_tokens=False).ids
-        return [self.vocab.get(token, self.unknown_token) for token in self.tokenizer.tokenize(text)]
+        return self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(text))
 
     def chunks(self, text: str) -> list[PromptChunk]:
         chunks: list[PromptChunk] = []
