@@ -78,18 +78,26 @@ def read_weights(path: Path):
         except Exception as error:  # safetensors raises its own error types for corrupt files
             raise CheckpointError(f"{path.name} is not a valid safetensors file: {error}") from error
     else:
+        name = path.name + _disguise_note(path, kind)
         try:
             # A file object, not a path: torch.load would pick a reader from the file name's extension.
             with open(path, "rb") as handle:
                 state = torch.load(handle, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             raise CheckpointError(
-                f"{path.name} contains Python objects other than plain weights; refusing to run its code "
+                f"{name} contains Python objects other than plain weights; refusing to run its code "
                 f"(convert it to .safetensors with a tool you trust). Detail: {str(error).splitlines()[0]}"
             ) from error
         except (RuntimeError, EOFError, ValueError, OSError) as error:
-            raise CheckpointError(f"{path.name} is truncated or corrupt: {error}") from error
+            raise CheckpointError(f"{name} is truncated or corrupt: {error}") from error
     return state
+
+
+def _disguise_note(path: Path, kind: str) -> str:
+    """Users trust a .safetensors name to mean "no code inside"; say so when the file is really a pickle."""
+    if path.suffix.lower() == ".safetensors" and kind != "safetensors":
+        return " (named .safetensors, but it is a PyTorch pickle)"
+    return ""
 
 
 def declared_resolution(path: Path) -> tuple[int, int] | None:

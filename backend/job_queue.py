@@ -1,7 +1,11 @@
 """One queue of jobs, run one at a time by a worker thread that owns the model/GPU.
 
 Each job has an id, its own progress and its own interrupt flag: interrupting one job never touches
-another. A failing job is recorded as failed and the worker moves on.
+another. A failing job is recorded as failed and the worker moves on. Faults have one place here:
+- out of memory: the caches are freed (`on_out_of_memory`) and the job is retried once, then failed with a
+  message that says what to change;
+- a job that ends its worker thread (SystemExit, KeyboardInterrupt, ...): the job is failed and recorded,
+  its waiters are released and a new worker thread takes over the queue.
 """
 from __future__ import annotations
 
@@ -14,11 +18,22 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
+
 from backend.checkpoint_files import CheckpointError
+from backend.outputs import DiskFullError
 from backend.requests import RequestError
 
 log = logging.getLogger(__name__)
 FINISHED_JOBS_KEPT = 1000  # older finished jobs are forgotten so a long-running server does not grow
+OUT_OF_MEMORY_ADVICE = "try a smaller size, batch size or upscale factor"
+WORKER_STOPPED = "the worker stopped unexpectedly ({reason}) while running this job; a new worker runs the queue"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's OutOfMemoryError, or the plain RuntimeError that older torch versions and MPS raise."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
 
 
 class JobInterrupted(Exception):
@@ -55,6 +70,11 @@ class JobProgress:
         elapsed = time.monotonic() - self.started_at
         return elapsed / self.fraction - elapsed
 
+    def restart(self):
+        """Back to the first step of the first batch, for a retry; interrupt requests are kept."""
+        self.step = self.batch = 0
+        self.skip_requested = False
+
     def check_interrupt(self):
         if self.interrupt_requested:
             raise JobInterrupted()
@@ -84,26 +104,31 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, run_job: Callable[[Any, JobProgress], Any], history=None):
+    def __init__(self, run_job: Callable[[Any, JobProgress], Any], history=None,
+                 on_out_of_memory: Callable[[], None] | None = None):
         self._run_job = run_job
         self._history = history  # a JobHistory, or None to keep nothing on disk
+        self._on_out_of_memory = on_out_of_memory  # frees caches before an out-of-memory job is retried
         self._queue: queue.Queue = queue.Queue()
         self._jobs: dict[str, Job] = {}
         self._order = itertools.count(history.next_sequence() if history else 1)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._current: Job | None = None  # the job the worker runs, so a worker that vanishes can fail it
         self._stopping = threading.Event()
 
     def start(self):
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="generation-worker", daemon=True)
-            self._thread.start()
+        with self._lock:
+            if self._thread is None:
+                self._thread = self._start_worker()
 
     def stop(self):
         self._stopping.set()
         self._queue.put(None)
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        with self._lock:
+            worker = self._thread
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(timeout=30)
 
     def submit(self, request, job_id: str | None = None) -> Job:
         """Queue a request; `job_id` lets a client choose the id (A1111's force_task_id)."""
@@ -117,6 +142,7 @@ class JobQueue:
             self._jobs[job.id] = job
             self._record(job)
             self._queue.put(job)
+        self._ensure_worker()  # a worker that died some other way is replaced rather than leaving jobs waiting
         return job
 
     def _record(self, job: Job):
@@ -167,35 +193,95 @@ class JobQueue:
         job.finished.wait(timeout)
         return job
 
+    # --- the worker ---------------------------------------------------------------------------------
+    def _start_worker(self) -> threading.Thread:
+        worker = threading.Thread(target=self._work, name="generation-worker", daemon=True)
+        worker.start()
+        return worker
+
+    def _ensure_worker(self, leaving: threading.Thread | None = None):
+        """Start a new worker when the queue was started and its worker is gone (or is `leaving`, the
+        worker itself on its way out); a job the old worker left running is failed first."""
+        with self._lock:
+            worker = self._thread
+            if worker is None or self._stopping.is_set() or (worker.is_alive() and worker is not leaving):
+                return
+            orphan, self._current = self._current, None
+            self._thread = self._start_worker()
+        if orphan is not None and not orphan.done:
+            orphan.status, orphan.error = "failed", WORKER_STOPPED.format(reason="its thread ended")
+            self._finish(orphan)
+
     def _work(self):
-        while not self._stopping.is_set():
-            job = self._queue.get()
-            if job is None:
-                continue
-            if job.progress.interrupt_requested:
-                job.status, job.finished_at = "interrupted", time.time()
-                self._record(job)
-                job.finished.set()
-                continue
-            job.status, job.started_at = "running", time.time()
-            job.progress.started_at = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                job = self._queue.get()
+                if job is not None:
+                    self._run_one(job)
+        except BaseException as error:  # a job ended the thread (SystemExit, KeyboardInterrupt, ...)
+            log.error("the generation worker stopped unexpectedly (%s); starting a new one", _describe(error),
+                      exc_info=error)
+        finally:
+            self._ensure_worker(leaving=threading.current_thread())
+
+    def _run_one(self, job: Job):
+        if job.progress.interrupt_requested:  # interrupted while it waited: it never starts
+            job.status = "interrupted"
+            self._finish(job)
+            return
+        job.status, job.started_at = "running", time.time()
+        job.progress.started_at = time.monotonic()
+        self._current = job
+        self._record(job)
+        try:
+            job.result = self._run_with_oom_retry(job)
+            job.status = "interrupted" if getattr(job.result, "interrupted", False) else "done"
+        except BaseException as error:
+            job.status = "failed"
+            job.error, job.error_field = self._failure_message(job, error)
+            if not isinstance(error, Exception):
+                raise  # this thread must end (SystemExit, ...); _work hands the queue to a new worker
+        finally:
+            self._current = None
+            self._finish(job)
+
+    def _run_with_oom_retry(self, job: Job):
+        try:
+            return self._run_job(job.request, job.progress)
+        except Exception as error:
+            if not (is_out_of_memory(error) and self._on_out_of_memory and not job.progress.interrupt_requested):
+                raise
+            log.warning("job %s ran out of memory (%s); freeing the model cache and retrying once", job.id, error)
+        # Outside the except block, so the failed attempt's tensors (held by its traceback) are released first.
+        self._on_out_of_memory()
+        job.progress.restart()
+        return self._run_job(job.request, job.progress)
+
+    def _failure_message(self, job: Job, error: BaseException) -> tuple[str, str | None]:
+        """(message for the user, offending request field or None)."""
+        if isinstance(error, RequestError):
+            return str(error), error.field
+        if is_out_of_memory(error):
+            freed = "; freed the model cache and retried once" if self._on_out_of_memory else ""
+            return f"out of memory while generating{freed}: {OUT_OF_MEMORY_ADVICE}", None
+        if isinstance(error, (CheckpointError, ValueError, DiskFullError)):
+            return str(error), None
+        if not isinstance(error, Exception):
+            return WORKER_STOPPED.format(reason=_describe(error)), None
+        log.exception("job %s failed", job.id)
+        return f"internal error: {_describe(error)}", None
+
+    def _finish(self, job: Job):
+        """Record the outcome and release the waiters, whatever happened."""
+        job.finished_at = time.time()
+        try:
+            if self._history is not None and job.result is not None:
+                self._history.record_images(job.id, job.result.images)
             self._record(job)
-            try:
-                job.result = self._run_job(job.request, job.progress)
-                job.status = "interrupted" if getattr(job.result, "interrupted", False) else "done"
-            except RequestError as error:
-                job.status, job.error, job.error_field = "failed", str(error), error.field
-            except (CheckpointError, ValueError) as error:
-                job.status, job.error = "failed", str(error)
-            except Exception as error:  # the worker must survive anything a job does
-                log.exception("job %s failed", job.id)
-                job.status, job.error = "failed", f"internal error: {type(error).__name__}: {error}"
-            finally:
-                job.finished_at = time.time()
-                try:
-                    if self._history is not None and job.result is not None:
-                        self._history.record_images(job.id, job.result.images)
-                    self._record(job)
-                except Exception:  # a history failure must not lose the job's result or stop the worker
-                    log.exception("could not record job %s in the history", job.id)
-                job.finished.set()
+        except Exception:  # a history failure must not lose the job's result or stop the worker
+            log.exception("could not record job %s in the history", job.id)
+        job.finished.set()
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

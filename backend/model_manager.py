@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -19,10 +20,13 @@ import torch
 from backend.checkpoint_files import CheckpointError
 from backend.checkpoint_loader import CheckpointLoader, LoadedModel
 from backend.devices import attention_backend
+from backend.job_queue import is_out_of_memory
 from backend.model_registry import CheckpointEntry, ModelRegistry
 from backend.settings import Settings
 
 log = logging.getLogger(__name__)
+# owner/name as the Hugging Face Hub allows them; anything else (paths, `..`, backslashes) is no repo id
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 
 
 class ModelNotFoundError(CheckpointError):
@@ -74,7 +78,7 @@ class ModelManager:
         if query is None:
             return self.registry.entries[0]
         entry = self.registry.find(query)
-        if entry is None and "/" in query and not Path(query).exists():
+        if entry is None and HUB_REPO_ID.fullmatch(query) and ".." not in query and not Path(query).exists():
             entry = CheckpointEntry(name=query, path=Path(query), short_hash=None)  # a hub repo id
         if entry is None:
             names = ", ".join(e.title for e in self.registry.entries)
@@ -133,8 +137,7 @@ class ModelManager:
     def _load(self, entry: CheckpointEntry) -> CachedModel:
         started = time.perf_counter()
         log.info("loading checkpoint %s", entry.title)
-        model = self._with_oom_retry(lambda: self.loader.load(entry.path, self.dtype,
-                                                              local_files_only=self.settings.offline))
+        model = self._load_model(entry)
         model.pipeline.set_progress_bar_config(disable=True)
         cached = CachedModel(entry=entry, model=model, size_bytes=model.size_bytes, leases=1,
                              load_seconds=time.perf_counter() - started)
@@ -145,6 +148,19 @@ class ModelManager:
         log.info("loaded %s (%s, %.1f MB) in %.1fs", entry.title, model.label, cached.size_bytes / 1e6,
                  cached.load_seconds)
         return cached
+
+    def _load_model(self, entry: CheckpointEntry) -> LoadedModel:
+        """The loader's result; a file that breaks the loader in a way it did not foresee is still reported
+        as a CheckpointError naming the file, so the job fails cleanly and the cache stays as it was."""
+        try:
+            return self._with_oom_retry(lambda: self.loader.load(entry.path, self.dtype,
+                                                                 local_files_only=self.settings.offline))
+        except CheckpointError:
+            raise
+        except Exception as error:
+            if is_out_of_memory(error):
+                raise
+            raise CheckpointError(f"{entry.title} could not be loaded: {type(error).__name__}: {error}") from error
 
     def _place_on_device(self, cached: CachedModel):
         """GPU tier: at most max_models_on_gpu models live on the accelerator; the rest wait in RAM."""
@@ -188,14 +204,18 @@ class ModelManager:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
 
     def _with_oom_retry(self, action):
         try:
             return action()
-        except torch.OutOfMemoryError:
+        except RuntimeError as error:  # torch.OutOfMemoryError, or the RuntimeError of older torch and MPS
+            if not is_out_of_memory(error):
+                raise
             log.warning("out of memory; freeing cached models and retrying once")
-            self.free_unused()
-            return action()
+        self.free_unused()  # outside the except block: the failed attempt's tensors are released first
+        return action()
 
     def cached_titles(self) -> list[str]:
         with self._lock:

@@ -2,21 +2,38 @@
 (NNNNN.png for upscaled images, which have no seed of their own).
 
 Writes go to a temporary file in the same folder, are flushed to disk, then renamed into place, so a
-crash never leaves a half-written PNG under a real name.
+crash never leaves a half-written PNG under a real name; a failed write removes its temporary file, and a
+full disk is reported as DiskFullError naming the folder.
 """
 from __future__ import annotations
 
 import datetime
+import errno
 import io
+import logging
 import os
 import re
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, PngImagePlugin
 
+log = logging.getLogger(__name__)
 NUMBERED_FILE = re.compile(r"^(\d+)(?:-|\.png$)")
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+class DiskFullError(OSError):
+    """No space (or quota) left in the outputs folder; the message names the folder."""
+
+    def __init__(self, folder: Path, cause: OSError):
+        super().__init__(cause.errno, f"disk full while saving to {folder}: {cause.strerror or cause}")
+
+    def __str__(self) -> str:
+        return self.strerror  # without OSError's "[Errno 28]" prefix: the message is for the user
 
 
 class OutputStore:
@@ -24,6 +41,7 @@ class OutputStore:
         self.root = Path(root)
         self._clock = clock
         self._lock = threading.Lock()  # one numbering sequence per folder, even with several writers
+        self._local = threading.local()  # per thread: lists collecting the paths saved (see saves_undone_on)
 
     def folder(self, kind: str) -> Path:
         return self.root / f"{kind}-images" / self._clock().isoformat()
@@ -38,9 +56,19 @@ class OutputStore:
 
     def save_png(self, png: bytes, kind: str, seed: int | None) -> Path:
         folder = self.folder(kind)
+        try:
+            path = self._write_numbered(png, folder, "" if seed is None else f"-{seed}")
+        except OSError as error:
+            if error.errno in DISK_FULL_ERRNOS:
+                raise DiskFullError(folder, error) from error
+            raise
+        for collector in self._collectors():
+            collector.append(path)
+        return path
+
+    def _write_numbered(self, png: bytes, folder: Path, suffix: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            suffix = "" if seed is None else f"-{seed}"
             path = folder / f"{self._next_number(folder):05d}{suffix}.png"
             handle, temp_name = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".png")
             try:
@@ -53,6 +81,37 @@ class OutputStore:
                 Path(temp_name).unlink(missing_ok=True)
                 raise
         return path
+
+    @contextmanager
+    def saves_undone_on(self, should_undo: Callable[[BaseException], bool]):
+        """Files this thread saves inside the block are deleted again when the block raises an error that
+        `should_undo` accepts: a job attempt that will be retried must not leave duplicates behind."""
+        saved: list[Path] = []
+        collectors = self._collectors()
+        collectors.append(saved)
+        try:
+            yield saved
+        except BaseException as error:
+            if should_undo(error):
+                self._discard(saved)
+            raise
+        finally:
+            collectors.pop()  # blocks nest within one thread, so ours is the last one
+
+    def _collectors(self) -> list[list[Path]]:
+        if not hasattr(self._local, "collectors"):
+            self._local.collectors = []
+        return self._local.collectors
+
+    @staticmethod
+    def _discard(paths: list[Path]):
+        for path in paths:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                log.warning("could not remove %s, saved by a failed attempt: %s", path, error)
+        if paths:
+            log.info("removed %d image(s) saved by the failed attempt", len(paths))
 
 
 def encode_png(image: Image.Image, infotext: str | None, extra_text: dict[str, str] | None = None) -> bytes:

@@ -10,7 +10,7 @@ from backend.extension_installer import ExtensionInstaller
 from backend.extension_loader import Extensions
 from backend.generation import Generator
 from backend.job_history import JobHistory
-from backend.job_queue import JobQueue
+from backend.job_queue import JobQueue, is_out_of_memory
 from backend.model_hashes import HashCache
 from backend.model_manager import ModelManager
 from backend.model_registry import ModelRegistry
@@ -61,9 +61,26 @@ def build_services(settings: Settings) -> Services:
     if interrupted:
         log.warning("%d job(s) were still queued or running when the server last stopped; marked interrupted",
                     interrupted)
-    jobs = JobQueue(generator.generate, history)
+    jobs = JobQueue(_attempt_runner(generator, outputs), history,
+                    on_out_of_memory=lambda: _free_model_caches(models, upscalers))
     jobs.start()
     return Services(settings=settings, models=models, outputs=outputs, generator=generator, jobs=jobs,
                     history=history, upscalers=upscalers, networks=networks, extensions=extensions,
                     extension_installer=ExtensionInstaller(settings.extensions_dir,
                                                            settings.extension_install_refused))
+
+
+def _attempt_runner(generator: Generator, outputs: OutputStore):
+    """One attempt at a job. An attempt that runs out of memory is retried by the queue, so the images it
+    already saved are removed: the outputs folder then holds each image once, as the job's result does."""
+    def run(request, progress):
+        with outputs.saves_undone_on(is_out_of_memory):
+            return generator.generate(request, progress)
+    return run
+
+
+def _free_model_caches(models: ModelManager, upscalers: Upscalers):
+    """Out of memory: drop every model no job holds (checkpoints and upscalers), then let the GPU allocator
+    give the memory back."""
+    upscalers.models.clear()
+    models.free_unused()

@@ -37,7 +37,11 @@ def load_upscaler(path: Path):
     raw = read_weights(path)  # CheckpointError (refused pickle, corrupt file) passes through unchanged
     if not isinstance(raw, dict):
         raise UpscalerError(f"{path.name} does not hold a dictionary of weights")
-    state = canonicalize_state_dict(raw)  # unwraps "params_ema", "params", "state_dict", "module." ...
+    try:
+        state = canonicalize_state_dict(raw)  # unwraps "params_ema", "params", "state_dict", "module." ...
+    except Exception as error:  # a hand-made dictionary can trip spandrel's unwrapping
+        raise UpscalerError(f"{path.name} does not hold upscaler weights ({type(error).__name__}: {error})") \
+            from None
     require_flat_tensors(state, path)
     try:
         descriptor = ModelLoader().load_from_state_dict(state)
