@@ -15,10 +15,11 @@ from PIL import Image, UnidentifiedImageError
 from backend.infotext import format_number, parse_infotext, quote
 from backend.job_queue import BatchSkipped, JobInterrupted, JobProgress
 from backend.outputs import OutputStore, encode_png, read_infotext
-from backend.requests import ExtrasRequest, GenerationResult, ImageResult, RequestError, decode_image_bytes
+from backend.image_input import ACCEPTED_FORMATS, open_image
+from backend.requests import ExtrasRequest, GenerationResult, ImageResult, RequestError
 from backend.upscalers import Upscalers
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
 @dataclass(frozen=True)
@@ -51,17 +52,18 @@ def sources(request: ExtrasRequest) -> list[Source]:
 
 
 def _bytes_source(name: str, data: bytes) -> Source:
-    image = decode_image_bytes(data)
-    return Source(name=name, size=image.size, load=lambda: decode_image_bytes(data))
+    image = open_image(data)
+    return Source(name=name, size=image.size, load=lambda: open_image(data))
 
 
 def _file_source(path: Path) -> Source:
     try:
-        with Image.open(path) as image:  # header only: the pixels are read when the image's turn comes
+        # header only: the pixels are read (and checked) when the image's turn comes
+        with Image.open(path, formats=ACCEPTED_FORMATS) as image:
             size = image.size
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise RequestError("input_dir", f"{path.name} is not a readable image ({type(error).__name__})") from None
-    return Source(name=path.name, size=size, load=lambda: decode_image_bytes(path.read_bytes()))
+    return Source(name=path.name, size=size, load=lambda: open_image(path.read_bytes()))
 
 
 def target_for(request: ExtrasRequest, size: tuple[int, int]) -> Target:

@@ -12,7 +12,8 @@ from PIL import Image
 from backend.image_ops import (MASK_MODES, MASKED_CONTENT, binary_mask, blur_mask, composite, fill_masked_area,
                                mask_crop_region, outpaint_canvas, resize_image)
 from backend.pipelines import seeded_generators
-from backend.requests import Img2ImgRequest, RequestError, decode_image_bytes
+from backend.image_input import open_image
+from backend.requests import Img2ImgRequest, RequestError
 
 log = logging.getLogger(__name__)
 FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = range(4)
@@ -32,13 +33,13 @@ class Img2ImgPlan:
 
     @classmethod
     def from_request(cls, request: Img2ImgRequest) -> "Img2ImgPlan":
-        image = decode_image_bytes(request.init_image).convert("RGB")
+        image = open_image(request.init_image).convert("RGB")
         base = resize_image(image, request.width, request.height, request.resize_mode)
         mask = None
         if request.mask is not None:
             if request.outpaints:
                 raise RequestError("mask", "outpainting makes its own mask; send either a mask or outpaint margins")
-            raw_mask = decode_image_bytes(request.mask)
+            raw_mask = open_image(request.mask)
             if raw_mask.size != image.size:
                 log.info("mask is %dx%d but the image is %dx%d; resizing the mask to the image",
                          *raw_mask.size, *image.size)

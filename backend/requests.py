@@ -1,17 +1,16 @@
 """Typed, validated job requests and results. The UI and the REST API build the same objects."""
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any, ClassVar
 
-from PIL import Image, UnidentifiedImageError
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
 from backend.hires_sizes import hires_sizes
+from backend.image_input import clean_png
 from backend.samplers import SamplerError, resolve_sampler
 
 MAX_SEED = 2**32 - 1
@@ -71,7 +70,8 @@ class GenerationRequest(BaseModel):
     def _size(cls, value: int) -> int:
         _check_range(value, *SIZE_RANGE)
         if value % 8:
-            raise ValueError(f"must be a multiple of 8; got {value} (nearest: {value // 8 * 8} or {value // 8 * 8 + 8})")
+            nearest = value // 8 * 8
+            raise ValueError(f"must be a multiple of 8; got {value} (nearest: {nearest} or {nearest + 8})")
         return value
 
     @field_validator("cfg_scale")
@@ -147,20 +147,7 @@ class Txt2ImgRequest(GenerationRequest):
         return self
 
 
-IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"}
 OUTPAINT_RANGE = (0, 1024)
-
-
-def decode_image_bytes(data: bytes) -> Image.Image:
-    """Decode and fully load an uploaded raster image; ValueError with a user message otherwise."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        if image.format not in IMAGE_FORMATS:
-            raise ValueError(f"must be a PNG, JPEG or WEBP image; got {image.format}")
-        image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise ValueError(f"must be a PNG, JPEG or WEBP image ({type(error).__name__})") from None
-    return image
 
 
 class Img2ImgRequest(GenerationRequest):
@@ -185,9 +172,7 @@ class Img2ImgRequest(GenerationRequest):
     @field_validator("init_image", "mask")
     @classmethod
     def _image(cls, value: bytes | None) -> bytes | None:
-        if value is not None:
-            decode_image_bytes(value)
-        return value
+        return None if value is None else clean_png(value)  # decoded, checked and re-encoded once, here
 
     @field_validator("denoising_strength")
     @classmethod
@@ -254,12 +239,13 @@ class ExtrasRequest(BaseModel):
     def _images(cls, value: list[bytes]) -> list[bytes]:
         if len(value) > EXTRAS_MAX_IMAGES:
             raise ValueError(f"at most {EXTRAS_MAX_IMAGES} images per job; got {len(value)}")
+        cleaned = []
         for position, data in enumerate(value):
             try:
-                decode_image_bytes(data)
+                cleaned.append(clean_png(data, keep_infotext=True))  # decoded, checked, re-encoded once
             except ValueError as error:
                 raise ValueError(f"image {position + 1}: {error}") from None
-        return value
+        return cleaned
 
     @field_validator("input_dir")
     @classmethod
