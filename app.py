@@ -4,10 +4,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parent
+GENERATED_USER = "webui"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -20,6 +23,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="require a login for the web UI; several comma-separated pairs allowed")
     net.add_argument("--gradio-auth-path", metavar="FILE",
                      help="file with USER:PASS pairs, one per line or comma-separated")
+    net.add_argument("--share-no-auth", action="store_true",
+                     help="with --share: no password at all (anyone with the link can use this machine)")
+    net.add_argument("--cors-allow-origins", metavar="ORIGIN[,ORIGIN2]", default="",
+                     help="other web sites (e.g. https://example.com) whose pages may call this server; "
+                          "default none")
+    net.add_argument("--max-upload-mb", type=float, default=50.0,
+                     help="largest upload or API request body in MB (base64 counted as decoded size; default 50)")
     net.add_argument("--api", action="store_true", help="serve A1111's REST API under /sdapi/v1 (docs at /docs)")
     net.add_argument("--api-auth", metavar="USER:PASS[,USER2:PASS2]", help="HTTP Basic credentials for the API")
     net.add_argument("--mcp", action="store_true",
@@ -75,6 +85,48 @@ def read_auth(args: argparse.Namespace) -> list[tuple[str, str]] | None:
     return parse_credentials(text, "--gradio-auth")
 
 
+@dataclass(frozen=True)
+class Access:
+    """Who may use the server: the web UI's and the REST API's credentials (empty: open)."""
+    ui: tuple[tuple[str, str], ...]
+    api: tuple[tuple[str, str], ...]
+    generated_password: str | None = None  # made for --share without credentials; printed once
+
+
+def access_from_args(args: argparse.Namespace) -> Access:
+    """The UI's credentials also guard the API unless --api-auth gives its own; a share link never goes out
+    without a password unless the operator asks for that with --share-no-auth."""
+    ui = tuple(read_auth(args) or ())
+    generated = None
+    if args.share and not ui and not args.share_no_auth:
+        generated = secrets.token_urlsafe(12)
+        ui = ((GENERATED_USER, generated),)
+    api = tuple(parse_credentials(args.api_auth, "--api-auth") or ()) or ui
+    return Access(ui=ui, api=api, generated_password=generated)
+
+
+def announce_access(args: argparse.Namespace, access: Access):
+    if access.generated_password:
+        print(f"\nThe share link is protected: user '{GENERATED_USER}', password '{access.generated_password}'\n"
+              "(shown once; choose your own with --gradio-auth USER:PASS, or --share-no-auth to open the link to "
+              "anyone who has it)\n", flush=True)
+    if args.share and not access.ui:
+        logging.warning("--share-no-auth: anyone with the link can generate on this machine and see its outputs")
+    elif args.listen and not access.ui:
+        logging.warning("--listen without --gradio-auth: anyone on the network can use this server")
+
+
+def http_policy(args: argparse.Namespace, access: Access, outputs_dir: Path, upload_dir: Path):
+    from backend.http_security import HttpPolicy
+
+    upload_bytes = int(args.max_upload_mb * 2**20)
+    return HttpPolicy(ui_credentials=access.ui, api_credentials=access.api,
+                      allowed_origins=tuple(o.strip().rstrip("/") for o in args.cors_allow_origins.split(",")
+                                            if o.strip()),
+                      file_roots=(outputs_dir.resolve(), upload_dir.resolve()),
+                      max_body_bytes=upload_bytes * 4 // 3 + 2**20)  # base64 grows a file by 4/3; JSON around it
+
+
 def settings_from_args(args: argparse.Namespace):
     from backend.extension_installer import extension_access
     from backend.settings import Settings
@@ -93,12 +145,19 @@ def settings_from_args(args: argparse.Namespace):
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    auth = read_auth(args)
-    api_auth = parse_credentials(args.api_auth, "--api-auth")
+    page, services = launch(parse_args(argv))
+    try:
+        page.block_thread()
+    finally:
+        services.close()
+
+
+def launch(args: argparse.Namespace):
+    """Build the services and the page and start serving; returns (page, services) without blocking."""
+    access = access_from_args(args)
 
     from backend.services import build_services
-    from ui.layout import build_ui
+    from ui.layout import build_ui, drop_gradio_cors, upload_folder
 
     settings = settings_from_args(args)
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
@@ -107,25 +166,41 @@ def main(argv=None):
     threading.Thread(target=_preload, args=(services,), daemon=True).start()
     page = build_ui(services, mcp=args.mcp)
     page.queue(default_concurrency_limit=None)
-    app_kwargs = {"docs_url": "/docs", "redoc_url": "/redoc"}
+    page.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
+                auth=list(access.ui) or None, allowed_paths=[str(settings.outputs_dir.resolve())], show_error=True,
+                mcp_server=args.mcp, prevent_thread_lock=True, max_file_size=int(args.max_upload_mb * 2**20),
+                app_kwargs=app_kwargs(args, services, access, http_policy(args, access, settings.outputs_dir,
+                                                                           upload_folder())),
+                head=services.extensions.page_head() or None)
+    drop_gradio_cors(page)
+    announce_access(args, access)
+    return page, services
+
+
+def app_kwargs(args: argparse.Namespace, services, access: Access, policy) -> dict:
+    """What Gradio passes to its FastAPI app: our routes, given to the constructor so they answer from the first
+    request on, and the middleware that guards every route (ours and Gradio's)."""
+    from starlette.middleware import Middleware
+    from starlette.middleware.cors import CORSMiddleware
+
+    from backend.http_security import HttpSecurityMiddleware
+
+    routes = []
     if args.api:
         from backend.api_routes import build_api_router
 
-        # Given to the app's constructor, so the API answers from the first request on.
-        app_kwargs["routes"] = list(build_api_router(services, api_auth).routes)
+        routes += build_api_router(services, list(access.api) or None).routes
         logging.info("REST API at /sdapi/v1, documentation at /docs")
     if services.extensions.hooks.routes:
         from backend.api_routes import build_extension_router
 
-        app_kwargs["routes"] = app_kwargs.get("routes", []) + list(build_extension_router(services, api_auth).routes)
-    page.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
-                auth=auth, allowed_paths=[str(settings.outputs_dir.resolve())], show_error=True,
-                mcp_server=args.mcp, prevent_thread_lock=True, app_kwargs=app_kwargs,
-                head=services.extensions.page_head() or None)
-    try:
-        page.block_thread()
-    finally:
-        services.close()
+        routes += build_extension_router(services, list(access.api) or None).routes
+    # Starlette's CORS middleware with only the origins the operator named (none by default); its presence also
+    # turns off Gradio's own, which allows any origin when the server is reached by a non-localhost name.
+    cors = Middleware(CORSMiddleware, allow_origins=list(policy.allowed_origins), allow_credentials=True,
+                      allow_methods=["*"], allow_headers=["*"])
+    return {"docs_url": "/docs", "redoc_url": "/redoc", "routes": routes,
+            "middleware": [cors, Middleware(HttpSecurityMiddleware, policy=policy)]}
 
 
 def _preload(services):

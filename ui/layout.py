@@ -1,7 +1,11 @@
 """The whole page: model picker and queue on top, one tab per feature."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
+from gradio.route_utils import CustomCORSMiddleware
+from gradio.utils import get_upload_folder
 
 from backend.services import Services
 from ui.extension_sections import build_extension_tabs
@@ -17,6 +21,20 @@ from ui.txt2img_tab import build_txt2img_tab
 from ui.upscale_tab import build_upscale_tab
 
 QUEUE_REFRESH_SECONDS = 1.0
+
+
+def upload_folder() -> Path:
+    """Where Gradio keeps uploads and the files it serves for components (GRADIO_TEMP_DIR)."""
+    return Path(get_upload_folder())
+
+
+def drop_gradio_cors(page: gr.Blocks):
+    """Gradio adds its own CORS middleware outermost, and it allows every origin, with credentials, whenever the
+    server is reached by a name other than localhost (a LAN address, a share link). Ours (app.py) allows only
+    --cors-allow-origins, so Gradio's is taken out of the running app and the middleware stack rebuilt."""
+    app = page.server_app
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not CustomCORSMiddleware]
+    app.middleware_stack = app.build_middleware_stack()
 
 
 def model_size_updates(services: Services, title: str) -> tuple:
