@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="also serve txt2img and img2img as MCP tools for AI assistants (Gradio's MCP server)")
     net.add_argument("--enable-insecure-extension-access", action="store_true",
                      help="allow installing/updating/removing extensions even with --listen or --share")
+    net.add_argument("--enable-server-folders", action="store_true",
+                     help="allow upscaling a folder on the server (Batch from directory) even with --listen or --share")
     paths = parser.add_argument_group("folders")
     paths.add_argument("--models-dir", type=Path, default=APP_DIR / "models",
                        help="root holding Stable-diffusion/, Lora/, VAE/, ESRGAN/ (A1111 layout)")
@@ -127,6 +129,15 @@ def http_policy(args: argparse.Namespace, access: Access, outputs_dir: Path, upl
                       max_body_bytes=upload_bytes * 4 // 3 + 2**20)  # base64 grows a file by 4/3; JSON around it
 
 
+def server_folder_access(args: argparse.Namespace) -> str | None:
+    """Why jobs may not read folders on the server (None: they may): a remote user could otherwise read any image
+    the server's account can."""
+    if (args.listen or args.share) and not args.enable_server_folders:
+        return ("reading folders on the server is off while it is reachable from other machines (--listen/--share); "
+                "upload the images instead, or start with --enable-server-folders")
+    return None
+
+
 def settings_from_args(args: argparse.Namespace):
     from backend.extension_installer import extension_access
     from backend.settings import Settings
@@ -136,6 +147,7 @@ def settings_from_args(args: argparse.Namespace):
                     extensions_dir=args.extensions_dir,
                     extension_install_refused=extension_access(args.listen, args.share,
                                                                args.enable_insecure_extension_access),
+                    server_folders_refused=server_folder_access(args),
                     cache_dir=args.cache_dir, startup_checkpoint=args.ckpt, device=args.device,
                     precision=args.precision, xformers=args.xformers, max_models_in_memory=args.max_models,
                     max_cache_gb=args.max_cache_gb, offline=os.environ.get("HF_HUB_OFFLINE") == "1",
@@ -161,6 +173,7 @@ def launch(args: argparse.Namespace):
 
     settings = settings_from_args(args)
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
+    limit_decoded_images()
     services = build_services(settings)
     # Load the first model in the background so the page answers at once.
     threading.Thread(target=_preload, args=(services,), daemon=True).start()
@@ -175,6 +188,16 @@ def launch(args: argparse.Namespace):
     drop_gradio_cors(page)
     announce_access(args, access)
     return page, services
+
+
+def limit_decoded_images():
+    """Pillow refuses, from the header, images over twice MAX_IMAGE_PIXELS; set so that this happens at our input
+    limit everywhere, also where Gradio decodes an upload itself (the inpainting editor)."""
+    from PIL import Image
+
+    from backend.image_input import MAX_INPUT_PIXELS
+
+    Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS // 2
 
 
 def app_kwargs(args: argparse.Namespace, services, access: Access, policy) -> dict:

@@ -36,6 +36,7 @@ class Generator:
     upscalers: Upscalers | None = None  # image upscalers for Extras jobs and the hires fix
     networks: Networks | None = None  # LoRAs, embeddings, VAEs, prompt encoding: needed by generation jobs
     hooks: ExtensionHooks = field(default_factory=ExtensionHooks)  # what extensions registered
+    server_folders_refused: str | None = None  # why an Extras job may not read a server folder, or None
 
     def generate(self, request, progress: JobProgress) -> GenerationResult:
         if isinstance(request, ExtrasRequest):
@@ -57,6 +58,8 @@ class Generator:
     def extras(self, request: ExtrasRequest, progress: JobProgress) -> GenerationResult:
         if self.upscalers is None:
             raise RequestError("request", "upscaling is not available in this server")
+        if request.input_dir and self.server_folders_refused:
+            raise RequestError("input_dir", self.server_folders_refused)
         return run_extras(request, self.upscalers, self.outputs, progress)
 
     def txt2img(self, request: Txt2ImgRequest, progress: JobProgress) -> GenerationResult:

@@ -44,12 +44,16 @@ def _check_finite_range(value: float, low: float, high: float) -> float:
     return _check_range(value, low, high)
 
 
+MAX_PROMPT_CHARACTERS = 20_000
+
+
 class GenerationRequest(BaseModel):
     """Fields every generation job has. Field names follow A1111's /sdapi/v1 API."""
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
 
-    prompt: str = ""
-    negative_prompt: str = ""
+    # long enough for any real prompt (hundreds of 75-token chunks); a megabyte of text is refused, not encoded
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS)
     sampler_name: str = "DPM++ 2M"
     scheduler: str = "Automatic"
     steps: int = 20

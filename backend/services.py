@@ -55,7 +55,8 @@ def build_services(settings: Settings) -> Services:
     extensions = Extensions(settings.extensions_dir, settings.extensions_state_file, settings.outputs_dir)
     extensions.load_all()  # a broken extension is recorded and skipped; the app starts regardless
     upscalers.from_extensions = extensions.hooks.upscalers
-    generator = Generator(models, outputs, previews, settings.preview_every, upscalers, networks, extensions.hooks)
+    generator = Generator(models, outputs, previews, settings.preview_every, upscalers, networks, extensions.hooks,
+                          server_folders_refused=settings.server_folders_refused)
     history = JobHistory(settings.outputs_dir / "history.sqlite3")
     interrupted = history.mark_unfinished_interrupted()
     if interrupted:

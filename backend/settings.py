@@ -16,6 +16,7 @@ class Settings:
     vae_folder: Path | None = None  # defaults to <models_dir>/VAE
     extensions_dir: Path | None = None  # None: no extensions (tests); app.py passes ./extensions
     extension_install_refused: str | None = None  # why installing extensions is off (--listen/--share), or None
+    server_folders_refused: str | None = None  # why jobs may not read server folders (--listen/--share), or None
     startup_checkpoint: str | None = None
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto | fp32 | fp16 | bf16

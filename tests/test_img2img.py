@@ -137,11 +137,11 @@ def test_mask_of_another_size_is_resized_and_logged(services, caplog):
 
 
 @pytest.mark.parametrize("fields,field,message", [
-    ({"init_image": b"<svg xmlns='http://www.w3.org/2000/svg'/>"}, "init_image", "PNG, JPEG or WEBP"),
+    ({"init_image": b"<svg xmlns='http://www.w3.org/2000/svg'/>"}, "init_image", "PNG, JPEG, WEBP"),
     ({"denoising_strength": 1.5}, "denoising_strength", "between 0 and 1"),
     ({"denoising_strength": float("nan")}, "denoising_strength", "finite"),
     ({"outpaint_left": 12}, "outpaint_left", "multiple of 8"),
-    ({"mask": b"not an image"}, "mask", "PNG, JPEG or WEBP"),
+    ({"mask": b"not an image"}, "mask", "PNG, JPEG, WEBP"),
     ({"resize_mode": 3}, "resize_mode", "between 0 and 2"),
 ])
 def test_bad_img2img_input(fields, field, message):

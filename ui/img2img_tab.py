@@ -55,6 +55,10 @@ def editor_image_and_mask(value: dict | None) -> tuple[bytes, bytes]:
     return png_bytes(background.convert("RGB")), png_bytes(mask)
 
 
+# Image inputs are file paths with image_mode=None: Gradio then only reads the header, and the request decodes,
+# checks and re-encodes the file itself (backend.image_input), so an oversized image is refused before decoding.
+
+
 def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int, int] | None) -> Img2ImgTab:
     top = build_prompt_row("img2img")
     build_extra_networks(services, "img2img", top["prompt"])
@@ -63,8 +67,8 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
             mode = gr.State("img2img")
             with gr.Tabs(elem_id="img2img_modes") as modes:
                 with gr.Tab("img2img", id="img2img_mode") as img2img_tab:
-                    init_image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"],
-                                          elem_id="img2img_image", height=420)
+                    init_image = gr.Image(label="Image", type="filepath", image_mode=None,
+                                          sources=["upload", "clipboard"], elem_id="img2img_image", height=420)
                 with gr.Tab("Inpaint", id="inpaint_mode") as inpaint_tab:
                     editor = gr.ImageEditor(
                         label="Image - paint the area to change", type="pil", elem_id="img2img_inpaint_editor",
@@ -73,11 +77,13 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
                         eraser=gr.Eraser(default_size=24))
                 with gr.Tab("Inpaint upload", id="inpaint_upload_mode") as upload_tab:
                     with gr.Row():
-                        upload_image = gr.Image(label="Image", type="filepath", elem_id="img2img_upload_image")
-                        upload_mask = gr.Image(label="Mask (white = repaint)", type="filepath",
+                        upload_image = gr.Image(label="Image", type="filepath", image_mode=None,
+                                                elem_id="img2img_upload_image")
+                        upload_mask = gr.Image(label="Mask (white = repaint)", type="filepath", image_mode=None,
                                                elem_id="img2img_upload_mask")
                 with gr.Tab("Outpaint", id="outpaint_mode") as outpaint_tab:
-                    outpaint_image = gr.Image(label="Image", type="filepath", elem_id="img2img_outpaint_image")
+                    outpaint_image = gr.Image(label="Image", type="filepath", image_mode=None,
+                                              elem_id="img2img_outpaint_image")
                     with gr.Row():
                         margins = [gr.Slider(label=f"Extend {side} (px)", minimum=0, maximum=512, step=8, value=0,
                                              elem_id=f"img2img_outpaint_{side}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
+from backend.image_input import ACCEPTED_FORMATS, ACCEPTED_TEXT
 from backend.outputs import read_infotext
 from backend.services import Services
 from ui.generation_form import PRIVATE
@@ -13,7 +14,8 @@ from ui.send_to import SendTo
 def build_png_info_tab(services: Services, send_to: SendTo):
     with gr.Row():
         # A file path, not a decoded image: the metadata must come from the file exactly as uploaded.
-        source = gr.Image(label="Source", type="filepath", sources=["upload", "clipboard"], elem_id="pnginfo_image")
+        source = gr.Image(label="Source", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                          elem_id="pnginfo_image")
         with gr.Column():
             parameters = gr.Textbox(label="Parameters", lines=8, interactive=False, elem_id="pnginfo_parameters")
             with gr.Row():
@@ -26,10 +28,10 @@ def build_png_info_tab(services: Services, send_to: SendTo):
         if not path:
             return ""
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=ACCEPTED_FORMATS) as image:  # the header and text chunks only
                 return read_infotext(image) or "This image has no generation parameters."
-        except (UnidentifiedImageError, OSError):
-            return "This file is not a readable PNG, JPEG or WEBP image."
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+            return f"This file is not {ACCEPTED_TEXT}."
 
     source.change(read, inputs=source, outputs=parameters, **PRIVATE)
     send_to.to_txt2img(to_txt2img, parameters)

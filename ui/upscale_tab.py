@@ -43,14 +43,15 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
         with gr.Column():
             with gr.Tabs(elem_id="upscale_source_tabs") as source_tabs:
                 with gr.Tab("Single image", id="single") as single_tab:
-                    single = gr.Image(label="Source", type="filepath", sources=["upload", "clipboard"],
+                    single = gr.Image(label="Source", type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                       elem_id="upscale_image")
                 with gr.Tab("Batch process", id="batch") as batch_tab:
                     files = gr.File(label="Images", file_count="multiple", file_types=["image"],
                                     type="filepath", elem_id="upscale_files")
                 with gr.Tab("Batch from directory", id="folder") as folder_tab:
-                    folder = gr.Textbox(label="Input directory (a folder on the server)",
-                                        elem_id="upscale_input_dir")
+                    refused = services.settings.server_folders_refused
+                    folder = gr.Textbox(label="Input directory (a folder on the server)", interactive=not refused,
+                                        info=refused.capitalize() if refused else None, elem_id="upscale_input_dir")
             source = gr.State("single")
             with gr.Tabs(elem_id="upscale_resize_tabs"):
                 with gr.Tab("Scale by", id="scale_by") as scale_by_tab:
