@@ -1,5 +1,6 @@
 """Request and response bodies of the A1111-compatible REST API (/sdapi/v1), with A1111's field names
-and defaults. Fields we accept for compatibility but cannot honour yet are refused with 501 when set."""
+and defaults. Fields we accept for compatibility but cannot honour yet are refused with 422 when set ("not
+supported by this version"), never silently ignored."""
 from __future__ import annotations
 
 from typing import Any
@@ -77,6 +78,11 @@ class Img2ImgBody(GenerationBody):
     inpaint_full_res_padding: int = 0
     inpainting_mask_invert: int = 0
     include_init_images: bool = False
+
+
+class ApiError(BaseModel):
+    """The body of a 4xx answer: a message naming the field (ours), or a list of errors (FastAPI's own checks)."""
+    detail: str | list[dict[str, Any]]
 
 
 class GenerationResponse(BaseModel):

@@ -9,22 +9,24 @@ import html
 import io
 import json
 import logging
+import math
 import secrets
 from typing import Any
 
 import psutil
 import torch
-from fastapi import APIRouter, Body, Depends, HTTPException, Query
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from backend.api_models import (HIRES_SAME, CheckpointItem, ExtrasBaseBody, ExtrasBatchImagesBody,
+from backend.api_models import (HIRES_SAME, ApiError, CheckpointItem, ExtrasBaseBody, ExtrasBatchImagesBody,
                                 ExtrasBatchImagesResponse, ExtrasSingleImageBody, ExtrasSingleImageResponse,
                                 GenerationBody, GenerationResponse, Img2ImgBody, LatentUpscaleModeItem, PngInfoBody,
                                 PngInfoResponse, ProgressResponse, PromptStyleItem, SamplerItem, SchedulerItem,
                                 Txt2ImgBody, UpscalerItem, LoraItem, VaeItem, EmbeddingItem, EmbeddingsResponse)
 from backend.checkpoint_files import CheckpointError, read_safetensors_metadata, sniff_format
 from backend.extras import check_request
+from backend.image_input import ImageInputError, open_image
 from backend.infotext import parse_infotext
 from backend.job_queue import Job
 from backend.outputs import read_infotext
@@ -49,7 +51,7 @@ def lora_metadata(path) -> dict[str, Any]:
 
 
 def decode_image(data: str, field: str) -> Image.Image:
-    """base64 (or a data: URL) -> a decoded, verified image; 422 naming the field otherwise."""
+    """base64 (or a data: URL) -> a decoded, checked image (see backend.image_input); 422 naming the field."""
     if data.startswith("data:"):
         data = data.split(",", 1)[-1]
     try:
@@ -57,11 +59,9 @@ def decode_image(data: str, field: str) -> Image.Image:
     except (binascii.Error, ValueError):
         raise HTTPException(status_code=422, detail=f"{field}: not valid base64") from None
     try:
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        raise HTTPException(status_code=422, detail=f"{field}: not a readable PNG, JPEG or WEBP image") from None
-    return image
+        return open_image(raw)
+    except ImageInputError as error:
+        raise HTTPException(status_code=422, detail=f"{field}: {error}") from None
 
 
 def _unsupported_fields(body: GenerationBody) -> list[str]:
@@ -87,7 +87,7 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
     """The request fields txt2img and img2img share, from an A1111 body."""
     unsupported = _unsupported_fields(body)
     if unsupported:
-        raise HTTPException(status_code=501, detail=f"{', '.join(unsupported)}: not supported by this version yet")
+        raise HTTPException(status_code=422, detail=f"{', '.join(unsupported)}: not supported by this version yet")
     overrides = dict(body.override_settings or {})
     checkpoint = overrides.pop("sd_model_checkpoint", None)
     vae = overrides.pop("sd_vae", "Automatic")
@@ -99,6 +99,9 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         services.networks.check_vae(str(vae))
     except RequestError as error:
         raise HTTPException(status_code=422, detail=f"override_settings.{error}") from None
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        raise HTTPException(status_code=422, detail="override_settings.sd_model_checkpoint: must be a checkpoint "
+                                                    f"title or name (a string); got {checkpoint!r}")
     if checkpoint is not None:
         try:
             checkpoint = services.models.resolve(checkpoint).title
@@ -161,7 +164,7 @@ def extras_request(body: ExtrasBaseBody, images: list[bytes], services: Services
     """An A1111 extras body -> our request, checked (names, sizes) before it is queued. Not saved, as A1111's
     API does not save extras results."""
     if body.gfpgan_visibility or body.codeformer_visibility:
-        raise HTTPException(status_code=501, detail="gfpgan_visibility/codeformer_visibility: face restoration is "
+        raise HTTPException(status_code=422, detail="gfpgan_visibility/codeformer_visibility: face restoration is "
                                                     "not supported by this version yet")
     request = _build(ExtrasRequest, {
         "images": images, "resize_mode": body.resize_mode, "upscaling_resize": body.upscaling_resize,
@@ -188,9 +191,11 @@ def img2img_request(body: Img2ImgBody, services: Services) -> Img2ImgRequest:
     if not body.init_images:
         raise HTTPException(status_code=422, detail="init_images: give one base64 image")
     if len(body.init_images) > 1:
-        raise HTTPException(status_code=501, detail="init_images: only one init image per request is supported")
+        raise HTTPException(status_code=422, detail="init_images: more than one init image per request is not "
+                                                    "supported by this version; give one")
     if body.mask_blur is None and body.mask_blur_x != body.mask_blur_y:
-        raise HTTPException(status_code=501, detail="mask_blur_x/mask_blur_y: different blurs are not supported")
+        raise HTTPException(status_code=422, detail="mask_blur_x/mask_blur_y: different blurs are not supported "
+                                                    "by this version; give mask_blur")
     return _build(Img2ImgRequest, {
         **_common_fields(body, services), "init_image": image_bytes(body.init_images[0], "init_images[0]"),
         "mask": image_bytes(body.mask, "mask") if body.mask else None,
@@ -245,6 +250,49 @@ def _png_base64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800": JSON can escape one, but it is not text
+        return False
+    return True
+
+
+def _json_value_problem(value: Any, where: str) -> str | None:
+    """Invalid to answer about: NaN/Infinity (Python's json reads them, but no response or error message holding
+    one can be written back) and lone surrogates (they cannot be encoded). Walked with a stack: bodies can nest."""
+    pending = [(value, where)]
+    while pending:
+        value, where = pending.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{where or 'body'}: must be a finite number; got {value}"
+        if isinstance(value, str) and not _is_text(value):
+            return f"{where or 'body'}: not valid Unicode text (it holds a lone surrogate): {value[:40]!r}"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not _is_text(key):
+                    return f"{where or 'body'}: the key {key[:40]!r} is not valid Unicode text"
+                pending.append((item, f"{where}.{key}" if where else key))
+        elif isinstance(value, list):
+            pending.extend((item, f"{where}[{index}]") for index, item in enumerate(value))
+    return None
+
+
+async def refuse_unanswerable_json(request: Request):
+    """A dependency of every API route (after the credentials): a JSON body holding NaN, Infinity or a lone
+    surrogate gets a 422 naming the field. Left alone, such a value ends in a 500 when an answer or an error
+    message echoing it is encoded."""
+    if not await request.body():
+        return
+    try:
+        body = await request.json()  # FastAPI has read and parsed it already; this is its cached copy
+    except (ValueError, RecursionError):
+        return  # not JSON: FastAPI answers that itself
+    problem = _json_value_problem(body, "")
+    if problem:
+        raise HTTPException(status_code=422, detail=problem)
+
+
 def basic_auth(pairs: list[tuple[str, str]] | None):
     """HTTP Basic for the API when --api-auth is given; constant-time comparison."""
     if not pairs:
@@ -263,7 +311,9 @@ def basic_auth(pairs: list[tuple[str, str]] | None):
 
 
 def build_api_router(services: Services, auth: list[tuple[str, str]] | None = None) -> APIRouter:
-    api = APIRouter(prefix="/sdapi/v1", dependencies=basic_auth(auth), tags=["sdapi"])
+    # Bad input and what this version cannot do both answer 422 with a `detail` naming the field (never a 5xx).
+    api = APIRouter(prefix="/sdapi/v1", dependencies=[*basic_auth(auth), Depends(refuse_unanswerable_json)],
+                    tags=["sdapi"], responses={422: {"model": ApiError, "description": "Invalid or unsupported input"}})
 
     def run(request, body: GenerationBody) -> GenerationResponse:
         try:
@@ -480,7 +530,8 @@ def build_api_router(services: Services, auth: list[tuple[str, str]] | None = No
 
 def build_extension_router(services: Services, auth: list[tuple[str, str]] | None = None) -> APIRouter:
     """Extensions' REST routes, each under /extensions/<extension>/, behind the API's credentials."""
-    router = APIRouter(prefix="/extensions", dependencies=basic_auth(auth), tags=["extensions"])
+    router = APIRouter(prefix="/extensions", dependencies=[*basic_auth(auth), Depends(refuse_unanswerable_json)],
+                       tags=["extensions"])
     for route in services.extensions.hooks.routes:
         path, endpoint, methods = route.value
         router.add_api_route(f"/{route.extension}/{path}", endpoint, methods=list(methods))

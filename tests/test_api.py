@@ -96,12 +96,13 @@ def test_bad_fields_get_422_naming_the_field(client, payload, field):
     assert field in json.dumps(response.json()["detail"])
 
 
-def test_unsupported_features_answer_501_never_pretend(client):
+def test_unsupported_features_answer_422_never_pretend(client):
     response = client.post("/txt2img", json={**FAST, "enable_hr": True, "hr_checkpoint_name": "other.safetensors"})
-    assert response.status_code == 501 and "hr_checkpoint_name" in response.json()["detail"]
+    assert response.status_code == 422 and "hr_checkpoint_name" in response.json()["detail"]
+    assert "not supported by this version" in response.json()["detail"]
     response = client.post("/extra-single-image", json={"image": png_b64(Image.new("RGB", (8, 8))),
                                                         "upscaler_1": "Lanczos", "codeformer_visibility": 1})
-    assert response.status_code == 501 and "face restoration" in response.json()["detail"]
+    assert response.status_code == 422 and "face restoration" in response.json()["detail"]
 
 
 def test_png_info_reads_ours_a1111_and_jpeg_exif(client):
@@ -274,7 +275,7 @@ def test_img2img_with_mask_and_a1111_defaults(client):
     ({"init_images": ["%%%"]}, 422, "init_images[0]"),
     ({"init_images": ["VALID"], "mask": "%%%"}, 422, "mask"),
     ({"init_images": ["VALID"], "denoising_strength": 2}, 422, "denoising_strength"),
-    ({"init_images": ["VALID", "VALID"]}, 501, "init_images"),
+    ({"init_images": ["VALID", "VALID"]}, 422, "init_images: more than one"),
     ({"init_images": ["VALID"], "mask": "EMPTY"}, 422, "mask: the mask is empty"),
 ])
 def test_img2img_errors(client, body, status, field):
