@@ -7,6 +7,7 @@ import io
 import json
 import os
 import re
+import shutil
 
 import httpx
 import pytest
@@ -214,6 +215,30 @@ def test_bodies_over_the_upload_limit_are_refused(server, logged_in):
                           headers={"content-type": "application/json"})
     assert streamed.status_code == 413
     assert logged_in.get("/config").status_code == 200  # and the server goes on serving
+
+
+def test_browser_logs_in_and_generates(server):
+    """The login page works with the guard in front (its assets are public), and after logging in the page can
+    run a job and show the image from the outputs folder."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        page = browser.new_page()
+        refused = []
+        page.on("response", lambda answer: refused.append(answer.url) if answer.status >= 500 else None)
+        page.goto(server["url"] + "/")
+        page.get_by_label("username").fill(USER)
+        page.get_by_label("password").fill(PASSWORD)
+        page.get_by_role("button", name="Login").click()
+        page.locator("#txt2img_prompt textarea").fill("a red circle", timeout=120_000)
+        page.locator("#txt2img_steps input[type=number]").fill("2")
+        page.locator("#txt2img_generate").click()
+        image = page.locator("#txt2img_gallery img").first
+        image.wait_for(timeout=120_000)
+        source = image.get_attribute("src")
+        browser.close()
+    assert "/gradio_api/file=" in source and not refused
 
 
 def test_password_guessing_is_throttled(server):
