@@ -13,6 +13,7 @@ from typing import Callable
 from backend.extension_api import ExtensionHooks, SaveInfo, StepInfo
 from backend.extras import run_extras
 from backend.hires_fix import HiresPlan
+from backend.hires_sizes import hires_sizes
 from backend.img2img import Img2ImgPlan
 from backend.infotext import build_infotext
 from backend.job_queue import BatchSkipped, JobInterrupted, JobProgress
@@ -24,7 +25,19 @@ from backend.previews import PreviewRenderer
 from backend.requests import (ExtrasRequest, GenerationRequest, GenerationResult, ImageResult, Img2ImgRequest,
                               RequestError, Txt2ImgRequest)
 from backend.samplers import build_scheduler, resolve_sampler
+from backend.speed_options import vae_tiling
 from backend.upscalers import Upscalers
+
+
+def output_size(request: GenerationRequest) -> tuple[int, int]:
+    """Width and height of the images the job decodes (after hires fix or outpainting)."""
+    if isinstance(request, Txt2ImgRequest) and request.enable_hr:
+        return hires_sizes(request.width, request.height, request.hr_scale, request.hr_resize_x,
+                           request.hr_resize_y).final
+    if isinstance(request, Img2ImgRequest):
+        return (request.width + request.outpaint_left + request.outpaint_right,
+                request.height + request.outpaint_up + request.outpaint_down)
+    return request.width, request.height
 
 
 @dataclass
@@ -95,8 +108,12 @@ class Generator:
         progress.batches = request.n_iter
         images: list[ImageResult] = []
         with (self.models.lease(request.checkpoint) as (entry, model),  # never evicted while the job runs
-              self._networks.prepare(request, model, entry.path) as prompts):  # LoRAs removed afterwards
+              self._networks.prepare(request, model, entry.path) as prompts,  # LoRAs removed afterwards
+              vae_tiling(prompts.vae or model.pipeline.vae,
+                         self.models.settings.speed.tiles_vae(*output_size(request))) as tiled_vae):
             pipelines: dict[str, object] = {}
+            if tiled_vae:  # tiles blend at their seams: the pixels differ slightly from a whole-image decode
+                extra_parameters = {**extra_parameters, "Tiled VAE": "True"}
 
             def pipeline_for(task: str):
                 if task not in pipelines:

@@ -23,6 +23,7 @@ from backend.devices import attention_backend
 from backend.job_queue import is_out_of_memory
 from backend.model_registry import CheckpointEntry, ModelRegistry
 from backend.settings import Settings
+from backend.speed_options import compile_unet, place
 
 log = logging.getLogger(__name__)
 # owner/name as the Hugging Face Hub allows them; anything else (paths, `..`, backslashes) is no repo id
@@ -41,6 +42,7 @@ class CachedModel:
     leases: int = 0
     on_device: bool = False
     load_seconds: float = 0.0
+    compiled: bool = False  # --compile is applied once per load
 
 
 @dataclass
@@ -163,18 +165,23 @@ class ModelManager:
             raise CheckpointError(f"{entry.title} could not be loaded: {type(error).__name__}: {error}") from error
 
     def _place_on_device(self, cached: CachedModel):
-        """GPU tier: at most max_models_on_gpu models live on the accelerator; the rest wait in RAM."""
+        """GPU tier: at most max_models_on_gpu models live on the accelerator; the rest wait in RAM. With
+        offloading (--medvram/--lowvram) diffusers moves the parts itself, so no tier is kept."""
         if cached.on_device:
             return
-        if self.device.type != "cpu":
+        speed = self.settings.speed
+        if self.device.type != "cpu" and speed.offload == "none":
             with self._lock:
                 resident = [c for c in self._cache.values() if c.on_device and c is not cached and c.leases == 0]
                 while resident and len(resident) + 1 > self.settings.max_models_on_gpu:
                     victim = resident.pop(0)
                     victim.model.pipeline.to("cpu")
                     victim.on_device = False
-        self._with_oom_retry(lambda: cached.model.pipeline.to(self.device))
-        status = attention_backend(cached.model.pipeline, self.settings.xformers, self.device)
+        placement = self._with_oom_retry(lambda: place(cached.model.pipeline, self.device, speed))
+        if not cached.compiled:
+            placement += "; " + compile_unet(cached.model.pipeline, self.device, speed)
+            cached.compiled = True
+        status = attention_backend(cached.model.pipeline, self.settings.xformers, self.device) + "; " + placement
         if status != self.attention_status:
             log.info(status)
         self.attention_status = status
@@ -220,3 +227,9 @@ class ModelManager:
     def cached_titles(self) -> list[str]:
         with self._lock:
             return [c.entry.title for c in self._cache.values()]
+
+    def cache_report(self) -> list[dict]:
+        """What the cache holds now, least recently used first: title, size, where, in use, load time."""
+        with self._lock:
+            return [{"title": c.entry.title, "size_bytes": c.size_bytes, "on_device": c.on_device,
+                     "in_use": c.leases > 0, "load_seconds": c.load_seconds} for c in self._cache.values()]

@@ -30,6 +30,18 @@ class Settings:
     upscale_tile_overlap: int = 16  # pixels shared by neighbouring tiles, blended so no seams show
     max_upscale_size: int = 8192  # the largest width or height an upscale (extras) may produce
     max_upscalers_in_memory: int = 2  # loaded upscaler models kept for the next job
+    offload: str = "none"  # none | model (--medvram) | sequential (--lowvram): for GPUs with little memory
+    compile_unet: bool = False  # --compile: torch.compile the UNet (first job after a load pays the compile)
+    vae_tiling: str = "auto"  # auto | always | never: decode large images in tiles (--tiled-vae)
+    compile_cache_dir: Path | None = None  # compiled kernels kept across restarts; None: <cache_dir>/torch-compile
+
+    @property
+    def speed(self):
+        """The speed/memory options as backend.speed_options applies them."""
+        from backend.speed_options import SpeedOptions  # torch is imported there; Settings is built before that
+
+        return SpeedOptions(offload=self.offload, compile=self.compile_unet, vae_tiling=self.vae_tiling,
+                            compile_cache_dir=self.compile_cache_dir or self.cache_dir / "torch-compile")
 
     @property
     def styles_file(self) -> Path:

@@ -17,6 +17,7 @@ from ui.model_picker import build_model_picker
 from ui.png_info_tab import build_png_info_tab
 from ui.progress_view import render_queue
 from ui.send_to import SendTo
+from ui.settings_tab import build_settings_tab, render_settings
 from ui.txt2img_tab import build_txt2img_tab
 from ui.upscale_tab import build_upscale_tab
 
@@ -69,7 +70,10 @@ def build_ui(services: Services, mcp: bool = False) -> gr.Blocks:
             build_extension_tabs(services)
             with gr.Tab("Extensions", id="extensions"):
                 build_extensions_tab(services)
+            with gr.Tab("Settings", id="settings") as settings_tab:
+                settings_view = build_settings_tab(services)
         history.select(load_history, inputs=search, outputs=history_outputs, **PRIVATE)
+        settings_tab.select(lambda: render_settings(services), outputs=settings_view, **PRIVATE)
         model.checkpoint.input(lambda title: model_size_updates(services, title), inputs=model.checkpoint,
                          outputs=[txt2img.width, txt2img.height, img2img.form.width, img2img.form.height], **PRIVATE)
         send_to.to_img2img(txt2img.send_to_img2img, txt2img.selected_path, txt2img.infotext, "img2img")
