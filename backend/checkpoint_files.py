@@ -77,8 +77,13 @@ def read_weights(path: Path):
             state = load_file(str(path), device="cpu")
         except Exception as error:  # safetensors raises its own error types for corrupt files
             raise CheckpointError(f"{path.name} is not a valid safetensors file: {error}") from error
+    elif path.suffix.lower() == ".safetensors":
+        # Users trust a .safetensors name to mean "no code inside"; a pickle under that name is not loaded, even a
+        # harmless one, so the name keeps its promise (the content decides the format, the name can only refuse).
+        raise CheckpointError(f"{path.name} is named .safetensors but is a PyTorch pickle; not loaded. If you "
+                              "trust its source, rename it to .ckpt (read as weights only, never running code)")
     else:
-        name = path.name + _disguise_note(path, kind)
+        name = path.name
         try:
             # A file object, not a path: torch.load would pick a reader from the file name's extension.
             with open(path, "rb") as handle:
@@ -91,13 +96,6 @@ def read_weights(path: Path):
         except (RuntimeError, EOFError, ValueError, OSError) as error:
             raise CheckpointError(f"{name} is truncated or corrupt: {error}") from error
     return state
-
-
-def _disguise_note(path: Path, kind: str) -> str:
-    """Users trust a .safetensors name to mean "no code inside"; say so when the file is really a pickle."""
-    if path.suffix.lower() == ".safetensors" and kind != "safetensors":
-        return " (named .safetensors, but it is a PyTorch pickle)"
-    return ""
 
 
 def declared_resolution(path: Path) -> tuple[int, int] | None:

@@ -69,11 +69,15 @@ def test_diffusers_folder(loader, checkpoint_files, tmp_path):
 def test_ckpt_pickle_loads_and_format_is_sniffed_not_taken_from_name(loader, tmp_path):
     ckpt = write_tiny_checkpoint(tmp_path / "model.ckpt", "sd1", seed=1)
     assert sniff_format(ckpt) == "torch-zip"
-    misnamed = tmp_path / "really-a-pickle.safetensors"
+    assert_same_weights(tiny_components("sd1", seed=1)["unet"], loader.load(ckpt, torch.float32).pipeline.unet)
+    renamed = tmp_path / "model.pt"  # any other name: the content decides
+    shutil.copy(ckpt, renamed)
+    assert_same_weights(tiny_components("sd1", seed=1)["unet"], loader.load(renamed, torch.float32).pipeline.unet)
+    misnamed = tmp_path / "really-a-pickle.safetensors"  # but a .safetensors name must keep its promise
     shutil.copy(ckpt, misnamed)
     assert sniff_format(misnamed) == "torch-zip"
-    for path in (ckpt, misnamed):
-        assert_same_weights(tiny_components("sd1", seed=1)["unet"], loader.load(path, torch.float32).pipeline.unet)
+    with pytest.raises(CheckpointError, match="named .safetensors but is a PyTorch pickle.*rename it to .ckpt"):
+        loader.load(misnamed, torch.float32)
 
 
 class _Payload:

@@ -273,6 +273,14 @@ def write_short_header_length(path: pathlib.Path, good: pathlib.Path) -> pathlib
     return path
 
 
+def write_plain_pickle(path: pathlib.Path, good: pathlib.Path) -> pathlib.Path:
+    """The good file's weights, harmless, but as a pickle under a .safetensors name."""
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(good)), path)
+    return path
+
+
 def write_truncated(path: pathlib.Path, good: pathlib.Path) -> pathlib.Path:
     data = good.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])
@@ -284,7 +292,9 @@ HOSTILE_FILES = {
     "pickle with code": ("evil.ckpt", lambda path, good, marker: write_code_pickle(
         path, marker, {"weight": torch.zeros(1)}), "refusing to run its code"),
     "pickle with code renamed .safetensors": ("evil-renamed.safetensors", lambda path, good, marker: write_code_pickle(
-        path, marker, {"weight": torch.zeros(1)}), "named .safetensors, but it is a PyTorch pickle"),
+        path, marker, {"weight": torch.zeros(1)}), "named .safetensors but is a PyTorch pickle"),
+    "plain pickle renamed .safetensors": ("plain-renamed.safetensors", lambda path, good, marker: write_plain_pickle(
+        path, good), "named .safetensors but is a PyTorch pickle"),
     "bogus safetensors header length": ("bogus-header.safetensors", lambda path, good, marker: (
         write_bogus_header_length(path, good)), "truncated or corrupt"),
     "safetensors header length too short": ("short-header.safetensors", lambda path, good, marker: (
