@@ -38,7 +38,9 @@ class PassConditioning:
         schedules = [[(end, encoded(text)) for end, text in prompt_schedule(p, steps, hires_steps)]
                      for p in (prompt, negative_prompt)]
         longest = max(e.chunks for schedule in schedules for _, e in schedule)
-        empty = encoded("")
+        # encoded empty chunks pad the shorter ones; encoding "" costs a text-encoder pass, so only when needed
+        needs_padding = any(e.chunks < longest for schedule in schedules for _, e in schedule)
+        empty = encoded("") if needs_padding else None
         self.positive, self.negative = (
             ScheduledPrompt(tuple((end, pad_to_chunks(e, longest, empty)) for end, e in schedule))
             for schedule in schedules)

@@ -246,7 +246,7 @@ def _apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return scaled * torch.where(meaningful, original_mean / scaled_mean, torch.ones_like(scaled_mean))
 
 
-def pad_to_chunks(encoded: EncodedPrompt, chunks: int, empty: EncodedPrompt) -> EncodedPrompt:
+def pad_to_chunks(encoded: EncodedPrompt, chunks: int, empty: EncodedPrompt | None) -> EncodedPrompt:
     """Lengthen a shorter conditioning with encoded empty chunks, so prompt and negative prompt (and every
     scheduled prompt) line up, as A1111 does."""
     missing = chunks - encoded.chunks
