@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--max-cache-gb", type=float, default=16.0, help="memory limit of that cache in GB")
     speed = parser.add_argument_group("speed and memory")
     speed.add_argument("--compile", action="store_true",
-                       help="torch.compile the UNet (on a GPU also channels_last and fused QKV): faster steps, the "
+                       help="torch.compile the UNet (on a GPU also channels_last): faster steps, the "
                             "first job after a model load waits for the compile (cached in <cache-dir>/torch-compile)")
     offload = speed.add_mutually_exclusive_group()
     offload.add_argument("--medvram", action="store_true",
@@ -181,16 +181,14 @@ def main(argv=None):
 def launch(args: argparse.Namespace):
     """Build the services and the page and start serving; returns (page, services) without blocking."""
     access = access_from_args(args)
+    settings = settings_from_args(args)  # before the heavy imports: torch may set TORCHINDUCTOR_CACHE_DIR itself
 
     from backend.services import build_services
     from ui.layout import build_ui, drop_gradio_cors, upload_folder
 
-    settings = settings_from_args(args)
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
     limit_decoded_images()
     services = build_services(settings)
-    # Load the first model in the background so the page answers at once.
-    threading.Thread(target=_preload, args=(services,), daemon=True).start()
     page = build_ui(services, mcp=args.mcp)
     page.queue(default_concurrency_limit=None)
     page.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
@@ -201,6 +199,9 @@ def launch(args: argparse.Namespace):
                 head=services.extensions.page_head() or None)
     drop_gradio_cors(page)
     announce_access(args, access)
+    # The first model loads once the page answers: its imports and weights would otherwise compete with the
+    # page's start for the CPU (diffusers' pipelines, peft and scipy are first imported here).
+    threading.Thread(target=_preload, args=(services,), daemon=True).start()
     return page, services
 
 

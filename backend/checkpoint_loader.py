@@ -7,22 +7,22 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import diffusers
+from typing import TYPE_CHECKING
+
 import torch
 import yaml
-from accelerate import init_empty_weights
-from diffusers import (AutoencoderKL, DiffusionPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline,
-                       StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline,
-                       UNet2DConditionModel)
-from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
-                                                 convert_ldm_vae_checkpoint, convert_open_clip_checkpoint)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
 
 from backend.checkpoint_files import CheckpointError, declared_resolution, load_state_dict
 from backend.clip_tokenizer import build_clip_tokenizer
 from backend.model_detection import FAMILY_LABELS, SDXL_REFINER_OPENCLIP_PREFIX, DetectedModel, detect
 from backend.original_layout import SD2_OPENCLIP_PREFIX, SDXL_OPENCLIP_PREFIX
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+# diffusers, transformers and accelerate are imported where a model is loaded, not with this module: together they
+# take seconds to import, and the page should not wait for them (bench/startup.py).
 log = logging.getLogger(__name__)
 
 
@@ -103,6 +103,8 @@ class CheckpointLoader:
         raise CheckpointError(f"checkpoint not found: {source}")
 
     def load_diffusers(self, folder_or_repo: str, dtype: torch.dtype, local_files_only: bool) -> LoadedModel:
+        from diffusers import DiffusionPipeline
+
         extra = {}
         index = Path(folder_or_repo) / "model_index.json"
         if index.is_file() and "safety_checker" in json.loads(index.read_text()):
@@ -133,6 +135,11 @@ class CheckpointLoader:
                 from error
 
     def _build(self, path: Path, state, detected: DetectedModel, dtype: torch.dtype) -> LoadedModel:
+        import diffusers
+        from accelerate import init_empty_weights
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
+
         configs = detected.configs
         with init_empty_weights():
             unet = UNet2DConditionModel.from_config(configs["unet"])
@@ -158,6 +165,10 @@ class CheckpointLoader:
         return LoadedModel(pipeline=pipeline, family=detected.family, inpainting=detected.inpainting)
 
     def _text_encoder(self, state, detected: DetectedModel, component: str, dtype: torch.dtype):
+        from accelerate import init_empty_weights
+        from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
         config = CLIPTextConfig.from_dict(detected.configs[component])
         open_clip_prefix = {("sd2", "text_encoder"): SD2_OPENCLIP_PREFIX,
                             ("sdxl", "text_encoder_2"): SDXL_OPENCLIP_PREFIX,
@@ -176,6 +187,10 @@ class CheckpointLoader:
         return materialise(model, weights, dtype, "text encoder" + (" 2" if component.endswith("2") else ""))
 
     def _assemble(self, detected: DetectedModel, components: dict, scheduler) -> DiffusionPipeline:
+        from diffusers import (StableDiffusionInpaintPipeline, StableDiffusionPipeline,
+                               StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline,
+                               StableDiffusionXLPipeline)
+
         if detected.family in ("sd1", "sd2"):
             cls = StableDiffusionInpaintPipeline if detected.inpainting else StableDiffusionPipeline
             # SD2's OpenCLIP encoder pads with "!" (as its diffusers tokenizer and A1111 do), SD1 with the end token.

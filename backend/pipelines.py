@@ -5,16 +5,14 @@ import inspect
 
 import torch
 
-from diffusers import (StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline, StableDiffusionPipeline,
-                       StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline)
-
 from backend.checkpoint_loader import LoadedModel
 from backend.requests import RequestError
 
+# diffusers class names, looked up when a job runs (importing the pipelines takes seconds; the page need not wait)
 PIPELINE_CLASSES = {
-    ("sd", "txt2img"): StableDiffusionPipeline, ("sd", "img2img"): StableDiffusionImg2ImgPipeline,
-    ("sd", "inpaint"): StableDiffusionInpaintPipeline, ("sdxl", "txt2img"): StableDiffusionXLPipeline,
-    ("sdxl", "img2img"): StableDiffusionXLImg2ImgPipeline, ("sdxl", "inpaint"): StableDiffusionXLInpaintPipeline,
+    ("sd", "txt2img"): "StableDiffusionPipeline", ("sd", "img2img"): "StableDiffusionImg2ImgPipeline",
+    ("sd", "inpaint"): "StableDiffusionInpaintPipeline", ("sdxl", "txt2img"): "StableDiffusionXLPipeline",
+    ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline", ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
 }
 
 
@@ -27,7 +25,9 @@ def job_pipeline(model: LoadedModel, task: str, scheduler, checkpoint_title: str
     if model.inpainting and task != "inpaint":
         raise RequestError("checkpoint", f"{checkpoint_title} is an {model.label} model; "
                                          "use it in the inpaint tab (or img2img with a mask)")
-    cls = PIPELINE_CLASSES[("sdxl" if model.family.startswith("sdxl") else "sd", task)]
+    import diffusers
+
+    cls = getattr(diffusers, PIPELINE_CLASSES[("sdxl" if model.family.startswith("sdxl") else "sd", task)])
     base = model.pipeline
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {name: module for name, module in base.components.items() if name in accepted}

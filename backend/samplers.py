@@ -9,8 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-import diffusers
-
 
 @dataclass(frozen=True)
 class SamplerSpec:
@@ -18,28 +16,35 @@ class SamplerSpec:
     options: dict = field(default_factory=dict)
     default_schedule: str = "Uniform"  # what A1111's "Automatic" schedule type means for this sampler
     aliases: tuple[str, ...] = ()
+    # Schedule types the scheduler class accepts. Written out for the built-in samplers (a test checks them against
+    # diffusers), so validating a request does not import diffusers, which takes seconds; None: ask diffusers.
+    schedules: tuple[str, ...] | None = None
+
+
+ALL_SCHEDULES = ("Uniform", "Karras", "Exponential", "Beta", "SGM Uniform")
+SPACING_ONLY = ("Uniform", "SGM Uniform")  # schedulers without the sigma-schedule options
 
 
 SAMPLERS = MappingProxyType({
     "DPM++ 2M": SamplerSpec("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2},
-                            "Karras", ("k_dpmpp_2m",)),
-    "DPM++ SDE": SamplerSpec("DPMSolverSDEScheduler", {}, "Karras", ("k_dpmpp_sde",)),
+                            "Karras", ("k_dpmpp_2m",), ALL_SCHEDULES),
+    "DPM++ SDE": SamplerSpec("DPMSolverSDEScheduler", {}, "Karras", ("k_dpmpp_sde",), ALL_SCHEDULES),
     "DPM++ 2M SDE": SamplerSpec("DPMSolverMultistepScheduler",
                                 {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, "Exponential",
-                                ("k_dpmpp_2m_sde",)),
+                                ("k_dpmpp_2m_sde",), ALL_SCHEDULES),
     "DPM++ 3M SDE": SamplerSpec("DPMSolverMultistepScheduler",
                                 {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, "Exponential",
-                                ("k_dpmpp_3m_sde",)),
-    "DPM2": SamplerSpec("KDPM2DiscreteScheduler", {}, "Karras", ("k_dpm_2",)),
-    "DPM2 a": SamplerSpec("KDPM2AncestralDiscreteScheduler", {}, "Karras", ("k_dpm_2_a",)),
-    "Euler a": SamplerSpec("EulerAncestralDiscreteScheduler", {}, "Uniform", ("k_euler_a",)),
-    "Euler": SamplerSpec("EulerDiscreteScheduler", {}, "Uniform", ("k_euler",)),
-    "LMS": SamplerSpec("LMSDiscreteScheduler", {}, "Uniform", ("k_lms",)),
-    "Heun": SamplerSpec("HeunDiscreteScheduler", {}, "Uniform", ("k_heun",)),
-    "DDIM": SamplerSpec("DDIMScheduler", {"set_alpha_to_one": False}, "Uniform", ("ddim",)),
-    "PLMS": SamplerSpec("PNDMScheduler", {"skip_prk_steps": True}, "Uniform", ("plms",)),
-    "UniPC": SamplerSpec("UniPCMultistepScheduler", {}, "Uniform", ("unipc",)),
-    "LCM": SamplerSpec("LCMScheduler", {}, "Uniform", ("lcm",)),
+                                ("k_dpmpp_3m_sde",), ALL_SCHEDULES),
+    "DPM2": SamplerSpec("KDPM2DiscreteScheduler", {}, "Karras", ("k_dpm_2",), ALL_SCHEDULES),
+    "DPM2 a": SamplerSpec("KDPM2AncestralDiscreteScheduler", {}, "Karras", ("k_dpm_2_a",), ALL_SCHEDULES),
+    "Euler a": SamplerSpec("EulerAncestralDiscreteScheduler", {}, "Uniform", ("k_euler_a",), SPACING_ONLY),
+    "Euler": SamplerSpec("EulerDiscreteScheduler", {}, "Uniform", ("k_euler",), ALL_SCHEDULES),
+    "LMS": SamplerSpec("LMSDiscreteScheduler", {}, "Uniform", ("k_lms",), ALL_SCHEDULES),
+    "Heun": SamplerSpec("HeunDiscreteScheduler", {}, "Uniform", ("k_heun",), ALL_SCHEDULES),
+    "DDIM": SamplerSpec("DDIMScheduler", {"set_alpha_to_one": False}, "Uniform", ("ddim",), SPACING_ONLY),
+    "PLMS": SamplerSpec("PNDMScheduler", {"skip_prk_steps": True}, "Uniform", ("plms",), SPACING_ONLY),
+    "UniPC": SamplerSpec("UniPCMultistepScheduler", {}, "Uniform", ("unipc",), ALL_SCHEDULES),
+    "LCM": SamplerSpec("LCMScheduler", {}, "Uniform", ("lcm",), SPACING_ONLY),
 })
 
 # A1111 samplers with no diffusers equivalent: named so the error can say why.
@@ -103,19 +108,31 @@ def resolve_sampler(sampler_name: str, schedule: str,
         raise SamplerError(f"scheduler: unknown schedule type '{schedule}'; choose one of {', '.join(SCHEDULE_NAMES)}")
     if schedule == "Automatic":
         schedule = table[sampler_name].default_schedule
-    cls = getattr(diffusers, table[sampler_name].scheduler_class)
-    accepted = inspect.signature(cls.__init__).parameters
-    unsupported = [flag for flag in SCHEDULES[schedule] if flag not in accepted]
-    if unsupported:
+    if schedule not in accepted_schedules(table[sampler_name]):
         raise SamplerError(f"scheduler: schedule type '{schedule}' is not available for sampler '{sampler_name}'")
     return sampler_name, schedule
+
+
+def accepted_schedules(spec: SamplerSpec) -> tuple[str, ...]:
+    """The schedule types whose config flags the sampler's scheduler class takes."""
+    if spec.schedules is not None:
+        return spec.schedules
+    accepted = inspect.signature(scheduler_class(spec.scheduler_class).__init__).parameters
+    return tuple(name for name, flags in SCHEDULES.items() if all(flag in accepted for flag in flags))
+
+
+def scheduler_class(name: str):
+    """A diffusers scheduler class by name, or None. diffusers is imported on first use, not with this module."""
+    import diffusers
+
+    return getattr(diffusers, name, None)
 
 
 def build_scheduler(sampler_name: str, schedule: str, base_config, extra: Mapping[str, SamplerSpec] | None = None):
     """A fresh scheduler for one job, from the model's own scheduler config (betas, prediction type)."""
     sampler_name, schedule = resolve_sampler(sampler_name, schedule, extra)
     spec = sampler_table(extra)[sampler_name]
-    cls = getattr(diffusers, spec.scheduler_class)
+    cls = scheduler_class(spec.scheduler_class)
     config = {**dict(base_config), **spec.options, **SCHEDULES[schedule]}
     return cls.from_config(config)
 
@@ -124,8 +141,10 @@ def check_sampler_spec(name: str, spec: SamplerSpec):
     """For samplers added by extensions: a new name, a diffusers scheduler class, a known default schedule."""
     if name in SAMPLERS or name in UNSUPPORTED_SAMPLERS:
         raise SamplerError(f"sampler {name!r} is a built-in name")
-    cls = getattr(diffusers, spec.scheduler_class, None)
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+    from diffusers import SchedulerMixin
+
+    cls = scheduler_class(spec.scheduler_class)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
         raise SamplerError(f"sampler {name!r}: {spec.scheduler_class!r} is not a diffusers scheduler class")
     if spec.default_schedule not in SCHEDULES:
         raise SamplerError(f"sampler {name!r}: unknown default schedule {spec.default_schedule!r}")

@@ -22,7 +22,7 @@ AUTO_TILING_PIXELS = 1536 * 1536  # "auto" tiles the VAE above this output size 
 @dataclass(frozen=True)
 class SpeedOptions:
     offload: str = "none"  # none | model (--medvram) | sequential (--lowvram)
-    compile: bool = False  # torch.compile the UNet (GPU: also channels_last and fused QKV projections)
+    compile: bool = False  # torch.compile the UNet (GPU: also channels_last)
     vae_tiling: str = "auto"  # auto | always | never
     compile_cache_dir: Path | None = None  # where inductor keeps compiled kernels across restarts
 
@@ -53,21 +53,22 @@ def place(pipeline, device: torch.device, options: SpeedOptions) -> str:
 
 def compile_unet(pipeline, device: torch.device, options: SpeedOptions) -> str:
     """torch.compile the UNet in place (the cached model's own pipeline, once per load). The first job after a
-    load pays the compile time; kernels are kept in `compile_cache_dir`, so a restart compiles much faster."""
+    load pays the compile time; kernels are kept in `compile_cache_dir`, so a restart compiles much faster.
+    Shapes are dynamic after the first new size (a WebUI sees many sizes; fixed shapes would recompile each time).
+    QKV projections are not fused: LoRAs are applied to the separate q/k/v layers and would be ignored."""
     if not options.compile:
         return "compile: off"
+    if options.offload != "none":  # offload hooks move weights while the compiled graph runs: not combined
+        return "compile: off (not combined with --medvram/--lowvram)"
     if options.compile_cache_dir is not None:
         options.compile_cache_dir.mkdir(parents=True, exist_ok=True)
         # inductor reads this variable whenever it looks for its cache (app.py passes the operator's own, if set)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(options.compile_cache_dir)
-    extras = []
     if device.type == "cuda":
         pipeline.unet.to(memory_format=torch.channels_last)
-        pipeline.fuse_qkv_projections()
-        extras = ["channels_last", "fused QKV"]
     pipeline.unet = torch.compile(pipeline.unet, mode="max-autotune-no-cudagraphs" if device.type == "cuda"
-                                  else "default", dynamic=False)
-    return "compile: torch.compile UNet" + (f" + {', '.join(extras)}" if extras else "")
+                                  else "default")
+    return "compile: torch.compile UNet" + (" + channels_last" if device.type == "cuda" else "")
 
 
 @contextmanager

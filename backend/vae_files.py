@@ -10,15 +10,17 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import torch
-from accelerate import init_empty_weights
-from diffusers import AutoencoderKL
-from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
 from backend.checkpoint_files import CheckpointError, load_state_dict
 from backend.checkpoint_loader import materialise
 from backend.model_hashes import HashCache
 from backend.network_files import NetworkFile, NetworkFolder
+
+if TYPE_CHECKING:  # diffusers itself is imported when a VAE is loaded: it is slow to import
+    from diffusers import AutoencoderKL
 
 VAE_EXTENSIONS = (".safetensors", ".pt", ".ckpt", ".bin")
 VAE_AUTOMATIC, VAE_NONE = "Automatic", "None"
@@ -28,6 +30,8 @@ LOSS_PREFIXES = ("loss.", "model_ema.")  # training leftovers some VAE files car
 
 def vae_weights(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
     """A VAE file's tensors (original or diffusers layout) under diffusers' names."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
     state = {key: value for key, value in state.items() if not key.startswith(LOSS_PREFIXES)}
     if any(key.startswith("encoder.down_blocks.") for key in state):
         return state
@@ -83,6 +87,9 @@ class VaeLibrary:
             weights = vae_weights(load_state_dict(entry.path), like.config)
         except KeyError as error:
             raise CheckpointError(f"{entry.file_name} is not a VAE for this model (no {error})") from None
+        from accelerate import init_empty_weights
+        from diffusers import AutoencoderKL
+
         with init_empty_weights():
             vae = AutoencoderKL.from_config(like.config)
         vae = materialise(vae, weights, like.dtype, f"VAE {entry.file_name}").to(like.device)

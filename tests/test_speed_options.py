@@ -57,9 +57,11 @@ def test_offload_flags_map_to_settings_and_say_when_they_do_nothing(make_service
         app.parse_args(["--medvram", "--lowvram"])
     settings = app.settings_from_args(app.parse_args(["--compile", "--tiled-vae", "always"]))
     assert settings.compile_unet and settings.vae_tiling == "always"
-    services = make_services(offload="model")
+    services = make_services(offload="model", compile_unet=True)
     job = run_txt2img(services, seed=2)
-    assert job.status == "done" and "--medvram needs a GPU; ignored" in services.models.attention_status
+    status = services.models.attention_status
+    assert job.status == "done" and "--medvram needs a GPU; ignored" in status
+    assert "compile: off (not combined with --medvram/--lowvram)" in status
 
 
 def test_settings_tab_shows_the_options_and_the_cache(make_services):
