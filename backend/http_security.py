@@ -213,7 +213,10 @@ class HttpSecurityMiddleware:
         unsafe = method in UNSAFE_METHODS or scope["type"] == "websocket"
         if origin and unsafe and origin not in self.policy.allowed_origins and not same_origin(origin, headers):
             return 403, f"cross-origin request from {origin} refused (see --cors-allow-origins)", {}
-        if int(headers.get("content-length") or 0) > self.policy.max_body_bytes:
+        declared = headers.get("content-length", "0").strip() or "0"
+        if not declared.isdigit():
+            return 400, "Content-Length is not a number", {}
+        if int(declared) > self.policy.max_body_bytes:
             return 413, f"request body larger than the limit of {self.policy.max_body_bytes:,} bytes", {}
         client = (scope.get("client") or ("unknown",))[0]
         if self._is_login_attempt(scope, headers):

@@ -38,7 +38,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -53,6 +52,8 @@ from pathlib import Path
 import httpx
 import psutil
 from PIL import Image
+
+from common import free_port  # bench/common.py: the scripts run as files, so bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("txt2img", "img2img", "upscale", "progress")
@@ -81,12 +82,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------- the server under test
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 class OwnServer:
     """`python app.py --api` in a temporary folder; empty models folder = the built-in demo model."""

@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+
+from common import free_port  # bench/common.py: the scripts run as files, so bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_PAGE_S = 8.0
@@ -68,12 +69,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep-workdir", action="store_true", help="keep the temporary folder (logs)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results to this JSON file")
     return parser.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---------------------------------------------------------------- one start

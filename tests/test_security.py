@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 
 import httpx
 import pytest
@@ -214,6 +215,10 @@ def test_bodies_over_the_upload_limit_are_refused(server, logged_in):
                           content=iter([b'{"image": "' + b"A" * 2**20] * 3 + [b'"}']),
                           headers={"content-type": "application/json"})
     assert streamed.status_code == 413
+    host, port = server["url"].removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as raw:  # no client library sends this
+        raw.sendall(b"POST /sdapi/v1/png-info HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}")
+        assert raw.recv(200).split(b"\r\n")[0].split()[1].startswith(b"4")
     assert logged_in.get("/config").status_code == 200  # and the server goes on serving
 
 
