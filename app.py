@@ -183,12 +183,13 @@ def launch(args: argparse.Namespace):
     access = access_from_args(args)
     settings = settings_from_args(args)  # before the heavy imports: torch may set TORCHINDUCTOR_CACHE_DIR itself
 
+    from backend.checkpoint_loader import import_model_libraries
     from backend.services import build_services
     from ui.layout import build_ui, drop_gradio_cors, upload_folder
 
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
     limit_decoded_images()
-    services = build_services(settings)
+    services = build_services(settings, start_worker=False)
     page = build_ui(services, mcp=args.mcp)
     page.queue(default_concurrency_limit=None)
     page.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
@@ -199,8 +200,10 @@ def launch(args: argparse.Namespace):
                 head=services.extensions.page_head() or None)
     drop_gradio_cors(page)
     announce_access(args, access)
-    # The first model loads once the page answers: its imports and weights would otherwise compete with the
-    # page's start for the CPU (diffusers' pipelines, peft and scipy are first imported here).
+    # The model libraries are imported once the page answers (seconds the page need not wait for), here in this
+    # thread, before the job worker and the first model load start: importing them from two threads at once fails.
+    import_model_libraries()
+    services.jobs.start()
     threading.Thread(target=_preload, args=(services,), daemon=True).start()
     return page, services
 

@@ -81,6 +81,25 @@ def _sidecar_parameterization(path: Path) -> str | None:
     return "v_prediction" if params["parameterization"] == "v" else "epsilon"
 
 
+def import_model_libraries():
+    """Import, once and from one thread, everything loading and running models needs. These libraries are not
+    safe to import from two threads at once (lazy modules and circular imports fail half-initialised), so app.py
+    calls this before the job worker and the first model load start; afterwards threads only use them."""
+    import importlib
+
+    for module in ("accelerate", "diffusers.loaders.single_file_utils", "diffusers.loaders.peft", "peft",
+                   "spandrel", "torchvision", "transformers.models.clip.modeling_clip"):
+        importlib.import_module(module)
+    import diffusers
+
+    from backend.pipelines import PIPELINE_CLASSES
+    from backend.samplers import SAMPLERS
+
+    for name in {*PIPELINE_CLASSES.values(), *(spec.scheduler_class for spec in SAMPLERS.values()),
+                 "AutoencoderKL", "AutoencoderTiny", "UNet2DConditionModel", "DiffusionPipeline"}:
+        getattr(diffusers, name)
+
+
 class CheckpointLoader:
     """Builds pipelines; holds the offline CLIP tokenizers so they are built once per app."""
 

@@ -6,7 +6,8 @@ then "<|startoftext|>" and "<|endoftext|>" (49,408 ids). Ids match the hub token
 from __future__ import annotations
 
 import gzip
-from importlib import resources
+import importlib.util
+from pathlib import Path
 
 from transformers import CLIPTokenizer
 
@@ -29,9 +30,17 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in codes)))
 
 
+def bpe_vocabulary_file() -> Path:
+    """The vocabulary file inside open_clip's package folder, found without importing open_clip (its import
+    pulls in torchvision, seconds of work a tokenizer does not need)."""
+    package = importlib.util.find_spec("open_clip")
+    if package is None or not package.submodule_search_locations:
+        raise RuntimeError("open-clip-torch is not installed; it ships the CLIP vocabulary")
+    return Path(package.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
+
+
 def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    bpe_file = resources.files("open_clip").joinpath("bpe_simple_vocab_16e6.txt.gz")
-    with bpe_file.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as text:
+    with gzip.open(bpe_vocabulary_file(), "rt", encoding="utf-8") as text:
         lines = text.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : CLIP_MERGE_COUNT + 1]]
     tokens = list(_bytes_to_unicode().values())

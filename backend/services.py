@@ -41,7 +41,9 @@ class Services:
         self.history.close()
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, start_worker: bool = True) -> Services:
+    """`start_worker=False`: the caller starts `jobs` later (app.py does, once the model libraries are imported,
+    so no job imports them from another thread at the same time)."""
     device = choose_device(settings.device)
     dtype = choose_dtype(settings.precision, device)
     hashes = HashCache(settings.cache_dir / "hashes.json")
@@ -64,7 +66,8 @@ def build_services(settings: Settings) -> Services:
                     interrupted)
     jobs = JobQueue(_attempt_runner(generator, outputs), history,
                     on_out_of_memory=lambda: _free_model_caches(models, upscalers))
-    jobs.start()
+    if start_worker:
+        jobs.start()
     return Services(settings=settings, models=models, outputs=outputs, generator=generator, jobs=jobs,
                     history=history, upscalers=upscalers, networks=networks, extensions=extensions,
                     extension_installer=ExtensionInstaller(settings.extensions_dir,
