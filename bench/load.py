@@ -53,7 +53,7 @@ import httpx
 import psutil
 from PIL import Image
 
-from common import free_port  # bench/common.py: the scripts run as files, so bench/ is on sys.path
+from common import free_port, stop_process  # bench/common.py: the scripts run as files, so bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("txt2img", "img2img", "upscale", "progress")
@@ -131,14 +131,7 @@ class OwnServer:
             return "(no server log)"
 
     def stop(self):
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(SERVER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(SERVER_STOP_TIMEOUT_S)
+        stop_process(self.process, SERVER_STOP_TIMEOUT_S)
 
     def remove_workdir(self):
         shutil.rmtree(self.workdir, ignore_errors=True)

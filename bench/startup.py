@@ -45,7 +45,7 @@ from pathlib import Path
 
 import httpx
 
-from common import free_port  # bench/common.py: the scripts run as files, so bench/ is on sys.path
+from common import free_port, stop_process  # bench/common.py: the scripts run as files, so bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_PAGE_S = 8.0
@@ -144,14 +144,7 @@ class Launch:
         return timed
 
     def stop(self):
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(STOP_TIMEOUT_S)
+        stop_process(self.process, STOP_TIMEOUT_S)
 
 
 def first_log_time(launch: Launch, contains: str = "") -> float | None:
