@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import math
-import secrets
 from typing import Any
 
 import psutil
@@ -27,6 +26,7 @@ from backend.api_models import (HIRES_SAME, ApiError, CheckpointItem, ExtrasBase
 from backend.checkpoint_files import CheckpointError, read_safetensors_metadata, sniff_format
 from backend.extras import check_request
 from backend.image_input import ImageInputError, open_image
+from backend.http_security import credentials_match
 from backend.infotext import parse_infotext
 from backend.job_queue import Job
 from backend.outputs import read_infotext
@@ -294,16 +294,15 @@ async def refuse_unanswerable_json(request: Request):
 
 
 def basic_auth(pairs: list[tuple[str, str]] | None):
-    """HTTP Basic for the API when --api-auth is given; constant-time comparison."""
+    """HTTP Basic for the API when credentials are given (the app's guard checks the same; this keeps the router
+    safe on its own, as tests and other hosts mount it)."""
     if not pairs:
         return []
     security = HTTPBasic()
 
     def check(credentials: HTTPBasicCredentials = Depends(security)):
-        for user, password in pairs:
-            if secrets.compare_digest(credentials.username.encode(), user.encode()) and \
-                    secrets.compare_digest(credentials.password.encode(), password.encode()):
-                return
+        if credentials_match((credentials.username, credentials.password), tuple(pairs)):
+            return
         raise HTTPException(status_code=401, detail="Incorrect username or password",
                             headers={"WWW-Authenticate": "Basic"})
 

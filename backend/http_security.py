@@ -18,6 +18,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class LoginThrottle:
     """Failed logins per client address in a sliding window (the only state; one per server)."""
     failures_allowed: int
     window_seconds: float
-    clock: callable = time.monotonic
+    clock: Callable[[], float] = time.monotonic
     _failures: dict[str, deque] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -65,7 +65,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()  # one load at a time: loads are memory-heavy
         self._selected: str | None = None
-        self.attention_status = ""
+        self.runtime_status = ""  # attention backend, placement (offload) and compile, as last logged
 
     # --- which model ------------------------------------------------------------------------------
     def list_checkpoints(self) -> tuple[CheckpointEntry, ...]:
@@ -182,9 +182,9 @@ class ModelManager:
             placement += "; " + compile_unet(cached.model.pipeline, self.device, speed)
             cached.compiled = True
         status = attention_backend(cached.model.pipeline, self.settings.xformers, self.device) + "; " + placement
-        if status != self.attention_status:
+        if status != self.runtime_status:
             log.info(status)
-        self.attention_status = status
+        self.runtime_status = status
         cached.on_device = True
 
     def _evict(self, keep: str | None):

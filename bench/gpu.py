@@ -559,7 +559,7 @@ def phase_default_settings(run: ModelRun):
         started = time.perf_counter()
         services.models.select(title)
         run.extra["load_s"] = round(time.perf_counter() - started, 2)
-        print(f"  loaded through our loader in {run.extra['load_s']:.1f}s ({services.models.attention_status})",
+        print(f"  loaded through our loader in {run.extra['load_s']:.1f}s ({services.models.runtime_status})",
               flush=True)
         with services.models.lease(None) as (_, model):
             unet_alive = weakref.ref(model.pipeline.unet)
@@ -677,7 +677,7 @@ def phase_compile(run: ModelRun):
             run.measure(row, lambda: run_ours(services.generator, run.request, run.device))
             row.note = (f"compile cache {'warm' if files_before else 'cold'} ({files_before} files before) in "
                         f"{used_dir}" + ("" if used_dir == wanted_dir.resolve() else f", not {wanted_dir}")
-                        + f"; load {load_s:.1f}s; {services.models.attention_status}")
+                        + f"; load {load_s:.1f}s; {services.models.runtime_status}")
             run.extra["compile_cache"] = {"used": str(used_dir), "settings": str(wanted_dir),
                                           "files_before": files_before, "files_after": count_files(used_dir)}
         guarded(run.rows, run.row("ours: --compile", "ours", offered=True), compiled_variant)

@@ -45,7 +45,7 @@ def test_compile_gives_the_same_image_and_keeps_its_kernels(make_services, tmp_p
     compiled = run_txt2img(compiled_services, seed=3, steps=2)
     assert compiled.status == "done", compiled.error
     assert np.abs(pixels(compiled.result.images[0].path) - pixels(plain.result.images[0].path)).max() <= 2
-    assert "torch.compile UNet" in compiled_services.models.attention_status
+    assert "torch.compile UNet" in compiled_services.models.runtime_status
     assert any(path.is_file() for path in (tmp_path / "compile-cache" / "torch-compile").rglob("*"))
 
 
@@ -59,7 +59,7 @@ def test_offload_flags_map_to_settings_and_say_when_they_do_nothing(make_service
     assert settings.compile_unet and settings.vae_tiling == "always"
     services = make_services(offload="model", compile_unet=True)
     job = run_txt2img(services, seed=2)
-    status = services.models.attention_status
+    status = services.models.runtime_status
     assert job.status == "done" and "--medvram needs a GPU; ignored" in status
     assert "compile: off (not combined with --medvram/--lowvram)" in status
 

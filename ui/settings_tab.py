@@ -17,7 +17,7 @@ def render_settings(services: Services) -> str:
     settings, models = services.settings, services.models
     rows = [
         ("Device, precision", f"{models.device}, {str(models.dtype).removeprefix('torch.')}", "--device, --precision"),
-        ("Attention and placement", models.attention_status or "(no model placed yet)", "--xformers"),
+        ("Attention and placement", models.runtime_status or "(no model placed yet)", "--xformers"),
         ("torch.compile", "on" if settings.compile_unet else "off", "--compile"),
         ("Offload", OFFLOAD_LABELS[settings.offload], "--medvram / --lowvram"),
         ("Tiled VAE", settings.vae_tiling, "--tiled-vae auto|always|never"),
