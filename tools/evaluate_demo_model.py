@@ -96,7 +96,8 @@ def write_report(result: dict, path: Path, checkpoint: Path):
         f"{shape} {tally[f'shape {shape} correct']}/{tally[f'shape {shape}']}" for shape in SHAPES) + ".", "",
               f"Sample sheet (every image, in grid order, {len(SEEDS)} seeds side by side): "
               f"`{path.with_name('shapes-demo-samples.png').name}`.", "",
-              "| caption | seed | detected colour | background | shape | position |", "| --- | --- | --- | --- | --- | --- |"]
+              "| caption | seed | detected colour | background | shape | position |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for caption, seed, found in result["rows"]:
         lines.append(f"| {caption} | {seed} | {found.colour} | {found.background} | {found.shape} | {found.position} |")
     path.write_text("\n".join(lines) + "\n")

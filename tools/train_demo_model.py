@@ -4,9 +4,14 @@ encoder with the real CLIP tokenizer). Fixed seeds and step counts, CPU only.
 
 The shipped backend/builtin/shapes-demo.safetensors was made in two stages (times on the 2-core build machine):
 
-    python -m tools.train_demo_model --out stage1.safetensors          # VAE 1600 + diffusion 2000 steps, ~60 min
-    python -m tools.train_demo_model --resume stage1.safetensors --diffusion-steps 600 --peak-lr 3e-4 \
-        --offset-noise 0.3 --out backend/builtin/shapes-demo.safetensors   # 17 min
+    python -m tools.train_demo_model --fact-weight 0.1 --offset-noise 0.3 --max-loss-weight 10 \
+        --out stage1.safetensors                                       # VAE 1600 + diffusion 2000 steps, 55 min
+    python -m tools.train_demo_model --resume stage1.safetensors --diffusion-steps 500 --peak-lr 3e-4 \
+        --offset-noise 0.3 --max-loss-weight 2 --out backend/builtin/shapes-demo.safetensors   # 14 min
+
+Stage 1 learns the layout (what goes where, in which colours) from the prompt: the loss weight favours the
+noisiest steps and the text encoder is taught the caption's facts. Stage 2 weights the steps more evenly,
+which sharpens the shapes' edges (the layout is decided at the noisy steps and stays).
 """
 from __future__ import annotations
 
@@ -180,7 +185,8 @@ def coarse_noise(shape, generator: torch.Generator, strength: float, offset: flo
 
 def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: int = 128, log_every: int = 50,
                     snapshot=None, snapshot_every: int = 0, peak_lr: float = 6e-4, offset_noise: float = 0.0,
-                    multires_noise: float = 0.0, facts: torch.Tensor | None = None, fact_weight: float = 0.0):
+                    multires_noise: float = 0.0, facts: torch.Tensor | None = None, fact_weight: float = 0.0,
+                    high_t_fraction: float = 0.0, high_t_start: int = 700, max_loss_weight: float = 1.0):
     """Epsilon prediction on SD's noise schedule; the text encoder trains too (it starts from nothing). The
     weights kept are an exponential moving average; `snapshot(unet, text_encoder, step)` is called with the
     averaged weights every `snapshot_every` steps so a long run can be checked while it goes.
@@ -190,7 +196,11 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
 
     `fact_weight` adds linear heads on the text encoder's pooled output that predict each caption's facts
     (`facts`, see scene_facts): a jointly trained encoder otherwise never learned to encode positions (the
-    probe in tools/probe_text_encoder.py), so the UNet had nothing to follow. The heads are not saved."""
+    probe in tools/probe_text_encoder.py), so the UNet had nothing to follow. The heads are not saved.
+
+    `max_loss_weight` > 1 weights each example's noise error by (1 - a) / a up to that cap, i.e. like the error
+    of the predicted clean latent at the noisy timesteps; `high_t_fraction` draws that share of the examples
+    from timesteps >= `high_t_start`."""
     tokenizer = build_clip_tokenizer()
     encoded = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     ids, token_masks = encoded.input_ids, encoded.attention_mask
@@ -222,13 +232,20 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
         drop = torch.rand(batch, generator=generator) < 0.1  # unconditional examples for classifier-free guidance
         tokens[drop] = empty
         t = torch.randint(0, 1000, (batch,), generator=generator)
+        if high_t_fraction:  # more of the noisiest steps, where only the prompt can say where things go
+            high = torch.rand(batch, generator=generator) < high_t_fraction
+            t[high] = torch.randint(high_t_start, 1000, (int(high.sum()),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
         if offset_noise or multires_noise:
             noise = noise + coarse_noise(x0.shape, generator, multires_noise, offset_noise)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         context = text_encoder(tokens).last_hidden_state
-        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, noise)
+        # Weight (1 - a) / a, capped, turns the noise error into the error of the predicted image at the noisy
+        # steps. Plain noise MSE hardly cares there (an object in the wrong place costs a / (1 - a) of its
+        # error at t=999), yet that is where the sampler decides the layout, and only the prompt knows it.
+        weight = ((1 - a) / a).clamp(1.0, max_loss_weight)
+        loss = (weight * (unet(noisy, t, encoder_hidden_states=context).sample - noise) ** 2).mean()
         if fact_weight and (~drop).any():
             mask = token_masks[index].unsqueeze(-1).float()
             pooled = torch.cat([(context * mask).sum(1) / mask.sum(1), context.max(1).values], -1)[~drop]
@@ -278,6 +295,11 @@ def main(argv=None):
                         help="per-channel noise offset (see coarse_noise)")
     parser.add_argument("--multires-noise", type=float, default=0.0,
                         help="weight of half-resolution noise, squared for quarter resolution etc. (see coarse_noise)")
+    parser.add_argument("--high-t-fraction", type=float, default=0.0,
+                        help="share of training examples drawn from the noisiest timesteps (--high-t-start..999)")
+    parser.add_argument("--high-t-start", type=int, default=700)
+    parser.add_argument("--max-loss-weight", type=float, default=1.0,
+                        help="cap of the (1-a)/a loss weight of noisy timesteps (1: plain noise MSE)")
     parser.add_argument("--full-res-attention", action="store_true",
                         help="also attend at the 16x16 level (SD1's layout; 2.3x the step time)")
     parser.add_argument("--resume", type=Path, default=None,
@@ -311,7 +333,8 @@ def main(argv=None):
                                          snapshot=snapshot, snapshot_every=args.snapshot_every,
                                          peak_lr=args.peak_lr, offset_noise=args.offset_noise, batch=args.batch,
                                          multires_noise=args.multires_noise, facts=facts,
-                                         fact_weight=args.fact_weight)
+                                         fact_weight=args.fact_weight, high_t_fraction=args.high_t_fraction,
+                                         high_t_start=args.high_t_start, max_loss_weight=args.max_loss_weight)
     save_checkpoint(args.out, vae, text_encoder, unet)
     print(f"total training time {(time.monotonic() - started) / 60:.1f} min", flush=True)
 
