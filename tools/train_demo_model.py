@@ -211,7 +211,8 @@ def noisy_step_weight(alpha_cumprod: torch.Tensor, cap: float) -> torch.Tensor:
 def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: int = 128, log_every: int = 50,
                     snapshot=None, snapshot_every: int = 0, peak_lr: float = 6e-4, offset_noise: float = 0.0,
                     multires_noise: float = 0.0, facts: torch.Tensor | None = None, fact_weight: float = 0.0,
-                    high_t_fraction: float = 0.0, high_t_start: int = 700, max_loss_weight: float = 1.0):
+                    high_t_fraction: float = 0.0, high_t_start: int = 700, max_loss_weight: float = 1.0,
+                    weighted_steps: int | None = None):
     """Epsilon prediction on SD's noise schedule; the text encoder trains too (it starts from nothing). The
     weights kept are an exponential moving average; `snapshot(unet, text_encoder, step)` is called with the
     averaged weights every `snapshot_every` steps so a long run can be checked while it goes.
@@ -225,7 +226,8 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
 
     `max_loss_weight` > 1 weights each example's noise error by (1 - a) / a up to that cap, i.e. like the error
     of the predicted clean latent at the noisy timesteps; `high_t_fraction` draws that share of the examples
-    from timesteps >= `high_t_start`."""
+    from timesteps >= `high_t_start`. With `weighted_steps`, only the first that many steps are weighted (the
+    layout is learned early; the rest of the run then goes to the shapes' edges)."""
     tokenizer = build_clip_tokenizer()
     encoded = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     ids, token_masks = encoded.input_ids, encoded.attention_mask
@@ -263,7 +265,8 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         context = text_encoder(tokens).last_hidden_state
-        weight = noisy_step_weight(a, max_loss_weight)
+        weighted = weighted_steps is None or step < weighted_steps
+        weight = noisy_step_weight(a, max_loss_weight if weighted else 1.0)
         loss = (weight * (unet(noisy, t, encoder_hidden_states=context).sample - noise) ** 2).mean()
         if fact_weight and (~drop).any():
             mask = token_masks[index].unsqueeze(-1).float()
@@ -319,6 +322,8 @@ def main(argv=None):
     parser.add_argument("--high-t-start", type=int, default=700)
     parser.add_argument("--max-loss-weight", type=float, default=1.0,
                         help="cap of the (1-a)/a loss weight of noisy timesteps (1: plain noise MSE)")
+    parser.add_argument("--weighted-steps", type=int, default=None,
+                        help="apply --max-loss-weight only for this many first diffusion steps (default: all)")
     parser.add_argument("--full-res-attention", action="store_true",
                         help="also attend at the 16x16 level (SD1's layout; 2.3x the step time)")
     parser.add_argument("--resume", type=Path, default=None,
@@ -353,7 +358,8 @@ def main(argv=None):
                                          peak_lr=args.peak_lr, offset_noise=args.offset_noise, batch=args.batch,
                                          multires_noise=args.multires_noise, facts=facts,
                                          fact_weight=args.fact_weight, high_t_fraction=args.high_t_fraction,
-                                         high_t_start=args.high_t_start, max_loss_weight=args.max_loss_weight)
+                                         high_t_start=args.high_t_start, max_loss_weight=args.max_loss_weight,
+                                         weighted_steps=args.weighted_steps)
     save_checkpoint(args.out, vae, text_encoder, unet)
     print(f"total training time {(time.monotonic() - started) / 60:.1f} min", flush=True)
 
