@@ -3,18 +3,12 @@ much each one's error counts."""
 from __future__ import annotations
 
 import torch
-from diffusers import DDPMScheduler
 
-from tools.train_demo_model import noisy_step_weight, training_timesteps
-
-
-def sd_alphas() -> torch.Tensor:
-    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear").alphas_cumprod
+from tools.train_demo_model import noisy_step_weight, sd_alphas_cumprod, training_timesteps
 
 
 def test_noisy_step_weight_is_one_for_clean_steps_and_capped_for_noisy_ones():
-    alphas = sd_alphas()
+    alphas = sd_alphas_cumprod()
     weights = noisy_step_weight(alphas, cap=10)
     assert torch.all(weights[:250] == 1)  # a > 1/2: plain noise MSE
     assert weights[999] == 10 and weights[850] == 10  # (1 - a) / a is 214 and 44 there

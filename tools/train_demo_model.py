@@ -190,6 +190,12 @@ def coarse_noise(shape, generator: torch.Generator, strength: float, offset: flo
     return total
 
 
+def sd_alphas_cumprod() -> torch.Tensor:
+    """Stable Diffusion 1.x's training noise schedule (what the app's samplers assume for this family)."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear").alphas_cumprod
+
+
 def training_timesteps(batch: int, generator: torch.Generator, high_fraction: float = 0.0,
                        high_start: int = 700) -> torch.Tensor:
     """Uniform over SD's 1000 steps, except that about `high_fraction` of them are drawn from
@@ -232,9 +238,7 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
     encoded = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     ids, token_masks = encoded.input_ids, encoded.attention_mask
     empty = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                              beta_schedule="scaled_linear")
-    alphas = scheduler.alphas_cumprod
+    alphas = sd_alphas_cumprod()
     width = text_encoder.config.hidden_size
     heads = torch.nn.ModuleList([torch.nn.Linear(2 * width, len(classes)) for classes in FACT_CLASSES.values()]) \
         if fact_weight else torch.nn.ModuleList()
