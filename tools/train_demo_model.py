@@ -232,8 +232,8 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
 
     `max_loss_weight` > 1 weights each example's noise error by (1 - a) / a up to that cap, i.e. like the error
     of the predicted clean latent at the noisy timesteps; `high_t_fraction` draws that share of the examples
-    from timesteps >= `high_t_start`. With `weighted_steps`, only the first that many steps are weighted (the
-    layout is learned early; the rest of the run then goes to the shapes' edges)."""
+    from timesteps >= `high_t_start`. With `weighted_steps`, only the first that many steps are weighted (an
+    experiment: 800 weighted then 1100 plain steps kept positions, 95%, but not shapes, 38%)."""
     tokenizer = build_clip_tokenizer()
     encoded = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     ids, token_masks = encoded.input_ids, encoded.attention_mask
