@@ -49,11 +49,12 @@ def wait_until_canvas_shows(canvas, rgb, timeout: float = 60):
     return False
 
 
-def wait_until_done(page, tab: str, timeout_ms: int = 120_000):
-    """Wait for the tab's progress area to report one finished image (failing with what it shows instead)."""
+def wait_until_done(page, tab: str, timeout_ms: int = 120_000, images: int = 1):
+    """Wait for the tab's progress area to report the finished images (failing with what it shows instead)."""
     try:
         page.wait_for_function(
-            f"document.querySelector('#{tab}_progress')?.innerText.includes('Done: 1 image')", timeout=timeout_ms)
+            f"document.querySelector('#{tab}_progress')?.innerText.includes('Done: {images} image')",
+            timeout=timeout_ms)
     except playwright.TimeoutError:
         raise AssertionError(f"{tab} did not finish; its progress area shows: "
                              f"{page.locator(f'#{tab}_progress').inner_text()!r}") from None
@@ -264,8 +265,7 @@ def test_upscale_a_server_folder_to_an_exact_size(server, page, tmp_path):
     set_slider(page, "upscale_width", 96)
     set_slider(page, "upscale_height", 96)
     page.locator("#upscale_generate").click()
-    page.wait_for_function("document.querySelector('#upscale_progress')?.innerText.includes('Done: 2 image')",
-                           timeout=60_000)
+    wait_until_done(page, "upscale", images=2)
     made = sorted((server[1] / "extras-images").rglob("*.png"))
     assert [Image.open(path).size for path in made] == [(96, 96), (96, 96)]  # covered, then cropped to fit
     assert [Image.open(path).convert("RGB").getpixel((48, 48)) for path in made] == [(200, 20, 20), (20, 20, 200)]

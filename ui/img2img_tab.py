@@ -15,7 +15,8 @@ from backend.services import Services
 from ui.extension_sections import build_sections
 from ui.extra_networks import build_extra_networks
 from ui.model_picker import ModelControls
-from ui.generation_form import (PRIVATE, GenerationForm, build_prompt_row, build_results, build_sampling_controls,
+from ui.tab_choice import build_tab_choice, follow_tab
+from ui.generation_form import (GenerationForm, build_prompt_row, build_results, build_sampling_controls,
                                 wire_generation)
 
 MODES = ("img2img", "inpaint", "inpaint_upload", "outpaint")
@@ -25,7 +26,7 @@ MODES = ("img2img", "inpaint", "inpaint_upload", "outpaint")
 class Img2ImgTab:
     form: GenerationForm
     modes: gr.Tabs
-    mode: gr.State
+    mode: gr.Textbox
     init_image: gr.Image
     inpaint_editor: gr.ImageEditor
 
@@ -64,7 +65,7 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
     build_extra_networks(services, "img2img", top["prompt"])
     with gr.Row():
         with gr.Column():
-            mode = gr.State("img2img")
+            mode = build_tab_choice("img2img", "img2img_mode")
             with gr.Tabs(elem_id="img2img_modes") as modes:
                 with gr.Tab("img2img", id="img2img_mode") as img2img_tab:
                     init_image = gr.Image(label="Image", type="filepath", image_mode=None,
@@ -90,7 +91,7 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
                                    for side in ("left", "right", "up", "down")]
             for tab, name in ((img2img_tab, "img2img"), (inpaint_tab, "inpaint"), (upload_tab, "inpaint_upload"),
                               (outpaint_tab, "outpaint")):
-                tab.select(lambda chosen=name: chosen, outputs=mode, **PRIVATE)
+                follow_tab(tab, mode, name)
             resize_mode = gr.Radio(list(RESIZE_MODES), type="index", value=RESIZE_MODES[0], label="Resize mode",
                                    elem_id="img2img_resize_mode")
             sampling = build_sampling_controls("img2img", size, services.extensions.hooks.samplers)

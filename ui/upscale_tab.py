@@ -13,12 +13,15 @@ from backend.requests import EXTRAS_SCALE_MAX, EXTRAS_SIZE_MAX, ExtrasRequest, R
 from backend.services import Services
 from ui.generation_form import POLL_SECONDS, PRIVATE
 from ui.progress_view import render_done, render_error, render_progress
+from ui.tab_choice import build_tab_choice, follow_tab
+
+RESIZE_TABS = ("scale_by", "scale_to")  # index = the API's resize_mode
 
 
 @dataclass
 class UpscaleTab:
     source_tabs: gr.Tabs
-    source: gr.State
+    source: gr.Textbox
     single_image: gr.Image
     upscaler_1: gr.Dropdown
     upscaler_2: gr.Dropdown
@@ -52,7 +55,7 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
                     refused = services.settings.server_folders_refused
                     folder = gr.Textbox(label="Input directory (a folder on the server)", interactive=not refused,
                                         info=refused.capitalize() if refused else None, elem_id="upscale_input_dir")
-            source = gr.State("single")
+            source = build_tab_choice("single", "upscale_source")
             with gr.Tabs(elem_id="upscale_resize_tabs"):
                 with gr.Tab("Scale by", id="scale_by") as scale_by_tab:
                     scale = gr.Slider(label="Resize", minimum=1, maximum=EXTRAS_SCALE_MAX, step=0.05,
@@ -65,7 +68,7 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
                                            value=fields["upscaling_resize_h"].default, elem_id="upscale_height")
                     crop = gr.Checkbox(label="Crop to fit", value=fields["upscaling_crop"].default,
                                        elem_id="upscale_crop")
-            resize_mode = gr.State(0)
+            resize_mode = build_tab_choice("scale_by", "upscale_resize_mode")
             names = services.upscalers.names()
             with gr.Row():
                 upscaler_1 = gr.Dropdown(label="Upscaler 1", choices=names, value="Lanczos", elem_id="upscaler_1")
@@ -84,11 +87,10 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
     results = gr.State([])
 
     # Which source and which resize mode the job uses follows the sub-tab the user last opened.
-    single_tab.select(lambda: "single", None, source, **PRIVATE)
-    batch_tab.select(lambda: "batch", None, source, **PRIVATE)
-    folder_tab.select(lambda: "folder", None, source, **PRIVATE)
-    scale_by_tab.select(lambda: 0, None, resize_mode, **PRIVATE)
-    scale_to_tab.select(lambda: 1, None, resize_mode, **PRIVATE)
+    for tab, choice, value in ((single_tab, source, "single"), (batch_tab, source, "batch"),
+                               (folder_tab, source, "folder"), (scale_by_tab, resize_mode, "scale_by"),
+                               (scale_to_tab, resize_mode, "scale_to")):
+        follow_tab(tab, choice, value)
 
     def run(kind, single_path, file_paths, input_dir, mode, factor, to_width, to_height, to_crop, first, second,
             second_visibility):
@@ -105,9 +107,9 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
                                               "batch": "add one or more images to upscale",
                                               "folder": "type a folder on the server"}[kind])
             request = build_request(ExtrasRequest, {
-                **sources, "resize_mode": mode, "upscaling_resize": factor, "upscaling_resize_w": int(to_width),
-                "upscaling_resize_h": int(to_height), "upscaling_crop": to_crop, "upscaler_1": first,
-                "upscaler_2": second or "None", "extras_upscaler_2_visibility": second_visibility})
+                **sources, "resize_mode": RESIZE_TABS.index(mode), "upscaling_resize": factor,
+                "upscaling_resize_w": int(to_width), "upscaling_resize_h": int(to_height), "upscaling_crop": to_crop,
+                "upscaler_1": first, "upscaler_2": second or "None", "extras_upscaler_2_visibility": second_visibility})
         except (RequestError, OSError) as error:
             yield {progress: render_error(str(error))}
             return
