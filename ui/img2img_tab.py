@@ -65,7 +65,7 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
     build_extra_networks(services, "img2img", top["prompt"])
     with gr.Row():
         with gr.Column():
-            mode = build_tab_choice("img2img", "img2img_mode")
+            mode = build_tab_choice("img2img", "img2img_chosen_mode")
             with gr.Tabs(elem_id="img2img_modes") as modes:
                 with gr.Tab("img2img", id="img2img_mode") as img2img_tab:
                     init_image = gr.Image(label="Image", type="filepath", image_mode=None,
