@@ -106,6 +106,8 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
                 raise RequestError("images", {"single": "drop an image to upscale",
                                               "batch": "add one or more images to upscale",
                                               "folder": "type a folder on the server"}[kind])
+            if mode not in RESIZE_TABS:  # the choice comes from the browser, so it can be forged
+                raise RequestError("resize_mode", f"one of {', '.join(RESIZE_TABS)}")
             request = build_request(ExtrasRequest, {
                 **sources, "resize_mode": RESIZE_TABS.index(mode), "upscaling_resize": factor,
                 "upscaling_resize_w": int(to_width), "upscaling_resize_h": int(to_height), "upscaling_crop": to_crop,
