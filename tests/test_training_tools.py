@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tools.train_demo_model import noisy_step_weight, sd_alphas_cumprod, training_timesteps
+from tools.train_demo_model import noisy_input, noisy_step_weight, sd_alphas_cumprod, training_timesteps
 
 
 def test_noisy_step_weight_is_one_for_clean_steps_and_capped_for_noisy_ones():
@@ -27,3 +27,23 @@ def test_training_timesteps_draw_the_requested_share_from_the_noisy_end():
     assert abs((biased >= 700).float().mean().item() - 0.65) < 0.02
     same = training_timesteps(20000, torch.Generator().manual_seed(0), high_fraction=0.5, high_start=700)
     assert torch.equal(biased, same)  # seeded: the training run is reproducible
+
+
+def test_training_timesteps_stay_in_the_allowed_band():
+    low = training_timesteps(20000, torch.Generator().manual_seed(0), last=300)
+    assert low.max() == 300 and low.min() == 0
+    assert abs(low.float().mean().item() - 150) < 5  # still uniform over 0..300
+    band = training_timesteps(20000, torch.Generator().manual_seed(0), first=250, last=650)
+    assert band.min() == 250 and band.max() == 650
+    assert abs(band.float().mean().item() - 450) < 5
+
+
+def test_input_perturbation_adds_fresh_noise_only_to_the_input():
+    x0, noise = torch.randn(64, 4, 16, 16), torch.randn(64, 4, 16, 16)
+    a = torch.tensor(0.36)  # sqrt(1 - a) = 0.8
+    plain = noisy_input(x0, noise, a, torch.Generator().manual_seed(0))
+    assert torch.allclose(plain, 0.6 * x0 + 0.8 * noise)
+    perturbed = noisy_input(x0, noise, a, torch.Generator().manual_seed(0), perturbation=0.5)
+    extra = (perturbed - plain) / 0.8  # the added noise, in units of the forward process's noise
+    assert abs(extra.std().item() - 0.5) < 0.02 and abs(extra.mean().item()) < 0.02
+    assert abs(torch.corrcoef(torch.stack([extra.flatten(), noise.flatten()]))[0, 1].item()) < 0.05  # fresh

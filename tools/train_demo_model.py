@@ -203,14 +203,24 @@ def sd_alphas_cumprod() -> torch.Tensor:
 
 
 def training_timesteps(batch: int, generator: torch.Generator, high_fraction: float = 0.0,
-                       high_start: int = 700) -> torch.Tensor:
-    """Uniform over SD's 1000 steps, except that about `high_fraction` of them are drawn from
+                       high_start: int = 700, first: int = 0, last: int = 999) -> torch.Tensor:
+    """Uniform over SD's steps `first`..`last`, except that about `high_fraction` of them are drawn from
     `high_start`..999: the noisiest steps, where only the prompt can say where things go."""
-    t = torch.randint(0, 1000, (batch,), generator=generator)
+    t = torch.randint(first, last + 1, (batch,), generator=generator)
     if high_fraction:
         high = torch.rand(batch, generator=generator) < high_fraction
         t[high] = torch.randint(high_start, 1000, (int(high.sum()),), generator=generator)
     return t
+
+
+def noisy_input(x0: torch.Tensor, noise: torch.Tensor, alpha_cumprod: torch.Tensor, generator: torch.Generator,
+                perturbation: float = 0.0) -> torch.Tensor:
+    """The forward process sqrt(a) x0 + sqrt(1 - a) noise. With `perturbation` (Ning et al. 2023, "DDPM-IP") the
+    input carries that much more fresh noise than the target `noise` says, so the model learns to correct the
+    small errors that a sampler's own earlier steps leave in x_t. 0 draws nothing, so default runs stay as they were."""
+    if perturbation:
+        noise = noise + perturbation * torch.randn(x0.shape, generator=generator)
+    return alpha_cumprod.sqrt() * x0 + (1 - alpha_cumprod).sqrt() * noise
 
 
 def noisy_step_weight(alpha_cumprod: torch.Tensor, cap: float) -> torch.Tensor:
@@ -224,7 +234,8 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
                     snapshot=None, snapshot_every: int = 0, peak_lr: float = 6e-4, offset_noise: float = 0.0,
                     multires_noise: float = 0.0, facts: torch.Tensor | None = None, fact_weight: float = 0.0,
                     high_t_fraction: float = 0.0, high_t_start: int = 700, max_loss_weight: float = 1.0,
-                    weighted_steps: int | None = None):
+                    weighted_steps: int | None = None, first_timestep: int = 0, last_timestep: int = 999,
+                    input_perturbation: float = 0.0):
     """Epsilon prediction on SD's noise schedule; the text encoder trains too (it starts from nothing). The
     weights kept are an exponential moving average; `snapshot(unet, text_encoder, step)` is called with the
     averaged weights every `snapshot_every` steps so a long run can be checked while it goes.
@@ -239,7 +250,10 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
     `max_loss_weight` > 1 weights each example's noise error by (1 - a) / a up to that cap, i.e. like the error
     of the predicted clean latent at the noisy timesteps; `high_t_fraction` draws that share of the examples
     from timesteps >= `high_t_start`. With `weighted_steps`, only the first that many steps are weighted (an
-    experiment: 800 weighted then 1100 plain steps kept positions, 95%, but not shapes, 38%)."""
+    experiment: 800 weighted then 1100 plain steps kept positions, 95%, but not shapes, 38%).
+
+    `first_timestep`..`last_timestep` limits training to one band of noise levels, and `input_perturbation`
+    adds DDPM-IP's extra input noise (see noisy_input); both are experiments for a second stage."""
     tokenizer = build_clip_tokenizer()
     encoded = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     ids, token_masks = encoded.input_ids, encoded.attention_mask
@@ -268,12 +282,12 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
         tokens = ids[index].clone()
         drop = torch.rand(batch, generator=generator) < 0.1  # unconditional examples for classifier-free guidance
         tokens[drop] = empty
-        t = training_timesteps(batch, generator, high_t_fraction, high_t_start)
+        t = training_timesteps(batch, generator, high_t_fraction, high_t_start, first_timestep, last_timestep)
         noise = torch.randn(x0.shape, generator=generator)
         if offset_noise or multires_noise:
             noise = noise + coarse_noise(x0.shape, generator, multires_noise, offset_noise)
         a = alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        noisy = noisy_input(x0, noise, a, generator, input_perturbation)
         context = text_encoder(tokens).last_hidden_state
         weighted = weighted_steps is None or step < weighted_steps
         weight = noisy_step_weight(a, max_loss_weight if weighted else 1.0)
@@ -334,6 +348,12 @@ def main(argv=None):
                         help="cap of the (1-a)/a loss weight of noisy timesteps (1: plain noise MSE)")
     parser.add_argument("--weighted-steps", type=int, default=None,
                         help="apply --max-loss-weight only for this many first diffusion steps (default: all)")
+    parser.add_argument("--first-timestep", type=int, default=0,
+                        help="train only on timesteps from this one up to --last-timestep")
+    parser.add_argument("--last-timestep", type=int, default=999,
+                        help="train only on timesteps up to this one (below ~300: fine detail such as clean edges)")
+    parser.add_argument("--input-perturbation", type=float, default=0.0,
+                        help="extra input noise the target does not include (DDPM-IP; 0.1 in the paper)")
     parser.add_argument("--full-res-attention", action="store_true",
                         help="also attend at the 16x16 level (SD1's layout; 2.3x the step time)")
     parser.add_argument("--resume", type=Path, default=None,
@@ -369,7 +389,9 @@ def main(argv=None):
                                          multires_noise=args.multires_noise, facts=facts,
                                          fact_weight=args.fact_weight, high_t_fraction=args.high_t_fraction,
                                          high_t_start=args.high_t_start, max_loss_weight=args.max_loss_weight,
-                                         weighted_steps=args.weighted_steps)
+                                         weighted_steps=args.weighted_steps,
+                                         first_timestep=args.first_timestep, last_timestep=args.last_timestep,
+                                         input_perturbation=args.input_perturbation)
     save_checkpoint(args.out, vae, text_encoder, unet)
     print(f"total training time {(time.monotonic() - started) / 60:.1f} min", flush=True)
 
