@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tools.train_demo_model import noisy_input, noisy_step_weight, sd_alphas_cumprod, training_timesteps
+from tools.train_demo_model import (mismatch_captions, noisy_input, noisy_step_weight, sd_alphas_cumprod,
+                                   training_timesteps)
 
 
 def test_noisy_step_weight_is_one_for_clean_steps_and_capped_for_noisy_ones():
@@ -47,3 +48,13 @@ def test_input_perturbation_adds_fresh_noise_only_to_the_input():
     extra = (perturbed - plain) / 0.8  # the added noise, in units of the forward process's noise
     assert abs(extra.std().item() - 0.5) < 0.02 and abs(extra.mean().item()) < 0.02
     assert abs(torch.corrcoef(torch.stack([extra.flatten(), noise.flatten()]))[0, 1].item()) < 0.05  # fresh
+
+
+def test_mismatched_captions_replace_about_the_requested_share_with_other_captions():
+    all_ids = torch.arange(1000).unsqueeze(1).repeat(1, 77)  # caption i is the row of i's
+    batch = all_ids.repeat(4, 1)
+    mixed = mismatch_captions(batch, all_ids, 0.3, torch.Generator().manual_seed(0))
+    changed = (mixed != batch).any(1)
+    assert abs(changed.float().mean().item() - 0.3) < 0.03
+    assert torch.all(mixed[changed] == mixed[changed][:, :1])  # whole captions swapped, not single tokens
+    assert torch.equal(mismatch_captions(batch, all_ids, 0.0, torch.Generator().manual_seed(0)), batch)
