@@ -36,6 +36,12 @@ perturbation 0.15 (52%); guidance 1 instead of 7 for the first 2-6 of 20 samplin
 noisiest steps are not where the shapes go wrong). Teaching the shipped model positions with the first
 stage's flags is too slow (27% after 600 steps). Stochastic samplers draw better shapes from the first stage
 (Euler a 61%, DPM++ 2M SDE 64%), but the evaluation uses the app's default, DPM++ 2M.
+
+The img2img failure comes from the first stage already: trained only on captions that match their images, the
+model follows the prompt even at the least noisy steps. A fifth stage like the last one with
+`--mismatched-captions 0.3` makes low-strength img2img keep the image, but also retrains the text encoder on
+the wrong captions and undoes the prompt-following (after 150 steps: position 41%, background 72%); the next
+try is the same with the text encoder frozen.
 """
 from __future__ import annotations
 
