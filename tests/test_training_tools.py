@@ -58,3 +58,19 @@ def test_mismatched_captions_replace_about_the_requested_share_with_other_captio
     assert abs(changed.float().mean().item() - 0.3) < 0.03
     assert torch.all(mixed[changed] == mixed[changed][:, :1])  # whole captions swapped, not single tokens
     assert torch.equal(mismatch_captions(batch, all_ids, 0.0, torch.Generator().manual_seed(0)), batch)
+
+
+def test_a_frozen_text_encoder_stays_as_it_was_while_the_unet_trains():
+    from tools.train_demo_model import build_models, train_diffusion
+
+    torch.manual_seed(0)
+    _, text_encoder, unet = build_models()
+    latents = torch.randn(4, 4, 16, 16)
+    captions = ["a red circle", "a blue square on white", "a big green star", "a small white triangle"]
+    text_before = [p.detach().clone() for p in text_encoder.parameters()]
+    unet_before = [p.detach().clone() for p in unet.parameters()]
+    train_diffusion(unet, text_encoder, latents, captions, steps=1, batch=2, train_text_encoder=False)
+    assert all(torch.equal(a, b) for a, b in zip(text_before, text_encoder.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(unet_before, unet.parameters()))
+    train_diffusion(unet, text_encoder.requires_grad_(True), latents, captions, steps=1, batch=2)
+    assert not all(torch.equal(a, b) for a, b in zip(text_before, text_encoder.parameters()))

@@ -262,7 +262,8 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
                     multires_noise: float = 0.0, facts: torch.Tensor | None = None, fact_weight: float = 0.0,
                     high_t_fraction: float = 0.0, high_t_start: int = 700, max_loss_weight: float = 1.0,
                     weighted_steps: int | None = None, first_timestep: int = 0, last_timestep: int = 999,
-                    input_perturbation: float = 0.0, mismatched_captions: float = 0.0):
+                    input_perturbation: float = 0.0, mismatched_captions: float = 0.0,
+                    train_text_encoder: bool = True):
     """Epsilon prediction on SD's noise schedule; the text encoder trains too (it starts from nothing). The
     weights kept are an exponential moving average; `snapshot(unet, text_encoder, step)` is called with the
     averaged weights every `snapshot_every` steps so a long run can be checked while it goes.
@@ -282,7 +283,8 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
     `first_timestep`..`last_timestep` limits training to one band of noise levels, and `input_perturbation`
     adds DDPM-IP's extra input noise (see noisy_input); `mismatched_captions` gives that share of the examples
     another image's caption (for a stage on the least noisy steps, where img2img must keep what the image shows
-    even when the prompt says otherwise); all are experiments for a second stage."""
+    even when the prompt says otherwise); `train_text_encoder=False` keeps the encoder as it is (so such a stage
+    cannot teach it the wrong captions); all are experiments for a second stage."""
     tokenizer = build_clip_tokenizer()
     encoded = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     ids, token_masks = encoded.input_ids, encoded.attention_mask
@@ -291,7 +293,8 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
     width = text_encoder.config.hidden_size
     heads = torch.nn.ModuleList([torch.nn.Linear(2 * width, len(classes)) for classes in FACT_CLASSES.values()]) \
         if fact_weight else torch.nn.ModuleList()
-    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    parameters = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text_encoder else [])
+    text_encoder.requires_grad_(train_text_encoder)
     optimiser = torch.optim.AdamW(parameters + list(heads.parameters()), lr=6e-4, weight_decay=0.01)
     ema = [p.detach().clone() for p in parameters]
     generator = torch.Generator().manual_seed(2)
@@ -387,6 +390,8 @@ def main(argv=None):
                         help="extra input noise the target does not include (DDPM-IP; 0.1 in the paper)")
     parser.add_argument("--mismatched-captions", type=float, default=0.0,
                         help="share of examples trained with another image's caption")
+    parser.add_argument("--freeze-text-encoder", action="store_true",
+                        help="train only the UNet (for a stage with --mismatched-captions)")
     parser.add_argument("--full-res-attention", action="store_true",
                         help="also attend at the 16x16 level (SD1's layout; 2.3x the step time)")
     parser.add_argument("--resume", type=Path, default=None,
@@ -425,7 +430,8 @@ def main(argv=None):
                                          weighted_steps=args.weighted_steps,
                                          first_timestep=args.first_timestep, last_timestep=args.last_timestep,
                                          input_perturbation=args.input_perturbation,
-                                         mismatched_captions=args.mismatched_captions)
+                                         mismatched_captions=args.mismatched_captions,
+                                         train_text_encoder=not args.freeze_text_encoder)
     save_checkpoint(args.out, vae, text_encoder, unet)
     print(f"total training time {(time.monotonic() - started) / 60:.1f} min", flush=True)
 
