@@ -37,6 +37,10 @@ def test_training_timesteps_stay_in_the_allowed_band():
     band = training_timesteps(20000, torch.Generator().manual_seed(0), first=250, last=650)
     assert band.min() == 250 and band.max() == 650
     assert abs(band.float().mean().item() - 450) < 5
+    # The noisy-end share stays inside the band too.
+    both = training_timesteps(20000, torch.Generator().manual_seed(0), high_fraction=0.5, high_start=600,
+                              first=250, last=650)
+    assert both.min() == 250 and both.max() == 650 and abs((both >= 600).float().mean().item() - 0.56) < 0.02
 
 
 def test_input_perturbation_adds_fresh_noise_only_to_the_input():

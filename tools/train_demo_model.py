@@ -224,11 +224,11 @@ def sd_alphas_cumprod() -> torch.Tensor:
 def training_timesteps(batch: int, generator: torch.Generator, high_fraction: float = 0.0,
                        high_start: int = 700, first: int = 0, last: int = 999) -> torch.Tensor:
     """Uniform over SD's steps `first`..`last`, except that about `high_fraction` of them are drawn from
-    `high_start`..999: the noisiest steps, where only the prompt can say where things go."""
+    `high_start`..`last`: the noisiest steps, where only the prompt can say where things go."""
     t = torch.randint(first, last + 1, (batch,), generator=generator)
     if high_fraction:
         high = torch.rand(batch, generator=generator) < high_fraction
-        t[high] = torch.randint(high_start, 1000, (int(high.sum()),), generator=generator)
+        t[high] = torch.randint(max(high_start, first), last + 1, (int(high.sum()),), generator=generator)
     return t
 
 
