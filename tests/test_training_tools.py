@@ -2,6 +2,7 @@
 much each one's error counts."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tools.train_demo_model import (mismatch_captions, noisy_input, noisy_step_weight, sd_alphas_cumprod,
@@ -65,7 +66,7 @@ def test_mismatched_captions_replace_about_the_requested_share_with_other_captio
 
 
 def test_a_frozen_text_encoder_stays_as_it_was_while_the_unet_trains():
-    from tools.train_demo_model import build_models, train_diffusion
+    from tools.train_demo_model import DiffusionStage, build_models, train_diffusion
 
     torch.manual_seed(0)
     _, text_encoder, unet = build_models()
@@ -73,8 +74,32 @@ def test_a_frozen_text_encoder_stays_as_it_was_while_the_unet_trains():
     captions = ["a red circle", "a blue square on white", "a big green star", "a small white triangle"]
     text_before = [p.detach().clone() for p in text_encoder.parameters()]
     unet_before = [p.detach().clone() for p in unet.parameters()]
-    train_diffusion(unet, text_encoder, latents, captions, steps=1, batch=2, train_text_encoder=False)
+    train_diffusion(unet, text_encoder, latents, captions, DiffusionStage(steps=1, batch=2, train_text_encoder=False))
     assert all(torch.equal(a, b) for a, b in zip(text_before, text_encoder.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(unet_before, unet.parameters()))
-    train_diffusion(unet, text_encoder.requires_grad_(True), latents, captions, steps=1, batch=2)
+    train_diffusion(unet, text_encoder.requires_grad_(True), latents, captions, DiffusionStage(steps=1, batch=2))
     assert not all(torch.equal(a, b) for a, b in zip(text_before, text_encoder.parameters()))
+
+
+def test_a_staged_run_saves_each_stage_and_a_checkpoint_the_app_loads(tmp_path, monkeypatch):
+    import tools.train_demo_model as training
+    from backend.checkpoint_loader import CheckpointLoader
+
+    stages = (training.DiffusionStage(steps=1, batch=2), training.DiffusionStage(steps=1, batch=2, last_timestep=300))
+    monkeypatch.setattr(training, "SHIPPED_RECIPE", stages)
+    monkeypatch.setattr(training, "report_reconstruction", lambda vae: None)  # 200 decodes: slow, and not the point
+    out = tmp_path / "demo.safetensors"
+    training.main(["--out", str(out), "--images", "8", "--vae-steps", "1"])
+    assert (tmp_path / "demo.stage1.safetensors").is_file() and not (tmp_path / "demo.stage2.safetensors").exists()
+    loaded = CheckpointLoader().load(out, torch.float32).pipeline
+    assert loaded.unet.config.cross_attention_dim == 64 and loaded.text_encoder.config.hidden_size == 64
+    first_stage = CheckpointLoader().load(tmp_path / "demo.stage1.safetensors", torch.float32).pipeline
+    assert not torch.equal(first_stage.unet.conv_out.weight, loaded.unet.conv_out.weight)  # stage 2 trained on
+
+
+def test_stage_options_without_recipe_flags_are_refused(capsys):
+    from tools.train_demo_model import main
+
+    with pytest.raises(SystemExit):
+        main(["--diffusion-steps", "10"])
+    assert "--recipe flags" in capsys.readouterr().err

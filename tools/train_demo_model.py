@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from dataclasses import dataclass, fields
 import time
 from pathlib import Path
 
@@ -259,13 +260,29 @@ def noisy_step_weight(alpha_cumprod: torch.Tensor, cap: float) -> torch.Tensor:
     return ((1 - alpha_cumprod) / alpha_cumprod).clamp(1.0, max(1.0, cap))
 
 
-def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: int = 128, log_every: int = 50,
-                    snapshot=None, snapshot_every: int = 0, peak_lr: float = 6e-4, offset_noise: float = 0.0,
-                    multires_noise: float = 0.0, facts: torch.Tensor | None = None, fact_weight: float = 0.0,
-                    high_t_fraction: float = 0.0, high_t_start: int = 700, max_loss_weight: float = 1.0,
-                    weighted_steps: int | None = None, first_timestep: int = 0, last_timestep: int = 999,
-                    input_perturbation: float = 0.0, mismatched_captions: float = 0.0,
-                    train_text_encoder: bool = True):
+@dataclass(frozen=True)
+class DiffusionStage:
+    """One stage of diffusion training: its length and learning rate, and which noise levels, loss weights and
+    captions it trains on (see train_diffusion for what each option does)."""
+    steps: int = 2000
+    peak_lr: float = 6e-4
+    batch: int = 128
+    offset_noise: float = 0.0
+    multires_noise: float = 0.0
+    fact_weight: float = 0.0
+    high_t_fraction: float = 0.0
+    high_t_start: int = 700
+    max_loss_weight: float = 1.0
+    weighted_steps: int | None = None
+    first_timestep: int = 0
+    last_timestep: int = 999
+    input_perturbation: float = 0.0
+    mismatched_captions: float = 0.0
+    train_text_encoder: bool = True
+
+
+def train_diffusion(unet, text_encoder, latents, captions, stage: DiffusionStage, facts: torch.Tensor | None = None,
+                    snapshot=None, snapshot_every: int = 0, log_every: int = 50):
     """Epsilon prediction on SD's noise schedule; the text encoder trains too (it starts from nothing). The
     weights kept are an exponential moving average; `snapshot(unet, text_encoder, step)` is called with the
     averaged weights every `snapshot_every` steps so a long run can be checked while it goes.
@@ -287,6 +304,7 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
     another image's caption (for a stage on the least noisy steps, where img2img must keep what the image shows
     even when the prompt says otherwise); `train_text_encoder=False` keeps the encoder as it is (so such a stage
     cannot teach it the wrong captions); all are experiments for a second stage."""
+    steps, batch, peak_lr, train_text_encoder = stage.steps, stage.batch, stage.peak_lr, stage.train_text_encoder
     tokenizer = build_clip_tokenizer()
     encoded = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     ids, token_masks = encoded.input_ids, encoded.attention_mask
@@ -294,7 +312,7 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
     alphas = sd_alphas_cumprod()
     width = text_encoder.config.hidden_size
     heads = torch.nn.ModuleList([torch.nn.Linear(2 * width, len(classes)) for classes in FACT_CLASSES.values()]) \
-        if fact_weight else torch.nn.ModuleList()
+        if stage.fact_weight else torch.nn.ModuleList()
     parameters = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text_encoder else [])
     text_encoder.requires_grad_(train_text_encoder)
     optimiser = torch.optim.AdamW(parameters + list(heads.parameters()), lr=6e-4, weight_decay=0.01)
@@ -314,25 +332,26 @@ def train_diffusion(unet, text_encoder, latents, captions, steps: int, batch: in
         index = torch.randint(0, len(latents), (batch,), generator=generator)
         x0 = latents[index]
         tokens = ids[index].clone()
-        if mismatched_captions:
-            tokens = mismatch_captions(tokens, ids, mismatched_captions, generator)
+        if stage.mismatched_captions:
+            tokens = mismatch_captions(tokens, ids, stage.mismatched_captions, generator)
         drop = torch.rand(batch, generator=generator) < 0.1  # unconditional examples for classifier-free guidance
         tokens[drop] = empty
-        t = training_timesteps(batch, generator, high_t_fraction, high_t_start, first_timestep, last_timestep)
+        t = training_timesteps(batch, generator, stage.high_t_fraction, stage.high_t_start, stage.first_timestep,
+                               stage.last_timestep)
         noise = torch.randn(x0.shape, generator=generator)
-        if offset_noise or multires_noise:
-            noise = noise + coarse_noise(x0.shape, generator, multires_noise, offset_noise)
+        if stage.offset_noise or stage.multires_noise:
+            noise = noise + coarse_noise(x0.shape, generator, stage.multires_noise, stage.offset_noise)
         a = alphas[t].view(-1, 1, 1, 1)
-        noisy = noisy_input(x0, noise, a, generator, input_perturbation)
+        noisy = noisy_input(x0, noise, a, generator, stage.input_perturbation)
         context = text_encoder(tokens).last_hidden_state
-        weighted = weighted_steps is None or step < weighted_steps
-        weight = noisy_step_weight(a, max_loss_weight if weighted else 1.0)
+        weighted = stage.weighted_steps is None or step < stage.weighted_steps
+        weight = noisy_step_weight(a, stage.max_loss_weight if weighted else 1.0)
         loss = (weight * (unet(noisy, t, encoder_hidden_states=context).sample - noise) ** 2).mean()
-        if fact_weight and (~drop).any():
+        if stage.fact_weight and (~drop).any():
             mask = token_masks[index].unsqueeze(-1).float()
             pooled = torch.cat([(context * mask).sum(1) / mask.sum(1), context.max(1).values], -1)[~drop]
             targets = facts[index][~drop]
-            loss = loss + fact_weight * sum(F.cross_entropy(head(pooled), targets[:, fact])
+            loss = loss + stage.fact_weight * sum(F.cross_entropy(head(pooled), targets[:, fact])
                                             for fact, head in enumerate(heads))
         optimiser.zero_grad()
         loss.backward()
@@ -361,44 +380,66 @@ def save_checkpoint(path: Path, vae, text_encoder, unet):
     print(f"saved {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
 
 
+# The stages that made the shipped model, run one after the other on the same dataset and VAE.
+SHIPPED_RECIPE = (
+    DiffusionStage(steps=1400, fact_weight=0.1, offset_noise=0.3, max_loss_weight=3),
+    DiffusionStage(steps=500, peak_lr=3e-4, first_timestep=200, last_timestep=700),
+    DiffusionStage(steps=300, peak_lr=1.5e-4, last_timestep=300, mismatched_captions=0.1, train_text_encoder=False),
+)
+
+
+def stage_from_flags(args) -> DiffusionStage:
+    return DiffusionStage(**{field.name: getattr(args, field.name) for field in fields(DiffusionStage)})
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("backend/builtin/shapes-demo.safetensors"))
     parser.add_argument("--images", type=int, default=30000)
     parser.add_argument("--vae-steps", type=int, default=1600)
-    parser.add_argument("--diffusion-steps", type=int, default=2000)
     parser.add_argument("--snapshot-every", type=int, default=500,
-                        help="also save the averaged weights every this many steps, to <out>.step<N>.safetensors")
-    parser.add_argument("--peak-lr", type=float, default=6e-4)
-    parser.add_argument("--batch", type=int, default=128, help="images per diffusion training step")
-    parser.add_argument("--fact-weight", type=float, default=0.0,
-                        help="weight of the text encoder's caption-fact heads (see train_diffusion)")
-    parser.add_argument("--offset-noise", type=float, default=0.0,
-                        help="per-channel noise offset (see coarse_noise)")
-    parser.add_argument("--multires-noise", type=float, default=0.0,
-                        help="weight of half-resolution noise, squared for quarter resolution etc. (see coarse_noise)")
-    parser.add_argument("--high-t-fraction", type=float, default=0.0,
-                        help="share of training examples drawn from the noisiest timesteps (--high-t-start..999)")
-    parser.add_argument("--high-t-start", type=int, default=700)
-    parser.add_argument("--max-loss-weight", type=float, default=1.0,
-                        help="cap of the (1-a)/a loss weight of noisy timesteps (1: plain noise MSE)")
-    parser.add_argument("--weighted-steps", type=int, default=None,
-                        help="apply --max-loss-weight only for this many first diffusion steps (default: all)")
-    parser.add_argument("--first-timestep", type=int, default=0,
-                        help="train only on timesteps from this one up to --last-timestep")
-    parser.add_argument("--last-timestep", type=int, default=999,
-                        help="train only on timesteps up to this one (below ~300: fine detail such as clean edges)")
-    parser.add_argument("--input-perturbation", type=float, default=0.0,
-                        help="extra input noise the target does not include (DDPM-IP; 0.1 in the paper)")
-    parser.add_argument("--mismatched-captions", type=float, default=0.0,
-                        help="share of examples trained with another image's caption")
-    parser.add_argument("--freeze-text-encoder", action="store_true",
-                        help="train only the UNet (for a stage with --mismatched-captions)")
+                        help="also save the averaged weights every this many steps of a stage, to "
+                             "<out>.stage<K>-step<N>.safetensors")
+    parser.add_argument("--recipe", choices=["shipped", "flags"], default="shipped",
+                        help="shipped: the stages that made backend/builtin/shapes-demo.safetensors; "
+                             "flags: one stage made of the options below")
     parser.add_argument("--full-res-attention", action="store_true",
                         help="also attend at the 16x16 level (SD1's layout; 2.3x the step time)")
     parser.add_argument("--resume", type=Path, default=None,
                         help="continue the diffusion training of this checkpoint (its VAE is kept as it is)")
+    stage = parser.add_argument_group("one stage (with --recipe flags)")
+    stage.add_argument("--diffusion-steps", dest="steps", type=int, default=2000)
+    stage.add_argument("--peak-lr", type=float, default=6e-4)
+    stage.add_argument("--batch", type=int, default=128, help="images per diffusion training step")
+    stage.add_argument("--fact-weight", type=float, default=0.0,
+                       help="weight of the text encoder's caption-fact heads (see train_diffusion)")
+    stage.add_argument("--offset-noise", type=float, default=0.0, help="per-channel noise offset (see coarse_noise)")
+    stage.add_argument("--multires-noise", type=float, default=0.0,
+                       help="weight of half-resolution noise, squared for quarter resolution etc. (see coarse_noise)")
+    stage.add_argument("--high-t-fraction", type=float, default=0.0,
+                       help="share of training examples drawn from the noisiest timesteps (--high-t-start..999)")
+    stage.add_argument("--high-t-start", type=int, default=700)
+    stage.add_argument("--max-loss-weight", type=float, default=1.0,
+                       help="cap of the (1-a)/a loss weight of noisy timesteps (1: plain noise MSE)")
+    stage.add_argument("--weighted-steps", type=int, default=None,
+                       help="apply --max-loss-weight only for this many first diffusion steps (default: all)")
+    stage.add_argument("--first-timestep", type=int, default=0,
+                       help="train only on timesteps from this one up to --last-timestep")
+    stage.add_argument("--last-timestep", type=int, default=999,
+                       help="train only on timesteps up to this one (below ~300: fine detail such as clean edges)")
+    stage.add_argument("--input-perturbation", type=float, default=0.0,
+                       help="extra input noise the target does not include (DDPM-IP; 0.1 in the paper)")
+    stage.add_argument("--mismatched-captions", type=float, default=0.0,
+                       help="share of examples trained with another image's caption")
+    stage.add_argument("--freeze-text-encoder", dest="train_text_encoder", action="store_false",
+                       help="train only the UNet (for a stage with --mismatched-captions)")
     args = parser.parse_args(argv)
+    if args.recipe == "flags":
+        stages = (stage_from_flags(args),)
+    elif stage_from_flags(args) != DiffusionStage():
+        parser.error("the stage options need --recipe flags (the shipped recipe sets its own)")
+    else:
+        stages = SHIPPED_RECIPE
     started = time.monotonic()
     torch.manual_seed(0)
     pixels, captions, facts = make_dataset(args.images, seed=0)
@@ -420,20 +461,17 @@ def main(argv=None):
     latents = encode_all(vae, pixels)
     print(f"latents {tuple(latents.shape)} std {latents.std():.3f}", flush=True)
 
-    def snapshot(unet, text_encoder, step):
-        save_checkpoint(args.out.with_suffix(f".step{step}.safetensors"), vae, text_encoder, unet)
+    for number, stage in enumerate(stages, 1):
+        print(f"stage {number}/{len(stages)}: {stage}", flush=True)
 
-    unet, text_encoder = train_diffusion(unet, text_encoder, latents, captions, args.diffusion_steps,
-                                         snapshot=snapshot, snapshot_every=args.snapshot_every,
-                                         peak_lr=args.peak_lr, offset_noise=args.offset_noise, batch=args.batch,
-                                         multires_noise=args.multires_noise, facts=facts,
-                                         fact_weight=args.fact_weight, high_t_fraction=args.high_t_fraction,
-                                         high_t_start=args.high_t_start, max_loss_weight=args.max_loss_weight,
-                                         weighted_steps=args.weighted_steps,
-                                         first_timestep=args.first_timestep, last_timestep=args.last_timestep,
-                                         input_perturbation=args.input_perturbation,
-                                         mismatched_captions=args.mismatched_captions,
-                                         train_text_encoder=not args.freeze_text_encoder)
+        def snapshot(unet, text_encoder, step, number=number):
+            save_checkpoint(args.out.with_suffix(f".stage{number}-step{step}.safetensors"), vae, text_encoder, unet)
+
+        unet, text_encoder = train_diffusion(unet.requires_grad_(True), text_encoder.requires_grad_(True), latents,
+                                             captions, stage, facts=facts, snapshot=snapshot,
+                                             snapshot_every=args.snapshot_every)
+        if number < len(stages):
+            save_checkpoint(args.out.with_suffix(f".stage{number}.safetensors"), vae, text_encoder, unet)
     save_checkpoint(args.out, vae, text_encoder, unet)
     print(f"total training time {(time.monotonic() - started) / 60:.1f} min", flush=True)
 
