@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
-from tools.shapes_world import detect, random_scene, render
+from PIL import Image, ImageDraw
+
+from tools.shapes_world import COLOURS, detect, random_scene, render
 
 
 def test_scenes_are_deterministic():
@@ -33,3 +35,35 @@ def test_detector_reads_ground_truth_scenes():
     assert counts["colour"] / counts["n"] >= 0.98 and counts["background"] == counts["n"]
     assert counts["shape"] / counts["n"] >= 0.95
     assert counts["position"] / counts["positioned"] >= 0.97
+
+
+def drawn(draw_shape) -> Image.Image:
+    """A white object on black, drawn at 4x and downsampled like the world's renderer."""
+    image = Image.new("RGB", (256, 256), COLOURS["black"])
+    draw_shape(ImageDraw.Draw(image))
+    return image.resize((64, 64), Image.LANCZOS)
+
+
+def bowed_square(x: float, y: float, half: float, bow: float) -> list[tuple[float, float]]:
+    """A square's outline whose sides bend inwards by `bow` of the half-side at their middles."""
+    corners = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
+    outline = []
+    for (ax, ay), (bx, by) in zip(corners, corners[1:] + corners[:1]):
+        middle_x, middle_y = (ax + bx) / 2, (ay + by) / 2  # the side's outward direction
+        for step in range(8):
+            u = step / 8
+            inward = bow * 4 * u * (1 - u)  # 0 at the corners, `bow` at the middle of the side
+            outline.append((x + half * (ax + (bx - ax) * u - inward * middle_x),
+                            y + half * (ay + (by - ay) * u - inward * middle_y)))
+    return outline
+
+
+def test_a_square_with_bowed_in_sides_is_a_square_and_a_disc_stays_a_circle():
+    for half, (x, y) in [(28, (128, 128)), (40, (90, 160)), (60, (128, 128))]:
+        for bow in (0.0, 0.1, 0.2):  # at 0.2 it fills only about 80% of its box, like a disc (79%)
+            found = detect(drawn(lambda draw: draw.polygon(bowed_square(x, y, half, bow), fill=COLOURS["white"])))
+            assert found.shape == "square", (half, bow)
+        radius = half * 1.15
+        found = detect(drawn(lambda draw: draw.ellipse((x - radius, y - radius, x + radius, y + radius),
+                                                       fill=COLOURS["white"])))
+        assert found.shape == "circle", half

@@ -148,6 +148,7 @@ class Detection:
     position: str | None
     object_fraction: float
     object_mask: np.ndarray
+    box_fill: float = 0.0  # share of the object's bounding box it covers (0: no object)
 
 
 def solidity(mask: np.ndarray) -> float:
@@ -160,10 +161,25 @@ def solidity(mask: np.ndarray) -> float:
     return float(mask.sum() / ConvexHull(np.unique(corners, axis=0)).volume)
 
 
+SQUARE_BOX_FILL = 0.86  # a convex object filling this much of its bounding box is a square whatever its corners
+
+
+def corner_cover(mask: np.ndarray, share: float = 0.2) -> float:
+    """How much of the emptiest corner of the object's bounding box it covers (corner patches a fifth of the box
+    wide and high): a disc covers about an eighth of each, a square all of each, even one whose sides bow in."""
+    ys, xs = np.nonzero(mask)
+    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    height, width = max(1, round((bottom - top) * share)), max(1, round((right - left) * share))
+    patches = [mask[top:top + height, left:left + width], mask[top:top + height, right - width:right],
+               mask[bottom - height:bottom, left:left + width], mask[bottom - height:bottom, right - width:right]]
+    return float(min(patch.mean() for patch in patches))
+
+
 def detect(image: Image.Image, threshold: float = 60.0) -> Detection:
     """Background = median colour of the border; object = pixels far from it; shape: a star is the one
-    concave shape (low solidity), the convex ones differ in how much of their bounding box they fill;
-    position from the centroid in a 3x3 grid."""
+    concave shape (low solidity), the convex ones differ in how much of their bounding box they fill, and a
+    square fills its box's corners where a disc leaves them empty (so a square with bowed-in sides, which fills
+    less of its box, is still a square); position from the centroid in a 3x3 grid."""
     pixels = np.asarray(image.convert("RGB").resize((SIZE, SIZE)), dtype=float)
     border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3), pixels[:, :2].reshape(-1, 3),
                              pixels[:, -2:].reshape(-1, 3)])
@@ -180,7 +196,7 @@ def detect(image: Image.Image, threshold: float = 60.0) -> Detection:
     fill = mask.sum() / box_area
     if solidity(mask) < 0.75:
         shape = "star"
-    elif fill >= 0.86:
+    elif fill >= SQUARE_BOX_FILL or (fill >= 0.65 and corner_cover(mask) >= 0.5):
         shape = "square"
     elif fill >= 0.65:
         shape = "circle"
@@ -189,4 +205,4 @@ def detect(image: Image.Image, threshold: float = 60.0) -> Detection:
     column = min(2, int(xs.mean() / SIZE * 3))
     row = min(2, int(ys.mean() / SIZE * 3))
     position = next(name for name, cell in POSITIONS.items() if cell == (column, row))
-    return Detection(background, colour, shape, position, fraction, mask)
+    return Detection(background, colour, shape, position, fraction, mask, float(fill))
