@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tools.train_demo_model import (mismatch_captions, noisy_input, noisy_step_weight, sd_alphas_cumprod,
+from tools.train_demo_model import (mismatch_captions, noisy_step_weight, offset_noise, sd_alphas_cumprod,
                                    training_timesteps)
 
 
@@ -20,17 +20,6 @@ def test_noisy_step_weight_is_one_for_clean_steps_and_capped_for_noisy_ones():
     assert torch.all(noisy_step_weight(alphas, cap=1) == 1)  # the default: unweighted
 
 
-def test_training_timesteps_draw_the_requested_share_from_the_noisy_end():
-    uniform = training_timesteps(20000, torch.Generator().manual_seed(0))
-    assert uniform.min() >= 0 and uniform.max() <= 999
-    assert abs((uniform >= 700).float().mean().item() - 0.3) < 0.02
-    biased = training_timesteps(20000, torch.Generator().manual_seed(0), high_fraction=0.5, high_start=700)
-    # half drawn from 700..999, the other half uniform (30% of which also land there): 65%
-    assert abs((biased >= 700).float().mean().item() - 0.65) < 0.02
-    same = training_timesteps(20000, torch.Generator().manual_seed(0), high_fraction=0.5, high_start=700)
-    assert torch.equal(biased, same)  # seeded: the training run is reproducible
-
-
 def test_training_timesteps_stay_in_the_allowed_band():
     low = training_timesteps(20000, torch.Generator().manual_seed(0), last=300)
     assert low.max() == 300 and low.min() == 0
@@ -38,21 +27,14 @@ def test_training_timesteps_stay_in_the_allowed_band():
     band = training_timesteps(20000, torch.Generator().manual_seed(0), first=250, last=650)
     assert band.min() == 250 and band.max() == 650
     assert abs(band.float().mean().item() - 450) < 5
-    # The noisy-end share stays inside the band too.
-    both = training_timesteps(20000, torch.Generator().manual_seed(0), high_fraction=0.5, high_start=600,
-                              first=250, last=650)
-    assert both.min() == 250 and both.max() == 650 and abs((both >= 600).float().mean().item() - 0.56) < 0.02
+    same = training_timesteps(20000, torch.Generator().manual_seed(0), first=250, last=650)
+    assert torch.equal(band, same)  # seeded: the training run is reproducible
 
 
-def test_input_perturbation_adds_fresh_noise_only_to_the_input():
-    x0, noise = torch.randn(64, 4, 16, 16), torch.randn(64, 4, 16, 16)
-    a = torch.tensor(0.36)  # sqrt(1 - a) = 0.8
-    plain = noisy_input(x0, noise, a, torch.Generator().manual_seed(0))
-    assert torch.allclose(plain, 0.6 * x0 + 0.8 * noise)
-    perturbed = noisy_input(x0, noise, a, torch.Generator().manual_seed(0), perturbation=0.5)
-    extra = (perturbed - plain) / 0.8  # the added noise, in units of the forward process's noise
-    assert abs(extra.std().item() - 0.5) < 0.02 and abs(extra.mean().item()) < 0.02
-    assert abs(torch.corrcoef(torch.stack([extra.flatten(), noise.flatten()]))[0, 1].item()) < 0.05  # fresh
+def test_offset_noise_is_one_value_per_image_and_channel_of_the_requested_size():
+    offsets = offset_noise((4096, 4, 16, 16), torch.Generator().manual_seed(0), 0.3)
+    assert offsets.shape == (4096, 4, 1, 1)  # broadcasts over the latent: the same shift at every position
+    assert abs(offsets.std().item() - 0.3) < 0.01 and abs(offsets.mean().item()) < 0.01
 
 
 def test_mismatched_captions_replace_about_the_requested_share_with_other_captions():
@@ -85,12 +67,12 @@ def test_a_staged_run_saves_each_stage_and_a_checkpoint_the_app_loads(tmp_path, 
     import tools.train_demo_model as training
     from backend.checkpoint_loader import CheckpointLoader
 
-    stages = (training.DiffusionStage(steps=1, batch=2), training.DiffusionStage(steps=1, batch=2, last_timestep=300))
-    monkeypatch.setattr(training, "SHIPPED_RECIPE", stages)
+    stage = training.DiffusionStage(steps=1, batch=2)
+    monkeypatch.setattr(training, "SHIPPED_RECIPE", ((stage,), (stage, stage)))  # the second part from the file
     monkeypatch.setattr(training, "report_reconstruction", lambda vae: None)  # 200 decodes: slow, and not the point
     out = tmp_path / "demo.safetensors"
     training.main(["--out", str(out), "--images", "8", "--vae-steps", "1"])
-    assert (tmp_path / "demo.stage1.safetensors").is_file() and not (tmp_path / "demo.stage2.safetensors").exists()
+    assert (tmp_path / "demo.stage2.safetensors").is_file() and not (tmp_path / "demo.stage3.safetensors").exists()
     loaded = CheckpointLoader().load(out, torch.float32).pipeline
     assert loaded.unet.config.cross_attention_dim == 64 and loaded.text_encoder.config.hidden_size == 64
     first_stage = CheckpointLoader().load(tmp_path / "demo.stage1.safetensors", torch.float32).pipeline
