@@ -15,7 +15,8 @@ from PIL import Image
 
 from backend.checkpoint_loader import CheckpointLoader
 from backend.samplers import build_scheduler
-from tools.shapes_world import COLOURS, POSITIONS, SHAPES, Scene, ShapeSpec, describe, detect, render
+from tools.shapes_world import (COLOURS, POSITIONS, SHAPES, SQUARE_BOX_FILL, Scene, ShapeSpec, describe, detect,
+                                render)
 
 DEFAULT_CHECKPOINT = Path("backend/builtin/shapes-demo.safetensors")
 SEEDS = (1, 2)
@@ -59,6 +60,8 @@ def evaluate(checkpoint: Path, count: int = 120, sheet: Path | None = None) -> d
             tally["shape"] += found.shape == spec.shape
             tally[f"shape {spec.shape}"] += 1
             tally[f"shape {spec.shape} correct"] += found.shape == spec.shape
+            tally["square with straight sides"] += found.shape == spec.shape == "square" \
+                and found.box_fill >= SQUARE_BOX_FILL
             if spec.position:
                 tally["positioned"] += 1
                 tally["position"] += found.position == spec.position
@@ -93,7 +96,10 @@ def write_report(result: dict, path: Path, checkpoint: Path):
               f"shape {tally['truth shape'] / tally['truth captions']:.1%}, colours "
               f"{tally['truth colour'] / tally['truth captions']:.1%}."]
     lines += ["", "Shape by shape: " + ", ".join(
-        f"{shape} {tally[f'shape {shape} correct']}/{tally[f'shape {shape}']}" for shape in SHAPES) + ".", "",
+        f"{shape} {tally[f'shape {shape} correct']}/{tally[f'shape {shape}']}" for shape in SHAPES) + ". "
+              f"Of the squares, {tally['square with straight sides']} fill at least {SQUARE_BOX_FILL:.0%} of their "
+              "bounding box; the others have sides that bow in, and count because they fill its corners "
+              "(a disc leaves them empty).", "",
               f"Sample sheet (every image, in grid order, {len(SEEDS)} seeds side by side): "
               f"`{path.with_name('shapes-demo-samples.png').name}`.", "",
               "| caption | seed | detected colour | background | shape | position |",

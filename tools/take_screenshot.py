@@ -16,7 +16,7 @@ from playwright.sync_api import sync_playwright
 
 from tests.server_process import ServerProcess
 
-PROMPT = "big white star, purple background"
+PROMPT = "big white star in the top left, purple background"
 
 
 def take_screenshot(path: Path, prompt: str = PROMPT, seed: int = 1):
