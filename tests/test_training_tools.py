@@ -79,9 +79,10 @@ def test_a_staged_run_saves_each_stage_and_a_checkpoint_the_app_loads(tmp_path, 
     assert not torch.equal(first_stage.unet.conv_out.weight, loaded.unet.conv_out.weight)  # stage 2 trained on
 
 
-def test_stage_options_without_recipe_flags_are_refused(capsys):
+def test_stage_options_and_resume_without_recipe_flags_are_refused(capsys):
     from tools.train_demo_model import main
 
-    with pytest.raises(SystemExit):
-        main(["--diffusion-steps", "10"])
-    assert "--recipe flags" in capsys.readouterr().err
+    for arguments in (["--diffusion-steps", "10"], ["--resume", "some.safetensors"]):
+        with pytest.raises(SystemExit):
+            main(arguments)
+        assert "--recipe flags" in capsys.readouterr().err

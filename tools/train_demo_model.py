@@ -398,8 +398,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.recipe == "flags":
         parts = ((stage_from_flags(args),),)
-    elif stage_from_flags(args) != DiffusionStage():
-        parser.error("the stage options need --recipe flags (the shipped recipe sets its own)")
+    elif stage_from_flags(args) != DiffusionStage() or args.resume:
+        parser.error("the stage options and --resume need --recipe flags (the shipped recipe starts from nothing "
+                     "and sets its own)")
     else:
         parts = SHIPPED_RECIPE
     started = time.monotonic()
