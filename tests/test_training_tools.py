@@ -68,7 +68,7 @@ def test_a_staged_run_saves_each_stage_and_a_checkpoint_the_app_loads(tmp_path, 
     from backend.checkpoint_loader import CheckpointLoader
 
     stage = training.DiffusionStage(steps=1, batch=2)
-    monkeypatch.setattr(training, "SHIPPED_RECIPE", ((stage,), (stage, stage)))  # the second part from the file
+    monkeypatch.setattr(training, "SHIPPED_RECIPE", (stage, stage, stage))  # each after the first from a file
     monkeypatch.setattr(training, "report_reconstruction", lambda vae: None)  # 200 decodes: slow, and not the point
     out = tmp_path / "demo.safetensors"
     training.main(["--out", str(out), "--images", "8", "--vae-steps", "1"])

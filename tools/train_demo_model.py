@@ -7,7 +7,7 @@ encoder with the real CLIP tokenizer). Fixed seeds and step counts, CPU only.
 is the whole recipe: the dataset (30,000 captioned images), the autoencoder (1600 steps), then the five
 diffusion stages of SHIPPED_RECIPE. The shipped model was made as five commands, each resuming from the file
 the one before saved (53 + 13 + 15 + 9 + 8 min = 98 min on the 2-core build machine); the one command runs the
-same parts without rebuilding the dataset each time (about 86 min by that count; not timed as one run).
+same stages without rebuilding the dataset each time (about 86 min by that count; not timed as one run).
 Over the issue's 60 minutes: no shorter recipe tried reached the shape bar (below).
 
 1. 2000 steps over all noise levels with the caption-fact heads on the text encoder, offset noise, and the
@@ -277,6 +277,7 @@ def train_diffusion(unet, text_encoder, latents, captions, stage: DiffusionStage
     heads = torch.nn.ModuleList([torch.nn.Linear(2 * width, len(classes)) for classes in FACT_CLASSES.values()]) \
         if stage.fact_weight else torch.nn.ModuleList()
     parameters = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text_encoder else [])
+    unet.requires_grad_(True)  # a loaded or earlier-trained UNet comes back frozen
     text_encoder.requires_grad_(train_text_encoder)
     optimiser = torch.optim.AdamW(parameters + list(heads.parameters()), lr=6e-4, weight_decay=0.01)
     ema = [p.detach().clone() for p in parameters]
@@ -341,15 +342,15 @@ def save_checkpoint(path: Path, vae, text_encoder, unet):
     print(f"saved {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
 
 
-# The stages that made the shipped model, in parts: each part after the first starts from the file the one
-# before saved (weights as stored, in float16; latents encoded again by the stored autoencoder), exactly as
-# `--resume` would, because that is how the shipped model was made (one command per part).
+# The stages that made the shipped model. Each stage after the first starts from the file the one before saved
+# (weights as stored, in float16; latents encoded again by the stored autoencoder), exactly as `--resume`
+# would, because that is how the shipped model was made (one command per stage).
 SHIPPED_RECIPE = (
-    (DiffusionStage(steps=2000, fact_weight=0.1, offset_noise=0.3, max_loss_weight=3),),
-    (DiffusionStage(steps=450, peak_lr=3e-4, first_timestep=250, last_timestep=650),),
-    (DiffusionStage(steps=600, peak_lr=2e-4, first_timestep=200, last_timestep=700),),
-    (DiffusionStage(steps=300, peak_lr=1.5e-4, last_timestep=300),),
-    (DiffusionStage(steps=300, peak_lr=1.5e-4, last_timestep=300, mismatched_captions=0.3, train_text_encoder=False),),
+    DiffusionStage(steps=2000, fact_weight=0.1, offset_noise=0.3, max_loss_weight=3),
+    DiffusionStage(steps=450, peak_lr=3e-4, first_timestep=250, last_timestep=650),
+    DiffusionStage(steps=600, peak_lr=2e-4, first_timestep=200, last_timestep=700),
+    DiffusionStage(steps=300, peak_lr=1.5e-4, last_timestep=300),
+    DiffusionStage(steps=300, peak_lr=1.5e-4, last_timestep=300, mismatched_captions=0.3, train_text_encoder=False),
 )
 
 
@@ -397,12 +398,12 @@ def main(argv=None):
                        help="train only the UNet (for a stage with --mismatched-captions)")
     args = parser.parse_args(argv)
     if args.recipe == "flags":
-        parts = ((stage_from_flags(args),),)
+        stages = (stage_from_flags(args),)
     elif stage_from_flags(args) != DiffusionStage() or args.resume:
         parser.error("the stage options and --resume need --recipe flags (the shipped recipe starts from nothing "
                      "and sets its own)")
     else:
-        parts = SHIPPED_RECIPE
+        stages = SHIPPED_RECIPE
     started = time.monotonic()
     torch.manual_seed(0)
     pixels, captions, facts = make_dataset(args.images, seed=0)
@@ -416,27 +417,19 @@ def main(argv=None):
     print(f"parameters: unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M, "
           f"text {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M, "
           f"vae {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M", flush=True)
-    stages = [stage for part in parts for stage in part]
-    number, saved = 0, None
-    for part_number, part in enumerate(parts, 1):
-        if part_number > 1:
+    for number, stage in enumerate(stages, 1):
+        if number > 1:
+            saved = args.out.with_suffix(f".stage{number - 1}.safetensors")
+            save_checkpoint(saved, vae, text_encoder, unet)
             vae, text_encoder, unet = load_components(saved)
         latents = encode_all(vae, pixels)
-        print(f"latents {tuple(latents.shape)} std {latents.std():.3f}", flush=True)
-        for stage in part:
-            number += 1
-            print(f"stage {number}/{len(stages)}: {stage}", flush=True)
+        print(f"stage {number}/{len(stages)}: {stage}; latents std {latents.std():.3f}", flush=True)
 
-            def snapshot(unet, text_encoder, step, number=number):
-                save_checkpoint(args.out.with_suffix(f".stage{number}-step{step}.safetensors"), vae, text_encoder,
-                                unet)
+        def snapshot(unet, text_encoder, step, number=number):
+            save_checkpoint(args.out.with_suffix(f".stage{number}-step{step}.safetensors"), vae, text_encoder, unet)
 
-            unet, text_encoder = train_diffusion(unet.requires_grad_(True), text_encoder.requires_grad_(True),
-                                                 latents, captions, stage, facts=facts, snapshot=snapshot,
-                                                 snapshot_every=args.snapshot_every)
-            if number < len(stages):
-                saved = args.out.with_suffix(f".stage{number}.safetensors")
-                save_checkpoint(saved, vae, text_encoder, unet)
+        unet, text_encoder = train_diffusion(unet, text_encoder, latents, captions, stage, facts=facts,
+                                             snapshot=snapshot, snapshot_every=args.snapshot_every)
     save_checkpoint(args.out, vae, text_encoder, unet)
     print(f"total training time {(time.monotonic() - started) / 60:.1f} min", flush=True)
 
