@@ -30,7 +30,9 @@ Stage 4's model scores best but fails low-strength img2img; with 10% swapped cap
 
 Shorter recipes (one command each) that missed the shape bar: stage 1 for 1400 steps, 500 on t 200-700, then
 stage 5 with 10% swapped (60 min): 97.1 / 100 / 52.5 / 94.0%; with 500 more steps on t 200-700 before the last
-stage (77 min): 96.7 / 100 / 62.1 / 94.9%.
+stage (77 min): 96.7 / 100 / 62.1 / 94.9%. The shipped stages at batch 64 instead of 128 (stages 2 and 3 at 600
+and 750 steps): 95.8 / 97.5 / 66.2 / 88.9% in 70 min, because a step at half the batch costs 0.6-0.75 s, not half
+of 1.2 s, and the shapes came back more slowly (stage 1 alone: 38% shape in the quick check, 64 captions).
 
 `--recipe flags` runs one stage made of the command-line options instead (with `--resume`, on top of a
 checkpoint), for experiments. For the record, the first shipped model (plain loss, then offset noise; 77 min)
