@@ -7,7 +7,8 @@ encoder with the real CLIP tokenizer). Fixed seeds and step counts, CPU only.
 is the whole recipe: the dataset (30,000 captioned images), the autoencoder (1600 steps), then the five
 diffusion stages of SHIPPED_RECIPE. The shipped model was made as five commands, each resuming from the file
 the one before saved (53 + 13 + 15 + 9 + 8 min = 98 min on the 2-core build machine); the one command runs the
-same stages without rebuilding the dataset each time (about 86 min by that count; not timed as one run).
+same stages without rebuilding the dataset each time (about 86 min by that count; at batch 128 not yet timed
+as one run, though the one-command path has run all five stages end to end at batch 64, below).
 Over the issue's 60 minutes: no shorter recipe tried reached the shape bar (below).
 
 1. 2000 steps over all noise levels with the caption-fact heads on the text encoder, offset noise, and the
