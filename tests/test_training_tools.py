@@ -70,13 +70,29 @@ def test_a_staged_run_saves_each_stage_and_a_checkpoint_the_app_loads(tmp_path, 
     stage = training.DiffusionStage(steps=1, batch=2)
     monkeypatch.setattr(training, "SHIPPED_RECIPE", (stage, stage, stage))  # each after the first from a file
     monkeypatch.setattr(training, "report_reconstruction", lambda vae: None)  # 200 decodes: slow, and not the point
+    encoded = []
+    monkeypatch.setattr(training, "encode_all", lambda vae, pixels: encoded.append(vae) or torch.randn(8, 4, 16, 16))
     out = tmp_path / "demo.safetensors"
     training.main(["--out", str(out), "--images", "8", "--vae-steps", "1"])
+    # The autoencoder is rounded to its stored precision before the first encoding, so the stages reloaded from
+    # files (float16) have the same one and reuse its latents rather than encoding the images again.
+    assert len(encoded) == 1
     assert (tmp_path / "demo.stage2.safetensors").is_file() and not (tmp_path / "demo.stage3.safetensors").exists()
     loaded = CheckpointLoader().load(out, torch.float32).pipeline
     assert loaded.unet.config.cross_attention_dim == 64 and loaded.text_encoder.config.hidden_size == 64
     first_stage = CheckpointLoader().load(tmp_path / "demo.stage1.safetensors", torch.float32).pipeline
     assert not torch.equal(first_stage.unet.conv_out.weight, loaded.unet.conv_out.weight)  # stage 2 trained on
+    assert training.same_weights(loaded.vae, encoded[0].state_dict())
+
+
+def test_rounding_to_the_stored_precision_is_what_a_float16_file_gives_back():
+    from tools.train_demo_model import round_to_stored_precision, same_weights
+
+    layer = torch.nn.Linear(8, 8)
+    torch.nn.init.normal_(layer.weight, std=1e-3)  # values float16 cannot hold exactly
+    stored = {key: value.half().float() for key, value in layer.state_dict().items()}
+    assert not same_weights(layer, stored)
+    assert same_weights(round_to_stored_precision(layer), stored)
 
 
 def test_stage_options_and_resume_without_recipe_flags_are_refused(capsys):
