@@ -82,11 +82,15 @@ def test_a_staged_run_saves_each_stage_and_a_checkpoint_the_app_loads(tmp_path, 
     assert loaded.unet.config.cross_attention_dim == 64 and loaded.text_encoder.config.hidden_size == 64
     first_stage = CheckpointLoader().load(tmp_path / "demo.stage1.safetensors", torch.float32).pipeline
     assert not torch.equal(first_stage.unet.conv_out.weight, loaded.unet.conv_out.weight)  # stage 2 trained on
-    assert training.same_weights(loaded.vae, encoded[0].state_dict())
+    assert same_weights(loaded.vae, encoded[0].state_dict())
+
+
+def same_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(value, weights[key]) for key, value in module.state_dict().items())
 
 
 def test_rounding_to_the_stored_precision_is_what_a_float16_file_gives_back():
-    from tools.train_demo_model import round_to_stored_precision, same_weights
+    from tools.train_demo_model import round_to_stored_precision
 
     layer = torch.nn.Linear(8, 8)
     torch.nn.init.normal_(layer.weight, std=1e-3)  # values float16 cannot hold exactly
