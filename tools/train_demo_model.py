@@ -11,7 +11,7 @@ same stages without building the dataset and encoding its 30,000 images again fo
 min), about 86-95 min by that count (a step costs 1.23-1.32 s on the 2-core machines seen). It encodes once
 because the autoencoder is rounded to its stored float16 weights before the first stage, which the shipped
 model's first stage was not (its latents differed by float16 rounding), so a rerun matches it closely, not bit
-for bit. At batch 128 not yet timed as one run; the one-command path has run end to end (below).
+for bit. The shipped recipe is not yet timed as one run; shorter recipes have run as one command (below).
 Over the issue's 60 minutes: no shorter recipe tried passes everything (below).
 
 1. 2000 steps over all noise levels with the caption-fact heads on the text encoder, offset noise, and the
