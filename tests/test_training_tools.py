@@ -40,11 +40,36 @@ def test_offset_noise_is_one_value_per_image_and_channel_of_the_requested_size()
 def test_mismatched_captions_replace_about_the_requested_share_with_other_captions():
     all_ids = torch.arange(1000).unsqueeze(1).repeat(1, 77)  # caption i is the row of i's
     batch = all_ids.repeat(4, 1)
-    mixed = mismatch_captions(batch, all_ids, 0.3, torch.Generator().manual_seed(0))
+    mixed, swapped = mismatch_captions(batch.clone(), all_ids, 0.3, torch.Generator().manual_seed(0))
     changed = (mixed != batch).any(1)
     assert abs(changed.float().mean().item() - 0.3) < 0.03
     assert torch.all(mixed[changed] == mixed[changed][:, :1])  # whole captions swapped, not single tokens
-    assert torch.equal(mismatch_captions(batch, all_ids, 0.0, torch.Generator().manual_seed(0)), batch)
+    assert torch.equal(changed, changed & swapped) and swapped.sum() - changed.sum() < 5  # rarely its own again
+    unchanged, none = mismatch_captions(batch.clone(), all_ids, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(unchanged, batch) and not none.any()
+
+
+def test_partial_captions_name_one_object_of_a_two_object_image_and_its_loss_counts_on_that_half():
+    from tools.shapes_world import COLOURS
+    from tools.train_demo_model import LEFT_HALF, RIGHT_HALF, WHOLE, loss_region, make_dataset
+
+    pixels, captions, facts, halves = make_dataset(300, seed=0)
+    plain_pixels, plain_captions, _, plain_halves = make_dataset(300, seed=0, partial_share=0.0)
+    assert torch.equal(pixels, plain_pixels) and not plain_halves.any()  # the same images either way
+    partial = (halves != WHOLE).nonzero().flatten().tolist()
+    two_objects = [i for i, caption in enumerate(plain_captions) if " and a " in caption]
+    assert set(partial) < set(two_objects) and 0.3 < len(partial) / len(two_objects) < 0.7
+    for i in partial:
+        left_colour, right_colour = (word for word in plain_captions[i].split() if word in COLOURS and
+                                     not plain_captions[i].endswith(f"{word} background"))
+        named = right_colour if halves[i] == RIGHT_HALF else left_colour
+        other = left_colour if halves[i] == RIGHT_HALF else right_colour
+        assert named in captions[i] and other not in captions[i] and " and a " not in captions[i]
+        assert list(COLOURS)[facts[i, 1]] == named  # the fact heads learn the object the caption names
+    region = loss_region(torch.tensor([WHOLE, LEFT_HALF, RIGHT_HALF]), 16, 16)
+    assert region.shape == (3, 1, 16, 16) and region[0].all()
+    assert region[1, ..., :8].all() and not region[1, ..., 8:].any()
+    assert region[2, ..., 8:].all() and not region[2, ..., :8].any()
 
 
 def test_a_frozen_text_encoder_stays_as_it_was_while_the_unet_trains():

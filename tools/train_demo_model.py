@@ -76,7 +76,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from backend.clip_tokenizer import build_clip_tokenizer
 from backend.original_layout import SD1_CLIP_PREFIX, clip_to_original, unet_to_original, vae_to_original
-from tools.shapes_world import COLOURS, POSITIONS, SHAPES, detect, random_scene, render
+from tools.shapes_world import COLOURS, POSITIONS, SHAPES, ShapeSpec, describe, detect, random_scene, render
 
 SD_LATENT_SCALE = 0.18215  # SD1.x's VAE scaling factor, which the loader assumes for this family
 CHECKPOINT_METADATA = {  # ModelSpec keys, so other tools know what this is and at which size it was trained
@@ -91,23 +91,52 @@ FACT_CLASSES = {"position": [*POSITIONS, None], "colour": list(COLOURS), "shape"
                 "background": list(COLOURS)}
 
 
-def scene_facts(scene) -> list[int]:
-    """Class indices of the first object's position (None: not stated), colour and shape, and the background."""
-    first = scene.objects[0]
-    values = {"position": first.position, "colour": first.colour, "shape": first.shape, "background": scene.background}
+def object_facts(spec: ShapeSpec, background: str) -> list[int]:
+    """Class indices of the object's position (None: not stated), colour and shape, and the background."""
+    values = {"position": spec.position, "colour": spec.colour, "shape": spec.shape, "background": background}
     return [FACT_CLASSES[fact].index(values[fact]) for fact in FACT_CLASSES]
 
 
-def make_dataset(count: int, seed: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    rng = random.Random(seed)
-    images, captions, facts = [], [], []
+WHOLE, LEFT_HALF, RIGHT_HALF = 0, 1, 2  # where an example's loss counts (see loss_region)
+PARTIAL_CAPTION_SHARE = 0.5  # of the two-object scenes
+
+
+def make_dataset(count: int, seed: int, partial_share: float = PARTIAL_CAPTION_SHARE
+                 ) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor]:
+    """Images (in -1..1), captions, the facts of the object each caption describes first, and which part of each
+    image its loss counts on.
+
+    `partial_share` of the two-object scenes are captioned with one of their objects only (as an inpainting
+    prompt names only what goes in the mask) and their loss counts only on that object's half: the model learns
+    to draw what the prompt names beside something it does not mention, not to add unmentioned objects (without
+    these, a model drew nothing in a masked half beside an existing object). Their wording comes from a random
+    stream of its own, so the images and the other captions do not depend on the share."""
+    rng, wording = random.Random(seed), random.Random(seed + 1)
+    images, captions, facts, halves = [], [], [], []
     for _ in range(count):
         scene = random_scene(rng)
         images.append(np.asarray(render(scene, rng)))
-        captions.append(scene.caption)
-        facts.append(scene_facts(scene))
+        if len(scene.objects) == 2 and wording.random() < partial_share:
+            side = wording.randrange(2)  # the objects are on the left and the right (see random_scene)
+            spec = scene.objects[side]
+            captions.append(describe(spec, scene.background, wording))
+            halves.append((LEFT_HALF, RIGHT_HALF)[side])
+        else:
+            spec = scene.objects[0]
+            captions.append(scene.caption)
+            halves.append(WHOLE)
+        facts.append(object_facts(spec, scene.background))
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return pixels, captions, torch.tensor(facts)
+    return pixels, captions, torch.tensor(facts), torch.tensor(halves)
+
+
+def loss_region(halves: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(batch, 1, height, width): 1 where each example's loss counts, the whole latent or one half of it."""
+    left = torch.arange(width) < width // 2
+    keep = torch.ones(len(halves), width, dtype=torch.bool)
+    keep[halves == LEFT_HALF] = left
+    keep[halves == RIGHT_HALF] = ~left
+    return keep[:, None, None, :].expand(-1, 1, height, width).float()
 
 
 def build_models():
@@ -239,13 +268,13 @@ def training_timesteps(batch: int, generator: torch.Generator, first: int = 0, l
 
 
 def mismatch_captions(tokens: torch.Tensor, all_ids: torch.Tensor, share: float,
-                      generator: torch.Generator) -> torch.Tensor:
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """About `share` of the batch's captions replaced by random captions of other images, so the model learns
-    to denoise from what the image shows when the prompt says otherwise (low-strength img2img)."""
+    to denoise from what the image shows when the prompt says otherwise (low-strength img2img). Returns the
+    captions and which were swapped (in place: `tokens` is the batch's own copy)."""
     swap = torch.rand(len(tokens), generator=generator) < share
-    tokens = tokens.clone()
     tokens[swap] = all_ids[torch.randint(0, len(all_ids), (int(swap.sum()),), generator=generator)]
-    return tokens
+    return tokens, swap
 
 
 def noisy_step_weight(alpha_cumprod: torch.Tensor, cap: float) -> torch.Tensor:
@@ -272,7 +301,7 @@ class DiffusionStage:
 
 
 def train_diffusion(unet, text_encoder, latents, captions, stage: DiffusionStage, facts: torch.Tensor | None = None,
-                    snapshot=None, snapshot_every: int = 0, log_every: int = 50):
+                    halves: torch.Tensor | None = None, snapshot=None, snapshot_every: int = 0, log_every: int = 50):
     """Epsilon prediction on SD's noise schedule; the text encoder trains too (it starts from nothing). The
     weights kept are an exponential moving average; `snapshot(unet, text_encoder, step)` is called with the
     averaged weights every `snapshot_every` steps so a long run can be checked while it goes.
@@ -281,7 +310,7 @@ def train_diffusion(unet, text_encoder, latents, captions, stage: DiffusionStage
     decides the background.
 
     `fact_weight` adds linear heads on the text encoder's pooled output that predict each caption's facts
-    (`facts`, see scene_facts): a jointly trained encoder otherwise never learned to encode positions (the
+    (`facts`, see object_facts): a jointly trained encoder otherwise never learned to encode positions (the
     probe in tools/probe_text_encoder.py), so the UNet had nothing to follow. The heads are not saved.
 
     `max_loss_weight` > 1 weights each example's noise error by (1 - a) / a up to that cap, i.e. like the error
@@ -290,7 +319,10 @@ def train_diffusion(unet, text_encoder, latents, captions, stage: DiffusionStage
     `first_timestep`..`last_timestep` limits training to one band of noise levels; `mismatched_captions` gives
     that share of the examples another image's caption (for a stage on the least noisy steps, where img2img
     must keep what the image shows even when the prompt says otherwise); `train_text_encoder=False` keeps the
-    encoder as it is (so such a stage cannot teach it the wrong captions)."""
+    encoder as it is (so such a stage cannot teach it the wrong captions).
+
+    `halves` (see make_dataset) limits an example's loss to the half of the image its caption describes; an
+    example given another image's caption counts whole."""
     steps, batch, peak_lr, train_text_encoder = stage.steps, stage.batch, stage.peak_lr, stage.train_text_encoder
     tokenizer = build_clip_tokenizer()
     encoded = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
@@ -319,9 +351,9 @@ def train_diffusion(unet, text_encoder, latents, captions, stage: DiffusionStage
         cosine_lr(optimiser, peak_lr, step, steps)
         index = torch.randint(0, len(latents), (batch,), generator=generator)
         x0 = latents[index]
-        tokens = ids[index].clone()
+        tokens, swapped = ids[index].clone(), torch.zeros(batch, dtype=torch.bool)
         if stage.mismatched_captions:
-            tokens = mismatch_captions(tokens, ids, stage.mismatched_captions, generator)
+            tokens, swapped = mismatch_captions(tokens, ids, stage.mismatched_captions, generator)
         drop = torch.rand(batch, generator=generator) < 0.1  # unconditional examples for classifier-free guidance
         tokens[drop] = empty
         t = training_timesteps(batch, generator, stage.first_timestep, stage.last_timestep)
@@ -332,7 +364,12 @@ def train_diffusion(unet, text_encoder, latents, captions, stage: DiffusionStage
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
         context = text_encoder(tokens).last_hidden_state
         weight = noisy_step_weight(a, stage.max_loss_weight)
-        loss = (weight * (unet(noisy, t, encoder_hidden_states=context).sample - noise) ** 2).mean()
+        error = weight * (unet(noisy, t, encoder_hidden_states=context).sample - noise) ** 2
+        if halves is None:
+            loss = error.mean()
+        else:
+            region = loss_region(halves[index].masked_fill(swapped, WHOLE), *x0.shape[-2:])
+            loss = (error * region).sum() / (region.sum() * x0.shape[1])
         if stage.fact_weight and (~drop).any():
             mask = token_masks[index].unsqueeze(-1).float()
             pooled = torch.cat([(context * mask).sum(1) / mask.sum(1), context.max(1).values], -1)[~drop]
@@ -430,7 +467,7 @@ def main(argv=None):
         stages = SHIPPED_RECIPE
     started = time.monotonic()
     torch.manual_seed(0)
-    pixels, captions, facts = make_dataset(args.images, seed=0)
+    pixels, captions, facts, halves = make_dataset(args.images, seed=0)
     print(f"dataset: {len(captions)} images, e.g. {captions[:3]}", flush=True)
     if args.resume:
         vae, text_encoder, unet = load_components(args.resume)
@@ -454,7 +491,7 @@ def main(argv=None):
         def snapshot(unet, text_encoder, step, number=number):
             save_checkpoint(args.out.with_suffix(f".stage{number}-step{step}.safetensors"), vae, text_encoder, unet)
 
-        unet, text_encoder = train_diffusion(unet, text_encoder, latents, captions, stage, facts=facts,
+        unet, text_encoder = train_diffusion(unet, text_encoder, latents, captions, stage, facts=facts, halves=halves,
                                              snapshot=snapshot, snapshot_every=args.snapshot_every)
     save_checkpoint(args.out, vae, text_encoder, unet)
     print(f"total training time {(time.monotonic() - started) / 60:.1f} min", flush=True)
