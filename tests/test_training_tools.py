@@ -53,8 +53,8 @@ def test_partial_captions_name_one_object_of_a_two_object_image_and_its_loss_cou
     from tools.shapes_world import COLOURS
     from tools.train_demo_model import LEFT_HALF, RIGHT_HALF, WHOLE, loss_region, make_dataset
 
-    pixels, captions, facts, halves = make_dataset(300, seed=0)
-    plain_pixels, plain_captions, _, plain_halves = make_dataset(300, seed=0, partial_share=0.0)
+    pixels, captions, facts, halves = make_dataset(300, seed=0, partial_share=0.5)
+    plain_pixels, plain_captions, _, plain_halves = make_dataset(300, seed=0)  # the default: none
     assert torch.equal(pixels, plain_pixels) and not plain_halves.any()  # the same images either way
     partial = (halves != WHOLE).nonzero().flatten().tolist()
     two_objects = [i for i, caption in enumerate(plain_captions) if " and a " in caption]
