@@ -512,8 +512,7 @@ def main(argv=None):
         def snapshot(unet, text_encoder, step, number=number):
             save_checkpoint(args.out.with_suffix(f".stage{number}-step{step}.safetensors"), vae, text_encoder, unet)
 
-        unet, text_encoder = train_diffusion(unet, text_encoder, latents, captions, stage, facts=facts,
-                                             halves=halves if halves.any() else None,  # else plain mean, as before
+        unet, text_encoder = train_diffusion(unet, text_encoder, latents, captions, stage, facts=facts, halves=halves,
                                              snapshot=snapshot, snapshot_every=args.snapshot_every)
     save_checkpoint(args.out, vae, text_encoder, unet)
     print(f"total training time {(time.monotonic() - started) / 60:.1f} min", flush=True)
