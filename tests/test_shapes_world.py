@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+import pytest
 from PIL import Image, ImageDraw
 
 from tools.shapes_world import COLOURS, detect, random_scene, render
@@ -35,6 +37,27 @@ def test_detector_reads_ground_truth_scenes():
     assert counts["colour"] / counts["n"] >= 0.98 and counts["background"] == counts["n"]
     assert counts["shape"] / counts["n"] >= 0.95
     assert counts["position"] / counts["positioned"] >= 0.97
+
+
+@pytest.mark.parametrize("options, size, rows", [({}, "small", (12, 19)), ({"two_object_size": None}, None, (19, 28))])
+def test_two_object_scenes_draw_both_objects_at_the_asked_size_within_their_halves(options, size, rows):
+    # Each object must stay in its half, where the training loss of a caption naming only that object counts.
+    # Small by default (the shipped model's data); `rows` tells the sizes apart (a big object spans ~32).
+    rng = random.Random(5)
+    checked = 0
+    while checked < 40:
+        scene = random_scene(rng, **options)
+        if len(scene.objects) != 2:
+            continue
+        image = np.asarray(render(scene, rng), dtype=float)
+        background = np.asarray(COLOURS[scene.background], dtype=float)
+        drawn = np.abs(image - background).sum(-1) > 60
+        left, right = drawn[:, :32], drawn[:, 32:]
+        assert not left[:, -1].any() and not right[:, 0].any()  # clear of the middle line
+        for spec, half in zip(scene.objects, (left, right)):
+            assert spec.size == size and spec.colour in scene.caption
+            assert rows[0] <= half.any(axis=1).sum() <= rows[1]
+        checked += 1
 
 
 def drawn(draw_shape) -> Image.Image:

@@ -131,3 +131,22 @@ def test_stage_options_and_resume_without_recipe_flags_are_refused(capsys):
         with pytest.raises(SystemExit):
             main(arguments)
         assert "--recipe flags" in capsys.readouterr().err
+
+
+class DatasetMade(Exception):
+    pass
+
+
+@pytest.mark.parametrize("arguments, share, size", [([], 0.0, "small"),
+                                                    (["--partial-captions", "0.8", "--two-objects-at-default-size"],
+                                                     0.8, None)])
+def test_the_dataset_options_reach_the_dataset(monkeypatch, arguments, share, size):
+    import tools.train_demo_model as training
+
+    def record(count, seed, partial_share, two_object_size):
+        raise DatasetMade(partial_share, two_object_size)
+
+    monkeypatch.setattr(training, "make_dataset", record)
+    with pytest.raises(DatasetMade) as made:
+        training.main(["--images", "8", *arguments])
+    assert made.value.args == (share, size)

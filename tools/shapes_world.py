@@ -77,13 +77,17 @@ def describe(spec: ShapeSpec, background: str, rng: random.Random) -> str:
         position=position, bg=background, background=rng.choice(BACKGROUND_WORDS).format(bg=background)))
 
 
-def random_scene(rng: random.Random) -> Scene:
+def random_scene(rng: random.Random, two_object_size: str | None = "small") -> Scene:
+    """One object (any size and place), or one in five times two objects of `two_object_size` on the left and
+    the right. Their caption names no size, which for one object means the default size (None); the shipped
+    model was trained on small ones."""
     background = rng.choice(list(COLOURS))
     colours = [c for c in COLOURS if c != background]
     if rng.random() < 0.2:  # two objects, placed on the left and the right
         first, second = rng.sample(colours, 2)
         shapes = [rng.choice(SHAPES), rng.choice(SHAPES)]
-        objects = (ShapeSpec(shapes[0], first, "small", "left"), ShapeSpec(shapes[1], second, "small", "right"))
+        objects = (ShapeSpec(shapes[0], first, two_object_size, "left"),
+                   ShapeSpec(shapes[1], second, two_object_size, "right"))
         caption = _clean(f"a {first} {rng.choice(SHAPE_WORDS[shapes[0]])} on the left and a {second} "
                          f"{rng.choice(SHAPE_WORDS[shapes[1]])} on the right, {background} background")
         return Scene(objects, background, caption)
