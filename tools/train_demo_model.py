@@ -74,6 +74,7 @@ at 3e-4; 170 on t <= 300 at 1e-4 with 15% swapped, encoder frozen), 2-core AMD E
   in the masked half in 6 of 6 seeds, but with reddish-brown edges next to the red circle: red over 2% of the
   masked region in seeds 2, 3 and 4 (3.3, 4.4, 3.7%), so the test fails. Prompted with both objects, its colours
   bleed between them too (a blue-and-red circle beside the blue square in 3 of 4 seeds). The closest yet.
+  170 more steps of its last stage (`--resume`) left the red edges as they were (inpainting 3 of 6 again).
 
 `--recipe flags` runs one stage made of the command-line options instead (with `--resume`, on top of a
 checkpoint), for experiments. For the record, the first shipped model (plain loss, then offset noise; 77 min)
