@@ -59,7 +59,7 @@ square: the new object takes the colour of the one already there. Scores after s
 img2img not yet kept) and at the end: 99.6 / 100 / 70.8 / 99.1% and 95.0 / 99.6 / 64.6 / 95.4%; the swapped
 captions on t <= 300 cost shapes here too. At the end low-strength img2img kept the layout; the "big white
 star" came out purple in 2 of 6 seeds.
-Closest of all (~60 min by its parts, run as `--resume` stages on that run's stage-2 file, partial captions
+Closer (~60 min by its parts, run as `--resume` stages on that run's stage-2 file, partial captions
 0.5): after stage 2, 170 steps on t <= 300 at 3e-4, then 170 on t <= 300 at 1e-4 with 15% swapped captions and
 the encoder frozen: 97.1 / 99.6 / 70.0 / 91.2%, the star and low-strength img2img pass, and inpainting draws a
 green square (with red flecks) in the masked half, but passes the test's thresholds in only 2 of 6 seeds (0 of
