@@ -60,6 +60,25 @@ def test_two_object_scenes_draw_both_objects_at_the_asked_size_within_their_halv
         checked += 1
 
 
+@pytest.mark.parametrize("share", [0.2, 0.35])
+def test_the_two_object_share_sets_how_many_scenes_have_two_objects_and_keeps_the_rest_as_they_were(share):
+    # Only the draw that picks one or two objects compares against the share, so a one-object scene drawn from the
+    # same random state is the same whatever the share (the shipped model's data stays reproducible).
+    rng = random.Random(9)
+    scenes, same_single = [], 0
+    for _ in range(2000):
+        state = rng.getstate()
+        scene = random_scene(rng, two_object_share=share)
+        scenes.append(scene)
+        if len(scene.objects) == 1:
+            default_rng = random.Random()
+            default_rng.setstate(state)
+            same_single += random_scene(default_rng) == scene
+    two = sum(len(scene.objects) == 2 for scene in scenes)
+    assert abs(two / len(scenes) - share) < 0.03
+    assert same_single == len(scenes) - two
+
+
 def drawn(draw_shape) -> Image.Image:
     """A white object on black, drawn at 4x and downsampled like the world's renderer."""
     image = Image.new("RGB", (256, 256), COLOURS["black"])

@@ -137,16 +137,25 @@ class DatasetMade(Exception):
     pass
 
 
-@pytest.mark.parametrize("arguments, share, size", [([], 0.0, "small"),
-                                                    (["--partial-captions", "0.8", "--two-objects-at-default-size"],
-                                                     0.8, None)])
-def test_the_dataset_options_reach_the_dataset(monkeypatch, arguments, share, size):
+@pytest.mark.parametrize("arguments, expected", [([], (0.0, "small", 0.2)),
+                                                 (["--partial-captions", "0.8", "--two-objects-at-default-size",
+                                                   "--two-object-share", "0.35"], (0.8, None, 0.35))])
+def test_the_dataset_options_reach_the_dataset(monkeypatch, arguments, expected):
     import tools.train_demo_model as training
 
-    def record(count, seed, partial_share, two_object_size):
-        raise DatasetMade(partial_share, two_object_size)
+    def record(count, seed, partial_share, two_object_size, two_object_share):
+        raise DatasetMade(partial_share, two_object_size, two_object_share)
 
     monkeypatch.setattr(training, "make_dataset", record)
     with pytest.raises(DatasetMade) as made:
         training.main(["--images", "8", *arguments])
-    assert made.value.args == (share, size)
+    assert made.value.args == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_training_on_a_gpu_that_is_not_there_fails_at_once_naming_the_option(monkeypatch):
+    import tools.train_demo_model as training
+
+    monkeypatch.setattr(training, "make_dataset", lambda *args, **kwargs: pytest.fail("work began before the check"))
+    with pytest.raises(ValueError, match="--device cuda"):
+        training.main(["--device", "cuda"])

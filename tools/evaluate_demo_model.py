@@ -38,9 +38,9 @@ def caption_grid(count: int = 120) -> list[tuple[ShapeSpec, str, str]]:
     return grid
 
 
-def evaluate(checkpoint: Path, count: int = 120, sheet: Path | None = None) -> dict:
+def evaluate(checkpoint: Path, count: int = 120, sheet: Path | None = None, device: str = "cpu") -> dict:
     model = CheckpointLoader().load(checkpoint, torch.float32)
-    pipeline = model.pipeline
+    pipeline = model.pipeline.to(device)
     pipeline.scheduler = build_scheduler(SAMPLER, "Automatic", pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     tally, rows, images = Counter(), [], []
@@ -113,10 +113,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--captions", type=int, default=120)
+    parser.add_argument("--device", default="cpu", help="where to generate (the seeds' noise is drawn on the CPU)")
     parser.add_argument("--report", type=Path, default=Path("backend/builtin/shapes-demo-report.md"))
     args = parser.parse_args(argv)
     sheet = args.report.with_name("shapes-demo-samples.png")
-    result = evaluate(args.checkpoint, args.captions, sheet)
+    result = evaluate(args.checkpoint, args.captions, sheet, args.device)
     for name, value in result["scores"].items():
         print(f"{name}: {value:.1%}")
     write_report(result, args.report, args.checkpoint)

@@ -77,13 +77,15 @@ def describe(spec: ShapeSpec, background: str, rng: random.Random) -> str:
         position=position, bg=background, background=rng.choice(BACKGROUND_WORDS).format(bg=background)))
 
 
-def random_scene(rng: random.Random, two_object_size: str | None = "small") -> Scene:
-    """One object (any size and place), or one in five times two objects of `two_object_size` on the left and
-    the right. Their caption names no size, which for one object means the default size (None); the shipped
-    model was trained on small ones."""
+def random_scene(rng: random.Random, two_object_size: str | None = "small", two_object_share: float = 0.2
+                 ) -> Scene:
+    """One object (any size and place), or (`two_object_share` of the time; the shipped model: one in five) two
+    objects of `two_object_size` on the left and the right. Their caption names no size, which for one object
+    means the default size (None); the shipped model was trained on small ones. The share changes which scenes
+    have two objects, not the random calls made for the others."""
     background = rng.choice(list(COLOURS))
     colours = [c for c in COLOURS if c != background]
-    if rng.random() < 0.2:  # two objects, placed on the left and the right
+    if rng.random() < two_object_share:  # two objects, placed on the left and the right
         first, second = rng.sample(colours, 2)
         shapes = [rng.choice(SHAPES), rng.choice(SHAPES)]
         objects = (ShapeSpec(shapes[0], first, two_object_size, "left"),

@@ -1,6 +1,6 @@
 """Train the built-in demo model: a tiny latent diffusion model of the shapes world (tools/shapes_world.py)
 in Stable Diffusion 1.x's architecture and file format (UNet with cross-attention, AutoencoderKL, CLIP text
-encoder with the real CLIP tokenizer). Fixed seeds and step counts, CPU only.
+encoder with the real CLIP tokenizer). Fixed seeds and step counts, on the CPU (`--device cuda` for a GPU).
 
     python -m tools.train_demo_model        # writes backend/builtin/shapes-demo.safetensors
 
@@ -104,6 +104,7 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from backend.clip_tokenizer import build_clip_tokenizer
+from backend.devices import choose_device
 from backend.original_layout import SD1_CLIP_PREFIX, clip_to_original, unet_to_original, vae_to_original
 from tools.shapes_world import COLOURS, POSITIONS, SHAPES, ShapeSpec, describe, detect, random_scene, render
 
@@ -129,8 +130,8 @@ def object_facts(spec: ShapeSpec, background: str) -> list[int]:
 WHOLE, LEFT_HALF, RIGHT_HALF = 0, 1, 2  # where an example's loss counts (see loss_region)
 
 
-def make_dataset(count: int, seed: int, partial_share: float = 0.0, two_object_size: str | None = "small"
-                 ) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor]:
+def make_dataset(count: int, seed: int, partial_share: float = 0.0, two_object_size: str | None = "small",
+                 two_object_share: float = 0.2) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor]:
     """Images (in -1..1), captions, the facts of the object each caption describes first, and which part of each
     image its loss counts on.
 
@@ -140,11 +141,11 @@ def make_dataset(count: int, seed: int, partial_share: float = 0.0, two_object_s
     these, a model drew nothing in a masked half beside an existing object). Their wording comes from a random
     stream of its own, so the images and the other captions do not depend on the share. The shipped model was
     trained without them (0); trials with 0.5 and 0.8 are in the module's docstring. `two_object_size` is the size
-    of both objects of a two-object scene (see random_scene)."""
+    of both objects of a two-object scene and `two_object_share` the share of such scenes (see random_scene)."""
     rng, wording = random.Random(seed), random.Random(seed + 1)
     images, captions, facts, halves = [], [], [], []
     for _ in range(count):
-        scene = random_scene(rng, two_object_size)
+        scene = random_scene(rng, two_object_size, two_object_share)
         images.append(np.asarray(render(scene, rng)))
         if len(scene.objects) == 2 and wording.random() < partial_share:
             side = wording.randrange(2)  # the objects are on the left and the right (see random_scene)
@@ -212,12 +213,12 @@ def train_vae(vae: AutoencoderKL, pixels: torch.Tensor, steps: int, log_every: i
         whole = step >= steps * 0.6
         batch, crop = (12, 64) if whole else (32, 32)
         index = torch.randint(0, len(pixels), (batch,), generator=generator)
-        x = pixels[index]
+        x = pixels[index].to(vae.device)
         if crop < x.shape[-1]:
             left, top = torch.randint(0, x.shape[-1] - crop + 1, (2,), generator=generator).tolist()
             x = x[:, :, top:top + crop, left:left + crop]
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(vae.device)
         decoded = vae.decode(z).sample
         loss = F.l1_loss(decoded, x) + F.mse_loss(decoded, x) + 1e-6 * posterior.kl().mean()
         optimiser.zero_grad()
@@ -239,8 +240,8 @@ def report_reconstruction(vae: AutoencoderKL, count: int = 200):
     scenes = [scene for scene in (random_scene(rng) for _ in range(count)) if len(scene.objects) == 1]
     images = [render(scene, rng) for scene in scenes]
     pixels = torch.from_numpy(np.stack([np.asarray(image) for image in images])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample
-    decoded = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    decoded = vae.decode(vae.encode(pixels.to(vae.device)).latent_dist.mean).sample
+    decoded = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     found = [detect(Image.fromarray(array)) for array in decoded]
     shape = np.mean([f.shape == s.objects[0].shape for f, s in zip(found, scenes)])
     colour = np.mean([f.colour == s.objects[0].colour for f, s in zip(found, scenes)])
@@ -252,7 +253,8 @@ def report_reconstruction(vae: AutoencoderKL, count: int = 200):
 def normalise_latent_scale(vae: AutoencoderKL, pixels: torch.Tensor):
     """Rescale the latent space (exactly: quant_conv mean rows up, post_quant_conv columns down) so that
     latents x 0.18215 have unit standard deviation, as the diffusion schedule expects."""
-    means = torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mean for i in range(0, min(2048, len(pixels)), 256)])
+    means = torch.cat([vae.encode(pixels[i:i + 256].to(vae.device)).latent_dist.mean
+                       for i in range(0, min(2048, len(pixels)), 256)])
     factor = (1 / SD_LATENT_SCALE) / means.std().item()
     channels = vae.config.latent_channels
     vae.quant_conv.weight[:channels] *= factor
@@ -273,8 +275,9 @@ def round_to_stored_precision(module: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def encode_all(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
-    return torch.cat([vae.encode(pixels[i:i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)]) \
-        * SD_LATENT_SCALE
+    """The scaled latents of every image, kept in main memory (each training batch moves to the device)."""
+    return torch.cat([vae.encode(pixels[i:i + 256].to(vae.device)).latent_dist.mean.cpu()
+                      for i in range(0, len(pixels), 256)]) * SD_LATENT_SCALE
 
 
 def offset_noise(shape, generator: torch.Generator, strength: float) -> torch.Tensor:
@@ -352,7 +355,11 @@ def train_diffusion(unet, text_encoder, latents, captions, stage: DiffusionStage
     encoder as it is (so such a stage cannot teach it the wrong captions).
 
     `halves` (see make_dataset) limits an example's loss to the half of the image its caption describes; an
-    example given another image's caption counts whole."""
+    example given another image's caption counts whole.
+
+    It trains on the device the UNet is on. Every random number is drawn on the CPU, so a run on a GPU sees the
+    same batches, timesteps and noise as on the CPU; its weights still differ by the GPU's rounding."""
+    device = unet.device
     steps, batch, peak_lr, train_text_encoder = stage.steps, stage.batch, stage.peak_lr, stage.train_text_encoder
     tokenizer = build_clip_tokenizer()
     encoded = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
@@ -362,6 +369,7 @@ def train_diffusion(unet, text_encoder, latents, captions, stage: DiffusionStage
     width = text_encoder.config.hidden_size
     heads = torch.nn.ModuleList([torch.nn.Linear(2 * width, len(classes)) for classes in FACT_CLASSES.values()]) \
         if stage.fact_weight else torch.nn.ModuleList()
+    heads.to(device)
     parameters = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text_encoder else [])
     unet.requires_grad_(True)  # a loaded or earlier-trained UNet comes back frozen
     text_encoder.requires_grad_(train_text_encoder)
@@ -380,7 +388,7 @@ def train_diffusion(unet, text_encoder, latents, captions, stage: DiffusionStage
     for step in range(steps):
         cosine_lr(optimiser, peak_lr, step, steps)
         index = torch.randint(0, len(latents), (batch,), generator=generator)
-        x0 = latents[index]
+        x0 = latents[index].to(device)
         tokens, swapped = ids[index].clone(), torch.zeros(batch, dtype=torch.bool)
         if stage.mismatched_captions:
             tokens, swapped = mismatch_captions(tokens, ids, stage.mismatched_captions, generator)
@@ -390,20 +398,20 @@ def train_diffusion(unet, text_encoder, latents, captions, stage: DiffusionStage
         noise = torch.randn(x0.shape, generator=generator)
         if stage.offset_noise:
             noise = noise + offset_noise(x0.shape, generator, stage.offset_noise)
-        a = alphas[t].view(-1, 1, 1, 1)
+        noise, a = noise.to(device), alphas[t].view(-1, 1, 1, 1).to(device)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        context = text_encoder(tokens).last_hidden_state
+        context = text_encoder(tokens.to(device)).last_hidden_state
         weight = noisy_step_weight(a, stage.max_loss_weight)
-        error = weight * (unet(noisy, t, encoder_hidden_states=context).sample - noise) ** 2
+        error = weight * (unet(noisy, t.to(device), encoder_hidden_states=context).sample - noise) ** 2
         if halves is None:
             loss = error.mean()
         else:
-            region = loss_region(halves[index].masked_fill(swapped, WHOLE), *x0.shape[-2:])
+            region = loss_region(halves[index].masked_fill(swapped, WHOLE), *x0.shape[-2:]).to(device)
             loss = (error * region).sum() / (region.sum() * x0.shape[1])
         if stage.fact_weight and (~drop).any():
-            mask = token_masks[index].unsqueeze(-1).float()
-            pooled = torch.cat([(context * mask).sum(1) / mask.sum(1), context.max(1).values], -1)[~drop]
-            targets = facts[index][~drop]
+            mask = token_masks[index].unsqueeze(-1).float().to(device)
+            pooled = torch.cat([(context * mask).sum(1) / mask.sum(1), context.max(1).values], -1)[~drop.to(device)]
+            targets = facts[index][~drop].to(device)
             loss = loss + stage.fact_weight * sum(F.cross_entropy(head(pooled), targets[:, fact])
                                             for fact, head in enumerate(heads))
         optimiser.zero_grad()
@@ -427,7 +435,7 @@ def train_diffusion(unet, text_encoder, latents, captions, stage: DiffusionStage
 
 def save_checkpoint(path: Path, vae, text_encoder, unet):
     state = {**unet_to_original(unet), **vae_to_original(vae), **clip_to_original(text_encoder, SD1_CLIP_PREFIX)}
-    state = {key: value.detach().to(torch.float16).contiguous() for key, value in state.items()}
+    state = {key: value.detach().to("cpu", torch.float16).contiguous() for key, value in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path), metadata=CHECKPOINT_METADATA)
     print(f"saved {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
@@ -445,12 +453,12 @@ SHIPPED_RECIPE = (
 )
 
 
-def load_components(path: Path):
+def load_components(path: Path, device: torch.device | str = "cpu"):
     """The autoencoder, text encoder and UNet of a checkpoint, in float32, through the app's own loader."""
     from backend.checkpoint_loader import CheckpointLoader
 
     pipeline = CheckpointLoader().load(path, torch.float32).pipeline
-    return pipeline.vae, pipeline.text_encoder, pipeline.unet
+    return pipeline.vae.to(device), pipeline.text_encoder.to(device), pipeline.unet.to(device)
 
 
 def stage_from_flags(args) -> DiffusionStage:
@@ -469,6 +477,11 @@ def main(argv=None):
                         const=None, default="small",
                         help="draw both objects of a two-object scene at the default size, as their captions "
                              "(which name no size) say, not small (the shipped model: small)")
+    parser.add_argument("--two-object-share", type=float, default=0.2,
+                        help="share of the images with two objects (see random_scene; the shipped model: 0.2)")
+    parser.add_argument("--device", default="cpu",
+                        help="where to train: cpu (the recipe's timings and the shipped model) or e.g. cuda, which "
+                             "draws the same random numbers but rounds differently, so its model is not the same")
     parser.add_argument("--snapshot-every", type=int, default=500,
                         help="also save the averaged weights every this many steps of a stage, to "
                              "<out>.stage<K>-step<N>.safetensors")
@@ -502,15 +515,17 @@ def main(argv=None):
                      "and sets its own)")
     else:
         stages = SHIPPED_RECIPE
+    device = choose_device(args.device)  # before any work: a GPU that is not there fails at once, clearly
     started = time.monotonic()
     torch.manual_seed(0)
     pixels, captions, facts, halves = make_dataset(args.images, seed=0, partial_share=args.partial_captions,
-                                                  two_object_size=args.two_object_size)
+                                                  two_object_size=args.two_object_size,
+                                                  two_object_share=args.two_object_share)
     print(f"dataset: {len(captions)} images, e.g. {captions[:3]}", flush=True)
     if args.resume:
-        vae, text_encoder, unet = load_components(args.resume)
+        vae, text_encoder, unet = load_components(args.resume, device)
     else:
-        vae, text_encoder, unet = build_models()
+        vae, text_encoder, unet = (model.to(device) for model in build_models())
         vae = train_vae(vae, pixels, args.vae_steps)
         normalise_latent_scale(vae, pixels)
         round_to_stored_precision(vae)
@@ -523,7 +538,7 @@ def main(argv=None):
         if number > 1:
             saved = args.out.with_suffix(f".stage{number - 1}.safetensors")
             save_checkpoint(saved, vae, text_encoder, unet)
-            vae, text_encoder, unet = load_components(saved)
+            vae, text_encoder, unet = load_components(saved, device)
         print(f"stage {number}/{len(stages)}: {stage}; latents std {latents.std():.3f}", flush=True)
 
         def snapshot(unet, text_encoder, step, number=number):
