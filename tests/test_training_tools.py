@@ -159,3 +159,12 @@ def test_training_on_a_gpu_that_is_not_there_fails_at_once_naming_the_option(mon
     monkeypatch.setattr(training, "make_dataset", lambda *args, **kwargs: pytest.fail("work began before the check"))
     with pytest.raises(ValueError, match="--device cuda"):
         training.main(["--device", "cuda"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_evaluating_on_a_gpu_that_is_not_there_fails_at_once_naming_the_option(monkeypatch):
+    import tools.evaluate_demo_model as evaluation
+
+    monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: pytest.fail("work began before the check"))
+    with pytest.raises(ValueError, match="--device cuda"):
+        evaluation.main(["--device", "cuda"])

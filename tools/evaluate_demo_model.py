@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from backend.checkpoint_loader import CheckpointLoader
+from backend.devices import choose_device
 from backend.samplers import build_scheduler
 from tools.shapes_world import (COLOURS, POSITIONS, SHAPES, SQUARE_BOX_FILL, Scene, ShapeSpec, describe, detect,
                                 render)
@@ -38,7 +39,8 @@ def caption_grid(count: int = 120) -> list[tuple[ShapeSpec, str, str]]:
     return grid
 
 
-def evaluate(checkpoint: Path, count: int = 120, sheet: Path | None = None, device: str = "cpu") -> dict:
+def evaluate(checkpoint: Path, count: int = 120, sheet: Path | None = None, device: torch.device | str = "cpu"
+             ) -> dict:
     model = CheckpointLoader().load(checkpoint, torch.float32)
     pipeline = model.pipeline.to(device)
     pipeline.scheduler = build_scheduler(SAMPLER, "Automatic", pipeline.scheduler.config)
@@ -116,8 +118,9 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="where to generate (the seeds' noise is drawn on the CPU)")
     parser.add_argument("--report", type=Path, default=Path("backend/builtin/shapes-demo-report.md"))
     args = parser.parse_args(argv)
+    device = choose_device(args.device)  # a GPU that is not there fails at once, naming the option
     sheet = args.report.with_name("shapes-demo-samples.png")
-    result = evaluate(args.checkpoint, args.captions, sheet, args.device)
+    result = evaluate(args.checkpoint, args.captions, sheet, device)
     for name, value in result["scores"].items():
         print(f"{name}: {value:.1%}")
     write_report(result, args.report, args.checkpoint)
