@@ -96,8 +96,11 @@ Then on the CPU, with `--partial-captions 0.8 --two-objects-at-default-size --tw
 - and with the swapped stage cut to 100 steps (~58.3 min): 97.1 / 100 / 69.6 / 98.6% (circles 42/60, squares
   32/60), inpainting, the star and img2img pass, every large square is its colour (the green one 64%), but
   "a red circle on a blue background" is a circle in 1 of 6 seeds (stars and squares otherwise): one demo test
-  fails, and shape is 0.4 points under the bar. The closest yet. These three continued the 55.6-min run's stage
-  files (`--resume`, or a script calling the same functions), exactly as the one command continues a stage.
+  fails, and shape is 0.4 points under the bar. These continued the 55.6-min run's stage files
+  (`--resume`, or a script calling the same functions), exactly as the one command continues a stage.
+- and 1100; 560; 170; 200 on t 400-999; 60 on t <= 300 at 3e-4; 100 swapped (~59.6 min): 96.2 / 100 / 74.6 /
+  100%, every bar met, inpainting 5 of 6 (seeds 1-3 pass), the star and img2img pass, the disc a circle in 5 of
+  6, but the large green square of seed 4 is 36% green again: one demo test fails. The closest yet.
 
 `--recipe flags` runs one stage made of the command-line options instead (with `--resume`, on top of a
 checkpoint), for experiments. For the record, the first shipped model (plain loss, then offset noise; 77 min)
