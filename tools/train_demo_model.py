@@ -101,6 +101,24 @@ Then on the CPU, with `--partial-captions 0.8 --two-objects-at-default-size --tw
 - and 1100; 560; 170; 200 on t 400-999; 60 on t <= 300 at 3e-4; 100 swapped (~59.6 min): 96.2 / 100 / 74.6 /
   100%, every bar met, inpainting 5 of 6 (seeds 1-3 pass), the star and img2img pass, the disc a circle in 5 of
   6, but the large green square of seed 4 is 36% green again: one demo test fails. The closest yet.
+- Variations on that closest run, continuing its stage files (each a script calling the same functions, as the
+  one command continues a stage), checked on the demo tests' prompts (the six large squares' colours, the
+  "large red disc" and "red circle" shapes, inpainting, low-strength img2img). Without its swapped stage (~57.8
+  min) every large square is its colour (the green one 74%), but img2img fills the picture with green noise (0
+  of 3): the swapped captions are what keep it. That stage with 10%, 12% or 20% swapped, at 5e-5 or 1.2e-4, on
+  t <= 200 or t <= 400, for 70 steps, or for 50 at 25%: seed 4's square 17-58% green every time (the test wants
+  60%), and img2img lost in three of them; 30 plain steps after it: 18%.
+  So the colour was mended at the noisy levels after it: 40-80 more steps like stage 4 at 1e-4 (t 400-999,
+  encoder frozen) make that square 90-95% green, but their offset noise tints low-strength img2img's white
+  background pink, purple to the detector (lost at offset 0.3 for 60 steps, 0.2 and 0.1 for 80; without
+  offset the square stayed 47% green), and 40-50 swapped steps after them bring img2img back (3 of 3, the square
+  still 90-94% green). With 80 such steps at offset 0.1, then 50 swapped (~62 min: 1100; 560; 170; 200 on t
+  400-999; 60; 100 swapped; 80 on t 400-999; 50 swapped), every demo test passes but one: "a red circle on a
+  blue background" comes out as a lumpy disc the detector reads as a star in 6 of 6 seeds (3 of 6 before those
+  two stages). Starting those 80 steps at t 500 or 600 left the same (0 of 6); at 5e-5 instead of 1e-4 the
+  circles came back (3 of 6; 2 at 7e-5) but the inpainted green square shrank under the test's 15% of the
+  masked half in seed 2 (14.3%; 14.8% at 7e-5); with 40 swapped steps, seed 2 sat at the threshold too (just
+  under 15%; 15.1% without the 60 plain steps, whose run lost the circles). No variation passed all.
 
 `--recipe flags` runs one stage made of the command-line options instead (with `--resume`, on top of a
 checkpoint), for experiments. For the record, the first shipped model (plain loss, then offset noise; 77 min)
