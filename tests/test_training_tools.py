@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tools.train_demo_model import (mismatch_captions, noisy_step_weight, offset_noise, sd_alphas_cumprod,
                                    training_timesteps)
@@ -88,12 +89,13 @@ def test_a_frozen_text_encoder_stays_as_it_was_while_the_unet_trains():
     assert not all(torch.equal(a, b) for a, b in zip(text_before, text_encoder.parameters()))
 
 
-def test_a_staged_run_saves_each_stage_and_a_checkpoint_the_app_loads(tmp_path, monkeypatch):
+def test_a_staged_run_saves_each_stage_and_the_averaged_checkpoint_the_app_loads(tmp_path, monkeypatch):
     import tools.train_demo_model as training
     from backend.checkpoint_loader import CheckpointLoader
 
     stage = training.DiffusionStage(steps=1, batch=2)
-    monkeypatch.setattr(training, "SHIPPED_RECIPE", (stage, stage, stage))  # each after the first from a file
+    # Each stage after the first from a file; the model kept is the average of stage 1's and the last one's.
+    monkeypatch.setattr(training, "SHIPPED_RECIPE", training.Recipe(stages=(stage, stage, stage), average_with_stage=1))
     monkeypatch.setattr(training, "report_reconstruction", lambda vae: None)  # 200 decodes: slow, and not the point
     encoded = []
     monkeypatch.setattr(training, "encode_all", lambda vae, pixels: encoded.append(vae) or torch.randn(8, 4, 16, 16))
@@ -102,7 +104,11 @@ def test_a_staged_run_saves_each_stage_and_a_checkpoint_the_app_loads(tmp_path, 
     # The autoencoder is rounded to its stored precision before the first encoding, so the stages reloaded from
     # files (float16) have the same one and reuse its latents rather than encoding the images again.
     assert len(encoded) == 1
-    assert (tmp_path / "demo.stage2.safetensors").is_file() and not (tmp_path / "demo.stage3.safetensors").exists()
+    assert (tmp_path / "demo.stage3.safetensors").is_file() and not (tmp_path / "demo.stage4.safetensors").exists()
+    first, last, kept = (load_file(str(tmp_path / name)) for name in
+                         ["demo.stage1.safetensors", "demo.stage3.safetensors", "demo.safetensors"])
+    assert all(torch.equal(kept[key], ((first[key].float() + last[key].float()) / 2).half()) for key in kept)
+    assert not torch.equal(kept["model.diffusion_model.out.2.weight"], last["model.diffusion_model.out.2.weight"])
     loaded = CheckpointLoader().load(out, torch.float32).pipeline
     assert loaded.unet.config.cross_attention_dim == 64 and loaded.text_encoder.config.hidden_size == 64
     first_stage = CheckpointLoader().load(tmp_path / "demo.stage1.safetensors", torch.float32).pipeline
@@ -137,9 +143,9 @@ class DatasetMade(Exception):
     pass
 
 
-@pytest.mark.parametrize("arguments, expected", [([], (0.0, "small", 0.2)),
-                                                 (["--partial-captions", "0.8", "--two-objects-at-default-size",
-                                                   "--two-object-share", "0.35"], (0.8, None, 0.35))])
+@pytest.mark.parametrize("arguments, expected", [([], (0.8, None, 0.35)),
+                                                 (["--partial-captions", "0", "--small-two-object-scenes",
+                                                   "--two-object-share", "0.2"], (0.0, "small", 0.2))])
 def test_the_dataset_options_reach_the_dataset(monkeypatch, arguments, expected):
     import tools.train_demo_model as training
 

@@ -79,10 +79,11 @@ def describe(spec: ShapeSpec, background: str, rng: random.Random) -> str:
 
 def random_scene(rng: random.Random, two_object_size: str | None = "small", two_object_share: float = 0.2
                  ) -> Scene:
-    """One object (any size and place), or (`two_object_share` of the time; the shipped model: one in five) two
-    objects of `two_object_size` on the left and the right. Their caption names no size, which for one object
-    means the default size (None); the shipped model was trained on small ones. The share changes which scenes
-    have two objects, not the random calls made for the others."""
+    """One object (any size and place), or (`two_object_share` of the time; the shipped model: 35%, the one before
+    it one in five) two objects of `two_object_size` on the left and the right. Their caption names no size,
+    which for one object means the default size (None), as in the shipped model's data (the one before it was
+    trained on small ones). The share changes which scenes have two objects, not the random calls made for the
+    others."""
     background = rng.choice(list(COLOURS))
     colours = [c for c in COLOURS if c != background]
     if rng.random() < two_object_share:  # two objects, placed on the left and the right
