@@ -116,6 +116,16 @@ def test_a_staged_run_saves_each_stage_and_the_averaged_checkpoint_the_app_loads
     assert same_weights(loaded.vae, encoded[0].state_dict())
 
 
+def test_a_recipe_refuses_to_average_with_a_stage_it_does_not_have():
+    from tools.train_demo_model import DiffusionStage, Recipe
+
+    stage = DiffusionStage(steps=1)
+    assert Recipe(stages=(stage, stage), average_with_stage=1).average_with_stage == 1
+    for number in (0, 2, 3):
+        with pytest.raises(ValueError, match="average_with_stage must name a stage before the last, 1..1"):
+            Recipe(stages=(stage, stage), average_with_stage=number)
+
+
 def same_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> bool:
     return all(torch.equal(value, weights[key]) for key, value in module.state_dict().items())
 

@@ -531,10 +531,20 @@ class Recipe:
     stages: tuple[DiffusionStage, ...]
     average_with_stage: int | None = None
 
+    def __post_init__(self):
+        if self.average_with_stage is not None and not 1 <= self.average_with_stage < len(self.stages):
+            raise ValueError(f"average_with_stage must name a stage before the last, 1..{len(self.stages) - 1}")
+
+
+def stage_file(out: Path, number: int) -> Path:
+    """Where a run writing `out` saves the weights after stage `number`."""
+    return out.with_suffix(f".stage{number}.safetensors")
+
 
 def average_checkpoints(first: Path, second: Path, out: Path):
     """The even average of two checkpoints' weights, stored as they were. Two descendants of one model average
-    into a model between them (a "model soup"), which here keeps what each does right (see the recipe notes)."""
+    into a model between them (a "model soup"), which here keeps what each does right (see the module's
+    docstring)."""
     a, b = load_file(str(first)), load_file(str(second))
     state = {key: ((value.float() + b[key].float()) / 2).to(value.dtype) for key, value in a.items()}
     save_file(state, str(out), metadata=CHECKPOINT_METADATA)
@@ -640,7 +650,7 @@ def main(argv=None):
     stages = recipe.stages
     for number, stage in enumerate(stages, 1):
         if number > 1:
-            saved = args.out.with_suffix(f".stage{number - 1}.safetensors")
+            saved = stage_file(args.out, number - 1)
             save_checkpoint(saved, vae, text_encoder, unet)
             vae, text_encoder, unet = load_components(saved, device)
         print(f"stage {number}/{len(stages)}: {stage}; latents std {latents.std():.3f}", flush=True)
@@ -651,9 +661,9 @@ def main(argv=None):
         unet, text_encoder = train_diffusion(unet, text_encoder, latents, captions, stage, facts=facts, halves=halves,
                                              snapshot=snapshot, snapshot_every=args.snapshot_every)
     if recipe.average_with_stage:
-        last = args.out.with_suffix(f".stage{len(stages)}.safetensors")
+        last = stage_file(args.out, len(stages))
         save_checkpoint(last, vae, text_encoder, unet)
-        average_checkpoints(args.out.with_suffix(f".stage{recipe.average_with_stage}.safetensors"), last, args.out)
+        average_checkpoints(stage_file(args.out, recipe.average_with_stage), last, args.out)
     else:
         save_checkpoint(args.out, vae, text_encoder, unet)
     print(f"total training time {(time.monotonic() - started) / 60:.1f} min", flush=True)
