@@ -46,7 +46,8 @@ shape / position: 98.3 / 100 / 73.8 / 99.1% (circles 45 of 60, squares 35, trian
 
 How it was found. Before it, the shipped model was made as five commands, each resuming from the file the one
 before saved (53 + 13 + 15 + 9 + 8 min = 98 min; about 86-95 min as one command), with small two-object
-objects and no partial captions:
+objects and no partial captions ("stage N" from here on means that model's stages unless a recipe says its
+own):
 
 1. 2000 steps over all noise levels with the caption-fact heads on the text encoder, offset noise, and the
    noisiest steps' loss weighted up (capped at 3): the model learns the layout, what goes where in which
