@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import secrets
@@ -28,6 +29,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     net.add_argument("--cors-allow-origins", metavar="ORIGIN[,ORIGIN2]", default="",
                      help="other web sites (e.g. https://example.com) whose pages may call this server; "
                           "default none")
+    net.add_argument("--allowed-hosts", metavar="NAME[,NAME2]", default="",
+                     help="host names this server is reached by besides localhost (and, with --listen, its IP "
+                          "addresses and this machine's names): a DNS name or reverse proxy; *.example.com allows "
+                          "every name below example.com. Other Host headers are refused (DNS rebinding)")
+    net.add_argument("--forwarded-allow-ips", metavar="IP[,IP2]", default="",
+                     help="reverse proxies whose X-Forwarded-For/-Proto headers are trusted (addresses or networks "
+                          "such as 127.0.0.1 or 10.0.0.0/8); default none: the connecting address is the client")
     net.add_argument("--max-upload-mb", type=float, default=50.0,
                      help="largest upload or API request body in MB (base64 counted as decoded size; default 50)")
     net.add_argument("--api", action="store_true", help="serve A1111's REST API under /sdapi/v1 (docs at /docs)")
@@ -89,6 +97,11 @@ def parse_credentials(text: str | None, flag: str) -> list[tuple[str, str]] | No
     for pair in pairs:
         if ":" not in pair:
             raise SystemExit(f"{flag}: '{pair}' is not USER:PASS")
+        user, _, password = pair.partition(":")
+        if not user:
+            raise SystemExit(f"{flag}: a USER:PASS pair has an empty user name")
+        if not password:
+            raise SystemExit(f"{flag}: user '{user}' has an empty password; give every user a password")
     return [tuple(pair.split(":", 1)) for pair in pairs] or None
 
 
@@ -129,15 +142,74 @@ def announce_access(args: argparse.Namespace, access: Access):
         logging.warning("--listen without --gradio-auth: anyone on the network can use this server")
 
 
-def http_policy(args: argparse.Namespace, access: Access, outputs_dir: Path, upload_dir: Path):
+def http_policy(args: argparse.Namespace, access: Access, outputs_dir: Path, upload_dir: Path,
+                owns_upload_dir: bool = True):
+    """What the guard in front of every route enforces; refuses (SystemExit) flags that would open it."""
+    from backend.allowed_hosts import machine_names, parse_allowed_hosts
     from backend.http_security import HttpPolicy
 
     upload_bytes = int(args.max_upload_mb * 2**20)
-    return HttpPolicy(ui_credentials=access.ui, api_credentials=access.api,
-                      allowed_origins=tuple(o.strip().rstrip("/") for o in args.cors_allow_origins.split(",")
-                                            if o.strip()),
-                      file_roots=(outputs_dir.resolve(), upload_dir.resolve()),
-                      max_body_bytes=upload_bytes * 4 // 3 + 2**20)  # base64 grows a file by 4/3; JSON around it
+    origins = tuple(o.strip().rstrip("/") for o in args.cors_allow_origins.split(",") if o.strip())
+    if any(origin in ("*", "null") for origin in origins):
+        raise SystemExit("--cors-allow-origins: name the sites (https://example.com); '*' or 'null' would let "
+                         "every web page drive this server from its visitors' browsers")
+    try:
+        hosts = parse_allowed_hosts(args.allowed_hosts)
+    except ValueError as error:
+        raise SystemExit(f"--allowed-hosts: {error}") from None
+    exposed, outputs = args.listen or args.share, outputs_dir.resolve()
+    return HttpPolicy(ui_credentials=access.ui, api_credentials=access.api, allowed_origins=origins,
+                      file_roots=(outputs, upload_dir.resolve()), image_only_roots=(outputs,),
+                      max_body_bytes=upload_bytes * 4 // 3 + 2**20,  # base64 grows a file by 4/3; JSON around it
+                      allowed_hosts=hosts + (machine_names() if args.listen else ()), any_address_host=args.listen,
+                      missing_host_allowed=not exposed,
+                      # Strict keeps the cookie off every request another site starts; a share link is mostly
+                      # opened from another site (chat, mail), where Strict would show the login page each time.
+                      session_cookie_samesite="lax" if args.share else "strict",
+                      upload_folder=upload_dir.resolve() if owns_upload_dir else None,
+                      upload_folder_max_bytes=max(2 * 2**30, 20 * upload_bytes))
+
+
+def use_own_upload_folder(args: argparse.Namespace) -> tuple[Path, bool]:
+    """Gradio's upload folder defaults to /tmp/gradio, shared by every Gradio app on the machine (one app would
+    serve another's uploads): ours is <cache-dir>/uploads unless the operator chose one with GRADIO_TEMP_DIR.
+    Returns (folder, whether it is ours). Must run before Gradio is imported (parts of it read the variable then)."""
+    chosen = os.environ.get("GRADIO_TEMP_DIR")
+    folder = Path(chosen) if chosen else args.cache_dir / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder.resolve())
+    return folder.resolve(), not chosen
+
+
+def trust_forwarded_headers(args: argparse.Namespace):
+    """uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise, so behind a local tunnel every client
+    could pick its own address (and escape the login throttle). Only the proxies the operator names are trusted;
+    Gradio builds uvicorn's config without this setting, so uvicorn reads it from FORWARDED_ALLOW_IPS."""
+    import ipaddress
+
+    proxies = [item.strip() for item in args.forwarded_allow_ips.split(",") if item.strip()]
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise SystemExit(f"--forwarded-allow-ips: '{proxy}' is not an IP address or network") from None
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(proxies)
+
+
+def allow_share_host(page, policy):
+    """The share tunnel's host name is known once the tunnel is up: the guard is rebuilt with it allowed."""
+    from urllib.parse import urlsplit
+
+    from backend.http_security import HttpSecurityMiddleware
+
+    host = urlsplit(page.share_url or "").hostname
+    if not host:
+        return
+    app = page.server_app
+    for middleware in app.user_middleware:
+        if middleware.cls is HttpSecurityMiddleware:
+            middleware.kwargs["policy"] = dataclasses.replace(policy, allowed_hosts=(*policy.allowed_hosts, host))
+    app.middleware_stack = app.build_middleware_stack()
 
 
 def server_folder_access(args: argparse.Namespace) -> str | None:
@@ -182,23 +254,27 @@ def launch(args: argparse.Namespace):
     """Build the services and the page and start serving; returns (page, services) without blocking."""
     access = access_from_args(args)
     settings = settings_from_args(args)  # before the heavy imports: torch may set TORCHINDUCTOR_CACHE_DIR itself
+    upload_dir, owns_upload_dir = use_own_upload_folder(args)
+    policy = http_policy(args, access, settings.outputs_dir, upload_dir, owns_upload_dir)
+    trust_forwarded_headers(args)
 
     from backend.checkpoint_loader import import_model_libraries
     from backend.services import build_services
-    from ui.layout import build_ui, drop_gradio_cors, upload_folder
+    from ui.layout import build_ui, drop_gradio_cors
 
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
     limit_decoded_images()
     services = build_services(settings, start_worker=False)
     page = build_ui(services, mcp=args.mcp)
     page.queue(default_concurrency_limit=None)
+    page.delete_cache = (3600, 86400)  # hourly, Gradio deletes the files it made for this page over a day old
     page.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
                 auth=list(access.ui) or None, allowed_paths=[str(settings.outputs_dir.resolve())], show_error=True,
                 mcp_server=args.mcp, prevent_thread_lock=True, max_file_size=int(args.max_upload_mb * 2**20),
-                app_kwargs=app_kwargs(args, services, access, http_policy(args, access, settings.outputs_dir,
-                                                                           upload_folder())),
+                app_kwargs=app_kwargs(args, services, access, policy),
                 head=services.extensions.page_head() or None)
     drop_gradio_cors(page)
+    allow_share_host(page, policy)
     announce_access(args, access)
     # The model libraries are imported once the page answers (seconds the page need not wait for), here in this
     # thread, before the job worker and the first model load start: importing them from two threads at once fails.

@@ -1,12 +1,14 @@
-"""One ASGI middleware in front of every route (web UI, REST API, file routes, extension routes):
-authentication, login throttling, path checks, file-route confinement, cross-origin refusal and a body
-size limit. Each check is a small function so the rules can be read (and tested) one by one.
+"""One ASGI middleware in front of every route (web UI, REST API, file routes, extension routes): the Host
+allow-list (DNS rebinding), authentication, login throttling, path checks, file-route confinement, cross-origin
+refusal, a body size limit and the security headers of every answer. Each check is a small function so the
+rules can be read (and tested) one by one.
 
 Gradio's own checks stay in place behind it; this layer is what the project promises, whatever a Gradio
 release does (Gradio serves some routes without auth and allows any origin on a non-localhost host).
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -21,6 +23,9 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
+from backend.allowed_hosts import host_allowed
+from backend.upload_folder import prune_folder
+
 log = logging.getLogger(__name__)
 
 # Served to anyone: the login page and the front-end code it needs (no data, no files of the user's).
@@ -32,6 +37,13 @@ API_PREFIXES = ("/sdapi/", "/extensions/", "/docs", "/redoc", "/openapi.json")
 FILE_ROUTE_PREFIXES = ("/gradio_api/file=", "/file=", "/gradio_api/file/", "/file/")
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 LOGIN_PATHS = {"/login", "/login/"}
+LOGOUT_PATHS = {"/logout", "/logout/"}
+UPLOAD_PATHS = {"/gradio_api/upload", "/upload"}
+# What the outputs folder may serve: images (not history.sqlite3, not partial files being written).
+SERVED_OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+# Sent with every answer: no other site may frame the UI (clickjacking), no browser may guess content types.
+SECURITY_HEADERS = {"x-frame-options": "DENY", "content-security-policy": "frame-ancestors 'none'",
+                    "x-content-type-options": "nosniff"}
 
 
 @dataclass(frozen=True)
@@ -41,19 +53,32 @@ class HttpPolicy:
     api_credentials: tuple[tuple[str, str], ...] = ()  # empty: the REST API is open
     allowed_origins: tuple[str, ...] = ()  # other sites allowed to call us from a browser (--cors-allow-origins)
     file_roots: tuple[Path, ...] = ()  # the only folders file routes may serve (outputs, the upload cache)
+    image_only_roots: tuple[Path, ...] = ()  # of those, the ones that serve only image files (outputs)
     max_body_bytes: int = 64 * 2**20
     login_failures_allowed: int = 10  # per client address within the window; then 429 until it has passed
     login_window_seconds: float = 60.0
+    # Host names besides loopback (--allowed-hosts, this machine's names with --listen, the share tunnel's host);
+    # "*.example.com" allows every name below example.com.
+    allowed_hosts: tuple[str, ...] = ()
+    any_address_host: bool = False  # --listen: a Host that is an IP address (a LAN browser typed it) is fine
+    missing_host_allowed: bool = True  # HTTP/1.0 without a Host header: only for a server on loopback alone
+    session_cookie_samesite: str = "strict"  # the login cookie's SameSite ("lax" behind a share link)
+    upload_folder: Path | None = None  # pruned after each upload to the two limits below
+    upload_folder_max_bytes: int = 2 * 2**30
+    upload_folder_max_files: int = 2000
 
 
 @dataclass
 class LoginThrottle:
-    """Failed logins per client address in a sliding window (the only state; one per server)."""
+    """Failed logins per client address in a sliding window (the only state; one per server). Addresses whose
+    failures have all left the window are forgotten, so the table cannot grow without bound."""
     failures_allowed: int
     window_seconds: float
     clock: Callable[[], float] = time.monotonic
+    max_clients: int = 10_000  # past this many addresses with recent failures, the stalest are dropped
     _failures: dict[str, deque] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _swept_at: float = float("-inf")
 
     def retry_after(self, client: str) -> float:
         """Seconds until `client` may try again; 0 when it may now."""
@@ -65,17 +90,43 @@ class LoginThrottle:
 
     def failed(self, client: str):
         with self._lock:
-            self._recent(client).append(self.clock())
+            self._sweep()
+            self._failures.setdefault(client, deque()).append(self.clock())
+            self._recent(client)
 
     def succeeded(self, client: str):
         with self._lock:
             self._failures.pop(client, None)
 
+    def clients(self) -> int:
+        """How many addresses are remembered."""
+        with self._lock:
+            self._sweep(force=True)
+            return len(self._failures)
+
     def _recent(self, client: str) -> deque:
-        recent = self._failures.setdefault(client, deque())
+        recent = self._failures.get(client, deque())
         while recent and recent[0] <= self.clock() - self.window_seconds:
             recent.popleft()
+        if recent:
+            self._failures[client] = recent
+        else:
+            self._failures.pop(client, None)
         return recent
+
+    def _sweep(self, force: bool = False):
+        """Forget stale addresses, at most once a window (or when the table is full); then, if a flood of
+        addresses still fills it, the ones whose last failure is oldest."""
+        now = self.clock()
+        if not force and now - self._swept_at < self.window_seconds and len(self._failures) < self.max_clients:
+            return
+        self._swept_at = now
+        for client in list(self._failures):
+            self._recent(client)
+        excess = len(self._failures) - self.max_clients + (0 if force else 1)  # room for the one being added
+        if excess > 0:
+            for client, _ in sorted(self._failures.items(), key=lambda item: item[1][-1])[:excess]:
+                del self._failures[client]
 
 
 def suspicious_path(raw_path: str) -> bool:
@@ -107,13 +158,24 @@ def inside_roots(target: str, roots: tuple[Path, ...]) -> bool:
     return any(resolved.is_relative_to(os.path.realpath(root)) for root in roots)
 
 
+def servable_file(target: str, policy: HttpPolicy) -> bool:
+    """A file route may serve `target`: inside a file root, and from the outputs folder only an image (never
+    the job history database or a file still being written)."""
+    if not inside_roots(target, policy.file_roots):
+        return False
+    if not inside_roots(target, policy.image_only_roots):
+        return True
+    name = Path(target).name.lower()
+    return name.endswith(SERVED_OUTPUT_SUFFIXES) and not name.startswith(".")
+
+
 def same_origin(origin: str, headers: dict[str, str]) -> bool:
-    """The Origin names the host the request was sent to (directly, or through a proxy that says so)."""
+    """The Origin names the host the request was sent to. Only the Host header counts: X-Forwarded-Host is a
+    header any client can write, so it proves nothing (a proxy that rewrites Host needs --cors-allow-origins)."""
     if origin == "null":
         return False
     origin_host = urlsplit(origin).netloc.lower()
-    hosts = {headers.get("host", "").lower(), headers.get("x-forwarded-host", "").lower()} - {""}
-    return origin_host in hosts
+    return bool(origin_host) and origin_host == headers.get("host", "").strip().lower()
 
 
 def basic_credentials(headers: dict[str, str]) -> tuple[str, str] | None:
@@ -165,12 +227,18 @@ class HttpSecurityMiddleware:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if scope["type"] == "http":
+            send = self._with_security_headers(send)
         refusal = self.refusal(scope, headers)
         if refusal is not None:
             return await self._refuse(scope, receive, send, *refusal)
-        client = (scope.get("client") or ("unknown",))[0]
-        if self._is_login_attempt(scope, headers):
-            send = self._watch_login(send, client, login_form=scope["path"] in LOGIN_PATHS)
+        path, method = scope["path"], scope.get("method")
+        if path in LOGIN_PATHS and method == "POST":
+            send = self._watch_login(send, client_address(scope))
+        if path in UPLOAD_PATHS and method == "POST" and self.policy.upload_folder is not None:
+            send = self._prune_after_upload(send)
+        if path in LOGOUT_PATHS:
+            scope = {**scope, "method": "GET"}  # Gradio's logout route is a GET; ours is a POST (see refusal)
         await self._serve_limited(scope, receive, send)
 
     async def _serve_limited(self, scope, receive, send):
@@ -205,65 +273,112 @@ class HttpSecurityMiddleware:
                 raise
 
     def refusal(self, scope, headers: dict[str, str]) -> tuple[int, str, dict] | None:
-        """(status, message, extra headers) when the request must not reach the app, else None."""
+        """(status, message, extra headers) when the request must not reach the app, else None. Counts HTTP
+        Basic credentials for the login throttle on the way."""
         path, method = scope["path"], scope.get("method", "GET")
+        policy = self.policy
+        if not host_allowed(headers.get("host"), policy.allowed_hosts, policy.any_address_host,
+                            policy.missing_host_allowed):
+            shown = headers.get("host", "")[:100] or "(none)"
+            return 400, (f"Host {shown!r} is not a name of this server; if it is, start the server with "
+                         "--allowed-hosts naming it"), {}
         raw_path = scope.get("raw_path", b"").decode("latin-1") or path
         if suspicious_path(raw_path) or suspicious_path(path):
             return 404, "Not found", {}
         origin = headers.get("origin")
         unsafe = method in UNSAFE_METHODS or scope["type"] == "websocket"
-        if origin and unsafe and origin not in self.policy.allowed_origins and not same_origin(origin, headers):
+        if origin and unsafe and origin not in policy.allowed_origins and not self._same_origin(origin, headers):
             return 403, f"cross-origin request from {origin} refused (see --cors-allow-origins)", {}
+        if path in LOGOUT_PATHS and method != "POST":
+            return 405, "log out with POST /logout (a link on another site must not end your sessions)", \
+                {"allow": "POST"}
         declared = headers.get("content-length", "0").strip() or "0"
         if not declared.isdigit():
             return 400, "Content-Length is not a number", {}
-        if int(declared) > self.policy.max_body_bytes:
-            return 413, f"request body larger than the limit of {self.policy.max_body_bytes:,} bytes", {}
-        client = (scope.get("client") or ("unknown",))[0]
-        if self._is_login_attempt(scope, headers):
-            wait = self.throttle.retry_after(client)
-            if wait > 0:
-                return 429, f"too many failed logins; try again in {wait:.0f} s", {"retry-after": f"{wait:.0f}"}
-        denied = self._authentication_refusal(scope, path, headers)
+        if int(declared) > policy.max_body_bytes:
+            return 413, f"request body larger than the limit of {policy.max_body_bytes:,} bytes", {}
+        denied = self._credentials_refusal(scope, path, method, headers)
         if denied is not None:
             return denied
         target = file_route_target(path)
-        if target is not None and not inside_roots(unquote(target), self.policy.file_roots):
+        if target is not None and not servable_file(unquote(target), policy):
             return 403, "Forbidden: only generated images and uploads are served", {}
         return None
 
-    def _authentication_refusal(self, scope, path: str, headers: dict[str, str]):
-        if path.startswith(API_PREFIXES):
-            allowed = self.policy.api_credentials
-            if allowed and not credentials_match(basic_credentials(headers), allowed):
+    def _same_origin(self, origin: str, headers: dict[str, str]) -> bool:
+        """Same origin as the request, and that origin's host one this server answers to."""
+        return same_origin(origin, headers) and host_allowed(
+            urlsplit(origin).netloc, self.policy.allowed_hosts, self.policy.any_address_host, False)
+
+    def _credentials_refusal(self, scope, path: str, method: str, headers: dict[str, str]):
+        """Throttle, then check the credentials this route needs. A login attempt is a POST to the login form
+        or any request with HTTP Basic credentials where credentials are set; only a real match (the login
+        form's 200, Basic credentials that match) clears an address's failures."""
+        client = client_address(scope)
+        api_route = path.startswith(API_PREFIXES)
+        allowed = self.policy.api_credentials if api_route else self.policy.ui_credentials
+        basic_sent = headers.get("authorization", "").lower().startswith("basic ") and bool(allowed)
+        login_form = path in LOGIN_PATHS and method == "POST" and bool(self.policy.ui_credentials)
+        if basic_sent or login_form:
+            wait = self.throttle.retry_after(client)
+            if wait > 0:
+                return 429, f"too many failed logins; try again in {wait:.0f} s", {"retry-after": f"{wait:.0f}"}
+        basic_matched = basic_sent and credentials_match(basic_credentials(headers), allowed)
+        if basic_sent:
+            if basic_matched:
+                self.throttle.succeeded(client)
+            else:
+                self.throttle.failed(client)
+                log.warning("failed login (HTTP Basic) from %s", client)
+        if api_route:
+            if allowed and not basic_matched:
                 return 401, "Not authenticated", {"www-authenticate": "Basic"}
             return None
-        allowed = self.policy.ui_credentials
         if not allowed or path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
             return None
-        cookies = parse_cookies(headers.get("cookie", ""))
-        if gradio_session_user(scope.get("app"), cookies) or credentials_match(basic_credentials(headers), allowed):
+        if basic_matched or gradio_session_user(scope.get("app"), parse_cookies(headers.get("cookie", ""))):
             return None
         return 401, "Not authenticated", {}
 
-    def _is_login_attempt(self, scope, headers: dict[str, str]) -> bool:
-        return (scope["path"] in LOGIN_PATHS and scope.get("method") == "POST") or "authorization" in headers
-
-    def _watch_login(self, send, client: str, login_form: bool):
-        """Count the answer: a refused login (Gradio's form: 400, HTTP Basic: 401) is a failure, a 2xx a
-        success."""
-        refused = (400, 401) if login_form else (401,)
-
+    def _watch_login(self, send, client: str):
+        """Count the login form's answer: 200 (Gradio's answer to good credentials) clears the failures, 400
+        (wrong credentials) is a failure."""
         async def watched(message):
             if message["type"] == "http.response.start":
-                status = message["status"]
-                if status in refused:
+                if message["status"] == 200:
+                    self.throttle.succeeded(client)
+                elif message["status"] in (400, 401):
                     self.throttle.failed(client)
                     log.warning("failed login from %s", client)
-                elif status < 300:
-                    self.throttle.succeeded(client)
             await send(message)
         return watched
+
+    def _with_security_headers(self, send):
+        """Add SECURITY_HEADERS (unless the route set its own) and give login cookies our SameSite."""
+        samesite = self.policy.session_cookie_samesite.encode()
+
+        async def secured(message):
+            if message["type"] == "http.response.start":
+                headers = [(name, with_samesite(value, samesite) if name.lower() == b"set-cookie" else value)
+                           for name, value in message.get("headers", [])]
+                present = {name.lower() for name, _ in headers}
+                headers += [(name.encode(), value.encode()) for name, value in SECURITY_HEADERS.items()
+                            if name.encode() not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+        return secured
+
+    def _prune_after_upload(self, send):
+        """Once an upload has been answered, keep the upload folder within its limits (in a thread: it walks
+        the folder)."""
+        policy = self.policy
+
+        async def pruning(message):
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                await asyncio.to_thread(prune_folder, policy.upload_folder, policy.upload_folder_max_bytes,
+                                        policy.upload_folder_max_files)
+        return pruning
 
     async def _refuse(self, scope, receive, send, status: int, message: str, extra_headers: dict):
         if scope["type"] == "websocket":
@@ -274,3 +389,14 @@ class HttpSecurityMiddleware:
         headers += [(k.encode(), v.encode()) for k, v in extra_headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def client_address(scope) -> str:
+    return (scope.get("client") or ("unknown",))[0]
+
+
+def with_samesite(cookie: bytes, samesite: bytes) -> bytes:
+    """A Set-Cookie value with its SameSite attribute replaced (Gradio sets SameSite=None on its login cookie,
+    which would let other sites' requests carry it)."""
+    parts = [part for part in cookie.split(b";") if not part.strip().lower().startswith(b"samesite")]
+    return b";".join(parts) + b"; SameSite=" + samesite

@@ -49,7 +49,7 @@ class ServerProcess:
             [sys.executable, "app.py", "--port", str(self.port), "--models-dir", str(self.models_dir),
              "--outputs-dir", str(self.outputs), "--cache-dir", str(self.workdir / "cache"), "--device", "cpu",
              *self.extra_args],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=self._environment())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -60,6 +60,13 @@ class ServerProcess:
             if self.process.poll() is not None:
                 return False
         return False
+
+    @staticmethod
+    def _environment() -> dict[str, str]:
+        """This process's environment, less what an in-process server of another test set for itself (its upload
+        folder, its trusted proxies): each server process starts as a fresh one would."""
+        inherited = {k: v for k, v in os.environ.items() if k not in ("GRADIO_TEMP_DIR", "FORWARDED_ALLOW_IPS")}
+        return {**inherited, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
     def kill(self):
         """SIGKILL: the process gets no chance to clean up, as in a crash or power loss."""
