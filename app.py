@@ -230,7 +230,7 @@ def settings_from_args(args: argparse.Namespace):
                     extensions_dir=args.extensions_dir,
                     extension_install_refused=extension_access(args.listen, args.share,
                                                                args.enable_insecure_extension_access),
-                    server_folders_refused=server_folder_access(args),
+                    server_folders_refused=server_folder_access(args), reachable_from_network=args.listen or args.share,
                     cache_dir=args.cache_dir, startup_checkpoint=args.ckpt, device=args.device,
                     precision=args.precision, xformers=args.xformers, max_models_in_memory=args.max_models,
                     max_cache_gb=args.max_cache_gb, offline=os.environ.get("HF_HUB_OFFLINE") == "1",

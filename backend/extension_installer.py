@@ -2,19 +2,21 @@
 
 Installing runs foreign code on the server, so it is refused while the server is reachable beyond this
 machine (--listen) or through a public link (--share), unless the operator opted in with
---enable-insecure-extension-access. Changes take effect at the next start: loaded code cannot be unloaded.
+--enable-insecure-extension-access; loading the index and switching extensions on or off are refused exactly
+then too. Changes take effect at the next start: loaded code cannot be unloaded.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from backend import extension_index
+from backend.extension_index import IndexEntry
 
 GIT_TIMEOUT_SECONDS = 300
 PIP_TIMEOUT_SECONDS = 900
@@ -37,31 +39,12 @@ def extension_access(listen: bool, share: bool, insecure: bool) -> str | None:
             "--enable-insecure-extension-access if you trust everyone who can reach it.")
 
 
-@dataclass(frozen=True)
-class IndexEntry:
-    name: str
-    url: str
-    description: str = ""
-    tags: tuple[str, ...] = field(default_factory=tuple)
-
-
-def read_index(source: str) -> list[IndexEntry]:
-    """An extension index from a local JSON file or an http(s) URL."""
+def read_index(source: str, local: bool = True, tls: ssl.SSLContext | None = None) -> list[IndexEntry]:
+    """An extension index from an https URL or (`local` servers only) a JSON file; see backend.extension_index."""
     try:
-        if re.match(r"^https?://", source):
-            with urllib.request.urlopen(source, timeout=30) as response:
-                data = json.loads(response.read().decode("utf-8"))
-        else:
-            data = json.loads(Path(source).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise ExtensionInstallError(f"cannot read the extension index {source}: {error}") from error
-    items = data.get("extensions", []) if isinstance(data, dict) else []
-    entries = []
-    for item in items:
-        if isinstance(item, dict) and item.get("url") and item.get("name"):
-            entries.append(IndexEntry(str(item["name"]), str(item["url"]), str(item.get("description", "")),
-                                      tuple(str(tag) for tag in item.get("tags", []) or [])))
-    return entries
+        return extension_index.read_index(source, local, tls)
+    except extension_index.ExtensionIndexError as error:
+        raise ExtensionInstallError(f"cannot read the extension index: {error}") from None
 
 
 def folder_name_for(url: str) -> str:
@@ -72,13 +55,33 @@ def folder_name_for(url: str) -> str:
 
 
 class ExtensionInstaller:
-    def __init__(self, folder: Path | None, refused_because: str | None):
+    def __init__(self, folder: Path | None, refused_because: str | None, local: bool = True):
+        """`local`: the server is reachable from this machine only (it may then read an index from its own
+        network or disk)."""
         self.folder = Path(folder) if folder else None
         self.refused_because = refused_because
+        self.local = local
 
-    def _check(self) -> Path:
+    def load_index(self, source: str, tls: ssl.SSLContext | None = None) -> list[IndexEntry]:
+        """The extension index at `source` (an https URL, or a file for a local server); refused when installing
+        is."""
+        self._refuse_if_off()
+        return read_index(source, self.local, tls)
+
+    def apply_enabled(self, extensions, chosen: list[str]):
+        """Remember which installed extensions load at the next start; refused when installing is (switching an
+        installed extension on runs its code too)."""
+        self._refuse_if_off()
+        for record in extensions.records:
+            if not record.path.name.endswith(".disabled"):
+                extensions.set_enabled(record.name, record.name in chosen)
+
+    def _refuse_if_off(self):
         if self.refused_because:
             raise ExtensionInstallError(self.refused_because)
+
+    def _check(self) -> Path:
+        self._refuse_if_off()
         if self.folder is None:
             raise ExtensionInstallError("this server has no extensions folder")
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,8 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     return Services(settings=settings, models=models, outputs=outputs, generator=generator, jobs=jobs,
                     history=history, upscalers=upscalers, networks=networks, extensions=extensions,
                     extension_installer=ExtensionInstaller(settings.extensions_dir,
-                                                           settings.extension_install_refused))
+                                                           settings.extension_install_refused,
+                                                           local=not settings.reachable_from_network))
 
 
 def _attempt_runner(generator: Generator, outputs: OutputStore):

@@ -17,6 +17,7 @@ class Settings:
     extensions_dir: Path | None = None  # None: no extensions (tests); app.py passes ./extensions
     extension_install_refused: str | None = None  # why installing extensions is off (--listen/--share), or None
     server_folders_refused: str | None = None  # why jobs may not read server folders (--listen/--share), or None
+    reachable_from_network: bool = False  # --listen or --share: the server never fetches from its own network
     startup_checkpoint: str | None = None
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto | fp32 | fp16 | bf16

@@ -6,7 +6,7 @@ import html
 
 import gradio as gr
 
-from backend.extension_installer import DEFAULT_INDEX, ExtensionInstallError, read_index
+from backend.extension_installer import DEFAULT_INDEX, ExtensionInstallError
 from backend.services import Services
 from ui.generation_form import PRIVATE
 
@@ -85,8 +85,10 @@ def build_extensions_tab(services: Services):
     log = gr.Textbox(label="Log", lines=8, interactive=False, elem_id="extensions_log")
 
     def on_apply(chosen_names: list[str]):
-        for name in names:
-            extensions.set_enabled(name, name in (chosen_names or []))
+        try:
+            installer.apply_enabled(extensions, list(chosen_names or []))
+        except ExtensionInstallError as error:
+            return gr.update(), f'<div class="job-error">{html.escape(str(error))}</div>'
         return render_extensions(services), '<div class="extensions-saved">Saved; restart the server to apply.</div>'
 
     def attempt(action):
@@ -98,7 +100,7 @@ def build_extensions_tab(services: Services):
 
     def on_load_index(source: str):
         try:
-            entries = read_index((source or "").strip())
+            entries = installer.load_index(source or "")
         except ExtensionInstallError as error:
             return f'<div class="job-error">{html.escape(str(error))}</div>', gr.update(choices=[]), {}
         installed = set(installed_names(services))
