@@ -34,7 +34,7 @@ def certificate(tmp_path_factory):
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=1))
@@ -124,8 +124,8 @@ def test_an_exposed_server_never_reads_its_own_network_or_disk(tmp_path, https_s
              "https://10.1.2.3/index.json": "own network", "https://[::1]/x": "own network",
              "https://169.254.169.254/latest/meta-data": "own network",
              f"http://127.0.0.1:{port}/index.json": "https://", "file:///etc/passwd": "https://",
-             "ftp://example.com/index.json": "https://", "/etc/shadow": "https:// URL", "/root/.ssh/id_rsa": "https:// URL",
-             "/dev/zero": "https:// URL"}
+             "ftp://example.com/index.json": "https://", "/etc/shadow": "https:// URL",
+             "/root/.ssh/id_rsa": "https:// URL", "/dev/zero": "https:// URL"}
     for source, reason in cases.items():
         with pytest.raises(ExtensionInstallError, match=reason) as refused:
             exposed.load_index(source)
