@@ -27,8 +27,10 @@ class PassConditioning:
     """Prompt and negative prompt of one sampling pass of `steps` steps."""
 
     def __init__(self, encoder: PromptEncoder, prompt: str, negative_prompt: str, steps: int,
-                 hires_steps: int | None = None):
-        cache: dict[str, EncodedPrompt] = {}
+                 hires_steps: int | None = None, cache: dict[str, EncodedPrompt] | None = None):
+        """`cache`: texts already encoded for this job (shared by its passes), filled in as texts come."""
+        cache = {} if cache is None else cache
+        before = len(cache)
 
         def encoded(text: str) -> EncodedPrompt:
             if text not in cache:
@@ -36,7 +38,7 @@ class PassConditioning:
             return cache[text]
 
         schedules = [[(end, encoded(text)) for end, text in prompt_schedule(p, steps, hires_steps)]
-                     for p in (prompt, negative_prompt)]
+                     for p in (prompt, negative_prompt)]  # alternation: one text per step, encoded once each
         longest = max(e.chunks for schedule in schedules for _, e in schedule)
         # encoded empty chunks pad the shorter ones; encoding "" costs a text-encoder pass, so only when needed
         needs_padding = any(e.chunks < longest for schedule in schedules for _, e in schedule)
@@ -45,7 +47,7 @@ class PassConditioning:
             ScheduledPrompt(tuple((end, pad_to_chunks(e, longest, empty)) for end, e in schedule))
             for schedule in schedules)
         self.sdxl = encoder.sdxl
-        self.distinct_prompts = len(cache)
+        self.distinct_prompts = len(cache) - before  # texts this pass encoded
 
     def pipeline_arguments(self, batch: int, on_step) -> dict:
         """Keyword arguments for a diffusers SD/SDXL pipeline call: the first step's embeddings, and a step

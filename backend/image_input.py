@@ -7,17 +7,21 @@ bytes, odd modes) travels further.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
-from backend.outputs import read_infotext
+from backend.outputs import EXIF_ERRORS, read_infotext
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 ACCEPTED_TEXT = "a PNG, JPEG, WEBP, BMP or GIF image"
 MAX_INPUT_PIXELS = 8192 * 8192  # the largest image any job may produce (max upscale size) also bounds inputs
+# A side past this is a strip, not a picture: resizing a 67,108,864x1 image (within the pixel limit) needs
+# gigabytes of Lanczos coefficients.
+MAX_INPUT_SIDE = 16384
 KEPT_MODES = ("RGB", "RGBA", "L", "LA")  # masks may carry their drawing in the alpha channel
 
 
@@ -39,6 +43,9 @@ def open_image(data: bytes, max_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:
     width, height = image.size
     if width * height > max_pixels:
         raise ImageInputError(f"image too large: {width}x{height} is more than {max_pixels:,} pixels")
+    if max(width, height) > MAX_INPUT_SIDE:
+        raise ImageInputError(f"image too wide or tall: {width}x{height}; each side may be at most "
+                              f"{MAX_INPUT_SIDE:,} pixels")
     try:
         image.load()
     except (OSError, ValueError, SyntaxError):  # truncated or corrupt pixel data
@@ -47,8 +54,10 @@ def open_image(data: bytes, max_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:
 
 
 def clean_image(image: Image.Image) -> Image.Image:
-    """The decoded pixels only: camera rotation applied, mode made one of RGB/RGBA/L/LA, no metadata."""
-    image = ImageOps.exif_transpose(image)
+    """The decoded pixels only: camera rotation applied, mode made one of RGB/RGBA/L/LA, no metadata. EXIF that
+    does not parse counts as absent (no rotation)."""
+    with contextlib.suppress(*EXIF_ERRORS):
+        image = ImageOps.exif_transpose(image)
     if image.mode not in KEPT_MODES:
         keeps_alpha = "A" in image.getbands() or "transparency" in image.info
         image = image.convert("RGBA" if keeps_alpha else "RGB")

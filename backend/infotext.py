@@ -6,6 +6,9 @@
 
 A value containing "," ":" or a newline is JSON-quoted. The last line counts as parameters only if it
 has at least three `key: value` pairs (otherwise it is part of the prompt).
+
+Texts come from files and clients, so parsing is linear in the text and the text is bounded
+(MAX_INFOTEXT_CHARACTERS: two prompts at their limit and a long parameter line fit).
 """
 from __future__ import annotations
 
@@ -15,7 +18,13 @@ from typing import Any
 
 from backend.samplers import SamplerError, resolve_sampler
 
+# A1111's pattern for one `key: value` pair. Its findall retries from every position, so a long run of words
+# without a colon costs quadratic time; `parameter_pairs` finds the same pairs in one pass.
 PARAM_PATTERN = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_SPACES = re.compile(r"\s*")
+_KEY = re.compile(r"\w[\w \-/]+")
+_PLAIN_VALUE = re.compile(r"[^,]*")
+MAX_INFOTEXT_CHARACTERS = 100_000
 SIZE_PATTERN = re.compile(r"^(\d+)x(\d+)$")
 NEGATIVE_PREFIX = "Negative prompt:"
 
@@ -51,12 +60,63 @@ def _unquote(value: str) -> str:
     return value
 
 
+def parameter_pairs(line: str) -> list[tuple[str, str]]:
+    """PARAM_PATTERN.findall(line) for a line without newlines, in linear time.
+
+    A match starts with a run of key characters; when that run is not followed by ":", no match can start
+    anywhere inside it (each would stop at the same place), so the scan skips past it instead of retrying from
+    every position. A quoted value's closing quote is found from a table built once, so a line of many
+    unterminated quotes is not rescanned either."""
+    pairs: list[tuple[str, str]] = []
+    position, end = 0, len(line)
+    closings: list[int] | None = None
+    while position <= end:
+        key_start = _SPACES.match(line, position).end()
+        key = _KEY.match(line, key_start)
+        if key is None:
+            position = key_start + 1
+            continue
+        if not line.startswith(":", key.end()):
+            position = key.end()
+            continue
+        value_start = _SPACES.match(line, key.end() + 1).end()
+        value_end = None
+        if line.startswith('"', value_start) and not line.startswith('"', value_start + 1):
+            closings = closings if closings is not None else _quote_closings(line)
+            closing = closings[value_start + 1]
+            if closing != -1 and (closing + 1 == end or line[closing + 1] == ","):
+                value_end = closing + 1
+        if value_end is None:
+            value_end = _PLAIN_VALUE.match(line, value_start).end()
+        pairs.append((key.group(0), line[value_start:value_end]))
+        position = value_end + 1 if value_end < end else end + 1  # past the comma; a match at the end is last
+    return pairs
+
+
+def _quote_closings(line: str) -> list[int]:
+    """closings[i]: the index of the quote that closes a quoted value whose content starts at i (content is
+    backslash pairs and characters other than backslash and quote), or -1 when none does."""
+    size = len(line)
+    closings = [-1] * (size + 2)
+    for index in range(size - 1, -1, -1):
+        char = line[index]
+        if char == '"':
+            closings[index] = index
+        elif char == "\\":
+            closings[index] = closings[index + 2] if index + 1 < size else -1
+        else:
+            closings[index] = closings[index + 1]
+    return closings
+
+
 def parse_infotext(text: str) -> dict[str, Any]:
-    """Parse infotext into {"Prompt", "Negative prompt", key: value...}; `Size` also gives Size-1/Size-2."""
-    *lines, last = text.strip().split("\n")
-    if len(PARAM_PATTERN.findall(last)) < 3:
+    """Parse infotext into {"Prompt", "Negative prompt", key: value...}; `Size` also gives Size-1/Size-2.
+    Only the first MAX_INFOTEXT_CHARACTERS are read."""
+    *lines, last = text[:MAX_INFOTEXT_CHARACTERS].strip().split("\n")
+    pairs = parameter_pairs(last)
+    if len(pairs) < 3:
         lines.append(last)
-        last = ""
+        last, pairs = "", []
     prompt_lines, negative_lines, in_negative = [], [], False
     for line in lines:
         if line.startswith(NEGATIVE_PREFIX):
@@ -64,7 +124,7 @@ def parse_infotext(text: str) -> dict[str, Any]:
             line = line[len(NEGATIVE_PREFIX):].strip()
         (negative_lines if in_negative else prompt_lines).append(line)
     result: dict[str, Any] = {"Prompt": "\n".join(prompt_lines), "Negative prompt": "\n".join(negative_lines)}
-    for key, value in PARAM_PATTERN.findall(last):
+    for key, value in pairs:
         value = _unquote(value.strip())
         result[key] = value
         size = SIZE_PATTERN.match(value) if key == "Size" else None

@@ -18,13 +18,14 @@ from backend.lora import LORA_EXTENSIONS, LoraUse, applied_loras
 from backend.model_hashes import HashCache
 from backend.network_files import NetworkFolder
 from backend.clip_tokenizer import build_clip_tokenizer
-from backend.prompt_encoding import PromptChunker, PromptEncoder
+from backend.prompt_encoding import CHUNK_LENGTH, PromptChunker, PromptEncoder
 from backend.prompt_parser import (PromptSyntaxError, bracket_problems, extract_extra_networks, parse_weighted,
                                    prompt_schedule)
-from backend.requests import RequestError
+from backend.requests import MAX_PROMPT_CHARACTERS, STEPS_RANGE, RequestError
 from backend.vae_files import VaeLibrary
 
 EXPLICIT_EMBEDDING = re.compile(r"\bembedding:([\w.\-]+)")
+MAX_BRACKET_WARNINGS = 10  # per prompt; a pasted wall of brackets gets a count, not thousands of lines
 
 
 @dataclass
@@ -38,6 +39,7 @@ class JobNetworks:
     parameters: dict[str, object] = field(default_factory=dict)  # infotext keys known before encoding
     ti_hash: Callable | None = None  # embedding -> its A1111 short hash
     _passes: dict = field(default_factory=dict)
+    _encoded: dict = field(default_factory=dict)  # text -> EncodedPrompt, shared by the job's passes
 
     @property
     def infotext(self) -> dict[str, object]:
@@ -50,7 +52,8 @@ class JobNetworks:
         """Encoded once per job and pass length, reused by every batch."""
         key = (steps, hires_steps)
         if key not in self._passes:
-            self._passes[key] = PassConditioning(self.encoder, self.prompt, self.negative_prompt, steps, hires_steps)
+            self._passes[key] = PassConditioning(self.encoder, self.prompt, self.negative_prompt, steps, hires_steps,
+                                                 self._encoded)
         return self._passes[key]
 
     def pipeline_arguments(self, steps: int, batch: int, on_step, hires_steps: int | None = None) -> dict:
@@ -77,13 +80,21 @@ class Networks:
 
     def token_counter(self, text: str, steps: int = 20) -> tuple[int, int]:
         """A1111's `used/75` beside a prompt box: the longest of the prompt's scheduled variants, with LoRA tags
-        left out and embeddings counted by their vectors."""
+        left out and embeddings counted by their vectors. The page sends any text and any steps: both are
+        bounded as a job's are (a text over the prompt limit counts its first MAX_PROMPT_CHARACTERS)."""
+        text = (text or "")[:MAX_PROMPT_CHARACTERS]
+        steps = min(max(int(steps), STEPS_RANGE[0]), STEPS_RANGE[1])
         try:
-            text, _ = extract_extra_networks(text or "")
+            text, _ = extract_extra_networks(text)
         except PromptSyntaxError:
             pass  # counted as typed; the job will say what is wrong with the tag
         chunker = PromptChunker(self.tokenizer, self.embeddings.all()[0])
-        return max(chunker.lengths(variant) for _, variant in prompt_schedule(text, max(1, steps)))
+        variants = {variant for _, variant in prompt_schedule(text, steps)}  # alternation repeats texts
+        try:
+            return max(chunker.lengths(variant) for variant in variants)
+        except PromptSyntaxError:  # the job will say what is wrong; count the tokens as typed meanwhile
+            used = len(chunker.tokenize(text))
+            return used, max(CHUNK_LENGTH, -(-used // CHUNK_LENGTH) * CHUNK_LENGTH)
 
     def lora_short_hash(self, path: Path) -> str:
         """A1111's `Lora hashes` value: the addnet hash (tensor data only), first 12 hex digits."""
@@ -107,18 +118,24 @@ class Networks:
                             + ", ".join(f"<{t.kind}:{t.name}>" for t in negative_tags))
         prompt = self._explicit_embeddings(prompt, warnings)
         negative_prompt = self._explicit_embeddings(negative_prompt, warnings)
+        parsed: dict[str, list] = {}  # each distinct text parsed once, here and again when it is encoded
         for label, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            warnings += [f"{label.replace('_', ' ')}: {problem}" for problem in bracket_problems(text)]
+            problems = bracket_problems(text)
+            warnings += [f"{label.replace('_', ' ')}: {problem}" for problem in problems[:MAX_BRACKET_WARNINGS]]
+            if len(problems) > MAX_BRACKET_WARNINGS:
+                warnings.append(f"{label.replace('_', ' ')}: {len(problems) - MAX_BRACKET_WARNINGS} more unbalanced "
+                                "brackets")
             try:
                 for _, variant in prompt_schedule(text, request.steps):
-                    parse_weighted(variant)
+                    if variant not in parsed:
+                        parsed[variant] = parse_weighted(variant)
             except PromptSyntaxError as error:
                 raise RequestError(label, str(error)) from None
         uses = self._lora_uses(tags, warnings)
         pipeline = model.pipeline
         with applied_loras(pipeline, model.family, uses, warnings) as applied:
             embeddings, failed = self.embeddings.all()
-            encoder = PromptEncoder(pipeline, model.family, request.clip_skip, embeddings)
+            encoder = PromptEncoder(pipeline, model.family, request.clip_skip, embeddings, parsed)
             job = JobNetworks(encoder, prompt, negative_prompt, warnings=warnings,
                               ti_hash=self.embeddings.short_hash)
             if encoder.clip_skip_usable() != request.clip_skip:

@@ -73,8 +73,10 @@ def _vectors_in_place(encoder, replacements: list[tuple[int, int, torch.Tensor]]
 class PromptChunker:
     """Tokenizes prompts and packs them into 75-token chunks, with embeddings in place of their names."""
 
-    def __init__(self, tokenizer, embeddings=()):
+    def __init__(self, tokenizer, embeddings=(), parsed: dict[str, list] | None = None):
+        """`parsed`: parse_weighted results already made for this job (text -> runs), filled in as texts come."""
         self.tokenizer = tokenizer
+        self.parsed = {} if parsed is None else parsed
         self.start_token = tokenizer.bos_token_id
         self.end_token = tokenizer.eos_token_id
         self.comma_token = tokenizer.convert_tokens_to_ids(",</w>")
@@ -105,7 +107,7 @@ class PromptChunker:
             chunks.append(chunk)
             chunk, last_comma = PromptChunk(), -1
 
-        for fragment, weight in parse_weighted(text):
+        for fragment, weight in self.weighted(text):
             if fragment == "BREAK" and weight == -1:
                 close_chunk()
                 continue
@@ -143,6 +145,12 @@ class PromptChunker:
             chunks.append(chunk)
         return chunks
 
+    def weighted(self, text: str) -> list[tuple[str, float]]:
+        """parse_weighted(text), once per text: alternation makes one prompt per step, most of them alike."""
+        if text not in self.parsed:
+            self.parsed[text] = parse_weighted(text)
+        return self.parsed[text]
+
     def _embedding_at(self, tokens: list[int], position: int) -> tuple[Embedding | None, int]:
         for ids, embedding in self.embeddings.get(tokens[position], ()):
             if tuple(tokens[position:position + len(ids)]) == ids:
@@ -163,7 +171,8 @@ class PromptChunker:
 class PromptEncoder:
     """Encodes prompts for one loaded model with one clip skip and the embeddings usable with it."""
 
-    def __init__(self, pipeline, family: str, clip_skip: int = 1, embeddings: list[Embedding] = ()):
+    def __init__(self, pipeline, family: str, clip_skip: int = 1, embeddings: list[Embedding] = (),
+                 parsed: dict[str, list] | None = None):
         tokenizer = pipeline.tokenizer if getattr(pipeline, "tokenizer", None) is not None else pipeline.tokenizer_2
         self.sdxl = family.startswith("sdxl")
         self.slots = []
@@ -174,7 +183,7 @@ class PromptEncoder:
                                               len(self.slots), True))
         self.clip_skip = clip_skip
         widths = tuple(slot.encoder.config.hidden_size for slot in self.slots)
-        self.chunker = PromptChunker(tokenizer, [e for e in embeddings if self.fits(e, widths)])
+        self.chunker = PromptChunker(tokenizer, [e for e in embeddings if self.fits(e, widths)], parsed)
 
     @property
     def embeddings(self):

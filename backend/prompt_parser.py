@@ -35,6 +35,9 @@ _ATTENTION_TOKEN = r"""
 _BREAK = r"\s*\bBREAK\b\s*"
 _ROUND = 1.1
 _SQUARE = 1 / 1.1
+# Each run's weight is multiplied once per bracket around it, so the work grows with text x depth: bounded here.
+# (1.1 ** 100 is 13,780; no prompt means anything that deep.)
+MAX_BRACKET_DEPTH = 100
 
 
 def parse_weighted(text: str) -> list[tuple[str, float]]:
@@ -43,6 +46,7 @@ def parse_weighted(text: str) -> list[tuple[str, float]]:
     Brackets that never close still apply their multiplier to everything after them, and unmatched closing
     brackets are kept as text, exactly like A1111 (see `bracket_problems` for warning the user instead).
     A BREAK inside brackets gets its weight multiplied too (A1111 then no longer treats it as a break).
+    More than MAX_BRACKET_DEPTH brackets open at once (closed later or never) is a PromptSyntaxError.
     """
     runs: list[list] = []  # [text, weight] pairs, mutated in place so multiplication order matches A1111
     round_open: list[int] = []
@@ -56,10 +60,11 @@ def parse_weighted(text: str) -> list[tuple[str, float]]:
         token, weight = match.group(0), match.group(1)
         if token.startswith("\\"):
             runs.append([token[1:], 1.0])
-        elif token == "(":
-            round_open.append(len(runs))
-        elif token == "[":
-            square_open.append(len(runs))
+        elif token in ("(", "["):
+            if len(round_open) + len(square_open) == MAX_BRACKET_DEPTH:
+                raise PromptSyntaxError(f"brackets nested more than {MAX_BRACKET_DEPTH} deep (unclosed ones count) "
+                                        f"at character {match.start() + 1}")
+            (round_open if token == "(" else square_open).append(len(runs))
         elif weight is not None and round_open:
             multiply(round_open.pop(), _parse_attention_weight(weight, token))
         elif token == ")" and round_open:

@@ -8,8 +8,8 @@ from typing import Callable
 
 import gradio as gr
 
-from backend.requests import (BATCH_COUNT_RANGE, BATCH_SIZE_RANGE, CFG_RANGE, SIZE_RANGE, STEPS_RANGE, RequestError,
-                              Txt2ImgRequest)
+from backend.requests import (BATCH_COUNT_RANGE, BATCH_SIZE_RANGE, CFG_RANGE, MAX_PROMPT_CHARACTERS, SIZE_RANGE,
+                              STEPS_RANGE, RequestError, Txt2ImgRequest)
 from backend.samplers import SAMPLERS, SCHEDULE_NAMES
 from backend.services import Services
 from ui.progress_view import render_done, render_error, render_progress
@@ -74,9 +74,11 @@ class GenerationForm:
 def build_prompt_row(prefix: str) -> dict:
     with gr.Row():
         with gr.Column(scale=6):
-            prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt", placeholder="Prompt")
+            prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt", placeholder="Prompt",
+                                max_length=MAX_PROMPT_CHARACTERS)
             token_counter = gr.HTML(render_token_count(0, 75), elem_id=f"{prefix}_token_counter")
-            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
+            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt",
+                                  max_length=MAX_PROMPT_CHARACTERS)
             negative_counter = gr.HTML(render_token_count(0, 75), elem_id=f"{prefix}_negative_token_counter")
         with gr.Column(scale=1, min_width=160):
             generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
