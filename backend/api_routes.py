@@ -28,7 +28,7 @@ from backend.extras import check_request
 from backend.image_input import ImageInputError, open_image
 from backend.http_security import credentials_match
 from backend.infotext import parse_infotext
-from backend.job_queue import Job
+from backend.job_queue import Job, TooManyJobs
 from backend.outputs import read_infotext
 from backend.requests import (LATENT_UPSCALE_MODES, ExtrasRequest, Img2ImgRequest, RequestError, Txt2ImgRequest,
                               build_request)
@@ -312,14 +312,20 @@ def basic_auth(pairs: list[tuple[str, str]] | None):
 def build_api_router(services: Services, auth: list[tuple[str, str]] | None = None) -> APIRouter:
     # Bad input and what this version cannot do both answer 422 with a `detail` naming the field (never a 5xx).
     api = APIRouter(prefix="/sdapi/v1", dependencies=[*basic_auth(auth), Depends(refuse_unanswerable_json)],
-                    tags=["sdapi"], responses={422: {"model": ApiError, "description": "Invalid or unsupported input"}})
+                    tags=["sdapi"], responses={
+                        422: {"model": ApiError, "description": "Invalid or unsupported input"},
+                        429: {"model": ApiError, "description": "This client has too many jobs queued or running"}})
 
-    def run(request, body: GenerationBody) -> GenerationResponse:
+    def submit(request, http: Request, job_id: str | None = None) -> Job:
         try:
-            job = services.jobs.submit(request, job_id=body.force_task_id)
+            return services.jobs.submit(request, job_id=job_id, client=http.client.host if http.client else None)
+        except TooManyJobs as error:
+            raise HTTPException(status_code=429, detail=str(error)) from None
         except ValueError as error:
             raise HTTPException(status_code=409, detail=str(error)) from None
-        job = finished_job_or_error(job)
+
+    def run(request, body: GenerationBody, http: Request) -> GenerationResponse:
+        job = finished_job_or_error(submit(request, http, body.force_task_id))
         images = [base64.b64encode(image.png).decode() for image in job.result.images] if body.send_images else []
         parameters = body.model_dump()
         if isinstance(body, Img2ImgBody) and not body.include_init_images:
@@ -328,32 +334,32 @@ def build_api_router(services: Services, auth: list[tuple[str, str]] | None = No
                                   info=json.dumps(generation_info(job, services)))
 
     @api.post("/txt2img", response_model=GenerationResponse)
-    def txt2img(body: Txt2ImgBody):
-        return run(txt2img_request(body, services), body)
+    def txt2img(body: Txt2ImgBody, http: Request):
+        return run(txt2img_request(body, services), body, http)
 
     @api.post("/img2img", response_model=GenerationResponse)
-    def img2img(body: Img2ImgBody):
-        return run(img2img_request(body, services), body)
+    def img2img(body: Img2ImgBody, http: Request):
+        return run(img2img_request(body, services), body, http)
 
-    def run_extras(request: ExtrasRequest) -> list:
-        job = finished_job_or_error(services.jobs.submit(request))
+    def run_extras(request: ExtrasRequest, http: Request) -> list:
+        job = finished_job_or_error(submit(request, http))
         return job.result.images
 
     @api.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
-    def extra_single_image(body: ExtrasSingleImageBody):
+    def extra_single_image(body: ExtrasSingleImageBody, http: Request):
         if not body.image:
             raise HTTPException(status_code=422, detail="image: give one base64 image")
-        images = run_extras(extras_request(body, [image_bytes(body.image, "image")], services))
+        images = run_extras(extras_request(body, [image_bytes(body.image, "image")], services), http)
         return ExtrasSingleImageResponse(
             html_info=plaintext_to_html(images[0].postprocessing) if images else "",
             image=base64.b64encode(images[0].png).decode() if images and body.show_extras_results else None)
 
     @api.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
-    def extra_batch_images(body: ExtrasBatchImagesBody):
+    def extra_batch_images(body: ExtrasBatchImagesBody, http: Request):
         if not body.imageList:
             raise HTTPException(status_code=422, detail="imageList: give at least one image")
         data = [image_bytes(item.data, f"imageList[{number}].data") for number, item in enumerate(body.imageList)]
-        images = run_extras(extras_request(body, data, services))
+        images = run_extras(extras_request(body, data, services), http)
         return ExtrasBatchImagesResponse(
             html_info=plaintext_to_html(images[-1].postprocessing) if images else "",
             images=[base64.b64encode(image.png).decode() for image in images] if body.show_extras_results else [])

@@ -26,6 +26,7 @@ from backend.requests import RequestError
 
 log = logging.getLogger(__name__)
 FINISHED_JOBS_KEPT = 1000  # older finished jobs are forgotten so a long-running server does not grow
+MAX_PENDING_PER_CLIENT = 16  # queued or running jobs one client address may have; behind a share link all share one
 OUT_OF_MEMORY_ADVICE = "try a smaller size, batch size or upscale factor"
 WORKER_STOPPED = "the worker stopped unexpectedly ({reason}) while running this job; a new worker runs the queue"
 
@@ -38,6 +39,10 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 class JobInterrupted(Exception):
     """Raised inside a job when its own interrupt flag is set."""
+
+
+class TooManyJobs(Exception):
+    """A client already has MAX_PENDING_PER_CLIENT jobs queued or running; the message says so, for the user."""
 
 
 class BatchSkipped(Exception):
@@ -97,6 +102,7 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
     finished: threading.Event = field(default_factory=threading.Event)
+    client: str | None = None  # the address that sent it (None: the server itself, e.g. a test)
 
     @property
     def done(self) -> bool:
@@ -105,8 +111,10 @@ class Job:
 
 class JobQueue:
     def __init__(self, run_job: Callable[[Any, JobProgress], Any], history=None,
-                 on_out_of_memory: Callable[[], None] | None = None):
+                 on_out_of_memory: Callable[[], None] | None = None,
+                 max_pending_per_client: int = MAX_PENDING_PER_CLIENT):
         self._run_job = run_job
+        self.max_pending_per_client = max_pending_per_client
         self._history = history  # a JobHistory, or None to keep nothing on disk
         self._on_out_of_memory = on_out_of_memory  # frees caches before an out-of-memory job is retried
         self._queue: queue.Queue = queue.Queue()
@@ -130,12 +138,20 @@ class JobQueue:
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=30)
 
-    def submit(self, request, job_id: str | None = None) -> Job:
-        """Queue a request; `job_id` lets a client choose the id (A1111's force_task_id)."""
+    def submit(self, request, job_id: str | None = None, client: str | None = None) -> Job:
+        """Queue a request; `job_id` lets a client choose the id (A1111's force_task_id); `client` (its address)
+        may have at most `max_pending_per_client` jobs queued or running (TooManyJobs), so that one client cannot
+        fill the queue in front of everyone else."""
         with self._lock:
             if job_id is not None and job_id in self._jobs:
                 raise ValueError(f"force_task_id: a job with id '{job_id}' already exists")
-            job = Job(request=request, sequence=next(self._order), **({"id": job_id} if job_id else {}))
+            if client is not None:
+                pending = sum(1 for job in self._jobs.values() if job.client == client and not job.done)
+                if pending >= self.max_pending_per_client:
+                    raise TooManyJobs(f"{pending} of your jobs are queued or running, the most one client may have; "
+                                      "wait for one to finish")
+            job = Job(request=request, sequence=next(self._order), client=client,
+                      **({"id": job_id} if job_id else {}))
             finished = [old_id for old_id, old in self._jobs.items() if old.done]
             for old_id in finished[: max(0, len(finished) - FINISHED_JOBS_KEPT)]:
                 del self._jobs[old_id]
@@ -188,8 +204,8 @@ class JobQueue:
         job.progress.skip_requested = True
         return True
 
-    def run_and_wait(self, request, timeout: float | None = None) -> Job:
-        job = self.submit(request)
+    def run_and_wait(self, request, timeout: float | None = None, client: str | None = None) -> Job:
+        job = self.submit(request, client=client)
         job.finished.wait(timeout)
         return job
 

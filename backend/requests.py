@@ -45,6 +45,21 @@ def _check_finite_range(value: float, low: float, high: float) -> float:
 
 
 MAX_PROMPT_CHARACTERS = 20_000
+# Extension arguments are JSON values; nesting this deep is no argument (and past ~250 levels the job could not
+# be recorded: pydantic refuses to serialise it).
+MAX_EXTENSION_ARGS_DEPTH = 32
+
+
+def _check_nesting(value: Any, limit: int) -> Any:
+    """`value` unchanged when its lists and dicts nest at most `limit` deep (iterative: no recursion to exhaust)."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if depth == limit:
+                raise ValueError(f"nested more than {limit} levels deep")
+            pending += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)]
+    return value
 
 
 class GenerationRequest(BaseModel):
@@ -87,6 +102,11 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _in_range(cls, value: int, info: ValidationInfo) -> int:
         return _check_range(value, *INTEGER_RANGES[info.field_name])
+
+    @field_validator("extension_args")
+    @classmethod
+    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_nesting(value, MAX_EXTENSION_ARGS_DEPTH)
 
     @model_validator(mode="after")
     def _sampler(self, info: ValidationInfo):

@@ -18,14 +18,18 @@ import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from backend.api_routes import build_api_router
 from backend.requests import (BATCH_COUNT_RANGE, BATCH_SIZE_RANGE, CFG_RANGE, EXTRAS_SCALE_MAX, EXTRAS_SIZE_MAX,
                               HR_SCALE_RANGE, LATENT_UPSCALE_MODES, MAX_SEED, SIZE_RANGE, STEPS_RANGE)
+from backend.outputs import read_infotext
 from backend.samplers import SCHEDULE_NAMES, sampler_table
+from tests.test_image_metadata import exif_tiff
 
 EXAMPLES_PER_OPERATION = 50  # per generation mode (valid / invalid requests)
 CHECKS = [not_a_server_error, response_schema_conformance]
@@ -215,3 +219,68 @@ def test_former_server_errors_answer_422_naming_the_field(app, path, raw_json, d
         response = client.post(f"/sdapi/v1/{path}", content=raw_json, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert detail in response.json()["detail"]
+
+
+# Hostile image metadata (issue 26, item 5): EXIF blocks built from random IFD entries (any tag, any TIFF type, any
+# value, offsets past the end), truncated or raw bytes, in PNG eXIf / JPEG APP1 / WEBP EXIF chunks, with random
+# infotext chunks; sent to the endpoints that read metadata, and to the PNG Info tab's reader. Never a 5xx.
+TIFF_TYPES = st.sampled_from([0, 1, 2, 3, 4, 5, 7, 9, 10, 11, 12, 13, 99])
+EXIF_TAGS = st.sampled_from([0x9286, 0x0112, 0x010E, 0x8769, 0x8825, 0x9003, 0xA005, 0x0100, 0x927C, 0xFFFF])
+METADATA_ENDPOINTS = ["png-info", "png-info", "png-info", "extra-single-image", "extra-single-image", "img2img"]
+
+
+@st.composite
+def exif_blocks(draw) -> bytes:
+    kind = draw(st.sampled_from(["structured", "structured", "truncated", "raw", "big-endian"]))
+    if kind == "raw":
+        return draw(st.binary(max_size=96))
+    entries = draw(st.lists(st.tuples(EXIF_TAGS, TIFF_TYPES, st.binary(max_size=24)), max_size=6))
+    first = draw(st.lists(st.tuples(EXIF_TAGS, TIFF_TYPES, st.binary(max_size=12)), max_size=3))
+    block = exif_tiff(entries, first)
+    if kind == "truncated":
+        block = block[:draw(st.integers(0, len(block)))]
+    elif kind == "big-endian":  # the same bytes claimed as Motorola order: every offset and count misread
+        block = b"MM\x00*" + block[4:]
+    return (b"Exif\x00\x00" if draw(st.booleans()) else b"") + block
+
+
+@st.composite
+def images_with_hostile_metadata(draw) -> bytes:
+    fmt = draw(st.sampled_from(["PNG", "JPEG", "WEBP"]))
+    options = {"exif": draw(exif_blocks())}
+    if fmt == "PNG" and draw(st.booleans()):
+        chunks = PngInfo()
+        text = draw(st.one_of(st.text(max_size=300), st.just("word " * 4000),
+                              st.just('k: "a, ' * 2000), st.just("a cat\nSteps: 2, Seed: x, Size: 9x9")))
+        chunks.add_text("parameters", text, zip=draw(st.booleans()))
+        options["pnginfo"] = chunks
+    buffer = io.BytesIO()
+    size = (draw(st.integers(1, 72)), draw(st.integers(1, 72)))
+    mode = draw(st.sampled_from(["RGB", "L"] if fmt == "JPEG" else ["RGB", "L", "RGBA"]))
+    Image.new(mode, size, 120).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def metadata_request(endpoint: str, image: str) -> dict:
+    if endpoint == "img2img":
+        return {"init_images": [image], "steps": 2, "denoising_strength": 0.5, "width": 64, "height": 64}
+    if endpoint == "extra-single-image":
+        return {"image": image, "upscaling_resize": 1, "upscaler_1": "Nearest"}
+    return {"image": image}
+
+
+def test_hostile_image_metadata_never_gives_a_server_error(app):
+    with TestClient(app, raise_server_exceptions=False) as client:
+        @given(data=images_with_hostile_metadata(), endpoint=st.sampled_from(METADATA_ENDPOINTS))
+        @settings(max_examples=90, derandomize=True, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def never_a_server_error(data, endpoint):
+            with Image.open(io.BytesIO(data)) as image:  # as the PNG Info tab reads an upload
+                assert read_infotext(image) is None or isinstance(read_infotext(image), str)
+            answer = client.post(f"/sdapi/v1/{endpoint}",
+                                 json=metadata_request(endpoint, base64.b64encode(data).decode()))
+            assert answer.status_code < 500, (endpoint, answer.text)
+            if endpoint == "png-info":
+                assert answer.status_code == 200 and isinstance(answer.json()["info"], str), answer.text
+
+        never_a_server_error()

@@ -53,3 +53,36 @@ def test_mcp_txt2img_tool(tmp_path, models_dir):
     (bigger,) = list((tmp_path / "outputs" / "extras-images").rglob("*.png"))
     with Image.open(bigger) as image:
         assert image.size == (128, 128) and image.convert("RGB").getpixel((100, 100)) == (10, 200, 10)
+
+
+def test_mcp_tools_work_with_auth_on(tmp_path, models_dir):
+    """With --gradio-auth, an MCP client sending HTTP Basic credentials calls the tools (before: Gradio's MCP
+    server called its own API through a client without a login: "credentials were not provided"); without
+    credentials the MCP route is refused."""
+    import httpx
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    server = ServerProcess(tmp_path, models_dir, "--mcp", "--gradio-auth", "alice:secret").start()
+    login = {"Authorization": "Basic " + base64.b64encode(b"alice:secret").decode()}
+
+    async def call():
+        async with streamablehttp_client(server.url + "/gradio_api/mcp/", headers=login) as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await session.call_tool("txt2img", {"prompt": "a locked robot", "steps": 2, "width": 64,
+                                                           "height": 64, "seed": 41})
+
+    try:
+        result = asyncio.run(asyncio.wait_for(call(), 120))
+        anonymous = httpx.post(server.url + "/gradio_api/mcp/", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                               headers={"accept": "application/json, text/event-stream"}, timeout=60)
+        wrong = httpx.post(server.url + "/gradio_api/mcp/", json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                           headers={"accept": "application/json, text/event-stream"}, auth=("alice", "guess"),
+                           timeout=60)
+    finally:
+        server.stop()
+    assert not result.isError, result
+    (saved,) = list((tmp_path / "outputs" / "txt2img-images").rglob("*-41.png"))
+    assert Image.open(saved).info["parameters"].startswith("a locked robot\n")
+    assert anonymous.status_code == 401 and wrong.status_code == 401

@@ -10,6 +10,7 @@ import gradio as gr
 
 from backend.requests import (BATCH_COUNT_RANGE, BATCH_SIZE_RANGE, CFG_RANGE, MAX_PROMPT_CHARACTERS, SIZE_RANGE,
                               STEPS_RANGE, RequestError, Txt2ImgRequest)
+from backend.job_queue import TooManyJobs
 from backend.samplers import SAMPLERS, SCHEDULE_NAMES
 from backend.services import Services
 from ui.progress_view import render_done, render_error, render_progress
@@ -89,6 +90,11 @@ def build_prompt_row(prefix: str) -> dict:
                 token_counter=token_counter, negative_token_counter=negative_counter)
 
 
+def client_address(http: gr.Request | None) -> str | None:
+    """The address an event came from (jobs are limited per address)."""
+    return http.client.host if http is not None and http.client else None
+
+
 def render_token_count(used: int, limit: int) -> str:
     return f'<div class="token-counter" style="text-align:right;font-size:0.85em;opacity:0.8">{used}/{limit}</div>'
 
@@ -145,14 +151,14 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
     outputs = [form.progress, form.gallery, form.infotext, form.job_id, form.results, form.selected,
                form.selected_path]
 
-    def run(values: dict):
+    def run(values: dict, http: gr.Request):
         try:
             request = build_request(values)
-        except RequestError as error:
+            job = services.jobs.submit(request, client=client_address(http))
+        except (RequestError, TooManyJobs) as error:
             yield {form.progress: render_error(str(error))}
             return
         started = time.perf_counter()
-        job = services.jobs.submit(request)
         yield {form.job_id: job.id, form.progress: render_progress(job, services.jobs.position(job))}
         shown_preview = 0
         while not job.finished.wait(POLL_SECONDS):

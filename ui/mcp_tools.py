@@ -1,6 +1,9 @@
 """Tools for AI assistants over MCP (Gradio's built-in MCP server, enabled with --mcp).
 
-Each tool builds the same typed request as the UI and the REST API and runs it through the job queue.
+Each tool builds the same typed request as the UI and the REST API and runs it through the job queue. The tools
+are not put on Gradio's queue: Gradio's MCP server then calls them directly with the MCP request (whose HTTP
+Basic credentials the guard has checked) instead of calling its own HTTP API through a client that has no login,
+which failed on a server with --gradio-auth. Our job queue orders the work either way.
 """
 from __future__ import annotations
 
@@ -9,16 +12,18 @@ import binascii
 
 import gradio as gr
 
+from backend.job_queue import TooManyJobs
 from backend.requests import ExtrasRequest, Img2ImgRequest, RequestError, Txt2ImgRequest, build_request
 from backend.services import Services
+from ui.generation_form import client_address
 
 
-def _run(services: Services, request_class, fields: dict) -> list[str]:
+def _run(services: Services, request_class, fields: dict, http: gr.Request | None) -> list[str]:
     try:
         request = build_request(request_class, fields)
-    except RequestError as error:
+        job = services.jobs.run_and_wait(request, client=client_address(http))
+    except (RequestError, TooManyJobs) as error:
         raise gr.Error(str(error)) from None
-    job = services.jobs.run_and_wait(request)
     if job.status == "failed":
         raise gr.Error(job.error)
     return [image.path for image in job.result.images]
@@ -33,7 +38,8 @@ def _decode(data: str, field: str) -> bytes:
 
 def register_mcp_tools(services: Services):
     def txt2img(prompt: str, negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0,
-                width: int = 512, height: int = 512, seed: int = -1, sampler_name: str = "DPM++ 2M") -> list[str]:
+                width: int = 512, height: int = 512, seed: int = -1, sampler_name: str = "DPM++ 2M",
+                http: gr.Request = None) -> list[str]:
         """Generate images from a text prompt with the selected Stable Diffusion checkpoint.
 
         Args:
@@ -51,11 +57,11 @@ def register_mcp_tools(services: Services):
         """
         return _run(services, Txt2ImgRequest, dict(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                                    cfg_scale=cfg_scale, width=width, height=height, seed=seed,
-                                                   sampler_name=sampler_name))
+                                                   sampler_name=sampler_name), http)
 
     def img2img(image_base64: str, prompt: str, denoising_strength: float = 0.75, mask_base64: str = "",
                 negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0, width: int = 512,
-                height: int = 512, seed: int = -1) -> list[str]:
+                height: int = 512, seed: int = -1, http: gr.Request = None) -> list[str]:
         """Repaint an image guided by a prompt; with a mask, repaint only the white area of the mask.
 
         Args:
@@ -77,10 +83,10 @@ def register_mcp_tools(services: Services):
             init_image=_decode(image_base64, "image_base64"),
             mask=_decode(mask_base64, "mask_base64") if mask_base64 else None, prompt=prompt,
             denoising_strength=denoising_strength, negative_prompt=negative_prompt, steps=steps, cfg_scale=cfg_scale,
-            width=width, height=height, seed=seed))
+            width=width, height=height, seed=seed), http)
 
     def upscale(image_base64: str, scale: float = 2.0, upscaler: str = "Lanczos", width: int = 0,
-                height: int = 0) -> list[str]:
+                height: int = 0, http: gr.Request = None) -> list[str]:
         """Upscale an image with a built-in resampler or an upscaler model (ESRGAN, Real-ESRGAN, SwinIR, ...).
 
         Args:
@@ -96,8 +102,7 @@ def register_mcp_tools(services: Services):
         fields = dict(images=[_decode(image_base64, "image_base64")], upscaler_1=upscaler, upscaling_resize=scale)
         if width or height:
             fields.update(resize_mode=1, upscaling_resize_w=width, upscaling_resize_h=height, upscaling_crop=True)
-        return _run(services, ExtrasRequest, fields)
+        return _run(services, ExtrasRequest, fields, http)
 
-    gr.api(txt2img, api_name="txt2img")
-    gr.api(img2img, api_name="img2img")
-    gr.api(upscale, api_name="upscale")
+    for tool in (txt2img, img2img, upscale):
+        gr.api(tool, api_name=tool.__name__, queue=False)

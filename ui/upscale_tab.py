@@ -9,9 +9,10 @@ from pathlib import Path
 
 import gradio as gr
 
+from backend.job_queue import TooManyJobs
 from backend.requests import EXTRAS_SCALE_MAX, EXTRAS_SIZE_MAX, ExtrasRequest, RequestError, build_request
 from backend.services import Services
-from ui.generation_form import POLL_SECONDS, PRIVATE
+from ui.generation_form import POLL_SECONDS, PRIVATE, client_address
 from ui.progress_view import render_done, render_error, render_progress
 from ui.tab_choice import build_tab_choice, follow_tab
 
@@ -93,7 +94,7 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
         follow_tab(tab, choice, value)
 
     def run(kind, single_path, file_paths, input_dir, mode, factor, to_width, to_height, to_crop, first, second,
-            second_visibility):
+            second_visibility, http: gr.Request):
         started = time.perf_counter()
         try:
             if kind == "single":
@@ -112,10 +113,10 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
                 **sources, "resize_mode": RESIZE_TABS.index(mode), "upscaling_resize": factor,
                 "upscaling_resize_w": int(to_width), "upscaling_resize_h": int(to_height), "upscaling_crop": to_crop,
                 "upscaler_1": first, "upscaler_2": second or "None", "extras_upscaler_2_visibility": second_visibility})
-        except (RequestError, OSError) as error:
+            job = services.jobs.submit(request, client=client_address(http))
+        except (RequestError, OSError, TooManyJobs) as error:
             yield {progress: render_error(str(error))}
             return
-        job = services.jobs.submit(request)
         while not job.finished.wait(POLL_SECONDS):
             yield {progress: render_progress(job, services.jobs.position(job))}
         if job.status == "failed":
