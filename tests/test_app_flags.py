@@ -12,7 +12,8 @@ import app
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = ["--listen", "--port", "--share", "--gradio-auth", "--gradio-auth-path", "--models-dir", "--ckpt-dir",
          "--outputs-dir", "--ckpt", "--device", "--precision", "--xformers", "--api", "--lora-dir", "--vae-dir",
-         "--embeddings-dir", "--extensions-dir", "--enable-insecure-extension-access"]
+         "--embeddings-dir", "--extensions-dir", "--enable-insecure-extension-access", "--allowed-hosts",
+         "--forwarded-allow-ips"]
 
 
 def test_help_documents_every_flag():

@@ -67,11 +67,11 @@ def test_mcp_tools_work_with_auth_on(tmp_path, models_dir):
     login = {"Authorization": "Basic " + base64.b64encode(b"alice:secret").decode()}
 
     async def call():
-        async with streamablehttp_client(server.url + "/gradio_api/mcp/", headers=login) as (read, write, _):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                return await session.call_tool("txt2img", {"prompt": "a locked robot", "steps": 2, "width": 64,
-                                                           "height": 64, "seed": 41})
+        async with streamablehttp_client(server.url + "/gradio_api/mcp/", headers=login) as (read, write, _), \
+                ClientSession(read, write) as session:
+            await session.initialize()
+            return await session.call_tool("txt2img", {"prompt": "a locked robot", "steps": 2, "width": 64,
+                                                       "height": 64, "seed": 41})
 
     try:
         result = asyncio.run(asyncio.wait_for(call(), 120))
