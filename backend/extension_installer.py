@@ -34,9 +34,9 @@ def extension_access(listen: bool, share: bool, insecure: bool) -> str | None:
     if insecure or not (listen or share):
         return None
     exposed = "shares a public link (--share)" if share else "listens beyond this machine (--listen)"
-    return (f"Installing, updating and removing extensions is off because this server {exposed}: anyone who "
-            "can reach it could run code on it. Restart without that flag, or add "
-            "--enable-insecure-extension-access if you trust everyone who can reach it.")
+    return (f"Installing, updating, removing and switching extensions on or off, and loading the extension index, "
+            f"are off because this server {exposed}: anyone who can reach it could run code on it. Restart without "
+            "that flag, or add --enable-insecure-extension-access if you trust everyone who can reach it.")
 
 
 def read_index(source: str, local: bool = True, tls: ssl.SSLContext | None = None) -> list[IndexEntry]:
