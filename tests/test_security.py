@@ -57,6 +57,7 @@ def server(tmp_path_factory, checkpoint_files):
     (outputs / "link.png").symlink_to(secret)  # a symlink inside outputs that points outside
     args = app.parse_args(["--api", "--port", str(free_port()), "--gradio-auth", f"{USER}:{PASSWORD}",
                            "--cors-allow-origins", GOOD_SITE, "--max-upload-mb", "1", "--device", "cpu",
+                           "--allowed-hosts", "sd.example",
                            "--models-dir", str(root / "models"), "--outputs-dir", str(root / "outputs"),
                            "--cache-dir", str(root / "cache"), "--extensions-dir", str(root / "extensions")])
     page, services = app.launch(args)
@@ -186,11 +187,12 @@ def test_model_and_network_names_are_names_not_paths(server):
 def test_other_web_sites_cannot_call_or_read(server, logged_in):
     url = server["url"]
     # a page on another site, in the logged-in user's browser: reads get no CORS grant, writes are refused
-    read = logged_in.get("/sdapi/v1/sd-models", headers={"Origin": EVIL_SITE, "Host": "10.0.0.5:7860"},
+    # (reached by a name other than localhost, where Gradio's own CORS handling would allow any origin)
+    read = logged_in.get("/sdapi/v1/sd-models", headers={"Origin": EVIL_SITE, "Host": "sd.example:7860"},
                          auth=(USER, PASSWORD))
-    assert "access-control-allow-origin" not in read.headers
+    assert read.status_code == 200 and "access-control-allow-origin" not in read.headers
     preflight = httpx.options(url + "/sdapi/v1/txt2img", headers={
-        "Origin": EVIL_SITE, "Access-Control-Request-Method": "POST", "Host": "10.0.0.5:7860"})
+        "Origin": EVIL_SITE, "Access-Control-Request-Method": "POST", "Host": "sd.example:7860"})
     assert preflight.headers.get("access-control-allow-origin") != EVIL_SITE
     write = logged_in.post("/sdapi/v1/refresh-checkpoints", headers={"Origin": EVIL_SITE}, auth=(USER, PASSWORD))
     assert write.status_code == 403 and "cross-origin" in write.json()["detail"]
