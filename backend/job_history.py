@@ -77,11 +77,16 @@ class JobHistory:
              job.created_at, job.started_at, job.finished_at))
 
     def record_images(self, job_id: str, images) -> None:
+        """Index saved images (those with a path); an image already indexed keeps its row."""
         now = time.time()
         rows = [(image.path, job_id, image.seed, image.prompt, image.negative_prompt, image.infotext, now)
                 for image in images if image.path]
         with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO images VALUES (?,?,?,?,?,?,?)", rows)
+            self._db.executemany("INSERT OR IGNORE INTO images VALUES (?,?,?,?,?,?,?)", rows)
+
+    def forget_images(self, job_id: str) -> None:
+        """Drop a job's images from the index (their files were removed: a failed attempt that is retried)."""
+        self._execute("DELETE FROM images WHERE job_id=?", (job_id,))
 
     def jobs(self, limit: int = 100) -> list[dict]:
         rows = self._execute("SELECT * FROM jobs ORDER BY sequence DESC LIMIT ?", (limit,))
