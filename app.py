@@ -1,16 +1,24 @@
-"""Composition root: flags -> Settings -> services -> Gradio UI -> launch."""
+"""Composition root: flags -> Settings -> services -> Gradio UI -> launch.
+
+Ctrl-C or SIGTERM stops the server cleanly: the running job stops at its next step (the image it was making is
+not saved) and is recorded as interrupted, queued jobs never start, and the process exits with code 0. A second
+Ctrl-C exits at once (code 130).
+"""
 from __future__ import annotations
 
 import argparse
 import logging
 import os
 import secrets
+import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parent
 GENERATED_USER = "webui"
+STOP_TIMEOUT_SECONDS = 10  # how long a stop waits for the running job to reach its next step
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -172,10 +180,38 @@ def settings_from_args(args: argparse.Namespace):
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     page, services = launch(parse_args(argv))
+    stop = threading.Event()
+    on_stop_signals(stop)
     try:
-        page.block_thread()
+        while not stop.wait(0.5):
+            pass
     finally:
-        services.close()
+        shut_down(page, services)
+
+
+def on_stop_signals(stop: threading.Event):
+    """Ctrl-C and SIGTERM ask for a clean stop; a second one while stopping exits at once."""
+    def handle(number, _frame):
+        if stop.is_set():
+            os._exit(130)
+        logging.info("%s: stopping (interrupting the running job; press Ctrl-C again to quit at once)",
+                     signal.Signals(number).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def shut_down(page, services):
+    """Stop the jobs first (nothing is saved after this), then the web server, then the history."""
+    if not services.close(STOP_TIMEOUT_SECONDS):
+        logging.warning("the running job did not stop within %ss; exiting anyway", STOP_TIMEOUT_SECONDS)
+        page.close(verbose=False)
+        logging.shutdown()
+        os._exit(1)  # a thread still inside torch cannot be joined; leave without waiting for it
+    page.close(verbose=False)
+    logging.info("stopped")
+    sys.stdout.flush()
 
 
 def launch(args: argparse.Namespace):

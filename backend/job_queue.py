@@ -171,10 +171,13 @@ class JobQueue:
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=timeout)
             stopped = not worker.is_alive()
-        for job in unfinished:  # never started (the worker left the queue), or still running past the timeout
-            if not job.done and (job.status != "running" or not stopped):
+        for job in unfinished:
+            if not job.done and (job.status != "running" or not stopped):  # never started, or still running
                 job.status, job.error = "interrupted", job.error or SERVER_STOPPED
                 self._finish(job)
+            elif job.status == "interrupted" and not job.error:  # stopped at its next step: say why
+                job.error = SERVER_STOPPED
+                self._record(job)
         return stopped
 
     def submit(self, request, job_id: str | None = None) -> Job:

@@ -38,9 +38,12 @@ class Services:
     extensions: Extensions
     extension_installer: ExtensionInstaller
 
-    def close(self):
-        self.jobs.stop()
+    def close(self, timeout: float = 30) -> bool:
+        """Stop the jobs (the running one at its next step, recorded as interrupted) and close the history. True
+        when the worker stopped within `timeout` seconds."""
+        stopped = self.jobs.stop(timeout)
         self.history.close()
+        return stopped
 
 
 def build_services(settings: Settings, start_worker: bool = True) -> Services:
