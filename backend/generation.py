@@ -120,6 +120,9 @@ class Generator:
               vae_tiling(prompts.vae or model.pipeline.vae,
                          self.models.settings.speed.tiles_vae(*output_size(request))) as tiled_vae):
             pipelines: dict[str, object] = {}
+            vae = prompts.vae or model.pipeline.vae
+            if self.previews and self.preview_every:  # fitted once per VAE (then kept in the cache folder)
+                self.previews.prepare(vae, prompts.vae_file if prompts.vae else entry.path, model.family)
             if tiled_vae:  # tiles blend at their seams: the pixels differ slightly from a whole-image decode
                 extra_parameters = {**extra_parameters, "Tiled VAE": "True"}
 
@@ -135,7 +138,7 @@ class Generator:
                     progress.step = done
                     progress.note_step()
                     if self.previews and self.preview_every and done % self.preview_every == 0:
-                        progress.preview = self.previews.render(tensors["latents"][0], model.family)
+                        progress.preview = self.previews.render(tensors["latents"][0], model.family, vae)
                         progress.preview_step = done
                 if self.hooks.on_step:
                     self.hooks.run_on_step(StepInfo(request, step + 1, pipe.num_timesteps, progress.batch,

@@ -35,6 +35,7 @@ class JobNetworks:
     prompt: str  # without <lora:...> tags
     negative_prompt: str
     vae: object | None = None
+    vae_file: Path | None = None  # the file `vae` was loaded from
     warnings: list[str] = field(default_factory=list)
     parameters: dict[str, object] = field(default_factory=dict)  # infotext keys known before encoding
     ti_hash: Callable | None = None  # embedding -> its A1111 short hash
@@ -162,6 +163,7 @@ class Networks:
             job.warnings.append(f"VAE {entry.file_name} ignored, the checkpoint's own VAE was used: {error}")
             return None
         job.parameters |= {"VAE hash": self.vaes.short_hash(entry), "VAE": entry.file_name}
+        job.vae_file = entry.path
         return vae
 
     def _check_embedding_names(self, encoder, embeddings, failed: dict[str, str], prompt: str, negative: str,

@@ -57,7 +57,8 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     construction = ModelConstruction()  # every loader builds its modules under this one lock
     models = ModelManager(settings, registry, CheckpointLoader(construction), device, dtype)
     outputs = OutputStore(settings.outputs_dir)
-    previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype)
+    previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype, settings.cache_dir / "previews.json",
+                               construction)
     upscalers = Upscalers(settings, device, dtype, construction)  # model files are scanned on first use, not here
     networks = Networks(settings.lora_dir, settings.embeddings_dir, settings.vae_dir, settings.checkpoints_dir, hashes,
                         construction)

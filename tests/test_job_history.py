@@ -38,26 +38,6 @@ def test_queue_positions_and_skip(services):
     assert services.jobs.position(waiting[0]) is None
 
 
-def test_previews_use_taesd_when_its_decoder_is_in_models(make_services, models_dir):
-    from diffusers import AutoencoderTiny
-
-    from backend.previews import PreviewRenderer
-
-    import torch
-
-    latent = torch.randn(4, 8, 8)
-    cheap = PreviewRenderer(models_dir / "VAE-approx", torch.device("cpu"), torch.float32).render(latent, "sd1")
-    assert cheap.size == (8, 8)  # latent resolution
-    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-                    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)).save_pretrained(
-        models_dir / "VAE-approx" / "taesd")
-    sharp = PreviewRenderer(models_dir / "VAE-approx", torch.device("cpu"), torch.float32).render(latent, "sd1")
-    assert sharp.size == (64, 64)  # TAESD decodes to pixel resolution
-    services = make_services(preview_every=1)
-    job = run_txt2img(services, steps=4, seed=3)
-    assert job.status == "done" and job.progress.preview.size == (64, 64)
-
-
 def _on_step(services, hook):
     from backend.extension_api import Registered
 
