@@ -44,7 +44,8 @@ def build_history_tab(services: Services, send_to: SendTo):
         search = gr.Textbox(label="Search prompts", elem_id="history_search", scale=5)
         refresh = gr.Button("Search / refresh", elem_id="history_refresh", scale=1)
     with gr.Row():
-        gallery = gr.Gallery(label="Images", elem_id="history_gallery", columns=6, height=520, interactive=False)
+        gallery = gr.Gallery(label="Images", elem_id="history_gallery", columns=6, height=520, interactive=False,
+                             object_fit="contain")
         with gr.Column():
             infotext = gr.Textbox(label="Generation parameters", lines=6, interactive=False,
                                   elem_id="history_infotext")
