@@ -176,8 +176,8 @@ class PreviewRenderer:
             except RuntimeError as error:  # made for another latent channel count
                 log.info("%s does not decode this VAE's latents (%s)", taesd_name, error)
                 taesd_errors[taesd_name] = float("inf")
-        return {"fit_version": FIT_VERSION, "latent_rgb": fit.to_json(), "linear_error": fit_error(samples, fit.colours),
-                "taesd": taesd_errors}
+        return {"fit_version": FIT_VERSION, "latent_rgb": fit.to_json(),
+                "linear_error": fit_error(samples, fit.colours), "taesd": taesd_errors}
 
     def _cached(self, source: Path | None) -> dict | None:
         if self._facts is None or source is None or not Path(source).exists():

@@ -42,7 +42,7 @@ def a1111_taesd_decoder(latent_channels: int = 4, seed: int = 0) -> torch.nn.Seq
     """The decoder as A1111 builds it (and saves it as taesd_decoder.pth): index 0 is the clamp."""
     torch.manual_seed(seed)
     layers = [Clamp(), conv(latent_channels, 64), torch.nn.ReLU()]
-    for stage in range(3):
+    for _ in range(3):
         layers += [Block(64), Block(64), Block(64), torch.nn.Upsample(scale_factor=2), conv(64, 64, bias=False)]
     layers += [Block(64), conv(64, 3)]
     return torch.nn.Sequential(*layers).eval()

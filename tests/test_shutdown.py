@@ -2,6 +2,7 @@
 nothing more is saved, and the server exits cleanly with code 0 within seconds."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 import subprocess
@@ -59,7 +60,5 @@ def _known(http: httpx.Client) -> bool:
 
 
 def _post_ignoring_disconnect(url: str, body: dict):
-    try:
+    with contextlib.suppress(httpx.HTTPError):  # the server goes away: that is the point
         httpx.post(url + "/sdapi/v1/txt2img", json=body, timeout=600)
-    except httpx.HTTPError:
-        pass  # the server went away: that is the point

@@ -12,7 +12,7 @@ import html
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from backend.job_queue import Job
 
