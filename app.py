@@ -179,9 +179,9 @@ def settings_from_args(args: argparse.Namespace):
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    page, services = launch(parse_args(argv))
     stop = threading.Event()
-    on_stop_signals(stop)
+    on_stop_signals(stop)  # before launching: a Ctrl-C while the model libraries load stops once they have
+    page, services = launch(parse_args(argv))
     try:
         while not stop.wait(0.5):
             pass
@@ -203,15 +203,20 @@ def on_stop_signals(stop: threading.Event):
 
 
 def shut_down(page, services):
-    """Stop the jobs first (nothing is saved after this), then the web server, then the history."""
-    if not services.close(STOP_TIMEOUT_SECONDS):
-        logging.warning("the running job did not stop within %ss; exiting anyway", STOP_TIMEOUT_SECONDS)
-        page.close(verbose=False)
-        logging.shutdown()
-        os._exit(1)  # a thread still inside torch cannot be joined; leave without waiting for it
+    """Stop the jobs first (nothing is saved after this), then the web server, then the history; then leave at
+    once. Background threads (the first model load, an upscaler scan) may still be inside torch, and letting
+    the interpreter tear down around them aborts the process ("terminate called without an active exception");
+    everything that needs an orderly end has had it by then."""
+    stopped = services.close(STOP_TIMEOUT_SECONDS)
     page.close(verbose=False)
-    logging.info("stopped")
+    if stopped:
+        logging.info("stopped")
+    else:
+        logging.warning("the running job did not stop within %ss; exiting anyway", STOP_TIMEOUT_SECONDS)
+    logging.shutdown()
     sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if stopped else 1)
 
 
 def launch(args: argparse.Namespace):
