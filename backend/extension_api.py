@@ -18,7 +18,7 @@ from backend.requests import RequestError, build_request
 from backend.samplers import SamplerSpec, check_sampler_spec
 
 log = logging.getLogger(__name__)
-API_VERSION = "1.1"  # 1.1: building_models()
+API_VERSION = "1.0"
 FORM_TABS = ("txt2img", "img2img")
 
 
