@@ -1,4 +1,9 @@
-"""Composition root: flags -> Settings -> services -> Gradio UI -> launch."""
+"""Composition root: flags -> Settings -> services -> Gradio UI -> launch.
+
+Ctrl-C or SIGTERM stops the server cleanly: the running job stops at its next step (the image it was making is
+not saved) and is recorded as interrupted, queued jobs never start, and the process exits with code 0. A second
+Ctrl-C exits at once (code 130).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,12 +11,15 @@ import dataclasses
 import logging
 import os
 import secrets
+import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 APP_DIR = Path(__file__).resolve().parent
 GENERATED_USER = "webui"
+STOP_TIMEOUT_SECONDS = 10  # how long a stop waits for the running job to reach its next step
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -243,11 +251,44 @@ def settings_from_args(args: argparse.Namespace):
 
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    on_stop_signals(stop)  # before launching: a Ctrl-C while the model libraries load stops once they have
     page, services = launch(parse_args(argv))
     try:
-        page.block_thread()
+        while not stop.wait(0.5):
+            pass
     finally:
-        services.close()
+        shut_down(page, services)
+
+
+def on_stop_signals(stop: threading.Event):
+    """Ctrl-C and SIGTERM ask for a clean stop; a second one while stopping exits at once."""
+    def handle(number, _frame):
+        if stop.is_set():
+            os._exit(130)
+        logging.info("%s: stopping (interrupting the running job; press Ctrl-C again to quit at once)",
+                     signal.Signals(number).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+
+
+def shut_down(page, services):
+    """Stop the jobs first (nothing is saved after this), then the web server, then the history; then leave at
+    once. Background threads (the first model load, an upscaler scan) may still be inside torch, and letting
+    the interpreter tear down around them aborts the process ("terminate called without an active exception");
+    everything that needs an orderly end has had it by then."""
+    stopped = services.close(STOP_TIMEOUT_SECONDS)
+    page.close(verbose=False)
+    if stopped:
+        logging.info("stopped")
+    else:
+        logging.warning("the running job did not stop within %ss; exiting anyway", STOP_TIMEOUT_SECONDS)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if stopped else 1)
 
 
 def launch(args: argparse.Namespace):

@@ -15,6 +15,7 @@ import yaml
 
 from backend.checkpoint_files import CheckpointError, declared_resolution, load_state_dict
 from backend.clip_tokenizer import build_clip_tokenizer
+from backend.model_construction import ModelConstruction
 from backend.model_detection import FAMILY_LABELS, SDXL_REFINER_OPENCLIP_PREFIX, DetectedModel, detect
 from backend.original_layout import SD2_OPENCLIP_PREFIX, SDXL_OPENCLIP_PREFIX
 
@@ -101,7 +102,11 @@ def import_model_libraries():
 
 
 class CheckpointLoader:
-    """Builds pipelines; holds the offline CLIP tokenizers so they are built once per app."""
+    """Builds pipelines; holds the offline CLIP tokenizers so they are built once per app. `construction`: the app's
+    ModelConstruction (a loader built alone, in a tool or a test, has a lock of its own)."""
+
+    def __init__(self, construction: ModelConstruction | None = None):
+        self.construction = construction or ModelConstruction()
 
     @cached_property
     def tokenizer(self):
@@ -129,8 +134,9 @@ class CheckpointLoader:
         if index.is_file() and "safety_checker" in json.loads(index.read_text()):
             extra = {"safety_checker": None, "requires_safety_checker": False}
         try:
-            pipeline = DiffusionPipeline.from_pretrained(folder_or_repo, dtype=dtype,
-                                                         local_files_only=local_files_only, **extra)
+            with self.construction.building():  # from_pretrained builds under accelerate's process-wide patch
+                pipeline = DiffusionPipeline.from_pretrained(folder_or_repo, dtype=dtype,
+                                                             local_files_only=local_files_only, **extra)
         except (OSError, ValueError, EnvironmentError) as error:
             raise CheckpointError(f"cannot load diffusers model {folder_or_repo}: {error}") from error
         unet = pipeline.unet
@@ -160,7 +166,7 @@ class CheckpointLoader:
         from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
         configs = detected.configs
-        with init_empty_weights():
+        with self.construction.building(), init_empty_weights():
             unet = UNet2DConditionModel.from_config(configs["unet"])
             vae = AutoencoderKL.from_config(configs["vae"])
         unet = materialise(unet, convert_ldm_unet_checkpoint(state, configs["unet"]), dtype, "UNet")
@@ -194,7 +200,7 @@ class CheckpointLoader:
                             ("sdxl-refiner", "text_encoder_2"): SDXL_REFINER_OPENCLIP_PREFIX}.get(
             (detected.family, component))
         model_class = CLIPTextModelWithProjection if component == "text_encoder_2" else CLIPTextModel
-        with init_empty_weights():
+        with self.construction.building(), init_empty_weights():
             model = model_class(config)
         if open_clip_prefix:
             weights = convert_open_clip_checkpoint(model, state, prefix=open_clip_prefix)

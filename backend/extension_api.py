@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from backend.job_queue import BatchSkipped, JobInterrupted
+from backend.model_construction import ModelConstruction
 from backend.requests import RequestError, build_request
 from backend.samplers import SamplerSpec, check_sampler_spec
 
@@ -179,10 +180,18 @@ class ExtensionAPI:
     version = API_VERSION
     InputError = InputError  # raise api.InputError("extension_args.<name>.<argument>: what is wrong")
 
-    def __init__(self, name: str, hooks: ExtensionHooks, outputs_dir=None):
+    def __init__(self, name: str, hooks: ExtensionHooks, outputs_dir=None,
+                 construction: ModelConstruction | None = None):
         self.name = name
         self._hooks = hooks
         self.outputs_dir = outputs_dir  # where the app saves images (extensions saving grids use a sub-folder)
+        self._construction = construction or ModelConstruction()
+
+    def building_models(self):
+        """A context manager to hold while building torch modules (or calling a loader such as
+        `from_pretrained`): the app's loaders build theirs under the same lock, because some of them patch
+        module construction for the whole process while they run."""
+        return self._construction.building()
 
     # --- user interface ---------------------------------------------------------------------------------
     def add_tab(self, title: str, build: Callable[[], None]):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.extension_api import API_VERSION, ExtensionAPI, ExtensionHooks
+from backend.model_construction import ModelConstruction
 
 log = logging.getLogger(__name__)
 DISABLED_SUFFIX = ".disabled"
@@ -74,8 +75,10 @@ class ExtensionState:
 
 
 class Extensions:
-    def __init__(self, folder: Path | None, state_file: Path, outputs_dir: Path | None = None):
+    def __init__(self, folder: Path | None, state_file: Path, outputs_dir: Path | None = None,
+                 construction: ModelConstruction | None = None):
         self.folder = Path(folder) if folder else None
+        self.construction = construction or ModelConstruction()  # passed to each extension's api
         self.state = ExtensionState(state_file)
         self.outputs_dir = outputs_dir
         self.hooks = ExtensionHooks()
@@ -104,7 +107,7 @@ class Extensions:
             if not callable(register):
                 raise TypeError("the package has no register(api) function")
             record.version = str(getattr(module, "__version__", "") or record.version)
-            register(ExtensionAPI(record.name, self.hooks, self.outputs_dir))
+            register(ExtensionAPI(record.name, self.hooks, self.outputs_dir, self.construction))
             record.loaded = True
         except Exception as error:  # any failure of foreign code is reported, never fatal
             record.error = f"{type(error).__name__}: {error}"

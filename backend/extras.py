@@ -120,7 +120,9 @@ def run_extras(request: ExtrasRequest, upscalers: Upscalers, outputs: OutputStor
             continue
         except JobInterrupted:
             return GenerationResult(images=results, interrupted=True)
+        progress.image_saved(results[-1])
         progress.step = 1
+        progress.note_step()
     return GenerationResult(images=results)
 
 

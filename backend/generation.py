@@ -26,6 +26,7 @@ from backend.requests import (ExtrasRequest, GenerationRequest, GenerationResult
                               RequestError, Txt2ImgRequest)
 from backend.samplers import build_scheduler, resolve_sampler
 from backend.speed_options import vae_tiling
+from backend.step_counter import StepCounter
 from backend.upscalers import Upscalers
 
 
@@ -78,7 +79,8 @@ class Generator:
     def txt2img(self, request: Txt2ImgRequest, progress: JobProgress) -> GenerationResult:
         if request.enable_hr:
             plan = HiresPlan.from_request(request, self.upscalers)
-            return self._run(request, progress, "txt2img", plan.make_batch, plan.infotext_parameters())
+            return self._run(request, progress, "txt2img", plan.make_batch, plan.infotext_parameters(),
+                             plan.pass_steps)
 
         def make_batch(pipeline_for, seeds, on_step, prompts):
             output = pipeline_for("txt2img")(
@@ -87,7 +89,7 @@ class Generator:
                 output_type="pil", **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
             return output.images
 
-        return self._run(request, progress, "txt2img", make_batch, {})
+        return self._run(request, progress, "txt2img", make_batch, {}, [request.steps])
 
     def img2img(self, request: Img2ImgRequest, progress: JobProgress) -> GenerationResult:
         plan = Img2ImgPlan.from_request(request)
@@ -95,23 +97,32 @@ class Generator:
         def make_batch(pipeline_for, seeds, on_step, prompts):
             return plan.make_batch(pipeline_for(plan.task), seeds, on_step, prompts)
 
-        return self._run(request, progress, "img2img", make_batch, plan.infotext_parameters())
+        return self._run(request, progress, "img2img", make_batch, plan.infotext_parameters(), plan.pass_steps)
 
     def _run(self, request: GenerationRequest, progress: JobProgress, output_kind: str, make_batch: Callable,
-             extra_parameters: dict) -> GenerationResult:
+             extra_parameters: dict, pass_steps: list[int]) -> GenerationResult:
         """`make_batch(pipeline_for, seeds, on_step, prompts)` gets its pipelines from `pipeline_for(task)`: one
         per task, each with its own scheduler (and the job's VAE), built on first use and sharing the cached
-        model's modules; `prompts.pipeline_arguments(...)` gives it the encoded, scheduled prompts."""
+        model's modules; `prompts.pipeline_arguments(...)` gives it the encoded, scheduled prompts. `pass_steps`:
+        the user's steps of each pipeline call of a batch, in order (the progress counts them).
+
+        Interrupted, a batch stops sampling (diffusers' `_interrupt`) and its images are made from the current
+        latents and saved, as A1111 does; no further batch starts. At shutdown (`keep_partial` off) it stops at
+        once and saves nothing more."""
         extra_samplers = self.hooks.sampler_specs()
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler, extra_samplers)
         seed = request.seed if request.seed != -1 else secrets.randbelow(2**32)
-        progress.batches = request.n_iter
+        steps = StepCounter(pass_steps)
+        progress.batches, progress.steps_per_batch = request.n_iter, steps.per_batch or 1
         images: list[ImageResult] = []
         with (self.models.lease(request.checkpoint) as (entry, model),  # never evicted while the job runs
               self._networks.prepare(request, model, entry.path) as prompts,  # LoRAs removed afterwards
               vae_tiling(prompts.vae or model.pipeline.vae,
                          self.models.settings.speed.tiles_vae(*output_size(request))) as tiled_vae):
             pipelines: dict[str, object] = {}
+            vae = prompts.vae or model.pipeline.vae
+            if self.previews and self.preview_every:  # fitted once per VAE (then kept in the cache folder)
+                self.previews.prepare(vae, prompts.vae_file if prompts.vae else entry.path, model.family)
             if tiled_vae:  # tiles blend at their seams: the pixels differ slightly from a whole-image decode
                 extra_parameters = {**extra_parameters, "Tiled VAE": "True"}
 
@@ -122,20 +133,29 @@ class Generator:
                 return pipelines[task]
 
             def on_step(pipe, step, timestep, tensors):
-                progress.steps_per_batch = pipe.num_timesteps
-                progress.step = step + 1
-                if self.previews and self.preview_every and progress.step % self.preview_every == 0:
-                    progress.preview = self.previews.render(tensors["latents"][0], model.family)
-                    progress.preview_step = progress.step
+                done = steps.after_call(step, pipe.num_timesteps)
+                if done != progress.step:
+                    progress.step = done
+                    progress.note_step()
+                    if self.previews and self.preview_every and done % self.preview_every == 0:
+                        progress.preview = self.previews.render(tensors["latents"][0], model.family, vae)
+                        progress.preview_step = done
                 if self.hooks.on_step:
-                    self.hooks.run_on_step(StepInfo(request, progress.step, pipe.num_timesteps, progress.batch,
+                    self.hooks.run_on_step(StepInfo(request, step + 1, pipe.num_timesteps, progress.batch,
                                                     tensors["latents"]))
-                progress.check_interrupt()
+                if progress.interrupt_requested:
+                    if not progress.keep_partial:
+                        raise JobInterrupted()
+                    pipe._interrupt = True  # diffusers skips the remaining steps and decodes these latents
+                progress.check_skip()
                 return tensors
 
             try:
                 for batch in range(request.n_iter):
+                    if progress.interrupt_requested:
+                        break
                     progress.batch, progress.step = batch, 0
+                    steps.start_batch()
                     seeds = [seed + batch * request.batch_size + i for i in range(request.batch_size)]
                     try:
                         batch_images = make_batch(pipeline_for, seeds, on_step, prompts)
@@ -160,10 +180,14 @@ class Generator:
                         images.append(ImageResult(png=png, path=path and str(path), seed=image_seed,
                                                   prompt=request.prompt, negative_prompt=request.negative_prompt,
                                                   infotext=infotext))
+                        progress.image_saved(images[-1])
+                    if not progress.interrupt_requested:
+                        progress.step = progress.steps_per_batch
+                        progress.note_step()
             except JobInterrupted:
-                return GenerationResult(images=images, interrupted=True, model_label=model.label,
-                                        warnings=prompts.warnings)
-        return GenerationResult(images=images, model_label=model.label, warnings=prompts.warnings)
+                pass
+        return GenerationResult(images=images, interrupted=progress.interrupt_requested, model_label=model.label,
+                                warnings=prompts.warnings)
 
     @property
     def _networks(self) -> Networks:

@@ -15,6 +15,7 @@ from PIL import Image
 from backend.hires_sizes import HiresSizes, hires_sizes
 from backend.pipelines import seeded_generators
 from backend.requests import LATENT_UPSCALE_MODES, RequestError, Txt2ImgRequest
+from backend.step_counter import steps_run
 from backend.upscalers import Upscalers
 
 
@@ -42,6 +43,11 @@ class HiresPlan:
     def second_pass_steps(self) -> int:
         return self.request.hr_second_pass_steps or self.request.steps
 
+    @property
+    def pass_steps(self) -> list[int]:
+        """The user's steps of the first and the second pass (which runs its steps times the strength)."""
+        return [self.request.steps, steps_run(self.second_pass_steps, self.request.denoising_strength)]
+
     def infotext_parameters(self) -> dict:
         """A1111's keys, in A1111's order; "Size" stays the first pass's size, as A1111 writes it."""
         request = self.request
@@ -58,12 +64,15 @@ class HiresPlan:
     # --- the two passes ----------------------------------------------------------------------------
     def make_batch(self, pipeline_for, seeds: list[int], on_step, prompts) -> list[Image.Image]:
         request = self.request
-        first = pipeline_for("txt2img")(
+        first_pipeline = pipeline_for("txt2img")
+        first = first_pipeline(
             num_inference_steps=request.steps, width=request.width, height=request.height,
             guidance_scale=request.cfg_scale, generator=seeded_generators(seeds),
             output_type="latent" if self.latent_mode else "pil",
             **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
         second = pipeline_for("img2img")
+        if first_pipeline.interrupt:  # interrupted in the first pass: its images are the result (as in A1111)
+            return decode_latents(second, first.images) if self.latent_mode else first.images
         if self.latent_mode:
             upscaled = self._upscale_latents(first.images, second.vae_scale_factor)
             if request.denoising_strength == 0:

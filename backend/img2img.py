@@ -14,6 +14,7 @@ from backend.image_ops import (MASK_MODES, MASKED_CONTENT, binary_mask, blur_mas
 from backend.pipelines import seeded_generators
 from backend.image_input import open_image
 from backend.requests import Img2ImgRequest, RequestError
+from backend.step_counter import steps_run
 
 log = logging.getLogger(__name__)
 FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = range(4)
@@ -30,6 +31,11 @@ class Img2ImgPlan:
     @property
     def task(self) -> str:
         return "inpaint" if self.mask is not None else "img2img"
+
+    @property
+    def pass_steps(self) -> list[int]:
+        """The user's steps the one pass runs: its steps times the denoising strength (none at strength 0)."""
+        return [steps_run(self.request.steps, self.request.denoising_strength)]
 
     @classmethod
     def from_request(cls, request: Img2ImgRequest) -> "Img2ImgPlan":
@@ -60,8 +66,7 @@ class Img2ImgPlan:
         crop = None
         if mask is not None and request.inpaint_full_res and not request.outpaints:
             crop = mask_crop_region(alpha, request.inpaint_full_res_padding, request.width, request.height)
-        steps_run = int(request.steps * request.denoising_strength)
-        if 0 < request.denoising_strength < 1 and steps_run < 1:
+        if 0 < request.denoising_strength < 1 and steps_run(request.steps, request.denoising_strength) < 1:
             raise RequestError("denoising_strength", f"{request.denoising_strength} of {request.steps} steps runs no "
                                                      "step; raise the strength or the steps")
         return cls(request=request, base=base, mask=mask, alpha=alpha, crop=crop)

@@ -77,14 +77,22 @@ class JobHistory:
              job.created_at, job.started_at, job.finished_at))
 
     def record_images(self, job_id: str, images) -> None:
+        """Index saved images (those with a path); an image already indexed keeps its row."""
         now = time.time()
         rows = [(image.path, job_id, image.seed, image.prompt, image.negative_prompt, image.infotext, now)
                 for image in images if image.path]
         with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO images VALUES (?,?,?,?,?,?,?)", rows)
+            self._db.executemany("INSERT OR IGNORE INTO images VALUES (?,?,?,?,?,?,?)", rows)
+
+    def forget_images(self, job_id: str) -> None:
+        """Drop a job's images from the index (their files were removed: a failed attempt that is retried)."""
+        self._execute("DELETE FROM images WHERE job_id=?", (job_id,))
 
     def jobs(self, limit: int = 100) -> list[dict]:
-        rows = self._execute("SELECT * FROM jobs ORDER BY sequence DESC LIMIT ?", (limit,))
+        """Newest first, each with `images`: how many of its images are indexed."""
+        rows = self._execute(
+            "SELECT jobs.*, (SELECT COUNT(*) FROM images WHERE images.job_id = jobs.id) AS images FROM jobs "
+            "ORDER BY sequence DESC LIMIT ?", (limit,))
         return [dict(row) | {"request": json.loads(row["request"])} for row in rows]
 
     def job(self, job_id: str) -> dict | None:
@@ -92,9 +100,11 @@ class JobHistory:
         return dict(rows[0]) | {"request": json.loads(rows[0]["request"])} if rows else None
 
     def images(self, search: str = "", limit: int = 100, offset: int = 0) -> list[dict]:
-        """Newest first; `search` matches prompt or negative prompt, case-insensitively."""
+        """Newest first, each with its job's `job_status`; `search` matches prompt or negative prompt,
+        case-insensitively."""
         pattern = f"%{search.strip()}%"
         rows = self._execute(
-            "SELECT * FROM images WHERE prompt LIKE ? OR negative_prompt LIKE ? "
-            "ORDER BY created_at DESC, path DESC LIMIT ? OFFSET ?", (pattern, pattern, limit, offset))
+            "SELECT images.*, jobs.status AS job_status FROM images LEFT JOIN jobs ON jobs.id = images.job_id "
+            "WHERE images.prompt LIKE ? OR images.negative_prompt LIKE ? "
+            "ORDER BY images.created_at DESC, images.path DESC LIMIT ? OFFSET ?", (pattern, pattern, limit, offset))
         return [dict(row) for row in rows]

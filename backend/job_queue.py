@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 FINISHED_JOBS_KEPT = 1000  # older finished jobs are forgotten so a long-running server does not grow
 MAX_PENDING_PER_CLIENT = 16  # queued or running jobs one client address may have; behind a share link all share one
 OUT_OF_MEMORY_ADVICE = "try a smaller size, batch size or upscale factor"
+SERVER_STOPPED = "the server stopped before this job finished"
 WORKER_STOPPED = "the worker stopped unexpectedly ({reason}) while running this job; a new worker runs the queue"
 
 
@@ -51,7 +52,11 @@ class BatchSkipped(Exception):
 
 @dataclass
 class JobProgress:
-    """Live progress of one job, written by the worker and read by anyone."""
+    """Live progress of one job, written by the worker and read by anyone.
+
+    `step` counts sampling steps as the user set them (a second-order sampler calls the model twice per step;
+    a hires fix's two passes make one count), `steps_per_batch` is their total per batch. The time left is
+    estimated from the steps measured so far, so model loading and other start-up costs do not inflate it."""
     step: int = 0
     steps_per_batch: int = 0
     batch: int = 0
@@ -60,29 +65,57 @@ class JobProgress:
     preview: Any = None  # a PIL image of the current latents, refreshed every few steps
     preview_step: int = 0
     interrupt_requested: bool = False
+    keep_partial: bool = True  # an interrupted job keeps the image it was making, as in A1111 (not at shutdown)
     skip_requested: bool = False
+    on_image: Callable[[Any], None] | None = None  # called with each ImageResult as soon as it is saved
+    clock: Callable[[], float] = time.monotonic
+    _first_step: tuple[float, int] | None = field(default=None, init=False, repr=False)  # (time, steps done)
+    _last_step: tuple[float, int] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def steps_done(self) -> int:
+        return self.batch * self.steps_per_batch + self.step
 
     @property
     def fraction(self) -> float:
         if not self.steps_per_batch:
             return 0.0
-        return min(1.0, (self.batch * self.steps_per_batch + self.step) / (self.batches * self.steps_per_batch))
+        return min(1.0, self.steps_done / (self.batches * self.steps_per_batch))
+
+    def note_step(self):
+        """Record that `step` advanced: the time-left estimate is made from these measurements."""
+        now, done = self.clock(), self.steps_done
+        if self._first_step is None:
+            self._first_step = (now, done)
+        self._last_step = (now, done)
 
     @property
     def eta_seconds(self) -> float | None:
-        if self.started_at is None or self.fraction <= 0:
+        """Seconds left at the pace of the steps measured so far (from the first measured step on); None until
+        two steps have been measured."""
+        if self._first_step is None or self._last_step is None or self._last_step[1] <= self._first_step[1]:
             return None
-        elapsed = time.monotonic() - self.started_at
-        return elapsed / self.fraction - elapsed
+        (first_time, first_done), (last_time, last_done) = self._first_step, self._last_step
+        seconds_per_step = (last_time - first_time) / (last_done - first_done)
+        remaining = self.batches * self.steps_per_batch - last_done
+        return max(0.0, seconds_per_step * remaining - (self.clock() - last_time))
 
     def restart(self):
         """Back to the first step of the first batch, for a retry; interrupt requests are kept."""
         self.step = self.batch = 0
         self.skip_requested = False
+        self._first_step = self._last_step = None
+
+    def image_saved(self, image):
+        if self.on_image is not None:
+            self.on_image(image)
 
     def check_interrupt(self):
         if self.interrupt_requested:
             raise JobInterrupted()
+        self.check_skip()
+
+    def check_skip(self):
         if self.skip_requested:
             self.skip_requested = False
             raise BatchSkipped()
@@ -130,13 +163,30 @@ class JobQueue:
             if self._thread is None:
                 self._thread = self._start_worker()
 
-    def stop(self):
+    def stop(self, timeout: float = 30) -> bool:
+        """Stop for good (the server is closing): queued jobs never start, the running one stops at its next step
+        without saving the image it was making, and the worker ends. Every unfinished job is recorded as
+        interrupted. True when the worker ended within `timeout` seconds."""
         self._stopping.set()
-        self._queue.put(None)
         with self._lock:
+            unfinished = [job for job in self._jobs.values() if not job.done]
             worker = self._thread
+        for job in unfinished:
+            job.progress.keep_partial = False
+            job.progress.interrupt_requested = True
+        self._queue.put(None)
+        stopped = True
         if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout=30)
+            worker.join(timeout=timeout)
+            stopped = not worker.is_alive()
+        for job in unfinished:
+            if not job.done and (job.status != "running" or not stopped):  # never started, or still running
+                job.status, job.error = "interrupted", job.error or SERVER_STOPPED
+                self._finish(job)
+            elif job.status == "interrupted" and not job.error:  # stopped at its next step: say why
+                job.error = SERVER_STOPPED
+                self._record(job)
+        return stopped
 
     def submit(self, request, job_id: str | None = None, client: str | None = None) -> Job:
         """Queue a request; `job_id` lets a client choose the id (A1111's force_task_id); `client` (its address)
@@ -189,7 +239,8 @@ class JobQueue:
                           key=lambda job: job.sequence)
 
     def interrupt(self, job_id: str) -> bool:
-        """Stop that job (a queued one never starts); images already made are kept."""
+        """Stop that job at its next step (a queued one never starts); images already made are kept, and the
+        image it was making is finished from the current latents and saved, as A1111 does."""
         job = self.get(job_id)
         if job is None or job.done:
             return False
@@ -247,11 +298,15 @@ class JobQueue:
             return
         job.status, job.started_at = "running", time.time()
         job.progress.started_at = time.monotonic()
+        if self._history is not None:  # each image is indexed when saved: a job that never ends loses none
+            job.progress.on_image = lambda image: self._index_image(job, image)
         self._current = job
         self._record(job)
         try:
             job.result = self._run_with_oom_retry(job)
             job.status = "interrupted" if getattr(job.result, "interrupted", False) else "done"
+        except JobInterrupted:  # raised past the generator (by an extension's wrapper, say): still an interrupt
+            job.status = "interrupted"
         except BaseException as error:
             job.status = "failed"
             job.error, job.error_field = self._failure_message(job, error)
@@ -270,6 +325,8 @@ class JobQueue:
             log.warning("job %s ran out of memory (%s); freeing the model cache and retrying once", job.id, error)
         # Outside the except block, so the failed attempt's tensors (held by its traceback) are released first.
         self._on_out_of_memory()
+        if self._history is not None:
+            self._history.forget_images(job.id)  # the attempt's files were removed; the retry saves its own
         job.progress.restart()
         return self._run_job(job.request, job.progress)
 
@@ -287,11 +344,17 @@ class JobQueue:
         log.exception("job %s failed", job.id)
         return f"internal error: {_describe(error)}", None
 
+    def _index_image(self, job: Job, image):
+        try:
+            self._history.record_images(job.id, [image])
+        except Exception:  # the image is saved; the history is an index, and the job goes on
+            log.exception("could not index an image of job %s in the history", job.id)
+
     def _finish(self, job: Job):
         """Record the outcome and release the waiters, whatever happened."""
         job.finished_at = time.time()
         try:
-            if self._history is not None and job.result is not None:
+            if self._history is not None and job.result is not None:  # any not indexed when saved (extensions')
                 self._history.record_images(job.id, job.result.images)
             self._record(job)
         except Exception:  # a history failure must not lose the job's result or stop the worker

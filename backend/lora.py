@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from backend.checkpoint_files import CheckpointError, load_state_dict
+from backend.model_construction import ModelConstruction
 from backend.network_files import NetworkFile
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,11 @@ def lora_family(state: dict) -> str | None:
 
 
 @contextmanager
-def applied_loras(pipeline, family: str, uses: list[LoraUse], warnings: list[str]):
+def applied_loras(pipeline, family: str, uses: list[LoraUse], warnings: list[str],
+                  construction: ModelConstruction):
     """Load `uses` into the shared modules of `pipeline` for the duration of the block; each LoRA that
-    cannot be used becomes a warning instead of failing the job. Yields the uses that were applied."""
+    cannot be used becomes a warning instead of failing the job. Yields the uses that were applied. The LoRA
+    layers are built inside `construction` (the app's lock for building modules)."""
     applied: list[LoraUse] = []
     try:
         for index, use in enumerate(uses):
@@ -55,7 +58,8 @@ def applied_loras(pipeline, family: str, uses: list[LoraUse], warnings: list[str
                                 f"{'SDXL' if model_kind == 'sdxl' else 'SD1.x/SD2.x'}")
                 continue
             try:
-                pipeline.load_lora_weights(state, adapter_name=adapter)
+                with construction.building():
+                    pipeline.load_lora_weights(state, adapter_name=adapter)
             except (ValueError, RuntimeError, KeyError) as error:
                 _remove_adapter(pipeline, adapter)
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

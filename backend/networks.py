@@ -15,6 +15,7 @@ from backend.checkpoint_files import CheckpointError
 from backend.conditioning import PassConditioning
 from backend.embeddings import EmbeddingLibrary
 from backend.lora import LORA_EXTENSIONS, LoraUse, applied_loras
+from backend.model_construction import ModelConstruction
 from backend.model_hashes import HashCache
 from backend.network_files import NetworkFolder
 from backend.clip_tokenizer import build_clip_tokenizer
@@ -35,6 +36,7 @@ class JobNetworks:
     prompt: str  # without <lora:...> tags
     negative_prompt: str
     vae: object | None = None
+    vae_file: Path | None = None  # the file `vae` was loaded from
     warnings: list[str] = field(default_factory=list)
     parameters: dict[str, object] = field(default_factory=dict)  # infotext keys known before encoding
     ti_hash: Callable | None = None  # embedding -> its A1111 short hash
@@ -63,10 +65,11 @@ class JobNetworks:
 
 class Networks:
     def __init__(self, lora_dir: Path, embeddings_dir: Path, vae_dir: Path, checkpoints_dir: Path,
-                 hashes: HashCache):
+                 hashes: HashCache, construction: ModelConstruction | None = None):
+        self.construction = construction or ModelConstruction()  # LoRA layers and VAEs are built inside it
         self.loras = NetworkFolder(lora_dir, LORA_EXTENSIONS)
         self.embeddings = EmbeddingLibrary(embeddings_dir, hashes)
-        self.vaes = VaeLibrary(vae_dir, checkpoints_dir, hashes)
+        self.vaes = VaeLibrary(vae_dir, checkpoints_dir, hashes, construction=self.construction)
         self.hashes = hashes
 
     def refresh(self):
@@ -133,7 +136,7 @@ class Networks:
                 raise RequestError(label, str(error)) from None
         uses = self._lora_uses(tags, warnings)
         pipeline = model.pipeline
-        with applied_loras(pipeline, model.family, uses, warnings) as applied:
+        with applied_loras(pipeline, model.family, uses, warnings, self.construction) as applied:
             embeddings, failed = self.embeddings.all()
             encoder = PromptEncoder(pipeline, model.family, request.clip_skip, embeddings, parsed)
             job = JobNetworks(encoder, prompt, negative_prompt, warnings=warnings,
@@ -177,6 +180,7 @@ class Networks:
             job.warnings.append(f"VAE {entry.file_name} ignored, the checkpoint's own VAE was used: {error}")
             return None
         job.parameters |= {"VAE hash": self.vaes.short_hash(entry), "VAE": entry.file_name}
+        job.vae_file = entry.path
         return vae
 
     def _check_embedding_names(self, encoder, embeddings, failed: dict[str, str], prompt: str, negative: str,

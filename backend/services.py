@@ -11,6 +11,7 @@ from backend.extension_loader import Extensions
 from backend.generation import Generator
 from backend.job_history import JobHistory
 from backend.job_queue import JobQueue, is_out_of_memory
+from backend.model_construction import ModelConstruction
 from backend.model_hashes import HashCache
 from backend.model_manager import ModelManager
 from backend.model_registry import ModelRegistry
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Services:
     settings: Settings
+    construction: ModelConstruction
     models: ModelManager
     outputs: OutputStore
     generator: Generator
@@ -36,9 +38,12 @@ class Services:
     extensions: Extensions
     extension_installer: ExtensionInstaller
 
-    def close(self):
-        self.jobs.stop()
+    def close(self, timeout: float = 30) -> bool:
+        """Stop the jobs (the running one at its next step, recorded as interrupted) and close the history. True
+        when the worker stopped within `timeout` seconds."""
+        stopped = self.jobs.stop(timeout)
         self.history.close()
+        return stopped
 
 
 def build_services(settings: Settings, start_worker: bool = True) -> Services:
@@ -49,12 +54,16 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     hashes = HashCache(settings.cache_dir / "hashes.json")
     registry = ModelRegistry(settings.checkpoints_dir, hashes)
     registry.refresh()  # scan (and hash) once, before any thread asks for the list
-    models = ModelManager(settings, registry, CheckpointLoader(), device, dtype)
+    construction = ModelConstruction()  # every loader builds its modules under this one lock
+    models = ModelManager(settings, registry, CheckpointLoader(construction), device, dtype)
     outputs = OutputStore(settings.outputs_dir)
-    previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype)
-    upscalers = Upscalers(settings, device, dtype)  # model files are scanned on first use, not here
-    networks = Networks(settings.lora_dir, settings.embeddings_dir, settings.vae_dir, settings.checkpoints_dir, hashes)
-    extensions = Extensions(settings.extensions_dir, settings.extensions_state_file, settings.outputs_dir)
+    previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype, settings.cache_dir / "previews.json",
+                               construction)
+    upscalers = Upscalers(settings, device, dtype, construction)  # model files are scanned on first use, not here
+    networks = Networks(settings.lora_dir, settings.embeddings_dir, settings.vae_dir, settings.checkpoints_dir, hashes,
+                        construction)
+    extensions = Extensions(settings.extensions_dir, settings.extensions_state_file, settings.outputs_dir,
+                            construction)
     extensions.load_all()  # a broken extension is recorded and skipped; the app starts regardless
     upscalers.from_extensions = extensions.hooks.upscalers
     generator = Generator(models, outputs, previews, settings.preview_every, upscalers, networks, extensions.hooks,
@@ -68,8 +77,9 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
                     on_out_of_memory=lambda: _free_model_caches(models, upscalers))
     if start_worker:
         jobs.start()
-    return Services(settings=settings, models=models, outputs=outputs, generator=generator, jobs=jobs,
-                    history=history, upscalers=upscalers, networks=networks, extensions=extensions,
+    return Services(settings=settings, construction=construction, models=models, outputs=outputs,
+                    generator=generator, jobs=jobs, history=history, upscalers=upscalers, networks=networks,
+                    extensions=extensions,
                     extension_installer=ExtensionInstaller(settings.extensions_dir,
                                                            settings.extension_install_refused,
                                                            local=not settings.reachable_from_network))

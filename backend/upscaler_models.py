@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from backend.checkpoint_files import CheckpointError, read_weights, require_flat_tensors
+from backend.model_construction import ModelConstruction
 
 UPSCALER_EXTENSIONS = (".pth", ".safetensors")
 # Purposes an image-to-image upscaler may have; face models (FaceSR) need face detection and inpainting
@@ -29,8 +30,9 @@ class UpscalerInfo:
     scale: int
 
 
-def load_upscaler(path: Path):
-    """An eval-mode spandrel ImageModelDescriptor on the CPU in float32, or UpscalerError."""
+def load_upscaler(path: Path, construction: ModelConstruction):
+    """An eval-mode spandrel ImageModelDescriptor on the CPU in float32, or UpscalerError. The network is built
+    inside `construction`, the app's lock for building modules."""
     from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError, canonicalize_state_dict
 
     path = Path(path)
@@ -44,7 +46,8 @@ def load_upscaler(path: Path):
             from None
     require_flat_tensors(state, path)
     try:
-        descriptor = ModelLoader().load_from_state_dict(state)
+        with construction.building():
+            descriptor = ModelLoader().load_from_state_dict(state)
     except UnsupportedModelError:
         raise UpscalerError(f"{path.name}: not an upscaler architecture spandrel recognises") from None
     except Exception as error:  # spandrel's loaders raise assorted errors for a damaged or hand-edited file

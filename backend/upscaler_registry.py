@@ -13,6 +13,7 @@ from pathlib import Path
 
 from backend.checkpoint_files import CheckpointError
 from backend.file_facts_cache import FileFactsCache
+from backend.model_construction import ModelConstruction
 from backend.upscaler_models import UPSCALER_EXTENSIONS, describe, load_upscaler
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ class UpscalerEntry:
 
 
 class UpscalerRegistry:
-    def __init__(self, models_dir: Path, cache_file: Path):
+    def __init__(self, models_dir: Path, cache_file: Path, construction: ModelConstruction):
         self.models_dir = Path(models_dir)
+        self.construction = construction
         self._detections = FileFactsCache(cache_file)
         self._lock = threading.Lock()
         self._entries: tuple[UpscalerEntry, ...] | None = None
@@ -97,7 +99,7 @@ class UpscalerRegistry:
     def _detect(self, path: Path) -> dict:
         self.detections_run += 1
         try:
-            info = describe(load_upscaler(path))
+            info = describe(load_upscaler(path, self.construction))
         except CheckpointError as error:
             log.warning("upscaler %s cannot be used: %s", path, error)
             return {"architecture": None, "scale": None, "error": str(error)}

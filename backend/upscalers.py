@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from backend.model_construction import ModelConstruction
 from backend.requests import RequestError
 from backend.settings import Settings
 from backend.tiled_upscale import MIN_TILE, image_to_tensor, run_with_oom_retry, tensor_to_image
@@ -37,8 +38,9 @@ class UpscalerCacheStats:
 class UpscalerModelCache:
     """The last `limit` loaded upscaler models, on `device`, keyed by file path, size and mtime."""
 
-    def __init__(self, limit: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, limit: int, device: torch.device, dtype: torch.dtype, construction: ModelConstruction):
         self.limit = max(1, limit)
+        self.construction = construction
         self.device = device
         self.dtype = dtype
         self.stats = UpscalerCacheStats()
@@ -65,7 +67,7 @@ class UpscalerModelCache:
 
     def _load(self, entry: UpscalerEntry):
         log.info("loading upscaler %s", entry.name)
-        descriptor = load_upscaler(entry.path)
+        descriptor = load_upscaler(entry.path, self.construction)
         dtype = model_dtype(descriptor, self.dtype)
         try:
             descriptor.to(self.device, dtype)
@@ -86,11 +88,14 @@ class UpscalerModelCache:
 class Upscalers:
     """The upscaler service the generator, the API and the UI share."""
 
-    def __init__(self, settings: Settings, device: torch.device, dtype: torch.dtype):
+    def __init__(self, settings: Settings, device: torch.device, dtype: torch.dtype,
+                 construction: ModelConstruction | None = None):
+        """`construction`: the app's lock for building modules (built alone, in a test, it has its own)."""
         _check_settings(settings)
         self.settings = settings
-        self.registry = UpscalerRegistry(settings.models_dir, settings.upscalers_cache_file)
-        self.models = UpscalerModelCache(settings.max_upscalers_in_memory, device, dtype)
+        construction = construction or ModelConstruction()
+        self.registry = UpscalerRegistry(settings.models_dir, settings.upscalers_cache_file, construction)
+        self.models = UpscalerModelCache(settings.max_upscalers_in_memory, device, dtype, construction)
         self.device = device
         self.from_extensions: dict = {}  # name -> Registered(extension, upscale(image, size)), set by the services
 

@@ -16,6 +16,7 @@ import torch
 
 from backend.checkpoint_files import CheckpointError, load_state_dict
 from backend.checkpoint_loader import materialise
+from backend.model_construction import ModelConstruction
 from backend.model_hashes import HashCache
 from backend.network_files import NetworkFile, NetworkFolder
 
@@ -39,7 +40,9 @@ def vae_weights(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tenso
 
 
 class VaeLibrary:
-    def __init__(self, folder: Path, checkpoints_dir: Path, hashes: HashCache, max_loaded: int = 2):
+    def __init__(self, folder: Path, checkpoints_dir: Path, hashes: HashCache, max_loaded: int = 2,
+                 construction: ModelConstruction | None = None):
+        self.construction = construction or ModelConstruction()
         self.files = NetworkFolder(folder, VAE_EXTENSIONS)
         self.checkpoints_dir = Path(checkpoints_dir)
         self.hashes = hashes
@@ -90,7 +93,7 @@ class VaeLibrary:
         from accelerate import init_empty_weights
         from diffusers import AutoencoderKL
 
-        with init_empty_weights():
+        with self.construction.building(), init_empty_weights():
             vae = AutoencoderKL.from_config(like.config)
         vae = materialise(vae, weights, like.dtype, f"VAE {entry.file_name}").to(like.device)
         with self._lock:

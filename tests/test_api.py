@@ -178,7 +178,7 @@ def test_progress_interrupt_and_skip_of_one_job(client):
     assert state["current_task"] == "long-1" and 0 < state["progress"] < 1 and state["eta_relative"] > 0
     assert state["current_image"], "a live preview is returned while sampling"
     preview = Image.open(io.BytesIO(base64.b64decode(state["current_image"])))
-    assert preview.size == (8, 8)  # the cheap approximation works at latent size
+    assert preview.size == (64, 64)  # the tiny model's small VAE, which no linear map follows, draws it itself
     assert client.post("/skip", params={"id_task": "long-1"}).json()["skipped"] is True
     time.sleep(0.5)
     assert client.post("/interrupt", params={"id_task": "long-1"}).json()["interrupted"] is True

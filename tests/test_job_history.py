@@ -38,21 +38,40 @@ def test_queue_positions_and_skip(services):
     assert services.jobs.position(waiting[0]) is None
 
 
-def test_previews_use_taesd_when_its_decoder_is_in_models(make_services, models_dir):
-    from diffusers import AutoencoderTiny
+def _on_step(services, hook):
+    from backend.extension_api import Registered
 
-    from backend.previews import PreviewRenderer
+    services.extensions.hooks.on_step.append(Registered("history-probe", hook))
 
-    import torch
 
-    latent = torch.randn(4, 8, 8)
-    cheap = PreviewRenderer(models_dir / "VAE-approx", torch.device("cpu"), torch.float32).render(latent, "sd1")
-    assert cheap.size == (8, 8)  # latent resolution
-    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-                    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)).save_pretrained(
-        models_dir / "VAE-approx" / "taesd")
-    sharp = PreviewRenderer(models_dir / "VAE-approx", torch.device("cpu"), torch.float32).render(latent, "sd1")
-    assert sharp.size == (64, 64)  # TAESD decodes to pixel resolution
-    services = make_services(preview_every=1)
-    job = run_txt2img(services, steps=4, seed=3)
-    assert job.status == "done" and job.progress.preview.size == (64, 64)
+def test_each_image_is_indexed_as_soon_as_it_is_saved(services):
+    indexed_during_third_batch = []
+
+    def hook(info):
+        if info.batch == 2 and info.step == 1:
+            indexed_during_third_batch.append(len(services.history.images("indexed early")))
+
+    _on_step(services, hook)
+    job = run_txt2img(services, prompt="indexed early", n_iter=3, seed=1)
+    assert job.status == "done"
+    assert indexed_during_third_batch == [2]  # the first two batches' images, before the job ended
+
+
+def test_images_saved_before_the_worker_died_stay_in_the_history_with_the_jobs_status(services):
+    from ui.history_tab import image_caption, render_jobs
+
+    def hook(info):
+        if info.batch == 2:
+            raise SystemExit("killed in the third batch")  # ends the worker thread: the job never completes
+
+    _on_step(services, hook)
+    job = run_txt2img(services, prompt="worker died", n_iter=4, seed=7)
+    assert job.status == "failed" and job.result is None
+    rows = services.history.images("worker died")
+    assert sorted(row["seed"] for row in rows) == [7, 8]  # both images saved before it died, none lost
+    assert all(row["job_status"] == "failed" for row in rows)
+    assert image_caption(rows[0]) == "worker died (failed)"
+    (listed,) = [row for row in services.history.jobs() if row["id"] == job.id]
+    assert listed["status"] == "failed" and listed["images"] == 2
+    table = render_jobs([listed])
+    assert "worker died" in table and ">failed<" in table and "the worker stopped unexpectedly" in table

@@ -1,5 +1,5 @@
 """Take the README's screenshot (docs/screenshot.png): the txt2img tab of a freshly started app (no
-checkpoints, so the built-in demo model) after generating a batch of four.
+checkpoints, so the built-in demo model) after generating a batch of two wide (128x64) images, shown whole.
 
     python -m tools.take_screenshot docs/screenshot.png
 
@@ -17,9 +17,10 @@ from playwright.sync_api import sync_playwright
 from tests.server_process import ServerProcess
 
 PROMPT = "big white star in the top left, purple background"
+SIZE = (128, 64)  # not square: the gallery shows every image whole, letterboxed
 
 
-def take_screenshot(path: Path, prompt: str = PROMPT, seed: int = 1):
+def take_screenshot(path: Path, prompt: str = PROMPT, seed: int = 1, size: tuple[int, int] = SIZE):
     with tempfile.TemporaryDirectory() as workdir:
         models = Path(workdir) / "models"
         models.mkdir()
@@ -28,12 +29,14 @@ def take_screenshot(path: Path, prompt: str = PROMPT, seed: int = 1):
             with sync_playwright() as driver:
                 browser = driver.chromium.launch(executable_path=shutil.which("chromium"),
                                                  args=["--no-sandbox", "--disable-gpu"])
-                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page = browser.new_page(viewport={"width": 1400, "height": 1300})  # the whole gallery in view
                 page.goto(server.url + "/")
                 page.locator("#txt2img_prompt textarea").fill(prompt)
-                batch_size = page.locator("#txt2img_batch_size input[type=number]")
-                batch_size.fill("4")
-                batch_size.press("Enter")
+                for elem_id, value in (("txt2img_batch_size", 2), ("txt2img_width", size[0]),
+                                       ("txt2img_height", size[1])):
+                    number = page.locator(f"#{elem_id} input[type=number]")
+                    number.fill(str(value))
+                    number.press("Enter")
                 page.locator("#txt2img_seed input").fill(str(seed))
                 page.get_by_role("button", name="Generate").click()
                 page.wait_for_function("document.querySelector('#txt2img_progress')?.innerText.includes('Done')",

@@ -2,7 +2,6 @@
 request -> job queue -> live progress and preview -> gallery and infotext."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -14,6 +13,7 @@ from backend.job_queue import TooManyJobs
 from backend.samplers import SAMPLERS, SCHEDULE_NAMES
 from backend.services import Services
 from ui.progress_view import render_done, render_error, render_progress
+from ui.tab_jobs import TabJobs, render_queued
 
 POLL_SECONDS = 0.25
 PRIVATE = {"api_visibility": "private"}  # UI events are not API endpoints or MCP tools
@@ -137,7 +137,7 @@ def build_sampling_controls(prefix: str, size: tuple[int, int] | None = None, ex
 def build_results(form: GenerationForm):
     form.progress = gr.HTML(elem_id=f"{form.prefix}_progress")
     form.gallery = gr.Gallery(label="Output", elem_id=f"{form.prefix}_gallery", columns=2, height=480,
-                              interactive=False)
+                              interactive=False, object_fit="contain")
     form.infotext = gr.Textbox(label="Generation parameters", lines=4, interactive=False,
                                elem_id=f"{form.prefix}_infotext")
     form.job_id, form.results, form.selected = gr.State(None), gr.State([]), gr.State(0)
@@ -151,28 +151,41 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
     outputs = [form.progress, form.gallery, form.infotext, form.job_id, form.results, form.selected,
                form.selected_path]
 
+    tab_jobs = TabJobs()
+
     def run(values: dict, http: gr.Request):
+        session = http.session_hash or ""
         try:
-            request = build_request(values)
-            job = services.jobs.submit(request, client=client_address(http))
+            job_request = build_request(values)
+            job = services.jobs.submit(job_request, client=client_address(http))
         except (RequestError, TooManyJobs) as error:
-            yield {form.progress: render_error(str(error))}
+            if not tab_jobs.note(session, render_error(str(error))):  # a job runs: say it under its progress
+                yield {form.progress: render_error(str(error))}
             return
-        started = time.perf_counter()
-        yield {form.job_id: job.id, form.progress: render_progress(job, services.jobs.position(job))}
+        token = tab_jobs.add(session, job)
+        if token is not None:  # else the event showing this tab's jobs shows this one too, when its turn comes
+            yield from tab_jobs.show_all(session, token, lambda job: show(job, session))
+
+    def progress_html(job, session: str) -> str:
+        return (render_progress(job, services.jobs.position(job)) + tab_jobs.notes(session)
+                + render_queued(tab_jobs.waiting(session), services.jobs.position))
+
+    def show(job, session: str):
+        yield {form.job_id: job.id, form.progress: progress_html(job, session)}
         shown_preview = 0
         while not job.finished.wait(POLL_SECONDS):
-            update = {form.progress: render_progress(job, services.jobs.position(job))}
+            update = {form.progress: progress_html(job, session)}
             if job.progress.preview is not None and job.progress.preview_step != shown_preview:
                 shown_preview = job.progress.preview_step
                 update[form.gallery] = [(job.progress.preview, f"Preview, step {shown_preview}")]
             yield update
+        after = tab_jobs.notes(session) + render_queued(tab_jobs.waiting(session), services.jobs.position)
         if job.status == "failed":
-            yield {form.progress: render_error(job.error), form.job_id: None}
+            yield {form.progress: render_error(job.error) + after, form.job_id: None}
             return
         images = job.result.images
         yield {
-            form.progress: render_done(job, time.perf_counter() - started), form.job_id: None,
+            form.progress: render_done(job, job.finished_at - job.created_at) + after, form.job_id: None,
             form.gallery: [(image.path, f"Seed {image.seed}") for image in images],
             form.results: [(image.path, image.seed, image.infotext) for image in images],
             form.infotext: images[0].infotext if images else "", form.selected: 0,
@@ -189,7 +202,9 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
         return shown[index][1] if shown and index < len(shown) else -1
 
     # Our own job queue orders the work, so Gradio need not serialise these events.
-    form.generate.click(run, inputs=inputs, outputs=outputs, concurrency_limit=None, **PRIVATE)
+    # "multiple": a click while the tab's job runs is not dropped; it queues its job (see ui/tab_jobs.py).
+    form.generate.click(run, inputs=inputs, outputs=outputs, concurrency_limit=None, trigger_mode="multiple",
+                        **PRIVATE)
     form.interrupt.click(lambda job: job and services.jobs.interrupt(job), inputs=form.job_id,
                          concurrency_limit=None, **PRIVATE)
     form.skip.click(lambda job: job and services.jobs.skip(job), inputs=form.job_id, concurrency_limit=None,

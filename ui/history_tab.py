@@ -1,5 +1,9 @@
-"""History: every saved image, newest first, searchable by prompt, kept across restarts."""
+"""History: every saved image, newest first, searchable by prompt, kept across restarts; and the recent jobs
+with their status (interrupted and failed ones too, with their error)."""
 from __future__ import annotations
+
+import datetime
+import html
 
 import gradio as gr
 
@@ -8,6 +12,31 @@ from ui.generation_form import PRIVATE
 from ui.send_to import SendTo
 
 PAGE_SIZE = 60
+JOBS_SHOWN = 30
+KIND_NAMES = {"Txt2ImgRequest": "txt2img", "Img2ImgRequest": "img2img", "ExtrasRequest": "upscale"}
+
+
+def image_caption(row: dict) -> str:
+    """The prompt's start, and the job's status when the job did not finish normally."""
+    status = row.get("job_status")
+    marker = f" ({status})" if status not in (None, "done") else ""
+    return row["prompt"][:80] + marker
+
+
+def render_jobs(jobs: list[dict]) -> str:
+    """The recent jobs, newest first: when, kind, prompt, status, images kept, and the error if any."""
+    if not jobs:
+        return '<div class="history-jobs-empty">No jobs yet.</div>'
+    rows = []
+    for job in jobs:
+        when = datetime.datetime.fromtimestamp(job["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        prompt = html.escape(str(job["request"].get("prompt", ""))[:60])
+        error = html.escape(job["error"] or "")
+        rows.append(f'<tr class="history-job-{html.escape(job["status"])}"><td>{when}</td>'
+                    f'<td>{KIND_NAMES.get(job["kind"], html.escape(job["kind"]))}</td><td>{prompt}</td>'
+                    f'<td>{html.escape(job["status"])}</td><td>{job["images"]}</td><td>{error}</td></tr>')
+    return ('<table class="history-jobs"><tr><th>Queued</th><th>Kind</th><th>Prompt</th><th>Status</th>'
+            '<th>Images</th><th>Error</th></tr>' + "".join(rows) + "</table>")
 
 
 def build_history_tab(services: Services, send_to: SendTo):
@@ -15,7 +44,8 @@ def build_history_tab(services: Services, send_to: SendTo):
         search = gr.Textbox(label="Search prompts", elem_id="history_search", scale=5)
         refresh = gr.Button("Search / refresh", elem_id="history_refresh", scale=1)
     with gr.Row():
-        gallery = gr.Gallery(label="Images", elem_id="history_gallery", columns=6, height=520, interactive=False)
+        gallery = gr.Gallery(label="Images", elem_id="history_gallery", columns=6, height=520, interactive=False,
+                             object_fit="contain")
         with gr.Column():
             infotext = gr.Textbox(label="Generation parameters", lines=6, interactive=False,
                                   elem_id="history_infotext")
@@ -24,13 +54,15 @@ def build_history_tab(services: Services, send_to: SendTo):
                 to_img2img = gr.Button("Send to img2img", elem_id="history_send_img2img")
                 to_inpaint = gr.Button("Send to inpaint", elem_id="history_send_inpaint")
                 to_upscale = gr.Button("Send to upscale", elem_id="history_send_upscale")
+    with gr.Accordion("Recent jobs", open=True, elem_id="history_jobs_panel"):
+        jobs = gr.HTML(elem_id="history_jobs")
     rows = gr.State([])  # [(path, infotext)] in gallery order
     selected_path = gr.State(None)
 
     def load(query: str):
         found = services.history.images(query or "", limit=PAGE_SIZE)
-        return ([(row["path"], row["prompt"][:80]) for row in found], [(row["path"], row["infotext"]) for row in found],
-                "", None)
+        return ([(row["path"], image_caption(row)) for row in found], [(row["path"], row["infotext"]) for row in found],
+                "", None, render_jobs(services.history.jobs(limit=JOBS_SHOWN)))
 
     def select(shown: list, event: gr.SelectData):
         if not shown or event.index is None or event.index >= len(shown):
@@ -38,7 +70,7 @@ def build_history_tab(services: Services, send_to: SendTo):
         path, text = shown[event.index]
         return text, path
 
-    outputs = [gallery, rows, infotext, selected_path]
+    outputs = [gallery, rows, infotext, selected_path, jobs]
     refresh.click(load, inputs=search, outputs=outputs, **PRIVATE)
     search.submit(load, inputs=search, outputs=outputs, **PRIVATE)
     gallery.select(select, inputs=rows, outputs=[infotext, selected_path], **PRIVATE)

@@ -3,7 +3,6 @@ factor or to a size, with Upscaler 1 and optionally Upscaler 2 blended in."""
 from __future__ import annotations
 
 import html
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from backend.services import Services
 from ui.generation_form import POLL_SECONDS, PRIVATE, client_address
 from ui.progress_view import render_done, render_error, render_progress
 from ui.tab_choice import build_tab_choice, follow_tab
+from ui.tab_jobs import TabJobs, render_queued
 
 RESIZE_TABS = ("scale_by", "scale_to")  # index = the API's resize_mode
 
@@ -83,7 +83,8 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
             run_button = gr.Button("Upscale", variant="primary", elem_id="upscale_generate")
         with gr.Column():
             progress = gr.HTML(elem_id="upscale_progress")
-            gallery = gr.Gallery(label="Output", elem_id="upscale_gallery", columns=2, height=480, interactive=False)
+            gallery = gr.Gallery(label="Output", elem_id="upscale_gallery", columns=2, height=480, interactive=False,
+                                 object_fit="contain")
             info = gr.Textbox(label="Postprocessing", lines=2, interactive=False, elem_id="upscale_info")
     results = gr.State([])
 
@@ -93,9 +94,10 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
                                (scale_to_tab, resize_mode, "scale_to")):
         follow_tab(tab, choice, value)
 
+    tab_jobs = TabJobs()
+
     def run(kind, single_path, file_paths, input_dir, mode, factor, to_width, to_height, to_crop, first, second,
-            second_visibility, http: gr.Request):
-        started = time.perf_counter()
+            second_visibility, page: gr.Request):
         try:
             if kind == "single":
                 sources = {"images": read_files([single_path] if single_path else [])}
@@ -113,17 +115,27 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
                 **sources, "resize_mode": RESIZE_TABS.index(mode), "upscaling_resize": factor,
                 "upscaling_resize_w": int(to_width), "upscaling_resize_h": int(to_height), "upscaling_crop": to_crop,
                 "upscaler_1": first, "upscaler_2": second or "None", "extras_upscaler_2_visibility": second_visibility})
-            job = services.jobs.submit(request, client=client_address(http))
+            session = page.session_hash or ""
+            job = services.jobs.submit(request, client=client_address(page))
         except (RequestError, OSError, TooManyJobs) as error:
-            yield {progress: render_error(str(error))}
+            if not tab_jobs.note(page.session_hash or "", render_error(str(error))):
+                yield {progress: render_error(str(error))}
             return
+        token = tab_jobs.add(session, job)
+        if token is not None:  # else the event showing this tab's jobs shows this one when its turn comes
+            yield from tab_jobs.show_all(session, token, lambda job: show(job, session))
+
+    def show(job, session: str):
+        def queued() -> str:
+            return tab_jobs.notes(session) + render_queued(tab_jobs.waiting(session), services.jobs.position)
+
         while not job.finished.wait(POLL_SECONDS):
-            yield {progress: render_progress(job, services.jobs.position(job))}
+            yield {progress: render_progress(job, services.jobs.position(job)) + queued()}
         if job.status == "failed":
-            yield {progress: render_error(job.error)}
+            yield {progress: render_error(job.error) + queued()}
             return
         images = job.result.images
-        yield {progress: render_done(job, time.perf_counter() - started),
+        yield {progress: render_done(job, job.finished_at - job.created_at) + queued(),
                gallery: [(image.path, Path(image.path).name) for image in images if image.path],
                info: images[0].postprocessing if images else "", results: [image.postprocessing for image in images]}
 
@@ -138,7 +150,7 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
 
     run_button.click(run, inputs=[source, single, files, folder, resize_mode, scale, width, height, crop, upscaler_1,
                                   upscaler_2, visibility], outputs=[progress, gallery, info, results],
-                     concurrency_limit=None, **PRIVATE)
+                     concurrency_limit=None, trigger_mode="multiple", **PRIVATE)  # see ui/tab_jobs.py
     gallery.select(on_select, inputs=results, outputs=info, **PRIVATE)
     refresh.click(refresh_list, outputs=[upscaler_1, upscaler_2, status], **PRIVATE)
     return UpscaleTab(source_tabs=source_tabs, source=source, single_image=single, upscaler_1=upscaler_1,
