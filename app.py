@@ -245,11 +245,12 @@ def app_kwargs(args: argparse.Namespace, services, access: Access, policy) -> di
 
 
 def _preload(services):
-    try:
-        entry = services.models.select(services.models.selected.title)
-        logging.info("ready: %s", entry.title)
-    except Exception as error:  # the app stays up; the UI shows the error when the model is used
-        logging.error("could not load the first checkpoint: %s", error)
+    try:  # --ckpt or the first checkpoint that loads; files that do not load are logged and skipped
+        entry = services.models.load_default()
+        if entry is not None:
+            logging.info("ready: %s", entry.title)
+    except Exception:  # the app stays up; the UI shows the error when a model is used
+        logging.exception("could not load a checkpoint")
     try:  # detect the upscaler files now (cached on disk afterwards), not when a user first opens a list
         logging.info("upscalers: %s", ", ".join(services.upscalers.names()))
     except Exception as error:

@@ -13,7 +13,7 @@ from ui.extensions_tab import build_extensions_tab
 from ui.generation_form import PRIVATE
 from ui.history_tab import build_history_tab
 from ui.img2img_tab import build_img2img_tab
-from ui.model_picker import build_model_picker
+from ui.model_picker import build_model_picker, follow_startup
 from ui.png_info_tab import build_png_info_tab
 from ui.progress_view import render_queue
 from ui.send_to import SendTo
@@ -80,6 +80,7 @@ def build_ui(services: Services, mcp: bool = False) -> gr.Blocks:
         send_to.to_img2img(txt2img.send_to_inpaint, txt2img.selected_path, txt2img.infotext, "inpaint")
         send_to.to_upscale(txt2img.send_to_upscale, txt2img.selected_path)
         send_to.to_upscale(img2img.form.send_to_upscale, img2img.form.selected_path)
+        follow_startup(page, services, model)
         if mcp:
             from ui.mcp_tools import register_mcp_tools
 
