@@ -182,6 +182,8 @@ def launch(args: argparse.Namespace):
     """Build the services and the page and start serving; returns (page, services) without blocking."""
     access = access_from_args(args)
     settings = settings_from_args(args)  # before the heavy imports: torch may set TORCHINDUCTOR_CACHE_DIR itself
+    host = "0.0.0.0" if args.listen else "127.0.0.1"
+    require_free_port(host, args.port)  # before minutes of start-up work, not after
 
     from backend.checkpoint_loader import import_model_libraries
     from backend.services import build_services
@@ -192,13 +194,21 @@ def launch(args: argparse.Namespace):
     services = build_services(settings, start_worker=False)
     page = build_ui(services, mcp=args.mcp)
     page.queue(default_concurrency_limit=None)
-    page.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
-                auth=list(access.ui) or None, allowed_paths=[str(settings.outputs_dir.resolve())], show_error=True,
-                mcp_server=args.mcp, prevent_thread_lock=True, max_file_size=int(args.max_upload_mb * 2**20),
-                app_kwargs=app_kwargs(args, services, access, http_policy(args, access, settings.outputs_dir,
-                                                                           upload_folder())),
-                head=services.extensions.page_head() or None)
+    try:
+        # quiet: Gradio's own lines tell a library user to edit launch(); announce_urls says it with our flags
+        page.launch(server_name=host, server_port=args.port, share=args.share, quiet=True,
+                    auth=list(access.ui) or None, allowed_paths=[str(settings.outputs_dir.resolve())], show_error=True,
+                    mcp_server=args.mcp, prevent_thread_lock=True, max_file_size=int(args.max_upload_mb * 2**20),
+                    app_kwargs=app_kwargs(args, services, access, http_policy(args, access, settings.outputs_dir,
+                                                                               upload_folder())),
+                    head=services.extensions.page_head() or None)
+    except OSError as error:
+        services.close()
+        if "Cannot find empty port" in str(error):  # taken since require_free_port looked
+            raise SystemExit(port_in_use_message(args.port)) from None
+        raise
     drop_gradio_cors(page)
+    announce_urls(args, page)
     announce_access(args, access)
     # The model libraries are imported once the page answers (seconds the page need not wait for), here in this
     # thread, before the job worker and the first model load start: importing them from two threads at once fails.
@@ -206,6 +216,32 @@ def launch(args: argparse.Namespace):
     services.jobs.start()
     threading.Thread(target=_preload, args=(services,), daemon=True).start()
     return page, services
+
+
+def port_in_use_message(port: int) -> str:
+    return f"Port {port} is already in use (is the WebUI already running?); start with --port N to use another port"
+
+
+def require_free_port(host: str, port: int):
+    from backend.server_addresses import port_is_free
+
+    if not port_is_free(host, port):
+        raise SystemExit(port_in_use_message(port))  # one line on stderr, exit code 1
+
+
+def announce_urls(args: argparse.Namespace, page):
+    """Where to open the page: localhost, and with --listen the addresses other machines use (0.0.0.0 is where
+    the server listens, not an address to open)."""
+    from backend.server_addresses import network_addresses
+
+    lines = [f"Running on local URL:  http://127.0.0.1:{args.port}"]
+    if args.listen:
+        lines += [f"Running on network URL:  http://{address}:{args.port}" for address in network_addresses()]
+    if not args.share:  # with --share, Gradio prints the public URL itself
+        lines.append("To create a public link, start with --share.")
+    if getattr(page, "mcp_error", None):
+        lines.append(str(page.mcp_error))
+    print("\n".join(lines), flush=True)
 
 
 def limit_decoded_images():
