@@ -361,35 +361,3 @@ def test_extension_section_tab_assets_errors_and_rest(extensions_server, tmp_pat
         assert "Probe note: x" in info["infotexts"][0]
         refused = http.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"nosuch": {"args": []}}})
         assert refused.status_code == 422 and "nosuch" in refused.json()["detail"]
-
-
-def test_broken_first_checkpoints_are_skipped_listed_and_never_selected(tmp_path, models_dir):
-    from tests.test_broken_checkpoints import add_broken_checkpoints
-
-    add_broken_checkpoints(models_dir)
-    process = ServerProcess(tmp_path, models_dir).start()
-    try:
-        with playwright.sync_playwright() as driver:
-            browser = driver.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(process.url + "/")
-            page.wait_for_function("document.querySelector('#checkpoint input')?.value.startsWith('tiny-sd1-other')",
-                                   timeout=60_000)
-            page.wait_for_selector("#checkpoint_status .checkpoint-failures", timeout=30_000)
-            listed = page.locator("#checkpoint_status").inner_text()
-            assert "aa-evil.ckpt contains Python objects" in listed and "ab-truncated.safetensors" in listed
-            assert "weights_only" not in listed
-            page.locator("#checkpoint input").click()
-            options = page.get_by_role("option").all_inner_texts()
-            assert any(o.startswith("aa-evil.ckpt") and o.endswith("(cannot be loaded)") for o in options), options
-            page.keyboard.press("Escape")
-            for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 2)):
-                set_slider(page, elem_id, value)
-            page.get_by_role("button", name="Generate").click()
-            wait_until_done(page, "txt2img")  # on the first model that loads, without touching the picker
-            assert page.locator("#txt2img_infotext textarea").input_value().endswith("Model: tiny-sd1-other")
-            browser.close()
-    finally:
-        process.stop()

@@ -182,10 +182,17 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
 
     # Our own job queue orders the work, so Gradio need not serialise these events.
     form.generate.click(run, inputs=inputs, outputs=outputs, concurrency_limit=None, **PRIVATE)
-    form.interrupt.click(lambda job: job and services.jobs.interrupt(job), inputs=form.job_id,
-                         concurrency_limit=None, **PRIVATE)
-    form.skip.click(lambda job: job and services.jobs.skip(job), inputs=form.job_id, concurrency_limit=None,
-                    **PRIVATE)
+    # No outputs, so the handlers return nothing: a returned value makes Gradio warn on every click.
+    def interrupt(job: str | None):
+        if job:
+            services.jobs.interrupt(job)
+
+    def skip(job: str | None):
+        if job:
+            services.jobs.skip(job)
+
+    form.interrupt.click(interrupt, inputs=form.job_id, concurrency_limit=None, **PRIVATE)
+    form.skip.click(skip, inputs=form.job_id, concurrency_limit=None, **PRIVATE)
     form.gallery.select(on_select, inputs=form.results, outputs=[form.infotext, form.selected, form.selected_path],
                         **PRIVATE)
     form.random_seed.click(lambda: -1, outputs=form.seed, **PRIVATE)
