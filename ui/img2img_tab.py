@@ -136,6 +136,11 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
             fields["init_image"] = file_bytes(values[outpaint_image], "init_image", "an image")
             for side, slider in zip(("left", "right", "up", "down"), margins):
                 fields[f"outpaint_{side}"] = int(values[slider])
+            if not any(fields[f"outpaint_{side}"] for side in ("left", "right", "up", "down")):
+                # without margins this would silently be plain img2img
+                raise RequestError("outpaint_left/right/up/down", "all four margins are 0: set Extend left, right, "
+                                   "up or down to the pixels to add (the img2img tab changes an image without "
+                                   "extending it)")
         return build_request(Img2ImgRequest, fields, services.extensions.hooks.sampler_specs())
 
     wire_generation(services, form, form.inputs | image_inputs | model.inputs, request_from)
