@@ -187,12 +187,12 @@ def launch(args: argparse.Namespace):
 
     from backend.checkpoint_loader import import_model_libraries
     from backend.services import build_services
-    from ui.layout import build_ui, drop_gradio_cors, upload_folder
+    from ui.layout import FOOTER_LINKS, PAGE_CSS, build_ui, drop_gradio_cors, upload_folder
 
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
     limit_decoded_images()
     services = build_services(settings, start_worker=False)
-    page = build_ui(services, mcp=args.mcp)
+    page = build_ui(services, mcp=args.mcp, api_docs=args.api)
     page.queue(default_concurrency_limit=None)
     try:
         # quiet: Gradio's own lines tell a library user to edit launch(); announce_urls says it with our flags
@@ -201,7 +201,7 @@ def launch(args: argparse.Namespace):
                     mcp_server=args.mcp, prevent_thread_lock=True, max_file_size=int(args.max_upload_mb * 2**20),
                     app_kwargs=app_kwargs(args, services, access, http_policy(args, access, settings.outputs_dir,
                                                                                upload_folder())),
-                    head=services.extensions.page_head() or None)
+                    head=services.extensions.page_head() or None, css_paths=[PAGE_CSS], footer_links=FOOTER_LINKS)
     except OSError as error:
         services.close()
         if "Cannot find empty port" in str(error):  # taken since require_free_port looked

@@ -3,7 +3,7 @@ image): each image's scheduled conditioning (backend.conditioning) is padded to 
 batch, and the step callback moves every image's conditioning on as its own schedule says."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

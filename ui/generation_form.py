@@ -74,11 +74,16 @@ class GenerationForm:
 def build_prompt_row(prefix: str) -> dict:
     with gr.Row():
         with gr.Column(scale=6):
-            prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt", placeholder="Prompt")
-            token_counter = gr.HTML(render_token_count(0, 75), elem_id=f"{prefix}_token_counter")
-            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
-            negative_counter = gr.HTML(render_token_count(0, 75), elem_id=f"{prefix}_negative_token_counter")
-        with gr.Column(scale=1, min_width=160):
+            # each counter shares a positioned column with its box, so ui/style.css can put it in the box's corner
+            with gr.Column(elem_classes="prompt-with-counter"):
+                prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt", placeholder="Prompt")
+                token_counter = gr.HTML(render_token_count(0, 75), elem_id=f"{prefix}_token_counter",
+                                        elem_classes="token-counter-box")
+            with gr.Column(elem_classes="prompt-with-counter"):
+                negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
+                negative_counter = gr.HTML(render_token_count(0, 75), elem_id=f"{prefix}_negative_token_counter",
+                                           elem_classes="token-counter-box")
+        with gr.Column(scale=1, min_width=200):  # room for "Interrupt" and "Skip" side by side
             generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", min_width=70)
@@ -88,7 +93,7 @@ def build_prompt_row(prefix: str) -> dict:
 
 
 def render_token_count(used: int, limit: int) -> str:
-    return f'<div class="token-counter" style="text-align:right;font-size:0.85em;opacity:0.8">{used}/{limit}</div>'
+    return f'<div class="token-counter" style="text-align:right;opacity:0.8">{used}/{limit}</div>'
 
 
 
