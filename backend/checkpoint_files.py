@@ -91,9 +91,9 @@ def read_weights(path: Path):
                 state = torch.load(handle, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             raise CheckpointError(
-                f"{name} contains Python objects other than plain weights{_refused_globals(error)}; it was not "
-                "loaded and none of its code ran. Use a .safetensors version of this model (most publishers offer "
-                "one)") from error
+                f"{name} contains Python objects other than plain weights{_refused_globals(error)}; refusing to run "
+                "its code (the file was not loaded and nothing in it ran). Use a .safetensors version of this model "
+                "(most publishers offer one)") from error
         except (RuntimeError, EOFError, ValueError, OSError) as error:
             raise CheckpointError(f"{name} is truncated or corrupt: {_torch_detail(error)}") from error
     return state
