@@ -111,9 +111,9 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
                     gr.HTML(elem_id="img2img_inpaint_editor_status", elem_classes="upload-status")
                 with gr.Tab("Inpaint upload", id="inpaint_upload_mode") as upload_tab:
                     with gr.Row():
-                        with gr.Column():
+                        with gr.Column(min_width=160):  # each input with its line beneath, side by side
                             upload_image = image_upload("Image", "img2img_upload_image")
-                        with gr.Column():
+                        with gr.Column(min_width=160):
                             upload_mask = image_upload("Mask (white = repaint)", "img2img_upload_mask")
                 with gr.Tab("Outpaint", id="outpaint_mode") as outpaint_tab:
                     outpaint_image = image_upload("Image", "img2img_outpaint_image")
