@@ -2,6 +2,7 @@
 txt2img/img2img request takes its checkpoint, sd_vae and clip_skip fields from them."""
 from __future__ import annotations
 
+import asyncio
 import html
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from ui.progress_view import render_error
 
 
 STARTUP_WAIT_SECONDS = 600  # how long a freshly opened page waits for the first model before giving up
+STARTUP_POLL_SECONDS = 0.5
 
 
 def checkpoint_choices(services: Services) -> list[tuple[str, str]]:
@@ -96,10 +98,12 @@ def build_model_picker(services: Services) -> ModelControls:
 def follow_startup(page: gr.Blocks, services: Services, controls: ModelControls):
     """The page is served while the first model is still being chosen (a file that does not load is skipped), so
     an opened page shows that, then the model that loaded and the files that did not."""
-    def on_load(shown: str | None):
+    async def on_load(shown: str | None):  # async: a page waiting here holds no worker thread
         if not services.models.default_chosen.is_set():
             yield '<div class="model-loading">Loading the first checkpoint...</div>', gr.update()
-            services.models.default_chosen.wait(STARTUP_WAIT_SECONDS)
+            deadline = time.monotonic() + STARTUP_WAIT_SECONDS
+            while not services.models.default_chosen.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(STARTUP_POLL_SECONDS)
         value = services.models.selected.title if not shown or services.models.failure(shown) else shown
         yield render_failures(services), gr.update(choices=checkpoint_choices(services), value=value)
 
