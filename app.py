@@ -298,24 +298,34 @@ def launch(args: argparse.Namespace):
     upload_dir, owns_upload_dir = use_own_upload_folder(args)
     policy = http_policy(args, access, settings.outputs_dir, upload_dir, owns_upload_dir)
     trust_forwarded_headers(args)
+    host = "0.0.0.0" if args.listen else "127.0.0.1"
+    require_free_port(host, args.port)  # before minutes of start-up work, not after
 
     from backend.checkpoint_loader import import_model_libraries
     from backend.services import build_services
-    from ui.layout import build_ui, drop_gradio_cors
+    from ui.layout import FOOTER_LINKS, PAGE_CSS, build_ui, drop_gradio_cors
 
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
     limit_decoded_images()
     services = build_services(settings, start_worker=False)
-    page = build_ui(services, mcp=args.mcp)
+    page = build_ui(services, mcp=args.mcp, api_docs=args.api)
     page.queue(default_concurrency_limit=None)
     page.delete_cache = (3600, 86400)  # hourly, Gradio deletes the files it made for this page over a day old
-    page.launch(server_name="0.0.0.0" if args.listen else "127.0.0.1", server_port=args.port, share=args.share,
-                auth=list(access.ui) or None, allowed_paths=[str(settings.outputs_dir.resolve())], show_error=True,
-                mcp_server=args.mcp, prevent_thread_lock=True, max_file_size=int(args.max_upload_mb * 2**20),
-                app_kwargs=app_kwargs(args, services, access, policy),
-                head=services.extensions.page_head() or None)
+    try:
+        # quiet: Gradio's own lines tell a library user to edit launch(); announce_urls says it with our flags
+        page.launch(server_name=host, server_port=args.port, share=args.share, quiet=True,
+                    auth=list(access.ui) or None, allowed_paths=[str(settings.outputs_dir.resolve())], show_error=True,
+                    mcp_server=args.mcp, prevent_thread_lock=True, max_file_size=int(args.max_upload_mb * 2**20),
+                    app_kwargs=app_kwargs(args, services, access, policy),
+                    head=services.extensions.page_head() or None, css_paths=[PAGE_CSS], footer_links=FOOTER_LINKS)
+    except OSError as error:
+        services.close()
+        if "Cannot find empty port" in str(error):  # taken since require_free_port looked
+            raise SystemExit(port_in_use_message(args.port)) from None
+        raise
     drop_gradio_cors(page)
     allow_share_host(page, policy)
+    announce_urls(args, page)
     announce_access(args, access)
     # The model libraries are imported once the page answers (seconds the page need not wait for), here in this
     # thread, before the job worker and the first model load start: importing them from two threads at once fails.
@@ -323,6 +333,32 @@ def launch(args: argparse.Namespace):
     services.jobs.start()
     threading.Thread(target=_preload, args=(services,), daemon=True).start()
     return page, services
+
+
+def port_in_use_message(port: int) -> str:
+    return f"Port {port} is already in use (is the WebUI already running?); start with --port N to use another port"
+
+
+def require_free_port(host: str, port: int):
+    from backend.server_addresses import port_is_free
+
+    if not port_is_free(host, port):
+        raise SystemExit(port_in_use_message(port))  # one line on stderr, exit code 1
+
+
+def announce_urls(args: argparse.Namespace, page):
+    """Where to open the page: localhost, and with --listen the addresses other machines use (0.0.0.0 is where
+    the server listens, not an address to open)."""
+    from backend.server_addresses import network_addresses
+
+    lines = [f"Running on local URL:  http://127.0.0.1:{args.port}"]
+    if args.listen:
+        lines += [f"Running on network URL:  http://{address}:{args.port}" for address in network_addresses()]
+    if not args.share:  # with --share, Gradio prints the public URL itself
+        lines.append("To create a public link, start with --share.")
+    if getattr(page, "mcp_error", None):
+        lines.append(str(page.mcp_error))
+    print("\n".join(lines), flush=True)
 
 
 def limit_decoded_images():
@@ -362,11 +398,12 @@ def app_kwargs(args: argparse.Namespace, services, access: Access, policy) -> di
 
 
 def _preload(services):
-    try:
-        entry = services.models.select(services.models.selected.title)
-        logging.info("ready: %s", entry.title)
-    except Exception as error:  # the app stays up; the UI shows the error when the model is used
-        logging.error("could not load the first checkpoint: %s", error)
+    try:  # --ckpt or the first checkpoint that loads; files that do not load are logged and skipped
+        entry = services.models.load_default()
+        if entry is not None:
+            logging.info("ready: %s", entry.title)
+    except Exception:  # the app stays up; the UI shows the error when a model is used
+        logging.exception("could not load a checkpoint")
     try:  # detect the upscaler files now (cached on disk afterwards), not when a user first opens a list
         logging.info("upscalers: %s", ", ".join(services.upscalers.names()))
     except Exception as error:

@@ -83,6 +83,11 @@ def _unsupported_fields(body: GenerationBody) -> list[str]:
     return [name for name, value in asked.items() if value]
 
 
+def checkpoint_problem(error: CheckpointError) -> str:
+    """The error without the "checkpoint: " a lookup failure starts with (the caller names its own field)."""
+    return str(error).removeprefix("checkpoint: ")
+
+
 def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
     """The request fields txt2img and img2img share, from an A1111 body."""
     unsupported = _unsupported_fields(body)
@@ -107,7 +112,7 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
             checkpoint = services.models.resolve(checkpoint).title
         except CheckpointError as error:
             raise HTTPException(status_code=422,
-                                detail=f"override_settings.sd_model_checkpoint: {error}".replace("checkpoint: ", "", 1))
+                                detail=f"override_settings.sd_model_checkpoint: {checkpoint_problem(error)}") from None
     return {
         "extension_args": _extension_args(body, services),
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "",
@@ -434,8 +439,8 @@ def build_api_router(services: Services, auth: list[tuple[str, str]] | None = No
             try:
                 services.models.select(str(options["sd_model_checkpoint"]))
             except CheckpointError as error:
-                raise HTTPException(status_code=422, detail=f"sd_model_checkpoint: {error}".replace(
-                    "checkpoint: ", "", 1)) from None
+                raise HTTPException(status_code=422,
+                                    detail=f"sd_model_checkpoint: {checkpoint_problem(error)}") from None
         ignored = sorted(key for key in options if key != "sd_model_checkpoint")
         if ignored:
             log.info("POST /sdapi/v1/options: ignored read-only or unknown options %s", ignored)

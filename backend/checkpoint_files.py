@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -90,12 +91,31 @@ def read_weights(path: Path):
                 state = torch.load(handle, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as error:
             raise CheckpointError(
-                f"{name} contains Python objects other than plain weights; refusing to run its code "
-                f"(convert it to .safetensors with a tool you trust). Detail: {str(error).splitlines()[0]}"
-            ) from error
+                f"{name} contains Python objects other than plain weights{_refused_globals(error)}; refusing to run "
+                "its code (the file was not loaded and nothing in it ran). Use a .safetensors version of this model "
+                "(most publishers offer one)") from error
         except (RuntimeError, EOFError, ValueError, OSError) as error:
-            raise CheckpointError(f"{name} is truncated or corrupt: {error}") from error
+            raise CheckpointError(f"{name} is truncated or corrupt: {_torch_detail(error)}") from error
     return state
+
+
+# torch's refusal names what the pickle wanted to run, but also tells the reader how to run it anyway
+# (`weights_only=False`, `add_safe_globals`): for a file from an unknown source that advice is the attack, so only
+# the facts are passed on.
+_GLOBAL_NAME = re.compile(r"GLOBAL ([\w.]+)")
+_ADVICE = re.compile(r"weights_only|safe_globals|trusted source|trust the source|can still be loaded", re.I)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _refused_globals(error: BaseException) -> str:
+    names = list(dict.fromkeys(_GLOBAL_NAME.findall(str(error))))
+    return f" (it asks to run {', '.join(names[:3])})" if names else ""
+
+
+def _torch_detail(error: BaseException) -> str:
+    lines = [line.strip() for line in _ANSI.sub("", str(error)).splitlines()]
+    kept = [line for line in lines if line and not _ADVICE.search(line)]
+    return (kept[0] if kept else type(error).__name__)[:300]
 
 
 def declared_resolution(path: Path) -> tuple[int, int] | None:

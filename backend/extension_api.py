@@ -14,11 +14,11 @@ from typing import Any, Callable
 
 from backend.job_queue import BatchSkipped, JobInterrupted
 from backend.model_construction import ModelConstruction
-from backend.requests import RequestError, build_request
+from backend.requests import MAX_PROMPT_CHARACTERS, RequestError, build_request
 from backend.samplers import SamplerSpec, check_sampler_spec
 
 log = logging.getLogger(__name__)
-API_VERSION = "1.0"
+API_VERSION = "1.1"  # 1.1 added on_image_prompt, SaveInfo.prompt / negative_prompt and building_models
 FORM_TABS = ("txt2img", "img2img")
 
 
@@ -56,17 +56,30 @@ class StepInfo:
 
 
 @dataclass(frozen=True)
+class ImagePromptInfo:
+    """What an image-prompt hook sees: one image about to be generated."""
+    request: Any
+    seed: int  # this image's seed
+    index: int  # the image's place in the job, 0-based over all batches
+    prompt: str  # so far: the request's, or what an earlier extension chose for this image
+    negative_prompt: str
+
+
+@dataclass(frozen=True)
 class SaveInfo:
     request: Any
     image: Any  # the PIL image about to be saved
     seed: int
     parameters: dict  # the infotext parameters so far (a copy)
+    prompt: str = ""  # this image's prompt and negative prompt (API 1.1; an extension may have chosen them)
+    negative_prompt: str = ""
 
 
 @dataclass
 class ExtensionHooks:
     """Everything registered by every extension, and the errors their hooks raised."""
     before_generate: list[Registered] = field(default_factory=list)
+    image_prompt: list[Registered] = field(default_factory=list)
     on_step: list[Registered] = field(default_factory=list)
     after_generate: list[Registered] = field(default_factory=list)
     before_save: list[Registered] = field(default_factory=list)
@@ -105,6 +118,27 @@ class ExtensionHooks:
                 except RequestError as error:
                     self.report_failure(hook.extension, "before-generate", error)
         return request
+
+    def run_image_prompt(self, request, seed: int, index: int) -> tuple[str, str]:
+        """The prompt and negative prompt of one image: the request's, as each hook in turn changes them (a hook
+        returns {"prompt": ..., "negative_prompt": ...}, either key optional, or None for no change)."""
+        prompt, negative_prompt = request.prompt, request.negative_prompt
+        for hook in list(self.image_prompt):
+            try:
+                changed = hook.value(ImagePromptInfo(request, seed, index, prompt, negative_prompt))
+                if changed is None:
+                    continue
+                if not isinstance(changed, dict) or set(changed) - {"prompt", "negative_prompt"} or not all(
+                        isinstance(value, str) for value in changed.values()):
+                    raise TypeError("must return None or a dict of 'prompt' and/or 'negative_prompt' strings")
+                too_long = [key for key, value in changed.items() if len(value) > MAX_PROMPT_CHARACTERS]
+                if too_long:
+                    raise ValueError(f"{too_long[0]} longer than {MAX_PROMPT_CHARACTERS} characters")
+            except Exception as error:  # an extension's bug must not fail the job: this image keeps its prompt
+                self.report_failure(hook.extension, "image-prompt", error)
+                continue
+            prompt, negative_prompt = changed.get("prompt", prompt), changed.get("negative_prompt", negative_prompt)
+        return prompt, negative_prompt
 
     def sampler_specs(self) -> dict[str, SamplerSpec]:
         return {name: registered.value for name, registered in self.samplers.items()}
@@ -207,6 +241,11 @@ class ExtensionAPI:
     def on_before_generate(self, hook: Callable[[Any], Any]):
         """hook(request) -> a changed request or None. Runs before the job starts."""
         self._hooks.before_generate.append(Registered(self.name, hook))
+
+    def on_image_prompt(self, hook: Callable[[ImagePromptInfo], dict | None]):
+        """hook(info) -> {"prompt": ..., "negative_prompt": ...} (either optional) or None, for every image before
+        its batch is generated: each image may get its own prompt (API 1.1)."""
+        self._hooks.image_prompt.append(Registered(self.name, hook))
 
     def on_step(self, hook: Callable[[StepInfo], None]):
         self._hooks.on_step.append(Registered(self.name, hook))

@@ -138,8 +138,8 @@ class Extensions:
     def _take_back(self, extension: str):
         """Remove whatever a failed extension registered before it failed."""
         hooks = self.hooks
-        for kind in ("before_generate", "on_step", "after_generate", "before_save", "generation_wrappers",
-                     "sections", "tabs", "routes"):
+        for kind in ("before_generate", "image_prompt", "on_step", "after_generate", "before_save",
+                     "generation_wrappers", "sections", "tabs", "routes"):
             setattr(hooks, kind, [item for item in getattr(hooks, kind) if item.extension != extension])
         for table in (hooks.upscalers, hooks.samplers):
             for key in [key for key, item in table.items() if item.extension == extension]:

@@ -157,11 +157,13 @@ class Generator:
                     progress.batch, progress.step = batch, 0
                     steps.start_batch()
                     seeds = [seed + batch * request.batch_size + i for i in range(request.batch_size)]
+                    image_prompts = self._image_prompts(request, seeds, batch * request.batch_size)
                     try:
-                        batch_images = make_batch(pipeline_for, seeds, on_step, prompts)
+                        batch_images = make_batch(pipeline_for, seeds, on_step, prompts.for_images(image_prompts))
                     except BatchSkipped:
                         continue
-                    for position, (image, image_seed) in enumerate(zip(batch_images, seeds)):
+                    for position, (image, image_seed, (image_prompt, image_negative)) in enumerate(
+                            zip(batch_images, seeds, image_prompts)):
                         parameters = {
                             "Steps": request.steps, "Sampler": sampler, "Schedule type": schedule,
                             "CFG scale": request.cfg_scale, "Seed": image_seed,
@@ -173,12 +175,13 @@ class Generator:
                         }
                         if self.hooks.before_save:
                             parameters |= self.hooks.run_before_save(SaveInfo(request, image, image_seed,
-                                                                              dict(parameters)))
-                        infotext = build_infotext(request.prompt, request.negative_prompt, parameters)
+                                                                              dict(parameters), image_prompt,
+                                                                              image_negative))
+                        infotext = build_infotext(image_prompt, image_negative, parameters)
                         png = encode_png(image, infotext)
                         path = self.outputs.save_png(png, output_kind, image_seed) if request.save_images else None
                         images.append(ImageResult(png=png, path=path and str(path), seed=image_seed,
-                                                  prompt=request.prompt, negative_prompt=request.negative_prompt,
+                                                  prompt=image_prompt, negative_prompt=image_negative,
                                                   infotext=infotext))
                         progress.image_saved(images[-1])
                     if not progress.interrupt_requested:
@@ -188,6 +191,12 @@ class Generator:
                 pass
         return GenerationResult(images=images, interrupted=progress.interrupt_requested, model_label=model.label,
                                 warnings=prompts.warnings)
+
+    def _image_prompts(self, request: GenerationRequest, seeds: list[int], first_index: int) -> list[tuple[str, str]]:
+        """Each image's prompt and negative prompt: the request's, unless an extension chooses per image."""
+        if not self.hooks.image_prompt:
+            return [(request.prompt, request.negative_prompt)] * len(seeds)
+        return [self.hooks.run_image_prompt(request, image_seed, first_index + i) for i, image_seed in enumerate(seeds)]
 
     @property
     def _networks(self) -> Networks:

@@ -29,6 +29,13 @@ class ImageInputError(ValueError):
     """An input image that is refused; the message says why, for the user."""
 
 
+class NotAnImageError(ImageInputError):
+    """The file is not an image in an accepted format at all (a text file, SVG, HTML...)."""
+
+
+NOT_AN_IMAGE = "this file is not an image (PNG, JPEG, WEBP, BMP or GIF)"
+
+
 def open_image(data: bytes, max_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:
     """Decode `data` after checking its format and its declared size; the image keeps its metadata
     (PNG Info reads it). Raises ImageInputError."""
@@ -39,7 +46,7 @@ def open_image(data: bytes, max_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:
     except Image.DecompressionBombError:
         raise ImageInputError(f"image too large: more than {max_pixels:,} pixels") from None
     except (UnidentifiedImageError, OSError, ValueError):
-        raise ImageInputError(f"must be {ACCEPTED_TEXT} (SVG, HTML and other files are refused)") from None
+        raise NotAnImageError(f"must be {ACCEPTED_TEXT} (SVG, HTML and other files are refused)") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageInputError(f"image too large: {width}x{height} is more than {max_pixels:,} pixels")
@@ -76,3 +83,14 @@ def clean_png(data: bytes, max_pixels: int = MAX_INPUT_PIXELS, keep_infotext: bo
     # speed over size: these files live only as long as the job
     clean_image(original).save(buffer, format="PNG", compress_level=1, pnginfo=text_chunks)
     return buffer.getvalue()
+
+
+def upload_problem(data: bytes) -> str | None:
+    """Why an uploaded file cannot be an input image, in words for the person who chose it (None: it can be)."""
+    try:
+        open_image(data)
+    except NotAnImageError:
+        return NOT_AN_IMAGE
+    except ImageInputError as error:
+        return f"this image cannot be used: {error}"
+    return None

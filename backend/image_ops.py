@@ -60,22 +60,30 @@ def blur_mask(mask: Image.Image, radius: int) -> Image.Image:
     return mask.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else mask
 
 
+FILL_PASSES = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))  # (blur radius, times composited), as A1111
+
+
 def fill_masked_area(image: Image.Image, mask: Image.Image) -> Image.Image:
-    """A1111's "fill": replace the masked area with ever-blurrier copies of the surroundings, so the
-    sampler starts from the local colours instead of the old content."""
+    """A1111's "fill": the masked area becomes ever less blurry copies of the surroundings laid over each other,
+    so the sampler starts from the local colours instead of the old content. Each copy is the known pixels
+    blurred with their coverage (premultiplied) and composited over the previous ones by that coverage, so where
+    few known pixels reach, a copy adds little."""
     image = image.convert("RGB")
     keep = np.asarray(mask.convert("L")) < 128
-    result = np.asarray(image, dtype=np.float64).copy()
-    known = keep.astype(np.float64)
-    colour = result * known[..., None]
-    for radius in (256, 64, 16, 4, 1):
-        blurred_colour = np.asarray(Image.fromarray(np.clip(colour, 0, 255).astype(np.uint8)).filter(
-            ImageFilter.GaussianBlur(radius)), dtype=np.float64)
-        blurred_weight = np.asarray(Image.fromarray((known * 255).astype(np.uint8)).filter(
-            ImageFilter.GaussianBlur(radius)), dtype=np.float64)[..., None] / 255
-        estimate = np.where(blurred_weight > 1e-3, blurred_colour / np.maximum(blurred_weight, 1e-3), result)
-        result = np.where(keep[..., None], result, estimate)
-    return Image.fromarray(np.clip(result, 0, 255).astype(np.uint8))
+    pixels = np.asarray(image, dtype=np.float64)
+    if not keep.any():
+        return image
+    coverage = Image.fromarray((keep * 255).astype(np.uint8))
+    premultiplied = Image.fromarray((pixels * keep[..., None]).round().astype(np.uint8))
+    result = np.broadcast_to(pixels[keep].mean(axis=0), pixels.shape).copy()  # where no copy reaches
+    for radius, repeats in FILL_PASSES:
+        blur = ImageFilter.GaussianBlur(radius) if radius else None
+        colour = np.asarray(premultiplied.filter(blur) if blur else premultiplied, dtype=np.float64)
+        alpha = np.asarray(coverage.filter(blur) if blur else coverage, dtype=np.float64)[..., None] / 255
+        for _ in range(repeats):
+            result = colour + result * (1 - alpha)
+    result[keep] = pixels[keep]
+    return Image.fromarray(np.clip(result, 0, 255).round().astype(np.uint8))
 
 
 def mask_crop_region(mask: Image.Image, padding: int, width: int, height: int) -> tuple[int, int, int, int]:
@@ -107,16 +115,24 @@ def mask_crop_region(mask: Image.Image, padding: int, width: int, height: int) -
     return left, top, right, bottom
 
 
-def outpaint_canvas(image: Image.Image, left: int, right: int, up: int, down: int) -> tuple[Image.Image, Image.Image]:
-    """The image on a larger canvas and the mask of the new area (white). The new area starts as the
-    stretched border of the image; masked-content handling decides what the sampler sees there."""
+def outpaint_canvas(image: Image.Image, left: int, right: int, up: int, down: int,
+                    mask_blur: int = 0) -> tuple[Image.Image, Image.Image]:
+    """The image on a larger canvas and the mask to repaint (white), as A1111's outpainting makes them: the new area
+    starts as the image's edge colours extended outwards and blurred ("fill"), so the sampler continues what is at
+    the border; the mask reaches 2 x `mask_blur` pixels into the image on each extended side, so that the blurred
+    mask blends across the seam instead of stopping at a hard edge."""
     width, height = image.width + left + right, image.height + up + down
-    canvas = resize_image(image, image.width, image.height, JUST_RESIZE)
     grown = Image.new("RGB", (width, height))
-    grown.paste(canvas.resize((width, height), Image.BILINEAR))  # a rough colour guess for the new area
     grown.paste(image.convert("RGB"), (left, up))
+    new_area = Image.new("L", (width, height), 255)
+    new_area.paste(0, (left, up, left + image.width, up + image.height))
+    grown = fill_masked_area(grown, new_area)
+    band = 2 * mask_blur
     mask = Image.new("L", (width, height), 255)
-    mask.paste(0, (left, up, left + image.width, up + image.height))
+    kept = (left + (band if left else 0), up + (band if up else 0),
+            left + image.width - (band if right else 0), up + image.height - (band if down else 0))
+    if kept[0] < kept[2] and kept[1] < kept[3]:
+        mask.paste(0, kept)
     return grown, mask
 
 

@@ -57,12 +57,10 @@ class Img2ImgPlan:
                                            "(or use img2img without a mask)")
         if request.outpaints:
             base, mask = outpaint_canvas(base, request.outpaint_left, request.outpaint_right,
-                                         request.outpaint_up, request.outpaint_down)
+                                         request.outpaint_up, request.outpaint_down, request.mask_blur)
         alpha = None
         if mask is not None:
             alpha = blur_mask(mask, request.mask_blur)
-            if request.outpaints:  # the original area must come back untouched
-                alpha = Image.fromarray(np.minimum(np.asarray(alpha), np.asarray(mask)))
         crop = None
         if mask is not None and request.inpaint_full_res and not request.outpaints:
             crop = mask_crop_region(alpha, request.inpaint_full_res_padding, request.width, request.height)

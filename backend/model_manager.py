@@ -65,6 +65,10 @@ class ModelManager:
         self._lock = threading.RLock()
         self._load_lock = threading.Lock()  # one load at a time: loads are memory-heavy
         self._selected: str | None = None
+        self._default_lock = threading.Lock()  # the start-up choice and a job that needs it wait for each other
+        self._default_tried = False
+        self.default_chosen = threading.Event()  # set once load_default has run (the page waits for it)
+        self._failures: dict[str, str] = {}  # title -> why the file cannot be loaded (reported once, kept listed)
         self.runtime_status = ""  # attention backend, placement (offload) and compile, as last logged
 
     # --- which model ------------------------------------------------------------------------------
@@ -72,13 +76,22 @@ class ModelManager:
         return self.registry.entries
 
     def refresh(self) -> tuple[CheckpointEntry, ...]:
-        return self.registry.refresh()
+        entries = self.registry.refresh()
+        with self._lock:  # a replaced file has a new hash, so a new title: it gets a fresh try
+            titles = {entry.title for entry in entries}
+            self._failures = {title: reason for title, reason in self._failures.items() if title in titles}
+        return entries
+
+    def failure(self, title: str) -> str | None:
+        """Why the checkpoint with this title could not be loaded (None: it loaded, or was not tried)."""
+        with self._lock:
+            return self._failures.get(title)
 
     def resolve(self, query: str | None) -> CheckpointEntry:
         if query is None:
-            query = self._selected or self.settings.startup_checkpoint
+            query = self._selected or self._startup_choice()
         if query is None:
-            return self.registry.entries[0]
+            return self._first_usable()
         entry = self.registry.find(query)
         if entry is None and HUB_REPO_ID.fullmatch(query) and ".." not in query and not Path(query).exists():
             entry = CheckpointEntry(name=query, path=Path(query), short_hash=None)  # a hub repo id
@@ -87,9 +100,55 @@ class ModelManager:
             raise ModelNotFoundError(f"checkpoint: no model named '{query}'; available: {names}")
         return entry
 
+    def _startup_choice(self) -> str | None:
+        """--ckpt, until it turned out not to load."""
+        choice = self.settings.startup_checkpoint
+        if choice is None:
+            return None
+        entry = self.registry.find(choice)
+        return None if self.failure(entry.title if entry is not None else choice) else choice
+
+    def _first_usable(self) -> CheckpointEntry:
+        """The first listed checkpoint not known to fail (the first one when every one failed)."""
+        entries = self.registry.entries
+        return next((entry for entry in entries if self.failure(entry.title) is None), entries[0])
+
     @property
     def selected(self) -> CheckpointEntry:
         return self.resolve(None)
+
+    def load_default(self) -> CheckpointEntry | None:
+        """At start: load --ckpt, or else the first listed checkpoint that loads; a file that fails is logged once
+        and skipped (it stays listed with its reason). Returns the model now selected (None: none loads). Runs once;
+        a job that needs the default meanwhile waits for it."""
+        with self._default_lock:
+            try:
+                return self._choose_default()
+            finally:
+                self.default_chosen.set()
+
+    def _choose_default(self) -> CheckpointEntry | None:
+        if self._default_tried or self._selected is not None:
+            return self.selected if self._selected is not None else None
+        self._default_tried = True
+        candidates = [entry for entry in self.registry.entries if self.failure(entry.title) is None]
+        if self.settings.startup_checkpoint is not None:
+            try:
+                candidates.insert(0, self.resolve(self.settings.startup_checkpoint))
+            except ModelNotFoundError as error:
+                log.error("--ckpt: %s", str(error).removeprefix("checkpoint: "))
+        for entry in candidates:
+            if self._selected is not None:  # a user picked a model meanwhile
+                return self.selected
+            if self.failure(entry.title):
+                continue  # --ckpt, tried first, is also in the list
+            try:
+                return self.select(entry.title)
+            except CheckpointError:
+                continue  # recorded and logged by _load
+        log.error("none of the %d checkpoint(s) in %s can be loaded", len(self.registry.entries),
+                  self.registry.checkpoints_dir)
+        return None
 
     def select(self, query: str) -> CheckpointEntry:
         """Load (or find in the cache) and make it the default; on failure the previous choice stays."""
@@ -101,6 +160,8 @@ class ModelManager:
     @contextmanager
     def lease(self, query: str | None):
         """Yield (entry, LoadedModel) on the execution device; it cannot be evicted until released."""
+        if query is None and self._selected is None:
+            self.load_default()  # the start-up choice, so that a file that does not load is skipped
         entry = self.resolve(query)
         cached = self._acquire(entry)
         try:
@@ -139,7 +200,17 @@ class ModelManager:
     def _load(self, entry: CheckpointEntry) -> CachedModel:
         started = time.perf_counter()
         log.info("loading checkpoint %s", entry.title)
-        model = self._load_model(entry)
+        try:
+            model = self._load_model(entry)
+        except CheckpointError as error:
+            named = Path(entry.name).name in str(error)  # every report names the file
+            reported = error if named else CheckpointError(f"{entry.name}: {error}")
+            self._record_failure(entry, reported)
+            if named:
+                raise
+            raise reported from error
+        with self._lock:
+            self._failures.pop(entry.title, None)
         model.pipeline.set_progress_bar_config(disable=True)
         cached = CachedModel(entry=entry, model=model, size_bytes=model.size_bytes, leases=1,
                              load_seconds=time.perf_counter() - started)
@@ -150,6 +221,13 @@ class ModelManager:
         log.info("loaded %s (%s, %.1f MB) in %.1fs", entry.title, model.label, cached.size_bytes / 1e6,
                  cached.load_seconds)
         return cached
+
+    def _record_failure(self, entry: CheckpointEntry, error: CheckpointError):
+        with self._lock:
+            known = entry.title in self._failures
+            self._failures[entry.title] = str(error)
+        if not known:  # once per file: every later job or switch that tries it again reports it to its user
+            log.warning("checkpoint %s cannot be loaded: %s", entry.title, error)
 
     def _load_model(self, entry: CheckpointEntry) -> LoadedModel:
         """The loader's result; a file that breaks the loader in a way it did not foresee is still reported

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from backend.checkpoint_files import CheckpointError
+from backend.batch_conditioning import BatchConditioning
 from backend.conditioning import PassConditioning
 from backend.embeddings import EmbeddingLibrary
 from backend.lora import LORA_EXTENSIONS, LoraUse, applied_loras
@@ -40,8 +41,12 @@ class JobNetworks:
     warnings: list[str] = field(default_factory=list)
     parameters: dict[str, object] = field(default_factory=dict)  # infotext keys known before encoding
     ti_hash: Callable | None = None  # embedding -> its A1111 short hash
+    written: tuple[str, str] = ("", "")  # the request's prompt and negative prompt as written (tags included)
+    clean: Callable[[str, str], tuple[str, str]] | None = None  # an image's own prompts -> the texts to encode
     _passes: dict = field(default_factory=dict)
     _encoded: dict = field(default_factory=dict)  # text -> EncodedPrompt, shared by the job's passes
+    _image_passes: dict = field(default_factory=dict)
+    _image_encoder: object | None = None
 
     @property
     def infotext(self) -> dict[str, object]:
@@ -61,6 +66,48 @@ class JobNetworks:
     def pipeline_arguments(self, steps: int, batch: int, on_step, hires_steps: int | None = None) -> dict:
         """prompt_embeds & co. and the step callback for a diffusers pipeline call of `batch` images."""
         return self.conditioning(steps, hires_steps).pipeline_arguments(batch, on_step)
+
+    def for_images(self, prompts: list[tuple[str, str]]):
+        """What a batch whose images have these (prompt, negative prompt) pairs encodes: this job's own conditioning
+        when every pair is the request's, else one conditioning per image (same `pipeline_arguments`)."""
+        if all(pair == self.written for pair in prompts):
+            return self
+        return ImagePrompts(self, [self.clean(*pair) for pair in prompts])
+
+    def image_conditioning(self, prompt: str, negative_prompt: str, steps: int,
+                           hires_steps: int | None = None) -> PassConditioning:
+        if self._image_encoder is None:
+            self._image_encoder = _RememberingEncoder(self.encoder)  # texts the images share are encoded once
+        key = (prompt, negative_prompt, steps, hires_steps)
+        if key not in self._image_passes:
+            self._image_passes[key] = PassConditioning(self._image_encoder, prompt, negative_prompt, steps,
+                                                       hires_steps)
+        return self._image_passes[key]
+
+
+@dataclass
+class ImagePrompts:
+    """The conditioning of one batch whose images have prompts of their own (texts already cleaned of tags)."""
+    job: JobNetworks
+    texts: list[tuple[str, str]]
+
+    def pipeline_arguments(self, steps: int, batch: int, on_step, hires_steps: int | None = None) -> dict:
+        passes = [self.job.image_conditioning(prompt, negative, steps, hires_steps) for prompt, negative in self.texts]
+        return BatchConditioning(passes, lambda: self.job.encoder.encode("")).pipeline_arguments(batch, on_step)
+
+
+class _RememberingEncoder:
+    """The job's PromptEncoder with each text's encoding kept for the job."""
+
+    def __init__(self, encoder: PromptEncoder):
+        self._encoder = encoder
+        self._encoded: dict = {}
+        self.sdxl = encoder.sdxl
+
+    def encode(self, text: str):
+        if text not in self._encoded:
+            self._encoded[text] = self._encoder.encode(text)
+        return self._encoded[text]
 
 
 class Networks:
@@ -123,24 +170,17 @@ class Networks:
         negative_prompt = self._explicit_embeddings(negative_prompt, warnings)
         parsed: dict[str, list] = {}  # each distinct text parsed once, here and again when it is encoded
         for label, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
-            problems = bracket_problems(text)
-            warnings += [f"{label.replace('_', ' ')}: {problem}" for problem in problems[:MAX_BRACKET_WARNINGS]]
-            if len(problems) > MAX_BRACKET_WARNINGS:
-                warnings.append(f"{label.replace('_', ' ')}: {len(problems) - MAX_BRACKET_WARNINGS} more unbalanced "
-                                "brackets")
-            try:
-                for _, variant in prompt_schedule(text, request.steps):
-                    if variant not in parsed:
-                        parsed[variant] = parse_weighted(variant)
-            except PromptSyntaxError as error:
-                raise RequestError(label, str(error)) from None
+            self._check_syntax(label, text, request.steps, warnings, parsed)
         uses = self._lora_uses(tags, warnings)
         pipeline = model.pipeline
         with applied_loras(pipeline, model.family, uses, warnings, self.construction) as applied:
             embeddings, failed = self.embeddings.all()
             encoder = PromptEncoder(pipeline, model.family, request.clip_skip, embeddings, parsed)
             job = JobNetworks(encoder, prompt, negative_prompt, warnings=warnings,
-                              ti_hash=self.embeddings.short_hash)
+                              ti_hash=self.embeddings.short_hash,
+                              written=(request.prompt, request.negative_prompt),
+                              clean=lambda image_prompt, image_negative: self._image_texts(
+                                  image_prompt, image_negative, tags, request.steps, warnings))
             if encoder.clip_skip_usable() != request.clip_skip:
                 warnings.append(f"clip skip {request.clip_skip} is deeper than this model's text encoder allows; "
                                 f"used {encoder.clip_skip_usable()}")
@@ -153,6 +193,49 @@ class Networks:
                                          for use in applied) or None,
             }
             yield job
+
+    @staticmethod
+    def _check_syntax(label: str, text: str, steps: int, warnings: list[str], parsed: dict | None = None):
+        """Bracket problems become warnings (a bounded number); a prompt the parser cannot read is the user's error.
+        `parsed` keeps each distinct text's parse so that encoding does not parse it again."""
+        problems = bracket_problems(text)
+        name = label.replace('_', ' ')
+        for problem in problems[:MAX_BRACKET_WARNINGS]:
+            note = f"{name}: {problem}"
+            if note not in warnings:
+                warnings.append(note)
+        if len(problems) > MAX_BRACKET_WARNINGS:
+            warnings.append(f"{name}: {len(problems) - MAX_BRACKET_WARNINGS} more unbalanced brackets")
+        parsed = {} if parsed is None else parsed
+        try:
+            for _, variant in prompt_schedule(text, steps):
+                if variant not in parsed:
+                    parsed[variant] = parse_weighted(variant)
+        except PromptSyntaxError as error:
+            raise RequestError(label, str(error)) from None
+
+    def _image_texts(self, prompt: str, negative_prompt: str, job_tags, steps: int,
+                     warnings: list[str]) -> tuple[str, str]:
+        """An image's own prompts (chosen by an extension) ready to encode, checked as the request's are. LoRAs
+        apply to the whole job, from the request's prompt, so a tag that only some images' prompts bring is said."""
+        try:
+            prompt, tags = extract_extra_networks(prompt)
+            negative_prompt, _ = extract_extra_networks(negative_prompt)
+        except PromptSyntaxError as error:
+            raise RequestError("prompt", str(error)) from None
+        applied = {(tag.kind, tag.name, tag.weight) for tag in job_tags}
+        for tag in tags:
+            if (tag.kind, tag.name, tag.weight) not in applied:
+                note = (f"<{tag.kind}:{tag.name}> from an image's own prompt (e.g. a wildcard) ignored: LoRAs apply to "
+                        "the whole job; write the tag in the prompt outside the wildcard")
+                if note not in warnings:
+                    warnings.append(note)
+        texts = []
+        for label, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            text = self._explicit_embeddings(text, warnings)
+            self._check_syntax(label, text, steps, warnings)
+            texts.append(text)
+        return texts[0], texts[1]
 
     def _lora_uses(self, tags, warnings: list[str]) -> list[LoraUse]:
         uses = []
@@ -203,7 +286,9 @@ class Networks:
             name = match.group(1)
             entry = self.embeddings.files.find(name)
             if entry is None:
-                warnings.append(f"embedding {name} not found in {self.embeddings.files.folder}")
+                note = f"embedding {name} not found in {self.embeddings.files.folder}"
+                if note not in warnings:  # once, however many images' prompts name it
+                    warnings.append(note)
                 return ""
             return entry.name
 

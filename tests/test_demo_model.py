@@ -122,3 +122,25 @@ def test_inpainting_draws_the_prompt_in_the_mask_and_keeps_the_rest(demo):
         assert colour_share(result, inside, "green") > 0.15
         assert colour_share(result, inside, "red") < 0.02
         assert nearest_colour(np.median(pixels[inside], axis=0)) == "white"
+
+
+def column_gradients(image: Image.Image) -> np.ndarray:
+    """Mean absolute difference between each column and the next: a hard vertical seam stands out."""
+    return np.abs(np.diff(np.asarray(image, dtype=float), axis=1)).mean(axis=(0, 2))
+
+
+@pytest.mark.parametrize("prompt,seed", [("a red circle on a blue background", 0),
+                                         ("a big yellow star in the centre, black background", 1)])
+def test_outpainting_leaves_no_seam(demo, prompt, seed):
+    source = generate(demo, Txt2ImgRequest(prompt=prompt, seed=seed, **DEMO))
+    for side in ("left", "right"):
+        result = generate(demo, Img2ImgRequest(init_image=png(source), prompt=prompt, seed=seed,
+                                               denoising_strength=0.75, **{**DEMO, f"outpaint_{side}": 64}))
+        assert result.size == (128, 64)
+        gradients = column_gradients(result)
+        near_seam = list(range(64 - 12, 64 + 12))  # the seam and the band the mask blur blends across
+        elsewhere = np.percentile(np.delete(gradients, near_seam), 95)  # the image's own edges (the shape)
+        assert gradients[near_seam].max() < min(3.0, elsewhere / 2), (side, gradients[near_seam].round(1))
+        kept = (slice(None), slice(84, 128)) if side == "left" else (slice(None), slice(0, 44))
+        original = (slice(None), slice(20, 64)) if side == "left" else (slice(None), slice(0, 44))
+        assert np.array_equal(np.asarray(result)[kept], np.asarray(source)[original])  # away from the seam

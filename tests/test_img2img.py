@@ -121,10 +121,34 @@ def test_nine_channel_inpainting_checkpoint(services, models_dir):
 
 def test_outpaint_grows_the_canvas_and_keeps_the_original(services):
     original = np.asarray(picture(), dtype=np.int16)
-    pixels, image = run(services, outpaint_left=16, outpaint_down=8, denoising_strength=1.0)
+    pixels, image = run(services, outpaint_left=16, outpaint_down=8, denoising_strength=1.0)  # mask blur 4
     assert pixels.shape == (SIZE + 8, SIZE + 16, 3)
-    assert np.array_equal(pixels[:SIZE, 16:], original)
+    # As in A1111, the repainted area reaches 2 x mask blur into the image and the blurred mask blends across the
+    # seam; beyond that blend the original comes back exactly.
+    blend = 2 * 4 + 12
+    assert np.array_equal(pixels[:SIZE - blend, 16 + blend:], original[:SIZE - blend, blend:])
+    assert not np.array_equal(pixels[:SIZE, 16:18], original[:, :2])  # the seam itself was blended
     assert "Size: 80x72" in image.infotext and 'Outpaint: "left 16, right 0, up 0, down 8"' in image.infotext
+
+
+def test_outpaint_fills_the_new_area_from_the_edges_and_masks_across_the_seam():
+    from backend.image_ops import outpaint_canvas
+
+    image = Image.new("RGB", (32, 32), (200, 40, 30))
+    image.paste((20, 40, 220), (0, 16, 32, 32))  # red above, blue below
+    canvas, mask = outpaint_canvas(image, left=0, right=16, up=0, down=0, mask_blur=4)
+    pixels = np.asarray(canvas, dtype=np.int16)
+    assert canvas.size == (48, 32) and np.array_equal(pixels[:, :32], np.asarray(image, dtype=np.int16))
+    # A1111's fill: next to the seam the new area continues the edge's colours, further out it blends them smoothly;
+    # no copy of the image's content, no colour that is not a mix of the image's own
+    assert np.abs(pixels[2, 32] - (200, 40, 30)).max() < 8 and np.abs(pixels[29, 32] - (20, 40, 220)).max() < 8
+    new_area = pixels[:, 32:]
+    assert (new_area >= (20 - 2, 40 - 2, 30 - 2)).all() and (new_area <= (200 + 2, 40 + 2, 220 + 2)).all()
+    assert np.abs(np.diff(new_area, axis=0)).max() < 32 and np.abs(np.diff(new_area, axis=1)).max() < 24  # smooth
+    white = np.asarray(mask) == 255
+    assert white[:, 24:].all() and not white[:, :24].any()  # the new area plus 2 x 4 px into the image
+    _, unblurred = outpaint_canvas(image, left=0, right=16, up=0, down=0, mask_blur=0)
+    assert (np.asarray(unblurred) == 255)[:, 32:].all() and not (np.asarray(unblurred) == 255)[:, :32].any()
 
 
 def test_mask_of_another_size_is_resized_and_logged(services, caplog):

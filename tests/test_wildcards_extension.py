@@ -107,7 +107,7 @@ def generate(services, **fields) -> dict:
 
 def test_extension_loads_with_a_section_in_both_tabs(wc_services):
     record = next(record for record in wc_services.extensions.records if record.name == "wildcards")
-    assert record.loaded and record.error is None and record.version == "1.0"
+    assert record.loaded and record.error is None and record.version == "1.1"
     (section,) = wc_services.extensions.hooks.sections
     assert section.title == "Wildcards" and section.tabs == ("txt2img", "img2img")
     import gradio as gr
@@ -120,17 +120,63 @@ def test_extension_loads_with_a_section_in_both_tabs(wc_services):
 
 def test_hook_resolves_prompt_and_negative_prompt_by_seed(wc_services):
     hooks = wc_services.extensions.hooks
+    request = Txt2ImgRequest(prompt="a {red|green|blue} __shape__", seed=0,
+                             negative_prompt="{blurry|dark}, __colour__")
     prompts = set()
     for seed in range(8):
-        request = hooks.run_before_generate(Txt2ImgRequest(prompt="a {red|green|blue} __shape__", seed=seed,
-                                                           negative_prompt="{blurry|dark}, __colour__"))
-        colour, shape = request.prompt.removeprefix("a ").split(" ")
+        prompt, negative_prompt = hooks.run_image_prompt(request, seed, index=seed)
+        colour, shape = prompt.removeprefix("a ").split(" ")
         assert colour in {"red", "green", "blue"} and shape in SHAPES
-        negative, negative_colour = request.negative_prompt.split(", ")
+        negative, negative_colour = negative_prompt.split(", ")
         assert negative in {"blurry", "dark"} and negative_colour in COLOURS
-        prompts.add(request.prompt)
+        assert (prompt, negative_prompt) == hooks.run_image_prompt(request, seed, index=0)  # the seed decides
+        prompts.add(prompt)
     assert len(prompts) >= 2
     assert not hooks.hook_errors
+
+
+def test_each_image_of_a_batch_resolves_with_its_own_seed_and_records_it(wc_services):
+    template = "a {red|green|blue|yellow|orange|purple|white|black} __shape__"
+    job = wc_services.jobs.run_and_wait(Txt2ImgRequest(**{**TINY, "batch_size": 4, "n_iter": 2}, prompt=template,
+                                                       negative_prompt="{blurry|dark}", seed=100), timeout=300)
+    assert job.status == "done", job.error
+    images = job.result.images
+    assert [image.seed for image in images] == list(range(100, 108))
+    for image in images:  # the prompt each image was made with is the one its seed gives, and the one recorded
+        parameters = parse_infotext(image.infotext)
+        assert image.prompt == resolve(template, random.Random(f"{image.seed}"), EXTENSION / "wildcards")
+        assert parameters["Prompt"] == image.prompt and parameters["Negative prompt"] == image.negative_prompt
+        assert image.negative_prompt in {"blurry", "dark"}
+        assert parameters["Wildcard prompt"] == template and parameters["Seed"] == str(image.seed)
+    assert len({image.prompt for image in images}) >= 4  # not one choice for the whole job
+    again = generate(wc_services, prompt=template, negative_prompt="{blurry|dark}", seed=images[5].seed)
+    assert again["Prompt"] == images[5].prompt  # an image's seed alone reproduces its prompt
+    assert not wc_services.extensions.hooks.hook_errors
+
+
+def test_images_with_their_own_prompts_are_drawn_with_them(wc_services, wildcards_dir):
+    """Per-image prompts reach the model: each image of a batch equals the same seed generated alone with the
+    prompt it recorded (within the batch's numerical noise), and differs from an image with another prompt."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    (wildcards_dir / "pair.txt").write_text("a red circle on a blue background\nyellow star, black background\n")
+
+    def pixels(image):
+        return np.asarray(Image.open(io.BytesIO(image.png)).convert("RGB"), dtype=float)
+
+    job = wc_services.jobs.run_and_wait(Txt2ImgRequest(**{**TINY, "batch_size": 4}, prompt="__pair__", seed=20),
+                                        timeout=300)
+    assert job.status == "done", job.error
+    batch = job.result.images
+    assert len({image.prompt for image in batch}) == 2
+    for image in batch:
+        alone = wc_services.jobs.run_and_wait(Txt2ImgRequest(**TINY, prompt=image.prompt, seed=image.seed,
+                                                             extension_args={"wildcards": {"enabled": False}}),
+                                              timeout=300).result.images[0]
+        assert np.abs(pixels(alone) - pixels(image)).mean() < 1.0, image.prompt
 
 
 def test_generation_records_resolved_prompt_and_template_and_repeats_with_the_seed(wc_services, wildcards_dir):

@@ -3,7 +3,9 @@ image sits beside the file); clicking a card adds its tag to the prompt."""
 from __future__ import annotations
 
 import hashlib
+import html
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 from PIL import Image, ImageDraw
@@ -40,6 +42,15 @@ def add_to_prompt(prompt: str | None, tag: str) -> str:
     return prompt.rstrip() + (" " if tag.startswith("<") or prompt.rstrip().endswith(",") else ", ") + tag
 
 
+def empty_text(kind: str, folder: Path) -> str:
+    """What an empty card tab says: where the files it lists go (relative to the app when inside it)."""
+    shown = folder.resolve()
+    if shown.is_relative_to(Path.cwd()):
+        shown = shown.relative_to(Path.cwd())
+    return (f'<div class="extra-networks-empty">No {kind} found in <code>{html.escape(shown.as_posix())}</code>. '
+            "Put files there and press 🔄 Refresh.</div>")
+
+
 @dataclass
 class NetworkCards:
     loras: list[tuple[str, object]]  # (name, card image or preview path)
@@ -64,20 +75,27 @@ def build_extra_networks(services: Services, prefix: str, prompt: gr.Textbox):
                         "`models/Lora/`, embeddings in `embeddings/`; a same-named .png beside a file is its picture.")
         with gr.Tabs():
             with gr.Tab("Lora", id=f"{prefix}_lora_tab"):
+                lora_empty = gr.HTML(empty_text("LoRA", services.networks.loras.folder), visible=not cards.loras,
+                                     elem_id=f"{prefix}_lora_empty")
+                # fit_columns=False: a single card keeps a card's size instead of stretching over the row
                 lora_gallery = gr.Gallery(value=[(image, name) for name, image in cards.loras], columns=6,
-                                          height=260, allow_preview=False, show_label=False,
-                                          elem_id=f"{prefix}_lora_cards")
+                                          height=260, allow_preview=False, show_label=False, fit_columns=False,
+                                          visible=bool(cards.loras), elem_id=f"{prefix}_lora_cards")
             with gr.Tab("Textual Inversion", id=f"{prefix}_ti_tab"):
+                ti_empty = gr.HTML(empty_text("embedding", services.networks.embeddings.files.folder),
+                                   visible=not cards.embeddings, elem_id=f"{prefix}_ti_empty")
                 ti_gallery = gr.Gallery(value=[(image, name) for name, image in cards.embeddings], columns=6,
-                                        height=260, allow_preview=False, show_label=False,
-                                        elem_id=f"{prefix}_ti_cards")
+                                        height=260, allow_preview=False, show_label=False, fit_columns=False,
+                                        visible=bool(cards.embeddings), elem_id=f"{prefix}_ti_cards")
     names = gr.State({"lora": [name for name, _ in cards.loras], "ti": [name for name, _ in cards.embeddings]})
 
     def on_refresh():
         services.networks.refresh()
         fresh = collect_cards(services)
-        return ([(image, name) for name, image in fresh.loras], [(image, name) for name, image in fresh.embeddings],
-                {"lora": [name for name, _ in fresh.loras], "ti": [name for name, _ in fresh.embeddings]})
+        return (gr.Gallery(value=[(image, name) for name, image in fresh.loras], visible=bool(fresh.loras)),
+                gr.Gallery(value=[(image, name) for name, image in fresh.embeddings], visible=bool(fresh.embeddings)),
+                {"lora": [name for name, _ in fresh.loras], "ti": [name for name, _ in fresh.embeddings]},
+                gr.HTML(visible=not fresh.loras), gr.HTML(visible=not fresh.embeddings))
 
     def insert(kind: str):
         def on_select(text: str, known: dict, event: gr.SelectData):
@@ -88,6 +106,6 @@ def build_extra_networks(services: Services, prefix: str, prompt: gr.Textbox):
             return add_to_prompt(text, lora_tag(name) if kind == "lora" else name)
         return on_select
 
-    refresh.click(on_refresh, outputs=[lora_gallery, ti_gallery, names], **PRIVATE)
+    refresh.click(on_refresh, outputs=[lora_gallery, ti_gallery, names, lora_empty, ti_empty], **PRIVATE)
     lora_gallery.select(insert("lora"), inputs=[prompt, names], outputs=prompt, **PRIVATE)
     ti_gallery.select(insert("ti"), inputs=[prompt, names], outputs=prompt, **PRIVATE)

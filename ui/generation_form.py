@@ -75,13 +75,18 @@ class GenerationForm:
 def build_prompt_row(prefix: str) -> dict:
     with gr.Row():
         with gr.Column(scale=6):
-            prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt", placeholder="Prompt",
-                                max_length=MAX_PROMPT_CHARACTERS)
-            token_counter = gr.HTML(render_token_count(0, 75), elem_id=f"{prefix}_token_counter")
-            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt",
-                                  max_length=MAX_PROMPT_CHARACTERS)
-            negative_counter = gr.HTML(render_token_count(0, 75), elem_id=f"{prefix}_negative_token_counter")
-        with gr.Column(scale=1, min_width=160):
+            # each counter shares a positioned column with its box, so ui/style.css can put it in the box's corner
+            with gr.Column(elem_classes="prompt-with-counter"):
+                prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt", placeholder="Prompt",
+                                    max_length=MAX_PROMPT_CHARACTERS)
+                token_counter = gr.HTML(render_token_count(0, 75), elem_id=f"{prefix}_token_counter",
+                                        elem_classes="token-counter-box")
+            with gr.Column(elem_classes="prompt-with-counter"):
+                negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt",
+                                      max_length=MAX_PROMPT_CHARACTERS)
+                negative_counter = gr.HTML(render_token_count(0, 75), elem_id=f"{prefix}_negative_token_counter",
+                                           elem_classes="token-counter-box")
+        with gr.Column(scale=1, min_width=200):  # room for "Interrupt" and "Skip" side by side
             generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", min_width=70)
@@ -96,7 +101,7 @@ def client_address(http: gr.Request | None) -> str | None:
 
 
 def render_token_count(used: int, limit: int) -> str:
-    return f'<div class="token-counter" style="text-align:right;font-size:0.85em;opacity:0.8">{used}/{limit}</div>'
+    return f'<div class="token-counter" style="text-align:right;opacity:0.8">{used}/{limit}</div>'
 
 
 
@@ -205,10 +210,18 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
     # "multiple": a click while the tab's job runs is not dropped; it queues its job (see ui/tab_jobs.py).
     form.generate.click(run, inputs=inputs, outputs=outputs, concurrency_limit=None, trigger_mode="multiple",
                         **PRIVATE)
-    form.interrupt.click(lambda job: job and services.jobs.interrupt(job), inputs=form.job_id,
-                         concurrency_limit=None, **PRIVATE)
-    form.skip.click(lambda job: job and services.jobs.skip(job), inputs=form.job_id, concurrency_limit=None,
-                    **PRIVATE)
+
+    # No outputs, so the handlers return nothing: a returned value makes Gradio warn on every click.
+    def interrupt(job: str | None):
+        if job:
+            services.jobs.interrupt(job)
+
+    def skip(job: str | None):
+        if job:
+            services.jobs.skip(job)
+
+    form.interrupt.click(interrupt, inputs=form.job_id, concurrency_limit=None, **PRIVATE)
+    form.skip.click(skip, inputs=form.job_id, concurrency_limit=None, **PRIVATE)
     form.gallery.select(on_select, inputs=form.results, outputs=[form.infotext, form.selected, form.selected_path],
                         **PRIVATE)
     form.random_seed.click(lambda: -1, outputs=form.seed, **PRIVATE)

@@ -14,12 +14,46 @@ from backend.requests import Img2ImgRequest, RequestError, build_request
 from backend.services import Services
 from ui.extension_sections import build_sections
 from ui.extra_networks import build_extra_networks
+from ui.image_upload import image_upload
 from ui.model_picker import ModelControls
 from ui.tab_choice import build_tab_choice, follow_tab
-from ui.generation_form import (GenerationForm, build_prompt_row, build_results, build_sampling_controls,
-                                wire_generation)
+from ui.generation_form import (PRIVATE, GenerationForm, build_prompt_row, build_results,
+                                build_sampling_controls, wire_generation)
 
 MODES = ("img2img", "inpaint", "inpaint_upload", "outpaint")
+# The mask is painted translucent, so the picture shows through it and it shows on any picture (white included).
+MASK_COLOUR = ("#ff2a8c", 0.5)
+BRUSH_FRACTION = 1 / 20  # the brush's radius, of the image's smaller side (A1111 sizes its brush to the image)
+DEFAULT_BRUSH_SIZE = 12  # until an image is loaded
+
+
+def mask_brush(size: int) -> gr.Brush:
+    return gr.Brush(default_size=size, colors=[MASK_COLOUR], default_color=MASK_COLOUR, color_mode="fixed")
+
+
+def brush_size(image_size: tuple[int, int]) -> int:
+    return max(2, round(min(image_size) * BRUSH_FRACTION))
+
+
+def brush_for(value: dict | None):
+    """The brush and eraser sized to the image just loaded into the editor."""
+    background = (value or {}).get("background")
+    if background is None:
+        return gr.update()
+    size = brush_size(background.size)
+    # the class tells the page (and its tests) that the brush now fits the loaded image
+    return gr.ImageEditor(brush=mask_brush(size), eraser=gr.Eraser(default_size=size), elem_classes=["brush-sized"])
+
+
+def editor_with_image(path: str) -> gr.ImageEditor:
+    """The editor showing the image at `path` (one of our outputs, sent from another tab), brush sized to it."""
+    try:
+        with Image.open(path) as image:  # the header only
+            size = brush_size(image.size)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        size = DEFAULT_BRUSH_SIZE  # the editor will say it cannot show the file
+    return gr.ImageEditor(value={"background": path, "layers": [], "composite": path}, brush=mask_brush(size),
+                          eraser=gr.Eraser(default_size=size))
 
 
 @dataclass
@@ -56,8 +90,8 @@ def editor_image_and_mask(value: dict | None) -> tuple[bytes, bytes]:
     return png_bytes(background.convert("RGB")), png_bytes(mask)
 
 
-# Image inputs are file paths with image_mode=None: Gradio then only reads the header, and the request decodes,
-# checks and re-encodes the file itself (backend.image_input), so an oversized image is refused before decoding.
+# Image inputs are file paths that Gradio does not open (ui.image_upload): the request decodes, checks and
+# re-encodes the file itself (backend.image_input), so an oversized image is refused before decoding.
 
 
 def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int, int] | None) -> Img2ImgTab:
@@ -68,23 +102,21 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
             mode = build_tab_choice("img2img", "img2img_chosen_mode")
             with gr.Tabs(elem_id="img2img_modes") as modes:
                 with gr.Tab("img2img", id="img2img_mode") as img2img_tab:
-                    init_image = gr.Image(label="Image", type="filepath", image_mode=None,
-                                          sources=["upload", "clipboard"], elem_id="img2img_image", height=420)
+                    init_image = image_upload("Image", "img2img_image", sources=["upload", "clipboard"], height=420)
                 with gr.Tab("Inpaint", id="inpaint_mode") as inpaint_tab:
                     editor = gr.ImageEditor(
                         label="Image - paint the area to change", type="pil", elem_id="img2img_inpaint_editor",
                         sources=["upload", "clipboard"], height=420, layers=False, transforms=(),
-                        brush=gr.Brush(default_size=24, colors=["#ffffff"], color_mode="fixed"),
-                        eraser=gr.Eraser(default_size=24))
+                        brush=mask_brush(DEFAULT_BRUSH_SIZE), eraser=gr.Eraser(default_size=DEFAULT_BRUSH_SIZE))
+                    gr.HTML(elem_id="img2img_inpaint_editor_status", elem_classes="upload-status")
                 with gr.Tab("Inpaint upload", id="inpaint_upload_mode") as upload_tab:
                     with gr.Row():
-                        upload_image = gr.Image(label="Image", type="filepath", image_mode=None,
-                                                elem_id="img2img_upload_image")
-                        upload_mask = gr.Image(label="Mask (white = repaint)", type="filepath", image_mode=None,
-                                               elem_id="img2img_upload_mask")
+                        with gr.Column(min_width=160):  # each input with its line beneath, side by side
+                            upload_image = image_upload("Image", "img2img_upload_image")
+                        with gr.Column(min_width=160):
+                            upload_mask = image_upload("Mask (white = repaint)", "img2img_upload_mask")
                 with gr.Tab("Outpaint", id="outpaint_mode") as outpaint_tab:
-                    outpaint_image = gr.Image(label="Image", type="filepath", image_mode=None,
-                                              elem_id="img2img_outpaint_image")
+                    outpaint_image = image_upload("Image", "img2img_outpaint_image")
                     with gr.Row():
                         margins = [gr.Slider(label=f"Extend {side} (px)", minimum=0, maximum=512, step=8, value=0,
                                              elem_id=f"img2img_outpaint_{side}")
@@ -136,7 +168,13 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
             fields["init_image"] = file_bytes(values[outpaint_image], "init_image", "an image")
             for side, slider in zip(("left", "right", "up", "down"), margins):
                 fields[f"outpaint_{side}"] = int(values[slider])
+            if not any(fields[f"outpaint_{side}"] for side in ("left", "right", "up", "down")):
+                # without margins this would silently be plain img2img
+                raise RequestError("outpaint_left/right/up/down", "all four margins are 0: set Extend left, right, "
+                                   "up or down to the pixels to add (the img2img tab changes an image without "
+                                   "extending it)")
         return build_request(Img2ImgRequest, fields, services.extensions.hooks.sampler_specs())
 
     wire_generation(services, form, form.inputs | image_inputs | model.inputs, request_from)
+    editor.upload(brush_for, inputs=editor, outputs=editor, show_progress="hidden", **PRIVATE)
     return Img2ImgTab(form=form, modes=modes, mode=mode, init_image=init_image, inpaint_editor=editor)

@@ -5,15 +5,15 @@ from pathlib import Path
 
 import gradio as gr
 from gradio.route_utils import CustomCORSMiddleware
-from gradio.utils import get_upload_folder
 
 from backend.services import Services
 from ui.extension_sections import build_extension_tabs
 from ui.extensions_tab import build_extensions_tab
 from ui.generation_form import PRIVATE
 from ui.history_tab import build_history_tab
+from ui.image_upload import editor_upload_check
 from ui.img2img_tab import build_img2img_tab
-from ui.model_picker import build_model_picker
+from ui.model_picker import build_model_picker, follow_startup
 from ui.png_info_tab import build_png_info_tab
 from ui.progress_view import render_queue
 from ui.send_to import SendTo
@@ -22,11 +22,8 @@ from ui.txt2img_tab import build_txt2img_tab
 from ui.upscale_tab import build_upscale_tab
 
 QUEUE_REFRESH_SECONDS = 1.0
-
-
-def upload_folder() -> Path:
-    """Where Gradio keeps uploads and the files it serves for components (GRADIO_TEMP_DIR)."""
-    return Path(get_upload_folder())
+PAGE_CSS = Path(__file__).with_name("style.css")  # app.py hands it to launch()
+FOOTER_LINKS = ["gradio"]  # Gradio's "Use via API" lists no routes of ours and its "Settings" is not ours: hidden
 
 
 def drop_gradio_cors(page: gr.Blocks):
@@ -47,7 +44,15 @@ def model_size_updates(services: Services, title: str) -> tuple:
     return width, height, width, height
 
 
-def build_ui(services: Services, mcp: bool = False) -> gr.Blocks:
+def render_footer(api_docs: bool) -> str:
+    """Our footer line: the REST API's documentation when the API is on (A1111's "API" link)."""
+    if not api_docs:
+        return ""
+    return ('<div class="webui-footer" style="text-align:center">'
+            '<a href="/docs" target="_blank" rel="noreferrer">API</a> (A1111-compatible REST API, /sdapi/v1)</div>')
+
+
+def build_ui(services: Services, mcp: bool = False, api_docs: bool = False) -> gr.Blocks:
     with gr.Blocks(title="Stable Diffusion WebUI") as page:
         model = build_model_picker(services)
         with gr.Accordion("Queue", open=False, elem_id="queue_panel"):
@@ -80,6 +85,10 @@ def build_ui(services: Services, mcp: bool = False) -> gr.Blocks:
         send_to.to_img2img(txt2img.send_to_inpaint, txt2img.selected_path, txt2img.infotext, "inpaint")
         send_to.to_upscale(txt2img.send_to_upscale, txt2img.selected_path)
         send_to.to_upscale(img2img.form.send_to_upscale, img2img.form.selected_path)
+        follow_startup(page, services, model)
+        editor_upload_check(page, "img2img_inpaint_editor")
+        if api_docs:
+            gr.HTML(render_footer(api_docs), elem_id="webui_footer")
         if mcp:
             from ui.mcp_tools import register_mcp_tools
 

@@ -2,6 +2,8 @@
 txt2img/img2img request takes its checkpoint, sd_vae and clip_skip fields from them."""
 from __future__ import annotations
 
+import asyncio
+import html
 import time
 from dataclasses import dataclass
 
@@ -13,8 +15,24 @@ from backend.services import Services
 from ui.progress_view import render_error
 
 
+STARTUP_WAIT_SECONDS = 600  # how long a freshly opened page waits for the first model before giving up
+STARTUP_POLL_SECONDS = 0.5
+
+
 def checkpoint_choices(services: Services) -> list[tuple[str, str]]:
-    return [(entry.label, entry.title) for entry in services.models.list_checkpoints()]
+    """(label, title) per checkpoint; files that failed to load stay listed, marked."""
+    return [(entry.label + (" (cannot be loaded)" if services.models.failure(entry.title) else ""), entry.title)
+            for entry in services.models.list_checkpoints()]
+
+
+def render_failures(services: Services, skip: str | None = None) -> str:
+    """The checkpoints that could not be loaded, each with its reason (`skip`: one already reported above)."""
+    failed = [(entry.title, services.models.failure(entry.title)) for entry in services.models.list_checkpoints()
+              if entry.title != skip and services.models.failure(entry.title)]
+    if not failed:
+        return ""
+    items = "".join(f"<li>{html.escape(reason)}</li>" for _, reason in failed)  # each reason names its file
+    return f'<div class="checkpoint-failures">Checkpoints that cannot be loaded:<ul>{items}</ul></div>'
 
 
 @dataclass
@@ -22,6 +40,7 @@ class ModelControls:
     checkpoint: gr.Dropdown
     vae: gr.Dropdown
     clip_skip: gr.Slider
+    status: gr.HTML
 
     @property
     def inputs(self) -> set:
@@ -53,22 +72,40 @@ def build_model_picker(services: Services) -> ModelControls:
         services.models.refresh()
         services.networks.refresh()
         return (gr.update(choices=checkpoint_choices(services), value=services.models.selected.title),
-                gr.update(choices=services.networks.vaes.choices()))
+                gr.update(choices=services.networks.vaes.choices()), render_failures(services))
 
     def on_select(title: str):
         # A generator: the page shows "Loading" at once and stays usable while the model loads.
-        yield f'<div class="model-loading">Loading {title}...</div>', gr.update()
+        yield f'<div class="model-loading">Loading {html.escape(title)}...</div>', gr.update()
         started = time.perf_counter()
         try:
             entry = services.models.select(title)
         except CheckpointError as error:
             previous = services.models.selected.title
-            yield render_error(f"{error} (keeping {previous})"), gr.update(value=previous)
+            yield (render_error(f"{error} (keeping {previous})") + render_failures(services, skip=title),
+                   gr.update(choices=checkpoint_choices(services), value=previous))
             return
         seconds = time.perf_counter() - started
-        yield f'<div class="model-loaded">Loaded {entry.title} in {seconds:.1f}s</div>', gr.update()
+        yield (f'<div class="model-loaded">Loaded {html.escape(entry.title)} in {seconds:.1f}s</div>'
+               + render_failures(services), gr.update())
 
-    refresh.click(on_refresh, outputs=[dropdown, vae], api_visibility="private")
+    refresh.click(on_refresh, outputs=[dropdown, vae, status], api_visibility="private")
     dropdown.input(on_select, inputs=dropdown, outputs=[status, dropdown], concurrency_limit=None,
                    api_visibility="private")
-    return ModelControls(dropdown, vae, clip_skip)
+    return ModelControls(dropdown, vae, clip_skip, status)
+
+
+def follow_startup(page: gr.Blocks, services: Services, controls: ModelControls):
+    """The page is served while the first model is still being chosen (a file that does not load is skipped), so
+    an opened page shows that, then the model that loaded and the files that did not."""
+    async def on_load(shown: str | None):  # async: a page waiting here holds no worker thread
+        if not services.models.default_chosen.is_set():
+            yield '<div class="model-loading">Loading the first checkpoint...</div>', gr.update()
+            deadline = time.monotonic() + STARTUP_WAIT_SECONDS
+            while not services.models.default_chosen.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(STARTUP_POLL_SECONDS)
+        value = services.models.selected.title if not shown or services.models.failure(shown) else shown
+        yield render_failures(services), gr.update(choices=checkpoint_choices(services), value=value)
+
+    page.load(on_load, inputs=controls.checkpoint, outputs=[controls.status, controls.checkpoint],
+              show_progress="hidden", concurrency_limit=None, api_visibility="private")

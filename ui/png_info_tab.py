@@ -4,18 +4,19 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from backend.image_input import ACCEPTED_FORMATS, ACCEPTED_TEXT
+from backend.image_input import ACCEPTED_FORMATS
 from backend.outputs import read_infotext
 from backend.services import Services
 from ui.generation_form import PRIVATE
+from ui.image_upload import image_upload
 from ui.send_to import SendTo
 
 
 def build_png_info_tab(services: Services, send_to: SendTo):
     with gr.Row():
-        # A file path, not a decoded image: the metadata must come from the file exactly as uploaded.
-        source = gr.Image(label="Source", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                          elem_id="pnginfo_image")
+        with gr.Column():
+            # A file path, not a decoded image: the metadata must come from the file exactly as uploaded.
+            source = image_upload("Source", "pnginfo_image", sources=["upload", "clipboard"])
         with gr.Column():
             parameters = gr.Textbox(label="Parameters", lines=8, interactive=False, elem_id="pnginfo_parameters")
             with gr.Row():
@@ -31,7 +32,7 @@ def build_png_info_tab(services: Services, send_to: SendTo):
             with Image.open(path, formats=ACCEPTED_FORMATS) as image:  # the header and text chunks only
                 return read_infotext(image) or "This image has no generation parameters."
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-            return f"This file is not {ACCEPTED_TEXT}."
+            return ""  # the line under the input says what is wrong with the file
 
     source.change(read, inputs=source, outputs=parameters, **PRIVATE)
     send_to.to_txt2img(to_txt2img, parameters)

@@ -6,6 +6,7 @@ import gradio as gr
 from backend.infotext import parse_infotext, request_fields
 from backend.services import Services
 from ui.generation_form import PRIVATE, GenerationForm
+from ui.img2img_tab import editor_with_image
 from ui.model_picker import ModelControls
 
 FIELD_COMPONENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "sampler_name": "sampler",
@@ -79,7 +80,7 @@ class SendTo:
                        self.tabs: gr.Tabs(selected="img2img"), tab.modes: gr.Tabs(selected=f"{mode}_mode"),
                        tab.mode: mode}
             if mode == "inpaint":
-                updates[tab.inpaint_editor] = {"background": path, "layers": [], "composite": path}
+                updates[tab.inpaint_editor] = editor_with_image(path)
             else:
                 updates[tab.init_image] = path
             return updates

@@ -12,6 +12,7 @@ from backend.job_queue import TooManyJobs
 from backend.requests import EXTRAS_SCALE_MAX, EXTRAS_SIZE_MAX, ExtrasRequest, RequestError, build_request
 from backend.services import Services
 from ui.generation_form import POLL_SECONDS, PRIVATE, client_address
+from ui.image_upload import image_upload
 from ui.progress_view import render_done, render_error, render_progress
 from ui.tab_choice import build_tab_choice, follow_tab
 from ui.tab_jobs import TabJobs, render_queued
@@ -47,8 +48,7 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
         with gr.Column():
             with gr.Tabs(elem_id="upscale_source_tabs") as source_tabs:
                 with gr.Tab("Single image", id="single") as single_tab:
-                    single = gr.Image(label="Source", type="filepath", image_mode=None, sources=["upload", "clipboard"],
-                                      elem_id="upscale_image")
+                    single = image_upload("Source", "upscale_image", sources=["upload", "clipboard"])
                 with gr.Tab("Batch process", id="batch") as batch_tab:
                     files = gr.File(label="Images", file_count="multiple", file_types=["image"],
                                     type="filepath", elem_id="upscale_files")
