@@ -153,8 +153,8 @@ def announce_access(args: argparse.Namespace, access: Access):
 def http_policy(args: argparse.Namespace, access: Access, outputs_dir: Path, upload_dir: Path,
                 owns_upload_dir: bool = True):
     """What the guard in front of every route enforces; refuses (SystemExit) flags that would open it."""
-    from backend.allowed_hosts import machine_names, parse_allowed_hosts
-    from backend.http_security import HttpPolicy
+    from backend.http.allowed_hosts import machine_names, parse_allowed_hosts
+    from backend.http.security import HttpPolicy
 
     upload_bytes = int(args.max_upload_mb * 2**20)
     origins = tuple(o.strip().rstrip("/") for o in args.cors_allow_origins.split(",") if o.strip())
@@ -208,7 +208,7 @@ def allow_share_host(page, policy):
     """The share tunnel's host name is known once the tunnel is up: the guard is rebuilt with it allowed."""
     from urllib.parse import urlsplit
 
-    from backend.http_security import HttpSecurityMiddleware
+    from backend.http.security import HttpSecurityMiddleware
 
     host = urlsplit(page.share_url or "").hostname
     if not host:
@@ -230,8 +230,8 @@ def server_folder_access(args: argparse.Namespace) -> str | None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from backend.extension_installer import extension_access
-    from backend.settings import Settings
+    from backend.core.settings import Settings
+    from backend.plugins.installer import extension_access
 
     return Settings(models_dir=args.models_dir, ckpt_dir=args.ckpt_dir, lora_folder=args.lora_dir,
                     vae_folder=args.vae_dir, embeddings_folder=args.embeddings_dir, outputs_dir=args.outputs_dir,
@@ -301,7 +301,7 @@ def launch(args: argparse.Namespace):
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     require_free_port(host, args.port)  # before minutes of start-up work, not after
 
-    from backend.checkpoint_loader import import_model_libraries
+    from backend.models.loader import import_model_libraries
     from backend.services import build_services
     from ui.layout import FOOTER_LINKS, PAGE_CSS, build_ui, drop_gradio_cors
 
@@ -340,7 +340,7 @@ def port_in_use_message(port: int) -> str:
 
 
 def require_free_port(host: str, port: int):
-    from backend.server_addresses import port_is_free
+    from backend.http.server_addresses import port_is_free
 
     if not port_is_free(host, port):
         raise SystemExit(port_in_use_message(port))  # one line on stderr, exit code 1
@@ -349,7 +349,7 @@ def require_free_port(host: str, port: int):
 def announce_urls(args: argparse.Namespace, page):
     """Where to open the page: localhost, and with --listen the addresses other machines use (0.0.0.0 is where
     the server listens, not an address to open)."""
-    from backend.server_addresses import network_addresses
+    from backend.http.server_addresses import network_addresses
 
     lines = [f"Running on local URL:  http://127.0.0.1:{args.port}"]
     if args.listen:
@@ -366,7 +366,7 @@ def limit_decoded_images():
     limit everywhere, also where Gradio decodes an upload itself (the inpainting editor)."""
     from PIL import Image
 
-    from backend.image_input import MAX_INPUT_PIXELS
+    from backend.core.image_input import MAX_INPUT_PIXELS
 
     Image.MAX_IMAGE_PIXELS = MAX_INPUT_PIXELS // 2
 
@@ -377,16 +377,16 @@ def app_kwargs(args: argparse.Namespace, services, access: Access, policy) -> di
     from starlette.middleware import Middleware
     from starlette.middleware.cors import CORSMiddleware
 
-    from backend.http_security import HttpSecurityMiddleware
+    from backend.http.security import HttpSecurityMiddleware
 
     routes = []
     if args.api:
-        from backend.api_routes import build_api_router
+        from backend.http.routes import build_api_router
 
         routes += build_api_router(services, list(access.api) or None).routes
         logging.info("REST API at /sdapi/v1, documentation at /docs")
     if services.extensions.hooks.routes:
-        from backend.api_routes import build_extension_router
+        from backend.http.routes import build_extension_router
 
         routes += build_extension_router(services, list(access.api) or None).routes
     # Starlette's CORS middleware with only the origins the operator named (none by default); its presence also

@@ -4,22 +4,23 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from backend.checkpoint_loader import CheckpointLoader
-from backend.devices import choose_device, choose_dtype
-from backend.extension_installer import ExtensionInstaller
-from backend.extension_loader import Extensions
-from backend.generation import Generator
-from backend.job_history import JobHistory
-from backend.job_queue import JobQueue, is_out_of_memory
-from backend.model_construction import ModelConstruction
-from backend.model_hashes import HashCache
-from backend.model_manager import ModelManager
-from backend.model_registry import ModelRegistry
-from backend.networks import Networks
-from backend.outputs import OutputStore
-from backend.previews import PreviewRenderer
-from backend.settings import Settings
-from backend.upscalers import Upscalers
+from backend.core.errors import is_out_of_memory
+from backend.core.settings import Settings
+from backend.generation.generator import Generator
+from backend.generation.previews import PreviewRenderer
+from backend.jobs.history import JobHistory
+from backend.jobs.outputs import OutputStore
+from backend.jobs.queue import JobQueue
+from backend.models.construction import ModelConstruction
+from backend.models.devices import choose_device, choose_dtype
+from backend.models.hashes import HashCache
+from backend.models.loader import CheckpointLoader
+from backend.models.manager import ModelManager
+from backend.models.registry import ModelRegistry
+from backend.plugins.installer import ExtensionInstaller
+from backend.plugins.loader import Extensions
+from backend.prompts.context import Networks
+from backend.upscale.service import Upscalers
 
 log = logging.getLogger(__name__)
 

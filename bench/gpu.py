@@ -2,9 +2,9 @@
 
 What it measures, per model (SD1.5 at 512x512, SDXL at 1024x1024; batch 1, CFG 7, `--steps` steps, fp16 on CUDA):
 
-- the models are the full-size architectures built from the bundled configs (backend/model_configs) with random
+- the models are the full-size architectures built from the bundled configs (backend/models/configs) with random
   weights (speed does not depend on weight values), written as ONE single-file checkpoint in the original SD key
-  layout (backend.original_layout, as backend.tiny_models does) in a temporary models folder, so our path loads
+  layout (backend.models.original_layout, as tools.tiny_models does) in a temporary models folder, so our path loads
   it through the real loader (services -> ModelManager -> Generator);
 - plain diffusers: StableDiffusionPipeline / StableDiffusionXLPipeline over the very same loaded modules, with
   the scheduler our request maps to (`--sampler`, default Euler), called with the prompt, a seeded generator,
@@ -14,7 +14,7 @@ What it measures, per model (SD1.5 at 512x512, SDXL at 1024x1024; batch 1, CFG 7
     default            Settings() as shipped: PyTorch SDPA, live preview every 5 steps (the cheap latent->RGB one)
     no previews        the same generator with preview_every=0
     TAESD previews     a randomly initialised AutoencoderTiny (diffusers' TAESD architecture) rendering a live
-                       preview after every step (preview_every=1) through backend.previews.PreviewRenderer
+                       preview after every step (preview_every=1) through backend.generation.previews.PreviewRenderer
     channels_last      the loaded UNet in channels_last memory format          } applied to the cached model
     fused QKV          pipeline.fuse_qkv_projections() (UNet and VAE)          } through services.models.lease;
     channels_last + fused QKV                                                  } on CUDA --compile does both
@@ -24,7 +24,7 @@ What it measures, per model (SD1.5 at 512x512, SDXL at 1024x1024; batch 1, CFG 7
 - the UNet alone (batch 2 = CFG, fixed inputs, no scheduler/text encoders/VAE): eager, and torch.compile
   mode="reduce-overhead" (inductor + CUDA graphs; CUDA only, n/a on the CPU);
 - VAE decode at twice the model's size (SD1.5 1024x1024, SDXL 2048x2048: below the VAE's own tile size tiling
-  changes nothing), whole and tiled (backend.speed_options.vae_tiling, the switch that Settings(vae_tiling=
+  changes nothing), whole and tiled (backend.models.speed_options.vae_tiling, the switch that Settings(vae_tiling=
   "always"/"never") turns), with peak memory; SDXL's VAE upcast to fp32 as the SDXL pipeline does;
 - the cost of one live preview: the cheap approximation and TAESD.
 
@@ -42,7 +42,7 @@ default mode no slower than plain diffusers (>= 0.97x, for noise). Published anc
 54.5 it/s, stable-fast 104.6 it/s; SDXL: 14.9 and 21.6 it/s. The whole run is meant to take under 5 minutes on an
 H100 once the compile cache is warm (the first --compile on a machine compiles from scratch; `--skip compile`).
 
-`--tiny`: the tiny test architectures (backend.tiny_models) on the CPU in fp32 at 64x64 (SD1.5) and 128x128
+`--tiny`: the tiny test architectures (tools.tiny_models) on the CPU in fp32 at 64x64 (SD1.5) and 128x128
 (SDXL), 8 steps, one torch thread (`--threads`): checks that the script and every code path except the CUDA-only
 ones work on a machine without a GPU (about 40 s on 2 cores with a warm compile cache, 2-3 minutes cold). Its
 numbers say nothing about GPU speed and its PASS/FAIL lines are marked not meaningful.
@@ -82,20 +82,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download during a be
 import diffusers  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
-from diffusers import (AutoencoderKL, AutoencoderTiny, StableDiffusionPipeline,  # noqa: E402
-                       StableDiffusionXLPipeline, UNet2DConditionModel)
+from diffusers import (  # noqa: E402
+    AutoencoderKL,
+    AutoencoderTiny,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from safetensors.torch import save_file  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection  # noqa: E402
 
-from backend.job_queue import JobProgress  # noqa: E402
-from backend.model_detection import base_config  # noqa: E402
-from backend.previews import PreviewRenderer, cheap_preview  # noqa: E402
-from backend.requests import Txt2ImgRequest  # noqa: E402
-from backend.samplers import build_scheduler, resolve_sampler  # noqa: E402
+from backend.core.requests import Txt2ImgRequest  # noqa: E402
+from backend.core.samplers import build_scheduler, resolve_sampler  # noqa: E402
+from backend.core.settings import Settings  # noqa: E402
+from backend.generation.previews import PreviewRenderer, cheap_preview  # noqa: E402
+from backend.jobs.queue import JobProgress  # noqa: E402
+from backend.models.detection import base_config  # noqa: E402
+from backend.models.speed_options import vae_tiling  # noqa: E402
 from backend.services import build_services  # noqa: E402
-from backend.settings import Settings  # noqa: E402
-from backend.speed_options import vae_tiling  # noqa: E402
-from backend.tiny_models import to_original_state_dict, write_tiny_checkpoint  # noqa: E402
+from tools.tiny_models import to_original_state_dict, write_tiny_checkpoint  # noqa: E402
 
 FASTEST_TARGET = 1.5  # fastest offered mode / plain diffusers
 DEFAULT_TARGET = 0.97  # default mode / plain diffusers ("no slower", with a little room for noise)

@@ -51,9 +51,8 @@ from pathlib import Path
 
 import httpx
 import psutil
-from PIL import Image
-
 from common import free_port, stop_process  # bench/common.py: the scripts run as files, so bench/ is on sys.path
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("txt2img", "img2img", "upscale", "progress")

@@ -8,7 +8,7 @@ process, on the CPU:
   per-job pipeline with its own scheduler, step callback with progress and live previews) and the output store
   (PNG with infotext written to the outputs folder);
 - bare: `StableDiffusionPipeline(**components)` of the very same cached model, with the scheduler our request
-  maps to (backend.samplers), called with the prompt strings, a seeded CPU generator and output_type="pil".
+  maps to (backend.core.samplers), called with the prompt strings, a seeded CPU generator and output_type="pil".
 
 One warm-up of each, then `--runs` rounds alternating ours/bare, the order swapped every round (ours-bare,
 bare-ours, ...) so drift in the machine's load and any first-or-second effect hit both sides alike; timed with
@@ -18,7 +18,7 @@ the per-round ratios ours/bare (wall clock and CPU), the load average, and PASS/
 ratio against the target 1.03; on a busy machine (load average above the CPU count) it says the verdict is
 unreliable. It also checks both give the same
 pixels (max absolute difference of the 8-bit images): our path encodes prompts with its own code
-(backend.prompt_encoding), so a difference of a few levels from float rounding may show; it is reported.
+(backend.prompts.encoding), so a difference of a few levels from float rounding may show; it is reported.
 
 Default: the built-in demo model (hard-linked into a temporary models folder), 512x512, 10 steps, Euler: a step
 takes about 1.4 s on a 2-core machine, long enough to measure (at 256x256, 0.15 s a step, the rounds on that
@@ -54,11 +54,11 @@ import torch  # noqa: E402
 from diffusers import StableDiffusionPipeline  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from backend.builtin_model import builtin_checkpoint  # noqa: E402
-from backend.requests import Txt2ImgRequest  # noqa: E402
-from backend.samplers import build_scheduler, resolve_sampler  # noqa: E402
+from backend.core.requests import Txt2ImgRequest  # noqa: E402
+from backend.core.samplers import build_scheduler, resolve_sampler  # noqa: E402
+from backend.core.settings import Settings  # noqa: E402
+from backend.models.builtin_model import builtin_checkpoint  # noqa: E402
 from backend.services import build_services  # noqa: E402
-from backend.settings import Settings  # noqa: E402
 
 TARGET_RATIO = 1.03
 JOB_TIMEOUT_S = 600

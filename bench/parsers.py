@@ -29,9 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from backend.infotext import MAX_INFOTEXT_CHARACTERS, parse_infotext  # noqa: E402
-from backend.prompt_parser import MAX_BRACKET_DEPTH, PromptSyntaxError, parse_weighted, prompt_schedule  # noqa: E402
-from backend.requests import MAX_PROMPT_CHARACTERS  # noqa: E402
+from backend.core.infotext import MAX_INFOTEXT_CHARACTERS, parse_infotext  # noqa: E402
+from backend.core.requests import MAX_PROMPT_CHARACTERS  # noqa: E402
+from backend.prompts.parser import MAX_BRACKET_DEPTH, PromptSyntaxError, parse_weighted, prompt_schedule  # noqa: E402
 
 TARGET = 15.0  # at most this many times the time for 10x the input
 
@@ -48,8 +48,8 @@ def job_validation(text: str):
 
 
 def token_counter():
-    from backend.clip_tokenizer import build_clip_tokenizer
-    from backend.prompt_encoding import PromptChunker
+    from backend.models.tokenizer import build_clip_tokenizer
+    from backend.prompts.encoding import PromptChunker
 
     chunker = PromptChunker(build_clip_tokenizer())
 

@@ -44,7 +44,6 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-
 from common import free_port, stop_process  # bench/common.py: the scripts run as files, so bench/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +89,7 @@ class Launch:
         self.started = 0.0  # time.perf_counter() at launch
 
     def start(self):
-        log = open(self.log_path, "w")
+        log = open(self.log_path, "w")  # noqa: SIM115 (the server writes to it for its whole life)
         self.started_wall, self.started = time.time(), time.perf_counter()
         # A session of its own, as bench/load.py does: Ctrl-C reaches only this script, which stops the server.
         self.process = subprocess.Popen(self.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,

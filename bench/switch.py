@@ -49,9 +49,9 @@ import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from backend.builtin_model import builtin_checkpoint  # noqa: E402
+from backend.core.settings import Settings  # noqa: E402
+from backend.models.builtin_model import builtin_checkpoint  # noqa: E402
 from backend.services import build_services  # noqa: E402
-from backend.settings import Settings  # noqa: E402
 
 TARGET_RATIO = 0.05
 SECOND_COPY_FRACTION = 0.10  # RSS growth on switching back above this share of A's weights counts as a copy
@@ -85,7 +85,7 @@ def write_perturbed_copy(source: Path, target: Path):
     tensors = {}
     with safe_open(str(source), framework="pt") as reader:
         metadata = dict(sorted((reader.metadata() or {}).items()))  # a fixed order: the same file every run
-        for key in reader.keys():
+        for key in reader.keys():  # noqa: SIM118 (safetensors' reader is not a dict)
             tensor = reader.get_tensor(key)
             if tensor.is_floating_point():
                 noise = torch.randn(tensor.shape, generator=generator) * PERTURBATION

@@ -10,10 +10,10 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download during tests
 
-from backend.requests import Txt2ImgRequest  # noqa: E402
+from backend.core.requests import Txt2ImgRequest  # noqa: E402
+from backend.core.settings import Settings  # noqa: E402
 from backend.services import build_services  # noqa: E402
-from backend.settings import Settings  # noqa: E402
-from backend.tiny_models import write_tiny_checkpoint  # noqa: E402
+from tools.tiny_models import write_tiny_checkpoint  # noqa: E402
 
 FAST = dict(steps=3, width=64, height=64, cfg_scale=5.0)
 

@@ -29,7 +29,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> "ServerProcess":
+    def start(self, timeout: float = 120) -> ServerProcess:
         """Start and wait for HTTP 200. A process that dies at once (for example because another process
         took the port between free_port() and its bind) is retried once on a new port."""
         failures = []
@@ -44,7 +44,7 @@ class ServerProcess:
 
     def _start_once(self, timeout: float) -> bool:
         self.log_path = self.workdir / f"server-{self.port}-{time.time():.0f}.log"
-        log = open(self.log_path, "w")
+        log = open(self.log_path, "w")  # noqa: SIM115 (the server writes to it for its whole life)
         self.process = subprocess.Popen(
             [sys.executable, "app.py", "--port", str(self.port), "--models-dir", str(self.models_dir),
              "--outputs-dir", str(self.outputs), "--cache-dir", str(self.workdir / "cache"), "--device", "cpu",

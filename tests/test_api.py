@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from backend.infotext import parse_infotext
+from backend.core.infotext import parse_infotext
 from tests.server_process import ServerProcess
 from tests.test_infotext import A1111_SAMPLE
 from tests.tiny_networks import write_embedding, write_kohya_lora, write_vae
@@ -208,9 +208,9 @@ def test_eight_clients_three_jobs_each_fifo_and_one_cancelled(client, server):
             for job in range(3):
                 task = f"c{number}-j{job}"
                 steps = 150 if task == "c3-j1" else 2
-                response = http.post("/txt2img", json={"prompt": f"client {number} job {job}", "seed": number * 10 + job,
-                                                       "force_task_id": task, "steps": steps, "width": 64,
-                                                       "height": 64})
+                response = http.post("/txt2img", json={"prompt": f"client {number} job {job}",
+                                                       "seed": number * 10 + job, "force_task_id": task,
+                                                       "steps": steps, "width": 64, "height": 64})
                 with lock:
                     outcomes[task] = response.json()
 
@@ -239,7 +239,7 @@ def test_eight_clients_three_jobs_each_fifo_and_one_cancelled(client, server):
         assert info["interrupted"] is False and len(body["images"]) == 1, task
         parsed = parse_infotext(info["infotexts"][0])
         assert parsed["Prompt"] == f"client {number} job {job}" and parsed["Seed"] == str(number * 10 + job)
-    from backend.job_history import JobHistory
+    from backend.jobs.history import JobHistory
 
     history = JobHistory(server.outputs / "history.sqlite3")
     rows = [row for row in history.jobs(limit=1000) if row["id"].startswith("c")]

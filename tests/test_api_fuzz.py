@@ -24,11 +24,21 @@ from PIL.PngImagePlugin import PngInfo
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
-from backend.api_routes import build_api_router
-from backend.requests import (BATCH_COUNT_RANGE, BATCH_SIZE_RANGE, CFG_RANGE, EXTRAS_SCALE_MAX, EXTRAS_SIZE_MAX,
-                              HR_SCALE_RANGE, LATENT_UPSCALE_MODES, MAX_SEED, SIZE_RANGE, STEPS_RANGE)
-from backend.outputs import read_infotext
-from backend.samplers import SCHEDULE_NAMES, sampler_table
+from backend.core.image_metadata import read_infotext
+from backend.core.requests import (
+    BATCH_COUNT_RANGE,
+    BATCH_SIZE_RANGE,
+    CFG_RANGE,
+    EXTRAS_SCALE_MAX,
+    EXTRAS_SIZE_MAX,
+    HR_SCALE_RANGE,
+    LATENT_UPSCALE_MODES,
+    MAX_SEED,
+    SIZE_RANGE,
+    STEPS_RANGE,
+)
+from backend.core.samplers import SCHEDULE_NAMES, sampler_table
+from backend.http.routes import build_api_router
 from tests.test_image_metadata import exif_tiff
 
 EXAMPLES_PER_OPERATION = 50  # per generation mode (valid / invalid requests)

@@ -34,8 +34,9 @@ def test_auth_from_flag_and_file(tmp_path):
 
 
 def test_bad_device_and_precision_are_refused():
-    from backend.devices import choose_device, choose_dtype
     import torch
+
+    from backend.models.devices import choose_device, choose_dtype
 
     with pytest.raises(ValueError, match="fp16 is not supported on the CPU"):
         choose_dtype("fp16", torch.device("cpu"))

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import app
-from backend.requests import ExtrasRequest
+from backend.core.requests import ExtrasRequest
 from tests.server_process import free_port
 from tests.ui_protocol import UiSession, file_data
 

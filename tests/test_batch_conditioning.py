@@ -18,8 +18,8 @@ def keep(pipe, step, timestep, tensors):
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_each_image_gets_its_own_scheduled_padded_conditioning(make_services, checkpoint_files, tmp_path, family):
-    from backend.networks import JobNetworks
-    from backend.prompt_encoding import PromptEncoder
+    from backend.prompts.context import JobNetworks
+    from backend.prompts.encoding import PromptEncoder
 
     services = services_with_only(family, make_services, checkpoint_files, tmp_path)
     with services.models.lease(None) as (_, model):
@@ -55,7 +55,7 @@ def test_each_image_gets_its_own_scheduled_padded_conditioning(make_services, ch
 
 
 def test_a_tag_only_some_images_bring_is_said_not_applied(make_services, checkpoint_files, tmp_path):
-    from backend.requests import Txt2ImgRequest
+    from backend.core.requests import Txt2ImgRequest
 
     services = services_with_only("sd1", make_services, checkpoint_files, tmp_path)
     request = Txt2ImgRequest(prompt="a cat", steps=2, width=64, height=64)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import torch
 
-from backend.checkpoint_files import CheckpointError
+from backend.models.weight_files import CheckpointError
 from tests.conftest import run_txt2img
 from tests.server_process import ServerProcess
 
@@ -45,7 +45,7 @@ def broken_first(make_services, models_dir):
 def test_default_is_the_first_checkpoint_that_loads(broken_first, caplog):
     models = broken_first.models
     assert [e.name for e in models.list_checkpoints()][:2] == ["aa-evil.ckpt", "ab-truncated.safetensors"]
-    with caplog.at_level(logging.WARNING, logger="backend.model_manager"):
+    with caplog.at_level(logging.WARNING, logger="backend.models.manager"):
         entry = models.load_default()
         assert entry.name == "tiny-sd1-other.safetensors" and models.selected == entry  # the first good one
         job = run_txt2img(broken_first)  # no checkpoint in the request: the default serves it
@@ -71,7 +71,7 @@ def test_a_job_before_the_start_up_choice_waits_for_it_and_skips_broken_files(br
 
 
 def test_the_torch_refusal_is_reported_without_its_advice(tmp_path):
-    from backend.checkpoint_files import read_weights
+    from backend.models.weight_files import read_weights
 
     path = tmp_path / "legacy.ckpt"
     path.write_bytes(pickle.dumps({"x": _Payload()}, protocol=2))

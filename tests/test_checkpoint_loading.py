@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from backend.checkpoint_files import CheckpointError, sniff_format
-from backend.checkpoint_loader import CheckpointLoader
-from backend.tiny_models import tiny_components, to_original_state_dict, write_tiny_checkpoint
+from backend.models.loader import CheckpointLoader
+from backend.models.weight_files import CheckpointError, sniff_format
+from tools.tiny_models import tiny_components, to_original_state_dict, write_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_non_checkpoint_files_are_explained(loader, tmp_path):
 
 
 def test_declared_training_size_is_read_from_modelspec_metadata(loader, tmp_path):
-    from backend.checkpoint_files import declared_resolution
+    from backend.models.weight_files import declared_resolution
 
     path = write_tiny_checkpoint(tmp_path / "spec.safetensors", "sd1", metadata={"modelspec.resolution": "64x64"})
     assert declared_resolution(path) == (64, 64)

@@ -1,4 +1,4 @@
-"""Semantic checks with the shipped demo model (backend/builtin/): what the prompt names is what appears.
+"""Semantic checks with the shipped demo model (backend/models/builtin/): what the prompt names is what appears.
 
 The tiny random test models cannot make these assertions; the demo model was trained on the shapes world
 of tools/shapes_world.py, whose detector reads the images back. Several seeds per prompt with a threshold,
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.builtin_model import BUILTIN_FILE
-from backend.image_ops import blur_mask
-from backend.requests import Img2ImgRequest, Txt2ImgRequest
+from backend.core.requests import Img2ImgRequest, Txt2ImgRequest
+from backend.generation.image_ops import blur_mask
+from backend.models.builtin_model import BUILTIN_FILE
 from tools.shapes_world import COLOURS, Scene, ShapeSpec, detect, nearest_colour, render
 
 DEMO = dict(width=64, height=64, steps=20, cfg_scale=7.0, sampler_name="DPM++ 2M")

@@ -15,9 +15,9 @@ import time
 import httpx
 import pytest
 
-from backend import extension_index
-from backend.extension_installer import ExtensionInstaller, ExtensionInstallError, extension_access
-from backend.extension_loader import Extensions
+from backend.plugins import index as extension_index
+from backend.plugins.installer import ExtensionInstaller, ExtensionInstallError, extension_access
+from backend.plugins.loader import Extensions
 from tests.server_process import ServerProcess
 from tests.ui_protocol import UiSession
 

@@ -6,8 +6,13 @@ import subprocess
 
 import pytest
 
-from backend.extension_installer import (ExtensionInstaller, ExtensionInstallError, extension_access, folder_name_for,
-                                         read_index)
+from backend.plugins.installer import (
+    ExtensionInstaller,
+    ExtensionInstallError,
+    extension_access,
+    folder_name_for,
+    read_index,
+)
 
 EXTENSION = '''
 __version__ = "{version}"

@@ -7,8 +7,8 @@ import json
 import pytest
 from PIL import Image
 
-from backend.infotext import parse_infotext
-from backend.requests import ExtrasRequest, Txt2ImgRequest
+from backend.core.infotext import parse_infotext
+from backend.core.requests import ExtrasRequest, Txt2ImgRequest
 from tests.conftest import FAST
 from tests.extension_fixtures import write_extensions
 
@@ -99,7 +99,7 @@ def test_disabling_is_remembered_across_restarts(make_services, extensions_dir):
 
 
 def test_registered_sampler_is_listed_accepted_and_used(ext_services):
-    from backend.requests import RequestError, build_request
+    from backend.core.requests import RequestError, build_request
 
     samplers = ext_services.extensions.hooks.sampler_specs()
     assert list(samplers) == ["Probe Euler"]

@@ -14,10 +14,10 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 
-import backend.outputs
-from backend.checkpoint_files import CheckpointError
-from backend.job_queue import JobQueue
-from backend.requests import ExtrasRequest, Txt2ImgRequest, build_request
+import backend.jobs.outputs
+from backend.core.requests import ExtrasRequest, Txt2ImgRequest, build_request
+from backend.jobs.queue import JobQueue
+from backend.models.weight_files import CheckpointError
 from tests.conftest import FAST, run_txt2img
 from tests.tiny_upscalers import esrgan_state, save, write_upscaler_folder
 
@@ -149,8 +149,8 @@ def test_disk_full_fails_the_job_leaves_no_partial_file_and_numbering_holds(serv
     assert_done(reference)
     folder = services.outputs.folder("txt2img")
     assert saved_names(folder) == ["00000-8.png"]
-    original_fdopen = backend.outputs.os.fdopen
-    monkeypatch.setattr(backend.outputs.os, "fdopen", lambda fd, mode="r", *a, **k: FillingFile(
+    original_fdopen = backend.jobs.outputs.os.fdopen
+    monkeypatch.setattr(backend.jobs.outputs.os, "fdopen", lambda fd, mode="r", *a, **k: FillingFile(
         original_fdopen(fd, mode, *a, **k)))
     failed = run_txt2img(services, seed=8)
     monkeypatch.undo()

@@ -7,8 +7,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from backend.infotext import parse_infotext
-from backend.requests import Txt2ImgRequest
+from backend.core.infotext import parse_infotext
+from backend.core.requests import Txt2ImgRequest
 from tests.conftest import FAST, pixels, run_txt2img
 
 
@@ -94,7 +94,7 @@ def test_failed_job_leaves_the_queue_running(services):
 
 
 def test_every_sampler_generates(services):
-    from backend.samplers import SAMPLERS
+    from backend.core.samplers import SAMPLERS
 
     reference = None
     for name in SAMPLERS:

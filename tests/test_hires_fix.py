@@ -9,10 +9,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from backend.api_routes import build_api_router
-from backend.hires_sizes import hires_sizes
-from backend.infotext import parse_infotext, request_fields
-from backend.requests import RequestError, Txt2ImgRequest, build_request
+from backend.core.hires_sizes import hires_sizes
+from backend.core.infotext import parse_infotext, request_fields
+from backend.core.requests import RequestError, Txt2ImgRequest, build_request
+from backend.http.routes import build_api_router
 from tests.conftest import run_txt2img
 from tests.tiny_upscalers import write_upscaler_folder
 

@@ -1,4 +1,4 @@
-"""The guard in front of every route (backend/http_security.py), driven in process with Starlette's TestClient
+"""The guard in front of every route (backend/http/security.py), driven in process with Starlette's TestClient
 around a small stand-in app that answers like Gradio's routes do: Host allow-list (DNS rebinding), same-origin
 checks, the login throttle, logout, cookies, security headers, served files and the upload folder (issue 26)."""
 from __future__ import annotations
@@ -18,9 +18,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import app as app_module
-from backend.allowed_hosts import host_allowed, host_name, parse_allowed_hosts
-from backend.http_security import HttpPolicy, HttpSecurityMiddleware, LoginThrottle
-from backend.upload_folder import prune_folder
+from backend.http.allowed_hosts import host_allowed, host_name, parse_allowed_hosts
+from backend.http.security import HttpPolicy, HttpSecurityMiddleware, LoginThrottle
+from backend.http.upload_folder import prune_folder
 
 USER, PASSWORD = "alice", "correct horse"
 LOCAL = "127.0.0.1:7860"

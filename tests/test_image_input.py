@@ -10,8 +10,8 @@ import pytest
 from PIL import Image, ImageFile
 from PIL.PngImagePlugin import PngInfo
 
-from backend.image_input import ImageInputError, clean_png, open_image
-from backend.outputs import read_infotext
+from backend.core.image_input import ImageInputError, clean_png, open_image
+from backend.core.image_metadata import read_infotext
 
 
 def encoded(image: Image.Image, fmt: str, **options) -> bytes:

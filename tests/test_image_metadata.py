@@ -11,9 +11,9 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from backend.api_routes import build_api_router
-from backend.image_input import ImageInputError, clean_png, open_image
-from backend.outputs import read_infotext
+from backend.core.image_input import ImageInputError, clean_png, open_image
+from backend.core.image_metadata import read_infotext
+from backend.http.routes import build_api_router
 
 TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 7: 1, 9: 4, 10: 8, 11: 4, 12: 8}
 NUMBERS = {"SHORT": (3, struct.pack("<H", 7)), "LONG": (4, struct.pack("<I", 70000)),

@@ -1,7 +1,7 @@
 """A1111 infotext: what we write parses back field by field; real A1111 samples parse."""
 from __future__ import annotations
 
-from backend.infotext import build_infotext, parse_infotext
+from backend.core.infotext import build_infotext, parse_infotext
 
 A1111_SAMPLE = """masterpiece, best quality, 1girl, (red hair:1.2), <lora:detail:0.6>
 Negative prompt: lowres, bad anatomy, (worst quality:1.4)
@@ -43,7 +43,7 @@ def test_last_line_with_fewer_than_three_pairs_is_prompt():
 
 
 def test_request_fields_from_old_and_new_infotext():
-    from backend.infotext import request_fields
+    from backend.core.infotext import request_fields
 
     old = request_fields(parse_infotext("cat\nSteps: 30, Sampler: DPM++ 2M Karras, CFG scale: 5.5, Seed: 9, "
                                         "Size: 640x448, Model hash: abcdef1234, Model: mymodel"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from backend.requests import Txt2ImgRequest
+from backend.core.requests import Txt2ImgRequest
 from tests.conftest import FAST, run_txt2img
 
 
@@ -39,7 +39,7 @@ def test_queue_positions_and_skip(services):
 
 
 def _on_step(services, hook):
-    from backend.extension_api import Registered
+    from backend.plugins.api import Registered
 
     services.extensions.hooks.on_step.append(Registered("history-probe", hook))
 

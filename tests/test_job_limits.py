@@ -8,11 +8,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from backend.api_routes import build_api_router
-from backend.job_queue import JobQueue, TooManyJobs
-from backend.requests import MAX_EXTENSION_ARGS_DEPTH, RequestError, Txt2ImgRequest, build_request
+from backend.core.requests import MAX_EXTENSION_ARGS_DEPTH, RequestError, Txt2ImgRequest, build_request
+from backend.core.settings import Settings
+from backend.http.routes import build_api_router
+from backend.jobs.queue import JobQueue, TooManyJobs
 from backend.services import build_services
-from backend.settings import Settings
 
 
 def test_one_client_cannot_fill_the_queue():

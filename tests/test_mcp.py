@@ -20,8 +20,8 @@ def test_mcp_txt2img_tool(tmp_path, models_dir):
     server = ServerProcess(tmp_path, models_dir, "--mcp").start()
 
     async def call():
-        async with streamablehttp_client(server.url + "/gradio_api/mcp/") as (read, write, _):
-            async with ClientSession(read, write) as session:
+        async with streamablehttp_client(server.url + "/gradio_api/mcp/") as (read, write, _), \
+                ClientSession(read, write) as session:
                 await session.initialize()
                 tools = {tool.name: tool for tool in (await session.list_tools()).tools}
                 result = await session.call_tool("txt2img", {"prompt": "an mcp robot", "steps": 2, "width": 64,
@@ -39,7 +39,8 @@ def test_mcp_txt2img_tool(tmp_path, models_dir):
         tools, result, repainted, upscaled = asyncio.run(asyncio.wait_for(call(), 120))
     finally:
         server.stop()
-    assert sorted(tools) == ["img2img", "txt2img", "upscale"]  # UI events are private; only the documented tools are offered
+    # UI events are private; only the documented tools are offered
+    assert sorted(tools) == ["img2img", "txt2img", "upscale"]
     assert "prompt" in tools["txt2img"].inputSchema["properties"]
     assert not result.isError, result
     saved = list((tmp_path / "outputs" / "txt2img-images").rglob("*-31.png"))

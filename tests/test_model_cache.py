@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.checkpoint_files import CheckpointError
+from backend.models.weight_files import CheckpointError
 from tests.conftest import run_txt2img
 
 
@@ -32,7 +32,7 @@ def test_switching_back_to_a_cached_model_does_not_reload(services, counted_load
 
 
 def test_lru_evicts_beyond_the_count_limit_and_reloads_on_demand(services, counted_loads, tmp_path, models_dir):
-    from backend.tiny_models import write_tiny_checkpoint
+    from tools.tiny_models import write_tiny_checkpoint
 
     write_tiny_checkpoint(models_dir / "Stable-diffusion" / "third.safetensors", "sd1", seed=9)
     services.models.refresh()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.upscalers import UpscalerModelCache
+from backend.upscale.service import UpscalerModelCache
 from tests.tiny_upscalers import write_upscaler_folder
 
 BUILDERS = 4
@@ -76,7 +76,7 @@ def test_upscalers_built_while_a_checkpoint_loads_all_work(make_services, models
 
 
 def test_an_extension_building_models_holds_back_the_apps_loaders(make_services, models_dir):
-    from backend.extension_api import ExtensionAPI
+    from backend.plugins.api import ExtensionAPI
 
     write_upscaler_folder(models_dir)
     services = make_services()

@@ -6,7 +6,8 @@ import datetime
 import pytest
 from PIL import Image
 
-from backend.outputs import OutputStore, read_infotext
+from backend.core.image_metadata import read_infotext
+from backend.jobs.outputs import OutputStore
 
 
 def test_failed_write_leaves_no_file_and_numbering_continues(tmp_path, monkeypatch):
@@ -18,7 +19,7 @@ def test_failed_write_leaves_no_file_and_numbering_continues(tmp_path, monkeypat
     def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("backend.outputs.os.fsync", disk_full)  # the bytes were written, then the disk filled
+    monkeypatch.setattr("backend.jobs.outputs.os.fsync", disk_full)  # the bytes were written, then the disk filled
     with pytest.raises(OSError):
         store.save(image, "txt2img", 12, "params two")
     monkeypatch.undo()

@@ -9,10 +9,11 @@ import time
 
 import pytest
 
-from backend import networks, prompt_encoding
-from backend.infotext import MAX_INFOTEXT_CHARACTERS, PARAM_PATTERN, parameter_pairs, parse_infotext
-from backend.prompt_parser import MAX_BRACKET_DEPTH, PromptSyntaxError, parse_weighted, prompt_schedule
-from backend.requests import MAX_PROMPT_CHARACTERS, RequestError, Txt2ImgRequest
+from backend.core.infotext import MAX_INFOTEXT_CHARACTERS, PARAM_PATTERN, parameter_pairs, parse_infotext
+from backend.core.requests import MAX_PROMPT_CHARACTERS, RequestError, Txt2ImgRequest
+from backend.prompts import context as networks
+from backend.prompts import encoding as prompt_encoding
+from backend.prompts.parser import MAX_BRACKET_DEPTH, PromptSyntaxError, parse_weighted, prompt_schedule
 
 # --- exactness: the bounded parser against A1111's algorithm ------------------------------------------------------
 
@@ -221,6 +222,6 @@ def test_token_counter_time_grows_linearly(services):
 
 def test_request_refuses_prompts_over_the_limit():
     with pytest.raises(RequestError, match="prompt"):
-        from backend.requests import build_request
+        from backend.core.requests import build_request
 
         build_request(Txt2ImgRequest, {"prompt": "x" * (MAX_PROMPT_CHARACTERS + 1)})

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.latent_rgb import FitSamples, fit_error, fit_latent_rgb
-from backend.previews import PreviewRenderer, cheap_preview, choose_method
-from backend.requests import Txt2ImgRequest
+from backend.core.requests import Txt2ImgRequest
+from backend.generation.latent_rgb import FitSamples, fit_error, fit_latent_rgb
+from backend.generation.previews import PreviewRenderer, cheap_preview, choose_method
 
 CPU = torch.device("cpu")
 
@@ -55,7 +55,7 @@ def demo(make_services, tmp_path):
 
 def final_and_last_preview(services, prompt: str, seed: int = 1):
     """The result, its last live preview, and the latents that preview was made from."""
-    from backend.extension_api import Registered
+    from backend.plugins.api import Registered
 
     latents = []
     services.extensions.hooks.on_step.append(Registered("latents-probe", lambda info: latents.append(info.latents)))
@@ -79,12 +79,13 @@ def test_demo_model_previews_in_the_colours_of_its_result(demo):
 
 
 def test_preview_colour_choice_is_kept_in_the_cache_and_not_worked_out_again(demo, monkeypatch):
-    import backend.previews
+    import backend.generation.previews
 
     final_and_last_preview(demo, "a blue square on a yellow background")
     cache = demo.settings.cache_dir / "previews.json"
     assert cache.is_file()
-    monkeypatch.setattr(backend.previews, "fitting_samples", lambda vae: pytest.fail("sampled the VAE again"))
+    monkeypatch.setattr(backend.generation.previews, "fitting_samples",
+                        lambda vae: pytest.fail("sampled the VAE again"))
     renderer = PreviewRenderer(demo.settings.models_dir / "VAE-approx", CPU, torch.float32, cache)
     with demo.models.lease(None) as (entry, model):
         assert renderer.prepare(model.pipeline.vae, entry.path, model.family).method == "vae"

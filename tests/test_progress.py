@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.extension_api import Registered
-from backend.job_queue import JobProgress
-from backend.requests import Txt2ImgRequest
+from backend.core.requests import Txt2ImgRequest
+from backend.jobs.queue import JobProgress
+from backend.plugins.api import Registered
 from tests.conftest import FAST, run_txt2img
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.infotext import parse_infotext, request_fields
-from backend.requests import Txt2ImgRequest
+from backend.core.infotext import parse_infotext, request_fields
+from backend.core.requests import Txt2ImgRequest
 from tests.conftest import FAST
 from tests.tiny_networks import write_diffusers_lora, write_embedding, write_kohya_lora, write_vae
 
@@ -87,7 +87,7 @@ def services_with_only(family: str, make_services, checkpoint_files, tmp_path):
 
 
 def test_prompt_syntax_on_sd2(make_services, checkpoint_files, tmp_path):
-    from backend.prompt_encoding import PromptEncoder
+    from backend.prompts.encoding import PromptEncoder
 
     services = services_with_only("sd2", make_services, checkpoint_files, tmp_path)
     plain, _ = generate(services, prompt="a cat")
@@ -114,8 +114,8 @@ def test_prompt_syntax_on_sdxl_uses_both_encoders(make_services, checkpoint_file
 
 def test_scheduled_sdxl_conditioning_swaps_both_embeddings(make_services, checkpoint_files, tmp_path):
     """The step callback hands the pipeline the next step's prompt and pooled embeddings, negative first."""
-    from backend.networks import JobNetworks
-    from backend.prompt_encoding import PromptEncoder
+    from backend.prompts.context import JobNetworks
+    from backend.prompts.encoding import PromptEncoder
 
     services = services_with_only("sdxl", make_services, checkpoint_files, tmp_path)
     with services.models.lease(None) as (_, model):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.prompt_parser import (
+from backend.prompts.parser import (
     ExtraNetworkTag,
     PromptSyntaxError,
     bracket_problems,
@@ -402,7 +402,7 @@ def test_extra_network_tag_is_frozen():
 
 
 def test_module_imports_only_the_standard_library_it_needs():
-    source = (Path(__file__).resolve().parent.parent / "backend" / "prompt_parser.py").read_text()
+    source = (Path(__file__).resolve().parent.parent / "backend" / "prompts" / "parser.py").read_text()
     imported = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
-from backend.requests import RequestError, Txt2ImgRequest, build_request
-from backend.samplers import SAMPLERS, build_scheduler, resolve_sampler
+from backend.core.requests import RequestError, Txt2ImgRequest, build_request
+from backend.core.samplers import SAMPLERS, build_scheduler, resolve_sampler
 
 
 @pytest.mark.parametrize("values,field,message", [
@@ -35,7 +36,7 @@ def test_bad_values_name_the_field(values, field, message):
 
 def test_requests_are_frozen():
     request = build_request(Txt2ImgRequest, {"prompt": "x"})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         request.steps = 3
 
 

@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from backend.job_history import STOPPED_MESSAGE, JobHistory
+from backend.jobs.history import STOPPED_MESSAGE, JobHistory
 from tests.server_process import ServerProcess
 
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import app
-from backend.http_security import LoginThrottle, suspicious_path
+from backend.http.security import LoginThrottle, suspicious_path
 from tests.server_process import free_port
 
 USER, PASSWORD = "alice", "correct horse"

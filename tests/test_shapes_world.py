@@ -103,9 +103,10 @@ def bowed_square(x: float, y: float, half: float, bow: float) -> list[tuple[floa
 def test_a_square_with_bowed_in_sides_is_a_square_and_a_disc_stays_a_circle():
     for half, (x, y) in [(28, (128, 128)), (40, (90, 160)), (60, (128, 128))]:
         for bow in (0.0, 0.1, 0.2):  # at 0.2 it fills only about 80% of its box, like a disc (79%)
-            found = detect(drawn(lambda draw: draw.polygon(bowed_square(x, y, half, bow), fill=COLOURS["white"])))
+            outline = bowed_square(x, y, half, bow)
+            found = detect(drawn(lambda draw, outline=outline: draw.polygon(outline, fill=COLOURS["white"])))
             assert found.shape == "square", (half, bow)
         radius = half * 1.15
-        found = detect(drawn(lambda draw: draw.ellipse((x - radius, y - radius, x + radius, y + radius),
-                                                       fill=COLOURS["white"])))
+        box = (x - radius, y - radius, x + radius, y + radius)
+        found = detect(drawn(lambda draw, box=box: draw.ellipse(box, fill=COLOURS["white"])))
         assert found.shape == "circle", half

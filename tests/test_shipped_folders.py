@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import app
-from backend.upscaler_registry import UPSCALER_FOLDERS
+from backend.upscale.registry import UPSCALER_FOLDERS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import app
-from backend.speed_options import AUTO_TILING_PIXELS, SpeedOptions
+from backend.core.speed_settings import AUTO_TILING_PIXELS, SpeedOptions
 from tests.conftest import pixels, run_txt2img
 from ui.settings_tab import render_settings
 
@@ -30,7 +30,7 @@ def test_tiled_vae_decodes_in_tiles_for_that_job_only(make_services):
 def test_auto_tiles_only_large_images(make_services):
     auto = SpeedOptions(vae_tiling="auto")
     assert not auto.tiles_vae(1024, 1024) and auto.tiles_vae(2048, 2048)
-    assert auto.tiles_vae(1536, 1537) and not auto.tiles_vae(1536, 1536) and 1536 * 1536 == AUTO_TILING_PIXELS
+    assert auto.tiles_vae(1536, 1537) and not auto.tiles_vae(1536, 1536) and AUTO_TILING_PIXELS == 1536 * 1536
     assert SpeedOptions(vae_tiling="always").tiles_vae(64, 64) and not SpeedOptions(vae_tiling="never").tiles_vae(
         4096, 4096)
     services = make_services()  # default auto: a small image is decoded whole

@@ -7,14 +7,14 @@ import dataclasses
 import subprocess
 import sys
 
-from backend.samplers import SAMPLERS, accepted_schedules
+from backend.core.samplers import SAMPLERS, accepted_schedules
 from tests.server_process import ROOT
 
 PAGE_ONLY = """
 import sys, tempfile
 from pathlib import Path
 from backend.services import build_services
-from backend.settings import Settings
+from backend.core.settings import Settings
 from ui.layout import build_ui
 root = Path(tempfile.mkdtemp())
 services = build_services(Settings(models_dir=root / "models", outputs_dir=root / "outputs",

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from backend.server_addresses import network_addresses
+from backend.http.server_addresses import network_addresses
 from tests.server_process import ROOT, ServerProcess
 
 

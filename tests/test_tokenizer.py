@@ -1,4 +1,4 @@
-from backend.clip_tokenizer import build_clip_tokenizer
+from backend.models.tokenizer import build_clip_tokenizer
 
 
 def test_offline_tokenizer_matches_clip_ids():
@@ -7,7 +7,8 @@ def test_offline_tokenizer_matches_clip_ids():
     # Ids as produced by openai/clip-vit-large-patch14's tokenizer.
     assert tokenizer("a photo of an astronaut riding a horse on mars").input_ids == [
         49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 525, 7496, 49407]
-    assert tokenizer.convert_ids_to_tokens([320, 49406, 49407, 256]) == ["a</w>", "<|startoftext|>", "<|endoftext|>", "!</w>"]
+    assert tokenizer.convert_ids_to_tokens([320, 49406, 49407, 256]) == ["a</w>", "<|startoftext|>", "<|endoftext|>",
+                                                                         "!</w>"]
 
 
 def test_padding_tokens():

@@ -6,8 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tools.train_demo_model import (mismatch_captions, noisy_step_weight, offset_noise, sd_alphas_cumprod,
-                                   training_timesteps)
+from tools.train_demo_model import (
+    mismatch_captions,
+    noisy_step_weight,
+    offset_noise,
+    sd_alphas_cumprod,
+    training_timesteps,
+)
 
 
 def test_noisy_step_weight_is_one_for_clean_steps_and_capped_for_noisy_ones():
@@ -91,7 +96,7 @@ def test_a_frozen_text_encoder_stays_as_it_was_while_the_unet_trains():
 
 def test_a_staged_run_saves_each_stage_and_the_averaged_checkpoint_the_app_loads(tmp_path, monkeypatch):
     import tools.train_demo_model as training
-    from backend.checkpoint_loader import CheckpointLoader
+    from backend.models.loader import CheckpointLoader
 
     stage = training.DiffusionStage(steps=1, batch=2)
     # Each stage after the first from a file; the model kept is the average of stage 1's and the last one's.

@@ -109,9 +109,10 @@ def test_out_of_range_seed_is_reported_with_its_field(server, page):
 def test_png_info_shows_parameters_and_sends_every_field_to_txt2img(server, page, tmp_path, models_dir):
     from PIL import PngImagePlugin
 
-    from backend.model_hashes import HashCache
+    from backend.models.hashes import HashCache
 
-    other_hash = HashCache(tmp_path / "h.json").short_hash(models_dir / "Stable-diffusion" / "tiny-sd1-other.safetensors")
+    other_hash = HashCache(tmp_path / "h.json").short_hash(
+        models_dir / "Stable-diffusion" / "tiny-sd1-other.safetensors")
     text = ("a lighthouse at dusk\nNegative prompt: fog\nSteps: 17, Sampler: DPM++ 2M Karras, CFG scale: 4.5, "
             f"Seed: 4242, Size: 128x96, Model hash: {other_hash}, Model: tiny-sd1-other")
     info = PngImagePlugin.PngInfo()
@@ -174,7 +175,7 @@ def test_inpaint_stroke_drawn_in_the_browser_changes_only_that_area(server, page
     editor = page.locator("#img2img_inpaint_editor")
     editor.locator("canvas").first.wait_for(state="visible")
     page.wait_for_timeout(1000)  # the editor mounts its file input after the tab appears
-    for attempt in range(3):
+    for _attempt in range(3):
         editor.locator("input[type=file]").first.set_input_files(str(tmp_path / "source.png"))
         if wait_until_canvas_shows(editor.locator("canvas").first, (200, 30, 30), timeout=20):
             break

@@ -15,12 +15,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw, PngImagePlugin
 
-from backend.api_routes import build_api_router
-from backend.outputs import read_infotext
-from backend.requests import ExtrasRequest, RequestError, build_request
-from backend.settings import Settings
-from backend.tiled_upscale import TileOutOfMemory, image_to_tensor, run_tiled, run_with_oom_retry
-from backend.upscalers import Upscalers
+from backend.core.image_metadata import read_infotext
+from backend.core.requests import ExtrasRequest, RequestError, build_request
+from backend.core.settings import Settings
+from backend.http.routes import build_api_router
+from backend.upscale.service import Upscalers
+from backend.upscale.tiling import TileOutOfMemory, image_to_tensor, run_tiled, run_with_oom_retry
 from tests.tiny_upscalers import compact_state, esrgan_state, save, write_upscaler_folder
 
 INFOTEXT = "a red square\nNegative prompt: blurry\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 42, Size: 64x64"
@@ -177,7 +177,7 @@ def test_out_of_memory_halves_the_tile_size_and_retries(caplog):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return tile.repeat_interleave(2, -1).repeat_interleave(2, -2)
 
-    with caplog.at_level(logging.WARNING, logger="backend.tiled_upscale"):
+    with caplog.at_level(logging.WARNING, logger="backend.upscale.tiling"):
         result = run_with_oom_retry(network, image, tile=0, overlap=4)
     assert seen[0] == 80 and max(seen[1:]) <= 40
     assert "retrying with 40px tiles" in caplog.text

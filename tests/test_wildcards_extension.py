@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from backend.infotext import parse_infotext
-from backend.requests import Txt2ImgRequest
+from backend.core.infotext import parse_infotext
+from backend.core.requests import Txt2ImgRequest
 
 EXTENSION = Path(__file__).resolve().parents[1] / "extensions" / "wildcards"
 TINY = dict(steps=2, width=64, height=64, save_images=False)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend.infotext import parse_infotext
-from backend.requests import Img2ImgRequest, Txt2ImgRequest
+from backend.core.infotext import parse_infotext
+from backend.core.requests import Img2ImgRequest, Txt2ImgRequest
 from extensions.xyz_plot import axes, grid
 
 EXTENSION = Path(__file__).resolve().parent.parent / "extensions" / "xyz_plot"

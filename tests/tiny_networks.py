@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from backend.original_layout import vae_to_original
-from backend.tiny_models import tiny_components
+from backend.models.original_layout import vae_to_original
+from tools.tiny_models import tiny_components
 
 UNET_TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                 "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")

@@ -1,7 +1,7 @@
 """Score the built-in demo model: generate a fixed grid of captions x seeds, read each image back with the
 deterministic detector of tools/shapes_world.py, and write a report.
 
-    python -m tools.evaluate_demo_model [--checkpoint backend/builtin/shapes-demo.safetensors]
+    python -m tools.evaluate_demo_model [--checkpoint backend/models/builtin/shapes-demo.safetensors]
 """
 from __future__ import annotations
 
@@ -13,13 +13,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from backend.checkpoint_loader import CheckpointLoader
-from backend.devices import choose_device
-from backend.samplers import build_scheduler
-from tools.shapes_world import (COLOURS, POSITIONS, SHAPES, SQUARE_BOX_FILL, Scene, ShapeSpec, describe, detect,
-                                render)
+from backend.core.samplers import build_scheduler
+from backend.models.devices import choose_device
+from backend.models.loader import CheckpointLoader
+from tools.shapes_world import COLOURS, POSITIONS, SHAPES, SQUARE_BOX_FILL, Scene, ShapeSpec, describe, detect, render
 
-DEFAULT_CHECKPOINT = Path("backend/builtin/shapes-demo.safetensors")
+DEFAULT_CHECKPOINT = Path("backend/models/builtin/shapes-demo.safetensors")
 SEEDS = (1, 2)
 STEPS, CFG, SAMPLER = 20, 7.0, "DPM++ 2M"
 
@@ -116,7 +115,7 @@ def main(argv=None):
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--captions", type=int, default=120)
     parser.add_argument("--device", default="cpu", help="where to generate (the seeds' noise is drawn on the CPU)")
-    parser.add_argument("--report", type=Path, default=Path("backend/builtin/shapes-demo-report.md"))
+    parser.add_argument("--report", type=Path, default=Path("backend/models/builtin/shapes-demo-report.md"))
     args = parser.parse_args(argv)
     device = choose_device(args.device)  # a GPU that is not there fails at once, naming the option
     sheet = args.report.with_name("shapes-demo-samples.png")

@@ -3,7 +3,7 @@
 A linear probe per fact, trained on pooled text-encoder outputs of captions from the shapes world and scored
 on held-out captions. If a fact is missing here, the UNet cannot learn to follow it whatever it is trained on.
 
-    python -m tools.probe_text_encoder backend/builtin/shapes-demo.safetensors [other.safetensors ...]
+    python -m tools.probe_text_encoder backend/models/builtin/shapes-demo.safetensors [other.safetensors ...]
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from backend.checkpoint_loader import CheckpointLoader
+from backend.models.loader import CheckpointLoader
 from tools.shapes_world import COLOURS, POSITIONS, SHAPES, random_scene
 
 NO_POSITION = "(none stated)"

@@ -2,7 +2,7 @@
 in Stable Diffusion 1.x's architecture and file format (UNet with cross-attention, AutoencoderKL, CLIP text
 encoder with the real CLIP tokenizer). Fixed seeds and step counts, on the CPU (`--device cuda` for a GPU).
 
-    python -m tools.train_demo_model        # writes backend/builtin/shapes-demo.safetensors
+    python -m tools.train_demo_model        # writes backend/models/builtin/shapes-demo.safetensors
 
 is the whole recipe: the dataset (30,000 captioned images, see make_dataset), the autoencoder (1600 steps),
 encoding the images once, then the eight diffusion stages of SHIPPED_RECIPE (2320 steps) and an average of two of
@@ -172,21 +172,21 @@ from __future__ import annotations
 
 import argparse
 import random
-from dataclasses import dataclass, fields
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from backend.clip_tokenizer import build_clip_tokenizer
-from backend.devices import choose_device
-from backend.original_layout import SD1_CLIP_PREFIX, clip_to_original, unet_to_original, vae_to_original
+from backend.models.devices import choose_device
+from backend.models.original_layout import SD1_CLIP_PREFIX, clip_to_original, unet_to_original, vae_to_original
+from backend.models.tokenizer import build_clip_tokenizer
 from tools.shapes_world import COLOURS, POSITIONS, SHAPES, ShapeSpec, describe, detect, random_scene, render
 
 SD_LATENT_SCALE = 0.18215  # SD1.x's VAE scaling factor, which the loader assumes for this family
@@ -569,7 +569,7 @@ SHIPPED_RECIPE = Recipe(stages=(
 
 def load_components(path: Path, device: torch.device | str = "cpu"):
     """The autoencoder, text encoder and UNet of a checkpoint, in float32, through the app's own loader."""
-    from backend.checkpoint_loader import CheckpointLoader
+    from backend.models.loader import CheckpointLoader
 
     pipeline = CheckpointLoader().load(path, torch.float32).pipeline
     return pipeline.vae.to(device), pipeline.text_encoder.to(device), pipeline.unet.to(device)
@@ -581,7 +581,7 @@ def stage_from_flags(args) -> DiffusionStage:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("backend/builtin/shapes-demo.safetensors"))
+    parser.add_argument("--out", type=Path, default=Path("backend/models/builtin/shapes-demo.safetensors"))
     parser.add_argument("--images", type=int, default=30000)
     parser.add_argument("--vae-steps", type=int, default=1600)
     parser.add_argument("--partial-captions", type=float, default=0.8,
@@ -600,7 +600,8 @@ def main(argv=None):
                         help="also save the averaged weights every this many steps of a stage, to "
                              "<out>.stage<K>-step<N>.safetensors")
     parser.add_argument("--recipe", choices=["shipped", "flags"], default="shipped",
-                        help="shipped: the stages and the average that made backend/builtin/shapes-demo.safetensors; "
+                        help="shipped: the stages and the average that made "
+                             "backend/models/builtin/shapes-demo.safetensors; "
                              "flags: one stage made of the options below")
     parser.add_argument("--resume", type=Path, default=None,
                         help="continue the diffusion training of this checkpoint (its VAE is kept as it is)")
@@ -656,7 +657,7 @@ def main(argv=None):
             vae, text_encoder, unet = load_components(saved, device)
         print(f"stage {number}/{len(stages)}: {stage}; latents std {latents.std():.3f}", flush=True)
 
-        def snapshot(unet, text_encoder, step, number=number):
+        def snapshot(unet, text_encoder, step, number=number, vae=vae):
             save_checkpoint(args.out.with_suffix(f".stage{number}-step{step}.safetensors"), vae, text_encoder, unet)
 
         unet, text_encoder = train_diffusion(unet, text_encoder, latents, captions, stage, facts=facts, halves=halves,

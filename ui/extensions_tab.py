@@ -6,7 +6,7 @@ import html
 
 import gradio as gr
 
-from backend.extension_installer import DEFAULT_INDEX, ExtensionInstallError
+from backend.plugins.installer import DEFAULT_INDEX, ExtensionInstallError
 from backend.services import Services
 from ui.generation_form import PRIVATE
 
@@ -76,12 +76,11 @@ def build_extensions_tab(services: Services):
                                        scale=4)
             install_chosen = gr.Button("Install", elem_id="extensions_index_install", scale=0, min_width=80)
         index_urls = gr.State({})
-    with gr.Accordion("Update or remove", open=False, elem_id="extensions_manage"):
-        with gr.Row():
-            chosen = gr.Dropdown(label="Installed extension", choices=installed_names(services),
-                                 elem_id="extensions_manage_choice", scale=4)
-            update = gr.Button("Update (git pull)", elem_id="extensions_update", scale=0, min_width=140)
-            uninstall = gr.Button("Uninstall", elem_id="extensions_uninstall", variant="stop", scale=0, min_width=100)
+    with gr.Accordion("Update or remove", open=False, elem_id="extensions_manage"), gr.Row():
+        chosen = gr.Dropdown(label="Installed extension", choices=installed_names(services),
+                             elem_id="extensions_manage_choice", scale=4)
+        update = gr.Button("Update (git pull)", elem_id="extensions_update", scale=0, min_width=140)
+        uninstall = gr.Button("Uninstall", elem_id="extensions_uninstall", variant="stop", scale=0, min_width=100)
     log = gr.Textbox(label="Log", lines=8, interactive=False, elem_id="extensions_log")
 
     def on_apply(chosen_names: list[str]):

@@ -2,15 +2,23 @@
 request -> job queue -> live progress and preview -> gallery and infotext."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import gradio as gr
 
-from backend.requests import (BATCH_COUNT_RANGE, BATCH_SIZE_RANGE, CFG_RANGE, MAX_PROMPT_CHARACTERS, SIZE_RANGE,
-                              STEPS_RANGE, RequestError, Txt2ImgRequest)
-from backend.job_queue import TooManyJobs
-from backend.samplers import SAMPLERS, SCHEDULE_NAMES
+from backend.core.requests import (
+    BATCH_COUNT_RANGE,
+    BATCH_SIZE_RANGE,
+    CFG_RANGE,
+    MAX_PROMPT_CHARACTERS,
+    SIZE_RANGE,
+    STEPS_RANGE,
+    RequestError,
+    Txt2ImgRequest,
+)
+from backend.core.samplers import SAMPLERS, SCHEDULE_NAMES
+from backend.jobs.queue import TooManyJobs
 from backend.services import Services
 from ui.progress_view import render_done, render_error, render_progress
 from ui.tab_jobs import TabJobs, render_queued

@@ -3,7 +3,7 @@
 Gradio's Image opens every upload with Pillow while it prepares an event, before any handler runs; a text
 file named .png then fails the whole event with a raw "Could not preprocess input component" toast and red
 Error badges on every output. These inputs hand the handler the uploaded file's path untouched (Gradio has
-already checked that the file is one it received), and an upload event checks it with backend.image_input's
+already checked that the file is one it received), and an upload event checks it with backend.core.image_input's
 rules: a file that cannot be used is taken out of the input and the reason shown beneath it.
 
 The change is made on each component, not in a subclass: Gradio writes a .pyi stub beside the source of
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from backend.image_input import NOT_AN_IMAGE, upload_problem
+from backend.core.image_input import NOT_AN_IMAGE, upload_problem
 from ui.generation_form import PRIVATE
 
 
@@ -25,7 +25,7 @@ def path_without_decoding(preprocess):
     """Gradio's preprocess for an Image, except that an uploaded file is passed on as its path, unopened."""
     def preprocess_path(payload):
         if payload is not None and payload.path is not None and not (payload.url or "").startswith("data:"):
-            return str(payload.path)  # decoded, checked and re-encoded by the request (backend.image_input)
+            return str(payload.path)  # decoded, checked and re-encoded by the request (backend.core.image_input)
         return preprocess(payload)
     return preprocess_path
 

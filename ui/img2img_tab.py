@@ -9,16 +9,22 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from backend.image_ops import MASK_MODES, MASKED_CONTENT, RESIZE_MODES
-from backend.requests import Img2ImgRequest, RequestError, build_request
+from backend.core.requests import Img2ImgRequest, RequestError, build_request
+from backend.generation.image_ops import MASK_MODES, MASKED_CONTENT, RESIZE_MODES
 from backend.services import Services
 from ui.extension_sections import build_sections
 from ui.extra_networks import build_extra_networks
+from ui.generation_form import (
+    PRIVATE,
+    GenerationForm,
+    build_prompt_row,
+    build_results,
+    build_sampling_controls,
+    wire_generation,
+)
 from ui.image_upload import image_upload
 from ui.model_picker import ModelControls
 from ui.tab_choice import build_tab_choice, follow_tab
-from ui.generation_form import (PRIVATE, GenerationForm, build_prompt_row, build_results,
-                                build_sampling_controls, wire_generation)
 
 MODES = ("img2img", "inpaint", "inpaint_upload", "outpaint")
 # The mask is painted translucent, so the picture shows through it and it shows on any picture (white included).
@@ -91,7 +97,7 @@ def editor_image_and_mask(value: dict | None) -> tuple[bytes, bytes]:
 
 
 # Image inputs are file paths that Gradio does not open (ui.image_upload): the request decodes, checks and
-# re-encodes the file itself (backend.image_input), so an oversized image is refused before decoding.
+# re-encodes the file itself (backend.core.image_input), so an oversized image is refused before decoding.
 
 
 def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int, int] | None) -> Img2ImgTab:
@@ -109,12 +115,11 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
                         sources=["upload", "clipboard"], height=420, layers=False, transforms=(),
                         brush=mask_brush(DEFAULT_BRUSH_SIZE), eraser=gr.Eraser(default_size=DEFAULT_BRUSH_SIZE))
                     gr.HTML(elem_id="img2img_inpaint_editor_status", elem_classes="upload-status")
-                with gr.Tab("Inpaint upload", id="inpaint_upload_mode") as upload_tab:
-                    with gr.Row():
-                        with gr.Column(min_width=160):  # each input with its line beneath, side by side
-                            upload_image = image_upload("Image", "img2img_upload_image")
-                        with gr.Column(min_width=160):
-                            upload_mask = image_upload("Mask (white = repaint)", "img2img_upload_mask")
+                with gr.Tab("Inpaint upload", id="inpaint_upload_mode") as upload_tab, gr.Row():
+                    with gr.Column(min_width=160):  # each input with its line beneath, side by side
+                        upload_image = image_upload("Image", "img2img_upload_image")
+                    with gr.Column(min_width=160):
+                        upload_mask = image_upload("Mask (white = repaint)", "img2img_upload_mask")
                 with gr.Tab("Outpaint", id="outpaint_mode") as outpaint_tab:
                     outpaint_image = image_upload("Image", "img2img_outpaint_image")
                     with gr.Row():

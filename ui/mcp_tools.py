@@ -12,8 +12,8 @@ import binascii
 
 import gradio as gr
 
-from backend.job_queue import TooManyJobs
-from backend.requests import ExtrasRequest, Img2ImgRequest, RequestError, Txt2ImgRequest, build_request
+from backend.core.requests import ExtrasRequest, Img2ImgRequest, RequestError, Txt2ImgRequest, build_request
+from backend.jobs.queue import TooManyJobs
 from backend.services import Services
 from ui.generation_form import client_address
 

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from backend.checkpoint_files import CheckpointError
-from backend.requests import CLIP_SKIP_RANGE, GenerationRequest
+from backend.core.requests import CLIP_SKIP_RANGE, GenerationRequest
+from backend.models.weight_files import CheckpointError
 from backend.services import Services
 from ui.progress_view import render_error
-
 
 STARTUP_WAIT_SECONDS = 600  # how long a freshly opened page waits for the first model before giving up
 STARTUP_POLL_SECONDS = 0.5

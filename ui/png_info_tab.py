@@ -4,8 +4,8 @@ from __future__ import annotations
 import gradio as gr
 from PIL import Image, UnidentifiedImageError
 
-from backend.image_input import ACCEPTED_FORMATS
-from backend.outputs import read_infotext
+from backend.core.image_input import ACCEPTED_FORMATS
+from backend.core.image_metadata import read_infotext
 from backend.services import Services
 from ui.generation_form import PRIVATE
 from ui.image_upload import image_upload

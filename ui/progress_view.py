@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import html
 
-from backend.job_queue import Job
+from backend.jobs.queue import Job
 
 
 def render_progress(job: Job, position: int | None = None) -> str:
@@ -18,7 +18,8 @@ def render_progress(job: Job, position: int | None = None) -> str:
     label = f"Step {progress.step}/{progress.steps_per_batch or '?'}{batch}{eta_text}"
     return (f'<div class="job-progress" style="border:1px solid #888;border-radius:4px;position:relative;height:22px">'
             f'<div style="width:{percent}%;height:100%;background:#f97316"></div>'
-            f'<span class="job-progress-text" style="position:absolute;left:8px;top:2px">{label} ({percent}%)</span></div>')
+            f'<span class="job-progress-text" style="position:absolute;left:8px;top:2px">{label} ({percent}%)</span>'
+            '</div>')
 
 
 def render_error(message: str) -> str:

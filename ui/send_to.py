@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from backend.infotext import parse_infotext, request_fields
+from backend.core.infotext import parse_infotext, request_fields
 from backend.services import Services
 from ui.generation_form import PRIVATE, GenerationForm
 from ui.img2img_tab import editor_with_image

@@ -11,10 +11,10 @@ from __future__ import annotations
 import html
 import threading
 from collections import deque
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
-from backend.job_queue import Job
+from backend.jobs.queue import Job
 
 
 @dataclass

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import gradio as gr
 
-from backend.requests import (HR_RESIZE_RANGE, LATENT_UPSCALE_MODES, STEPS_RANGE, Txt2ImgRequest,
-                              build_request)
+from backend.core.requests import HR_RESIZE_RANGE, LATENT_UPSCALE_MODES, STEPS_RANGE, Txt2ImgRequest, build_request
 from backend.services import Services
 from ui.extension_sections import build_sections
 from ui.extra_networks import build_extra_networks
+from ui.generation_form import (
+    PRIVATE,
+    GenerationForm,
+    build_prompt_row,
+    build_results,
+    build_sampling_controls,
+    wire_generation,
+)
 from ui.model_picker import ModelControls
-from ui.generation_form import (PRIVATE, GenerationForm, build_prompt_row, build_results, build_sampling_controls,
-                                wire_generation)
 
 
 def hires_upscaler_choices(services: Services) -> list[str]:

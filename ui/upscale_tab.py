@@ -8,8 +8,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from backend.job_queue import TooManyJobs
-from backend.requests import EXTRAS_SCALE_MAX, EXTRAS_SIZE_MAX, ExtrasRequest, RequestError, build_request
+from backend.core.requests import EXTRAS_SCALE_MAX, EXTRAS_SIZE_MAX, ExtrasRequest, RequestError, build_request
+from backend.jobs.queue import TooManyJobs
 from backend.services import Services
 from ui.generation_form import POLL_SECONDS, PRIVATE, client_address
 from ui.image_upload import image_upload

@@ -52,7 +52,7 @@ class Layout:
 
     @classmethod
     def plan(cls, cell_size: tuple[int, int], columns: int, rows: int, grids: int,
-             legend_x: bool, legend_y: bool, legend_z: bool) -> "Layout":
+             legend_x: bool, legend_y: bool, legend_z: bool) -> Layout:
         width, height = cell_size
         font_size = max(10, min(width, height) // 16)
         line = font_size + 4

@@ -1,0 +1,344 @@
+"""Typed, validated job requests and results. The UI and the REST API build the same objects."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from backend.core.errors import UserError
+from backend.core.hires_sizes import hires_sizes
+from backend.core.image_input import clean_png
+from backend.core.samplers import SamplerError, resolve_sampler
+
+MAX_SEED = 2**32 - 1
+SIZE_RANGE = (64, 2048)
+STEPS_RANGE = (1, 150)
+CFG_RANGE = (1.0, 30.0)
+BATCH_SIZE_RANGE = (1, 8)
+BATCH_COUNT_RANGE = (1, 100)
+CLIP_SKIP_RANGE = (1, 12)
+INTEGER_RANGES = {"steps": STEPS_RANGE, "seed": (-1, MAX_SEED), "batch_size": BATCH_SIZE_RANGE,
+                  "n_iter": BATCH_COUNT_RANGE, "clip_skip": CLIP_SKIP_RANGE}
+
+
+class RequestError(UserError):
+    """Invalid user input. `field` names the offending request field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(field, message)
+
+
+def _check_range(value, low, high):
+    if not low <= value <= high:
+        raise ValueError(f"must be between {low} and {high}; got {value}")
+    return value
+
+
+def _check_finite_range(value: float, low: float, high: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number between {low} and {high}; got {value}")
+    return _check_range(value, low, high)
+
+
+MAX_PROMPT_CHARACTERS = 20_000
+# Extension arguments are JSON values; nesting this deep is no argument (and past ~250 levels the job could not
+# be recorded: pydantic refuses to serialise it).
+MAX_EXTENSION_ARGS_DEPTH = 32
+
+
+def _check_nesting(value: Any, limit: int) -> Any:
+    """`value` unchanged when its lists and dicts nest at most `limit` deep (iterative: no recursion to exhaust)."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if depth == limit:
+                raise ValueError(f"nested more than {limit} levels deep")
+            pending += [(child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)]
+    return value
+
+
+class GenerationRequest(BaseModel):
+    """Fields every generation job has. Field names follow A1111's /sdapi/v1 API."""
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+
+    # long enough for any real prompt (hundreds of 75-token chunks); a megabyte of text is refused, not encoded
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS)
+    sampler_name: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    batch_size: int = 1
+    n_iter: int = Field(1, description="Batch count: how many batches run one after another")
+    checkpoint: str | None = Field(None, description="Checkpoint title or name; None uses the selected one")
+    save_images: bool = Field(True, description="Write the images to the outputs folder (and the history)")
+    sd_vae: str = Field("Automatic", description="Automatic, None (the checkpoint's own) or a file in models/VAE")
+    clip_skip: int = Field(1, description="Use the text encoder's output this many layers from the end (1 = last)")
+    extension_args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size(cls, value: int) -> int:
+        _check_range(value, *SIZE_RANGE)
+        if value % 8:
+            nearest = value // 8 * 8
+            raise ValueError(f"must be a multiple of 8; got {value} (nearest: {nearest} or {nearest + 8})")
+        return value
+
+    @field_validator("cfg_scale")
+    @classmethod
+    def _cfg(cls, value: float) -> float:
+        return _check_finite_range(value, *CFG_RANGE)
+
+    @field_validator("steps", "seed", "batch_size", "n_iter", "clip_skip")
+    @classmethod
+    def _in_range(cls, value: int, info: ValidationInfo) -> int:
+        return _check_range(value, *INTEGER_RANGES[info.field_name])
+
+    @field_validator("extension_args")
+    @classmethod
+    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_nesting(value, MAX_EXTENSION_ARGS_DEPTH)
+
+    @model_validator(mode="after")
+    def _sampler(self, info: ValidationInfo):
+        try:  # samplers registered by extensions come in the validation context (see build_request)
+            resolve_sampler(self.sampler_name, self.scheduler, (info.context or {}).get("samplers"))
+        except SamplerError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+
+LATENT_UPSCALE_MODES = {  # A1111's hires-fix latent upscalers: torch interpolation mode, antialias
+    "Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False), "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False), "Latent (nearest-exact)": ("nearest-exact", False),
+}
+HR_SCALE_RANGE = (1.0, 8.0)
+HR_RESIZE_RANGE = (0, SIZE_RANGE[1])  # 0 = derive from the other side (or use hr_scale when both are 0)
+
+
+class Txt2ImgRequest(GenerationRequest):
+    """One txt2img job, optionally with A1111's hires fix: the first pass at width x height is upscaled
+    (in latent space or with an image upscaler) and refined by an img2img pass at the final size."""
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_upscaler: str = Field("Latent", description="A latent mode (LATENT_UPSCALE_MODES) or an upscaler name")
+    hr_second_pass_steps: int = Field(0, description="Steps of the second pass; 0 = the same as steps")
+    denoising_strength: float = Field(0.7, description="How much the second pass changes the upscaled image")
+
+    @field_validator("hr_scale")
+    @classmethod
+    def _hr_scale(cls, value: float) -> float:
+        return _check_finite_range(value, *HR_SCALE_RANGE)
+
+    @field_validator("hr_resize_x", "hr_resize_y")
+    @classmethod
+    def _hr_resize(cls, value: int) -> int:
+        _check_range(value, *HR_RESIZE_RANGE)
+        if value % 8:
+            raise ValueError(f"must be 0 or a multiple of 8; got {value}")
+        return value
+
+    @field_validator("hr_second_pass_steps")
+    @classmethod
+    def _hr_steps(cls, value: int) -> int:
+        return _check_range(value, 0, STEPS_RANGE[1])
+
+    @field_validator("denoising_strength")
+    @classmethod
+    def _hr_strength(cls, value: float) -> float:
+        return _check_finite_range(value, 0, 1)
+
+    @model_validator(mode="after")
+    def _hires_sizes(self):
+        if self.enable_hr:
+            hires_sizes(self.width, self.height, self.hr_scale, self.hr_resize_x, self.hr_resize_y)
+            steps = self.hr_second_pass_steps or self.steps
+            if 0 < self.denoising_strength < 1 and int(steps * self.denoising_strength) < 1:
+                raise ValueError(f"denoising_strength: {self.denoising_strength} of {steps} hires steps runs no "
+                                 "step; raise the strength or hr_second_pass_steps")
+        return self
+
+
+OUTPAINT_RANGE = (0, 1024)
+
+
+class Img2ImgRequest(GenerationRequest):
+    """One img2img / inpaint / outpaint job. With a mask it inpaints; with outpaint margins it extends
+    the canvas and inpaints the new area."""
+    HISTORY_EXCLUDE: ClassVar[set[str]] = {"init_image", "mask"}  # the images are large; the outputs keep them
+
+    init_image: bytes
+    mask: bytes | None = None
+    denoising_strength: float = 0.75
+    resize_mode: int = Field(0, description="0 Just resize, 1 Crop and resize, 2 Resize and fill")
+    mask_blur: int = 4
+    inpainting_mask_invert: int = Field(0, description="0 inpaint masked, 1 inpaint not masked")
+    inpainting_fill: int = Field(1, description="masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool = Field(False, description="Inpaint area: only masked (True) or whole picture")
+    inpaint_full_res_padding: int = 32
+    outpaint_left: int = 0
+    outpaint_right: int = 0
+    outpaint_up: int = 0
+    outpaint_down: int = 0
+
+    @field_validator("init_image", "mask")
+    @classmethod
+    def _image(cls, value: bytes | None) -> bytes | None:
+        return None if value is None else clean_png(value)  # decoded, checked and re-encoded once, here
+
+    @field_validator("denoising_strength")
+    @classmethod
+    def _strength(cls, value: float) -> float:
+        return _check_finite_range(value, 0, 1)
+
+    @field_validator("resize_mode", "mask_blur", "inpainting_mask_invert", "inpainting_fill",
+                     "inpaint_full_res_padding")
+    @classmethod
+    def _option_range(cls, value: int, info: ValidationInfo) -> int:
+        return _check_range(value, *IMG2IMG_RANGES[info.field_name])
+
+    @field_validator("outpaint_left", "outpaint_right", "outpaint_up", "outpaint_down")
+    @classmethod
+    def _outpaint(cls, value: int) -> int:
+        _check_range(value, *OUTPAINT_RANGE)
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8; got {value}")
+        return value
+
+    @property
+    def outpaints(self) -> bool:
+        return any((self.outpaint_left, self.outpaint_right, self.outpaint_up, self.outpaint_down))
+
+    @model_validator(mode="after")
+    def _outpaint_size(self):
+        width = self.width + self.outpaint_left + self.outpaint_right
+        height = self.height + self.outpaint_up + self.outpaint_down
+        if self.outpaints and max(width, height) > SIZE_RANGE[1]:
+            raise ValueError(f"outpaint: the extended canvas {width}x{height} exceeds {SIZE_RANGE[1]} pixels")
+        return self
+
+
+IMG2IMG_RANGES = {"resize_mode": (0, 2), "mask_blur": (0, 64), "inpainting_mask_invert": (0, 1),
+                  "inpainting_fill": (0, 3), "inpaint_full_res_padding": (0, 256)}
+
+
+EXTRAS_SCALE_MAX = 8.0  # A1111's "Resize" slider goes to 8
+EXTRAS_SIZE_MAX = 8192  # A1111's "Width"/"Height" sliders go to 8192; Settings.max_upscale_size may lower it
+EXTRAS_MAX_IMAGES = 1000
+
+
+class ExtrasRequest(BaseModel):
+    """One upscale ("Extras") job over one image, several images, or every image in a server folder.
+    Field names follow A1111's extra-single-image / extra-batch-images API."""
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+    HISTORY_EXCLUDE: ClassVar[set[str]] = {"images"}
+
+    images: list[bytes] = Field(default_factory=list, description="Encoded images (PNG, JPEG, WEBP, ...)")
+    input_dir: str | None = Field(None, description="A folder on the server whose images are upscaled")
+    resize_mode: int = Field(0, description="0 scale by upscaling_resize, 1 to upscaling_resize_w x _h")
+    upscaling_resize: float = 2.0
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = Field(True, description="Mode 1: crop to exactly the target size (else keep the "
+                                                   "aspect ratio, covering the target)")
+    upscaler_1: str = "Lanczos"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0.0
+    save_images: bool = True
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, value: list[bytes]) -> list[bytes]:
+        if len(value) > EXTRAS_MAX_IMAGES:
+            raise ValueError(f"at most {EXTRAS_MAX_IMAGES} images per job; got {len(value)}")
+        cleaned = []
+        for position, data in enumerate(value):
+            try:
+                cleaned.append(clean_png(data, keep_infotext=True))  # decoded, checked, re-encoded once
+            except ValueError as error:
+                raise ValueError(f"image {position + 1}: {error}") from None
+        return cleaned
+
+    @field_validator("input_dir")
+    @classmethod
+    def _input_dir(cls, value: str | None) -> str | None:
+        if value is not None and not Path(value).is_dir():
+            raise ValueError(f"not a folder on the server: {value}")
+        return value
+
+    @field_validator("resize_mode")
+    @classmethod
+    def _resize_mode(cls, value: int) -> int:
+        return _check_range(value, 0, 1)
+
+    @field_validator("upscaling_resize")
+    @classmethod
+    def _scale(cls, value: float) -> float:
+        if not math.isfinite(value) or not 0 < value <= EXTRAS_SCALE_MAX:
+            raise ValueError(f"must be greater than 0 and at most {EXTRAS_SCALE_MAX:g}; got {value}")
+        return value
+
+    @field_validator("upscaling_resize_w", "upscaling_resize_h")
+    @classmethod
+    def _target(cls, value: int) -> int:
+        return _check_range(value, 1, EXTRAS_SIZE_MAX)
+
+    @field_validator("extras_upscaler_2_visibility")
+    @classmethod
+    def _visibility(cls, value: float) -> float:
+        return _check_finite_range(value, 0, 1)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if bool(self.images) == bool(self.input_dir):
+            raise ValueError("images: give either images or input_dir (a server folder), not both or neither")
+        return self
+
+
+def build_request(request_class: type[BaseModel], values: dict[str, Any], samplers: dict | None = None):
+    """Build a request, turning pydantic's errors into one RequestError that names the field. `samplers`: the
+    samplers extensions registered, accepted besides the built-in ones."""
+    try:
+        return request_class.model_validate(values, context={"samplers": samplers} if samplers else None)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "request"
+        message = first["msg"].removeprefix("Value error, ")
+        if ": " in message and not first["loc"]:
+            field, message = message.split(": ", 1)
+        raise RequestError(field, message) from None
+
+
+class ImageResult(BaseModel):
+    """One generated image: plain data, so results can cross process boundaries."""
+    model_config = ConfigDict(frozen=True)
+
+    png: bytes  # encoded once, infotext included; the saved file holds the same bytes
+    path: str | None  # None when the request asked not to save
+    seed: int  # upscaled images: the source's seed when its infotext has one, else -1
+    prompt: str
+    negative_prompt: str
+    infotext: str  # A1111's "parameters" (upscaled images: the source's, kept; "" when it had none)
+    postprocessing: str = ""  # upscaled images: what the upscale did ("Postprocess upscaler: ...")
+
+
+class GenerationResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    images: list[ImageResult]
+    interrupted: bool = False
+    model_label: str = ""  # e.g. "SD1.x inpainting"
+    warnings: list[str] = Field(default_factory=list)  # what was ignored (unknown LoRA, unbalanced bracket, ...)
+
+
+JobRequest = Txt2ImgRequest | Img2ImgRequest | ExtrasRequest  # what the job queue runs: one request type per kind

@@ -1,0 +1,122 @@
+"""A1111's hires fix for txt2img: a first pass at width x height, an upscale (of the latents, or of the
+decoded image with an upscaler), then an img2img pass at the final size with the same seeds.
+
+The second pass is the ordinary diffusers img2img pipeline (the one img2img jobs use): latents go in as
+its `image` (it takes 4-channel tensors as latents as they are), images are encoded by it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from backend.core.hires_sizes import HiresSizes, hires_sizes
+from backend.core.requests import LATENT_UPSCALE_MODES, RequestError, Txt2ImgRequest
+from backend.generation.pipelines import seeded_generators
+from backend.generation.step_counter import steps_run
+from backend.upscale.service import Upscalers
+
+
+@dataclass
+class HiresPlan:
+    request: Txt2ImgRequest
+    sizes: HiresSizes
+    upscalers: Upscalers | None
+
+    @classmethod
+    def from_request(cls, request: Txt2ImgRequest, upscalers: Upscalers | None) -> HiresPlan:
+        sizes = hires_sizes(request.width, request.height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
+        if request.hr_upscaler not in LATENT_UPSCALE_MODES:
+            if upscalers is None:
+                raise RequestError("hr_upscaler", f"only latent modes are available here: "
+                                                  f"{', '.join(LATENT_UPSCALE_MODES)}")
+            upscalers.resolve(request.hr_upscaler, "hr_upscaler")  # fail before the first pass, not after
+        return cls(request=request, sizes=sizes, upscalers=upscalers)
+
+    @property
+    def latent_mode(self) -> tuple[str, bool] | None:
+        return LATENT_UPSCALE_MODES.get(self.request.hr_upscaler)
+
+    @property
+    def second_pass_steps(self) -> int:
+        return self.request.hr_second_pass_steps or self.request.steps
+
+    @property
+    def pass_steps(self) -> list[int]:
+        """The user's steps of the first and the second pass (which runs its steps times the strength)."""
+        return [self.request.steps, steps_run(self.second_pass_steps, self.request.denoising_strength)]
+
+    def infotext_parameters(self) -> dict:
+        """A1111's keys, in A1111's order; "Size" stays the first pass's size, as A1111 writes it."""
+        request = self.request
+        parameters = {"Size": f"{request.width}x{request.height}", "Denoising strength": request.denoising_strength}
+        if request.hr_resize_x or request.hr_resize_y:
+            parameters["Hires resize"] = f"{request.hr_resize_x}x{request.hr_resize_y}"
+        else:
+            parameters["Hires upscale"] = request.hr_scale
+        if request.hr_second_pass_steps:
+            parameters["Hires steps"] = request.hr_second_pass_steps
+        parameters["Hires upscaler"] = request.hr_upscaler
+        return parameters
+
+    # --- the two passes ----------------------------------------------------------------------------
+    def make_batch(self, pipeline_for, seeds: list[int], on_step, prompts) -> list[Image.Image]:
+        request = self.request
+        first_pipeline = pipeline_for("txt2img")
+        first = first_pipeline(
+            num_inference_steps=request.steps, width=request.width, height=request.height,
+            guidance_scale=request.cfg_scale, generator=seeded_generators(seeds),
+            output_type="latent" if self.latent_mode else "pil",
+            **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
+        second = pipeline_for("img2img")
+        if first_pipeline.interrupt:  # interrupted in the first pass: its images are the result (as in A1111)
+            return decode_latents(second, first.images) if self.latent_mode else first.images
+        if self.latent_mode:
+            upscaled = self._upscale_latents(first.images, second.vae_scale_factor)
+            if request.denoising_strength == 0:
+                return decode_latents(second, upscaled)
+        else:
+            upscaled = [self._upscale_image(image) for image in first.images]
+            if request.denoising_strength == 0:
+                return upscaled
+        return second(image=upscaled, strength=request.denoising_strength, num_inference_steps=self.second_pass_steps,
+                      guidance_scale=request.cfg_scale, generator=seeded_generators(seeds), output_type="pil",
+                      **prompts.pipeline_arguments(request.steps, len(seeds), on_step,
+                                                   hires_steps=self.second_pass_steps)).images
+
+    def _upscale_latents(self, latents: torch.Tensor, vae_scale: int) -> torch.Tensor:
+        mode, antialias = self.latent_mode
+        upscaled_width, upscaled_height = self.sizes.upscaled
+        size = (-(-upscaled_height // vae_scale), -(-upscaled_width // vae_scale))  # ceil: crop, never pad
+        # float32: some interpolation modes have no half-precision kernel
+        resized = F.interpolate(latents.float(), size=size, mode=mode, antialias=antialias).to(latents.dtype)
+        final_width, final_height = (side // vae_scale for side in self.sizes.final)
+        top, left = (size[0] - final_height) // 2, (size[1] - final_width) // 2
+        return resized[..., top:top + final_height, left:left + final_width]
+
+    def _upscale_image(self, image: Image.Image) -> Image.Image:
+        upscaled = self.upscalers.upscale(image, self.request.hr_upscaler, self.sizes.upscaled, "hr_upscaler")
+        if upscaled.size == self.sizes.final:
+            return upscaled
+        final_width, final_height = self.sizes.final
+        left, top = (upscaled.width - final_width) // 2, (upscaled.height - final_height) // 2
+        return upscaled.crop((left, top, left + final_width, top + final_height))
+
+
+def decode_latents(pipeline, latents: torch.Tensor) -> list[Image.Image]:
+    """Latents -> images with the pipeline's VAE (float32 for a VAE that overflows in fp16, as diffusers'
+    SDXL pipeline does)."""
+    vae = pipeline.vae
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    dtype = vae.dtype
+    try:
+        if upcast:
+            vae.to(torch.float32)
+        with torch.no_grad():
+            pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    finally:
+        if upcast:
+            vae.to(dtype)
+    return pipeline.image_processor.postprocess(pixels.float(), output_type="pil")
