@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from backend.core.errors import is_out_of_memory
+from backend.core.requests import JobRequest, build_request
 from backend.core.settings import Settings
 from backend.generation.generator import Generator
 from backend.generation.previews import PreviewRenderer
@@ -38,6 +40,11 @@ class Services:
     networks: Networks
     extensions: Extensions
     extension_installer: ExtensionInstaller
+
+    def build_request(self, request_class: type[JobRequest], values: dict[str, Any]) -> JobRequest:
+        """The one way form values, an API body or an MCP call become a typed request: validated, with the samplers
+        extensions registered accepted besides the built-in ones. A RequestError names the field."""
+        return build_request(request_class, values, self.extensions.hooks.sampler_specs())
 
     def close(self, timeout: float = 30) -> bool:
         """Stop the jobs (the running one at its next step, recorded as interrupted) and close the history. True

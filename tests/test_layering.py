@@ -53,9 +53,7 @@ def upward_imports(root: Path) -> list[str]:
         own = layer_of(path.relative_to(root / "backend").with_suffix("").parts[0])
         for name in sorted(full_imports(path)):
             parts = name.split(".")
-            if parts[0] in ("ui", "gradio"):
-                found.append(f"{path.relative_to(root)} -> {name}")
-            elif parts[0] == "backend" and len(parts) > 1 and layer_of(parts[1]) > own:
+            if parts[0] in ("ui", "gradio") or parts[0] == "backend" and len(parts) > 1 and layer_of(parts[1]) > own:
                 found.append(f"{path.relative_to(root)} -> {name}")
     return found
 

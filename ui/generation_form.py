@@ -14,16 +14,12 @@ from backend.core.requests import (
     MAX_PROMPT_CHARACTERS,
     SIZE_RANGE,
     STEPS_RANGE,
-    RequestError,
     Txt2ImgRequest,
 )
 from backend.core.samplers import SAMPLERS, SCHEDULE_NAMES
-from backend.jobs.queue import TooManyJobs
 from backend.services import Services
-from ui.progress_view import render_done, render_error, render_progress
-from ui.tab_jobs import TabJobs, render_queued
+from ui.job_runner import JobView, TabJobRunner
 
-POLL_SECONDS = 0.25
 PRIVATE = {"api_visibility": "private"}  # UI events are not API endpoints or MCP tools
 
 
@@ -103,11 +99,6 @@ def build_prompt_row(prefix: str) -> dict:
                 token_counter=token_counter, negative_token_counter=negative_counter)
 
 
-def client_address(http: gr.Request | None) -> str | None:
-    """The address an event came from (jobs are limited per address)."""
-    return http.client.host if http is not None and http.client else None
-
-
 def render_token_count(used: int, limit: int) -> str:
     return f'<div class="token-counter" style="text-align:right;opacity:0.8">{used}/{limit}</div>'
 
@@ -164,46 +155,36 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
     outputs = [form.progress, form.gallery, form.infotext, form.job_id, form.results, form.selected,
                form.selected_path]
 
-    tab_jobs = TabJobs()
+    previews_shown: dict[str, int] = {}  # job id -> the preview step the tab shows
 
-    def run(values: dict, http: gr.Request):
-        session = http.session_hash or ""
-        try:
-            job_request = build_request(values)
-            job = services.jobs.submit(job_request, client=client_address(http))
-        except (RequestError, TooManyJobs) as error:
-            if not tab_jobs.note(session, render_error(str(error))):  # a job runs: say it under its progress
-                yield {form.progress: render_error(str(error))}
-            return
-        token = tab_jobs.add(session, job)
-        if token is not None:  # else the event showing this tab's jobs shows this one too, when its turn comes
-            yield from tab_jobs.show_all(session, token, lambda job: show(job, session))
+    def started(job) -> dict:
+        previews_shown[job.id] = 0
+        return {form.job_id: job.id}
 
-    def progress_html(job, session: str) -> str:
-        return (render_progress(job, services.jobs.position(job)) + tab_jobs.notes(session)
-                + render_queued(tab_jobs.waiting(session), services.jobs.position))
+    def running(job) -> dict:
+        if job.progress.preview is None or job.progress.preview_step == previews_shown.get(job.id):
+            return {}
+        previews_shown[job.id] = step = job.progress.preview_step
+        return {form.gallery: [(job.progress.preview, f"Preview, step {step}")]}
 
-    def show(job, session: str):
-        yield {form.job_id: job.id, form.progress: progress_html(job, session)}
-        shown_preview = 0
-        while not job.finished.wait(POLL_SECONDS):
-            update = {form.progress: progress_html(job, session)}
-            if job.progress.preview is not None and job.progress.preview_step != shown_preview:
-                shown_preview = job.progress.preview_step
-                update[form.gallery] = [(job.progress.preview, f"Preview, step {shown_preview}")]
-            yield update
-        after = tab_jobs.notes(session) + render_queued(tab_jobs.waiting(session), services.jobs.position)
-        if job.status == "failed":
-            yield {form.progress: render_error(job.error) + after, form.job_id: None}
-            return
+    def failed(job) -> dict:
+        previews_shown.pop(job.id, None)
+        return {form.job_id: None}
+
+    def finished(job) -> dict:
+        previews_shown.pop(job.id, None)
         images = job.result.images
-        yield {
-            form.progress: render_done(job, job.finished_at - job.created_at) + after, form.job_id: None,
-            form.gallery: [(image.path, f"Seed {image.seed}") for image in images],
+        return {
+            form.job_id: None, form.gallery: [(image.path, f"Seed {image.seed}") for image in images],
             form.results: [(image.path, image.seed, image.infotext) for image in images],
             form.infotext: images[0].infotext if images else "", form.selected: 0,
             form.selected_path: images[0].path if images else None,
         }
+
+    runner = TabJobRunner(services, JobView(form.progress, started, running, failed, finished))
+
+    def run(values: dict, http: gr.Request):
+        yield from runner.run(lambda: build_request(values), http)
 
     def on_select(shown: list, event: gr.SelectData):
         if not shown or event.index is None or event.index >= len(shown):

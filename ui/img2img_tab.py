@@ -9,7 +9,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from backend.core.requests import Img2ImgRequest, RequestError, build_request
+from backend.core.requests import Img2ImgRequest, RequestError
 from backend.generation.image_ops import MASK_MODES, MASKED_CONTENT, RESIZE_MODES
 from backend.services import Services
 from ui.extension_sections import build_sections
@@ -178,7 +178,7 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
                 raise RequestError("outpaint_left/right/up/down", "all four margins are 0: set Extend left, right, "
                                    "up or down to the pixels to add (the img2img tab changes an image without "
                                    "extending it)")
-        return build_request(Img2ImgRequest, fields, services.extensions.hooks.sampler_specs())
+        return services.build_request(Img2ImgRequest, fields)
 
     wire_generation(services, form, form.inputs | image_inputs | model.inputs, request_from)
     editor.upload(brush_for, inputs=editor, outputs=editor, show_progress="hidden", **PRIVATE)

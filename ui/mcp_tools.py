@@ -12,15 +12,15 @@ import binascii
 
 import gradio as gr
 
-from backend.core.requests import ExtrasRequest, Img2ImgRequest, RequestError, Txt2ImgRequest, build_request
+from backend.core.requests import ExtrasRequest, Img2ImgRequest, RequestError, Txt2ImgRequest
 from backend.jobs.queue import TooManyJobs
 from backend.services import Services
-from ui.generation_form import client_address
+from ui.job_runner import client_address
 
 
 def _run(services: Services, request_class, fields: dict, http: gr.Request | None) -> list[str]:
     try:
-        request = build_request(request_class, fields)
+        request = services.build_request(request_class, fields)
         job = services.jobs.run_and_wait(request, client=client_address(http))
     except (RequestError, TooManyJobs) as error:
         raise gr.Error(str(error)) from None

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from backend.core.requests import HR_RESIZE_RANGE, LATENT_UPSCALE_MODES, STEPS_RANGE, Txt2ImgRequest, build_request
+from backend.core.requests import HR_RESIZE_RANGE, LATENT_UPSCALE_MODES, STEPS_RANGE, Txt2ImgRequest
 from backend.services import Services
 from ui.extension_sections import build_sections
 from ui.extra_networks import build_extra_networks
@@ -72,9 +72,8 @@ def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int,
                 form.send_to_inpaint = gr.Button("Send to inpaint", elem_id="txt2img_send_inpaint")
                 form.send_to_upscale = gr.Button("Send to upscale", elem_id="txt2img_send_upscale")
     wire_generation(services, form, form.inputs | set(hires.values()) | model.inputs,
-                    lambda values: build_request(Txt2ImgRequest, {**form.common_fields(values, model),
-                                                                  **hires_fields(values, hires)},
-                                                 services.extensions.hooks.sampler_specs()))
+                    lambda values: services.build_request(Txt2ImgRequest, {**form.common_fields(values, model),
+                                                                           **hires_fields(values, hires)}))
     # The list of image upscalers can change (new files, 🔄 in the Upscale tab); refresh it when opened.
     hires["hr_upscaler"].focus(lambda: gr.Dropdown(choices=hires_upscaler_choices(services)), None,
                                hires["hr_upscaler"], **PRIVATE)

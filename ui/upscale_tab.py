@@ -8,14 +8,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from backend.core.requests import EXTRAS_SCALE_MAX, EXTRAS_SIZE_MAX, ExtrasRequest, RequestError, build_request
-from backend.jobs.queue import TooManyJobs
+from backend.core.requests import EXTRAS_SCALE_MAX, EXTRAS_SIZE_MAX, ExtrasRequest, RequestError
 from backend.services import Services
-from ui.generation_form import POLL_SECONDS, PRIVATE, client_address
+from ui.generation_form import PRIVATE
 from ui.image_upload import image_upload
-from ui.progress_view import render_done, render_error, render_progress
+from ui.job_runner import JobView, TabJobRunner
 from ui.tab_choice import build_tab_choice, follow_tab
-from ui.tab_jobs import TabJobs, render_queued
 
 RESIZE_TABS = ("scale_by", "scale_to")  # index = the API's resize_mode
 
@@ -40,6 +38,48 @@ def upscaler_status(services: Services) -> str:
 
 def read_files(paths: list[str] | None) -> list[bytes]:
     return [Path(path).read_bytes() for path in paths or []]
+
+
+@dataclass
+class UpscaleControls:
+    """The tab's inputs, and the request they make."""
+    source: gr.Textbox  # which source tab is open: single | batch | folder
+    single: gr.Image
+    files: gr.File
+    folder: gr.Textbox
+    resize_mode: gr.Textbox  # scale_by | scale_to
+    scale: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    crop: gr.Checkbox
+    upscaler_1: gr.Dropdown
+    upscaler_2: gr.Dropdown
+    visibility: gr.Slider
+
+    @property
+    def inputs(self) -> set:
+        return {getattr(self, name) for name in self.__dataclass_fields__}
+
+    def request(self, services: Services, values: dict) -> ExtrasRequest:
+        kind, mode = values[self.source], values[self.resize_mode]
+        if kind == "single":
+            sources = {"images": read_files([values[self.single]] if values[self.single] else [])}
+        elif kind == "batch":
+            sources = {"images": read_files(values[self.files])}
+        else:
+            sources = {"input_dir": (values[self.folder] or "").strip() or None}
+        if not sources.get("images") and not sources.get("input_dir"):
+            raise RequestError("images", {"single": "drop an image to upscale",
+                                          "batch": "add one or more images to upscale",
+                                          "folder": "type a folder on the server"}[kind])
+        if mode not in RESIZE_TABS:  # the choice comes from the browser, so it can be forged
+            raise RequestError("resize_mode", f"one of {', '.join(RESIZE_TABS)}")
+        return services.build_request(ExtrasRequest, {
+            **sources, "resize_mode": RESIZE_TABS.index(mode), "upscaling_resize": values[self.scale],
+            "upscaling_resize_w": int(values[self.width]), "upscaling_resize_h": int(values[self.height]),
+            "upscaling_crop": values[self.crop], "upscaler_1": values[self.upscaler_1],
+            "upscaler_2": values[self.upscaler_2] or "None",
+            "extras_upscaler_2_visibility": values[self.visibility]})
 
 
 def build_upscale_tab(services: Services) -> UpscaleTab:
@@ -94,50 +134,17 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
                                (scale_to_tab, resize_mode, "scale_to")):
         follow_tab(tab, choice, value)
 
-    tab_jobs = TabJobs()
-
-    def run(kind, single_path, file_paths, input_dir, mode, factor, to_width, to_height, to_crop, first, second,
-            second_visibility, page: gr.Request):
-        try:
-            if kind == "single":
-                sources = {"images": read_files([single_path] if single_path else [])}
-            elif kind == "batch":
-                sources = {"images": read_files(file_paths)}
-            else:
-                sources = {"input_dir": (input_dir or "").strip() or None}
-            if not sources.get("images") and not sources.get("input_dir"):
-                raise RequestError("images", {"single": "drop an image to upscale",
-                                              "batch": "add one or more images to upscale",
-                                              "folder": "type a folder on the server"}[kind])
-            if mode not in RESIZE_TABS:  # the choice comes from the browser, so it can be forged
-                raise RequestError("resize_mode", f"one of {', '.join(RESIZE_TABS)}")
-            request = build_request(ExtrasRequest, {
-                **sources, "resize_mode": RESIZE_TABS.index(mode), "upscaling_resize": factor,
-                "upscaling_resize_w": int(to_width), "upscaling_resize_h": int(to_height), "upscaling_crop": to_crop,
-                "upscaler_1": first, "upscaler_2": second or "None", "extras_upscaler_2_visibility": second_visibility})
-            session = page.session_hash or ""
-            job = services.jobs.submit(request, client=client_address(page))
-        except (RequestError, OSError, TooManyJobs) as error:
-            if not tab_jobs.note(page.session_hash or "", render_error(str(error))):
-                yield {progress: render_error(str(error))}
-            return
-        token = tab_jobs.add(session, job)
-        if token is not None:  # else the event showing this tab's jobs shows this one when its turn comes
-            yield from tab_jobs.show_all(session, token, lambda job: show(job, session))
-
-    def show(job, session: str):
-        def queued() -> str:
-            return tab_jobs.notes(session) + render_queued(tab_jobs.waiting(session), services.jobs.position)
-
-        while not job.finished.wait(POLL_SECONDS):
-            yield {progress: render_progress(job, services.jobs.position(job)) + queued()}
-        if job.status == "failed":
-            yield {progress: render_error(job.error) + queued()}
-            return
+    def finished(job) -> dict:
         images = job.result.images
-        yield {progress: render_done(job, job.finished_at - job.created_at) + queued(),
-               gallery: [(image.path, Path(image.path).name) for image in images if image.path],
-               info: images[0].postprocessing if images else "", results: [image.postprocessing for image in images]}
+        return {gallery: [(image.path, Path(image.path).name) for image in images if image.path],
+                info: images[0].postprocessing if images else "", results: [image.postprocessing for image in images]}
+
+    runner = TabJobRunner(services, JobView(progress, finished=finished))
+    controls = UpscaleControls(source, single, files, folder, resize_mode, scale, width, height, crop, upscaler_1,
+                               upscaler_2, visibility)
+
+    def run(values: dict, page: gr.Request):
+        yield from runner.run(lambda: controls.request(services, values), page)
 
     def on_select(shown: list, event: gr.SelectData):
         return shown[event.index] if shown and event.index is not None and event.index < len(shown) else ""
@@ -148,8 +155,7 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
         return (gr.Dropdown(choices=choices), gr.Dropdown(choices=["None", *[n for n in choices if n != "None"]]),
                 upscaler_status(services))
 
-    run_button.click(run, inputs=[source, single, files, folder, resize_mode, scale, width, height, crop, upscaler_1,
-                                  upscaler_2, visibility], outputs=[progress, gallery, info, results],
+    run_button.click(run, inputs=controls.inputs, outputs=[progress, gallery, info, results],
                      concurrency_limit=None, trigger_mode="multiple", **PRIVATE)  # see ui/tab_jobs.py
     gallery.select(on_select, inputs=results, outputs=info, **PRIVATE)
     refresh.click(refresh_list, outputs=[upscaler_1, upscaler_2, status], **PRIVATE)

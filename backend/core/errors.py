@@ -32,6 +32,15 @@ class TooManyJobs(UserError):
         super().__init__(None, message)
 
 
+class DuplicateJobId(UserError):
+    """A client chose a job id (A1111's force_task_id) that a job has already."""
+
+    status = 409
+
+    def __init__(self, job_id: str):
+        super().__init__("force_task_id", f"a job with id '{job_id}' already exists")
+
+
 class JobInterrupted(Exception):
     """Raised inside a job when its own interrupt flag is set."""
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from backend.core.errors import BatchSkipped, JobInterrupted, TooManyJobs, UserError, is_out_of_memory
+from backend.core.errors import BatchSkipped, DuplicateJobId, JobInterrupted, TooManyJobs, UserError, is_out_of_memory
 from backend.core.requests import GenerationResult, JobRequest
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class JobQueue:
         fill the queue in front of everyone else."""
         with self._lock:
             if job_id is not None and job_id in self._jobs:
-                raise ValueError(f"force_task_id: a job with id '{job_id}' already exists")
+                raise DuplicateJobId(job_id)
             if client is not None:
                 pending = sum(1 for job in self._jobs.values() if job.client == client and not job.done)
                 if pending >= self.max_pending_per_client:

@@ -1,0 +1,237 @@
+"""A1111's request bodies -> our typed requests, and our results -> A1111's answers (`info`, base64 images):
+the translation the /sdapi/v1 routes share. Bad input is a 422 naming the field."""
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import html
+import io
+import logging
+from typing import Any
+
+from fastapi import HTTPException
+from PIL import Image
+
+from backend.core.image_input import ImageInputError, open_image
+from backend.core.infotext import parse_infotext
+from backend.core.requests import (
+    LATENT_UPSCALE_MODES,
+    ExtrasRequest,
+    Img2ImgRequest,
+    RequestError,
+    Txt2ImgRequest,
+)
+from backend.http.bodies import HIRES_SAME, ExtrasBaseBody, GenerationBody, Img2ImgBody, Txt2ImgBody
+from backend.jobs.queue import Job
+from backend.models.weight_files import CheckpointError, read_safetensors_metadata, sniff_format
+from backend.services import Services
+from backend.upscale.extras import check_request
+
+log = logging.getLogger(__name__)
+SUPPORTED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
+EXTRA_GENERATION_KEYS = ("Lora hashes", "TI hashes")  # reported in info.extra_generation_params, as A1111
+
+
+def lora_metadata(path) -> dict[str, Any]:
+    """A LoRA's training metadata (kohya's ss_* keys), from the safetensors header only."""
+    try:
+        return read_safetensors_metadata(path) if sniff_format(path) == "safetensors" else {}
+    except (CheckpointError, OSError, ValueError):
+        return {}
+
+
+def decode_image(data: str, field: str) -> Image.Image:
+    """base64 (or a data: URL) -> a decoded, checked image (see backend.core.image_input); 422 naming the field."""
+    if data.startswith("data:"):
+        data = data.split(",", 1)[-1]
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(status_code=422, detail=f"{field}: not valid base64") from None
+    try:
+        return open_image(raw)
+    except ImageInputError as error:
+        raise HTTPException(status_code=422, detail=f"{field}: {error}") from None
+
+
+def _unsupported_fields(body: GenerationBody) -> list[str]:
+    """Fields set to ask for something this version cannot do (never silently ignored)."""
+    asked = {
+        "restore_faces": body.restore_faces, "tiling": body.tiling,
+        "styles": body.styles, "subseed_strength": body.subseed_strength, "refiner_checkpoint": body.refiner_checkpoint,
+        "script_name": body.script_name,
+    }
+    if isinstance(body, Txt2ImgBody) and body.enable_hr:
+        asked |= {
+            "firstphase_width": body.firstphase_width, "firstphase_height": body.firstphase_height,
+            "hr_checkpoint_name": body.hr_checkpoint_name not in HIRES_SAME,
+            "hr_sampler_name": body.hr_sampler_name not in HIRES_SAME,
+            "hr_scheduler": body.hr_scheduler not in HIRES_SAME,
+            "hr_prompt": body.hr_prompt not in ("", body.prompt),
+            "hr_negative_prompt": body.hr_negative_prompt not in ("", body.negative_prompt or ""),
+        }
+    return [name for name, value in asked.items() if value]
+
+
+def checkpoint_problem(error: CheckpointError) -> str:
+    """The error without the "checkpoint: " a lookup failure starts with (the caller names its own field)."""
+    return str(error).removeprefix("checkpoint: ")
+
+
+def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
+    """The request fields txt2img and img2img share, from an A1111 body."""
+    unsupported = _unsupported_fields(body)
+    if unsupported:
+        raise HTTPException(status_code=422, detail=f"{', '.join(unsupported)}: not supported by this version yet")
+    overrides = dict(body.override_settings or {})
+    checkpoint = overrides.pop("sd_model_checkpoint", None)
+    vae = overrides.pop("sd_vae", "Automatic")
+    clip_skip = overrides.pop("CLIP_stop_at_last_layers", 1)
+    if overrides:
+        raise HTTPException(status_code=422, detail=f"override_settings: unsupported option(s) {sorted(overrides)}; "
+                                                    f"supported: {', '.join(SUPPORTED_OVERRIDES)}")
+    try:
+        services.networks.check_vae(str(vae))
+    except RequestError as error:
+        raise HTTPException(status_code=422, detail=f"override_settings.{error}") from None
+    if checkpoint is not None and not isinstance(checkpoint, str):
+        raise HTTPException(status_code=422, detail="override_settings.sd_model_checkpoint: must be a checkpoint "
+                                                    f"title or name (a string); got {checkpoint!r}")
+    if checkpoint is not None:
+        try:
+            checkpoint = services.models.resolve(checkpoint).title
+        except CheckpointError as error:
+            raise HTTPException(status_code=422,
+                                detail=f"override_settings.sd_model_checkpoint: {checkpoint_problem(error)}") from None
+    return {
+        "extension_args": _extension_args(body, services),
+        "prompt": body.prompt, "negative_prompt": body.negative_prompt or "",
+        "sampler_name": body.sampler_name or body.sampler_index, "scheduler": body.scheduler or "Automatic",
+        "steps": body.steps, "cfg_scale": body.cfg_scale, "width": body.width, "height": body.height,
+        "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
+        "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip,
+    }
+
+
+def _extension_args(body: GenerationBody, services: Services) -> dict[str, Any]:
+    """`extension_args`, plus A1111's `alwayson_scripts` ({name: {"args": [...]}}) addressed to an extension by
+    its name; a name no loaded extension has is refused, not ignored."""
+    loaded = {record.name.lower(): record.name for record in services.extensions.records if record.loaded}
+    result: dict[str, Any] = {}
+    for source, values in (("extension_args", body.extension_args), ("alwayson_scripts", body.alwayson_scripts)):
+        for name, value in values.items():
+            extension = loaded.get(str(name).lower())
+            if extension is None:
+                raise HTTPException(status_code=422, detail=f"{source}.{name}: no loaded extension of that name; "
+                                                            f"loaded: {sorted(loaded.values()) or 'none'}")
+            result[extension] = value if isinstance(value, dict) else {"args": value}
+    return result
+
+
+def _build(request_class, fields: dict[str, Any], services: Services):
+    try:
+        return services.build_request(request_class, fields)
+    except RequestError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+
+
+def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
+    fields = _common_fields(body, services)
+    if body.enable_hr:
+        upscaler = body.hr_upscaler or "Latent"
+        if upscaler not in LATENT_UPSCALE_MODES:
+            _check(lambda: services.upscalers.resolve(upscaler, "hr_upscaler"))
+        fields |= {"enable_hr": True, "hr_scale": body.hr_scale, "hr_resize_x": body.hr_resize_x,
+                   "hr_resize_y": body.hr_resize_y, "hr_upscaler": upscaler,
+                   "hr_second_pass_steps": body.hr_second_pass_steps, "denoising_strength": body.denoising_strength}
+    return _build(Txt2ImgRequest, fields, services)
+
+
+def _check(action):
+    """Run a check that raises RequestError; answer 422 naming the field."""
+    try:
+        return action()
+    except RequestError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+
+
+def extras_request(body: ExtrasBaseBody, images: list[bytes], services: Services) -> ExtrasRequest:
+    """An A1111 extras body -> our request, checked (names, sizes) before it is queued. Not saved, as A1111's
+    API does not save extras results."""
+    if body.gfpgan_visibility or body.codeformer_visibility:
+        raise HTTPException(status_code=422, detail="gfpgan_visibility/codeformer_visibility: face restoration is "
+                                                    "not supported by this version yet")
+    request = _build(ExtrasRequest, {
+        "images": images, "resize_mode": body.resize_mode, "upscaling_resize": body.upscaling_resize,
+        "upscaling_resize_w": body.upscaling_resize_w, "upscaling_resize_h": body.upscaling_resize_h,
+        "upscaling_crop": body.upscaling_crop, "upscaler_1": body.upscaler_1, "upscaler_2": body.upscaler_2,
+        "extras_upscaler_2_visibility": body.extras_upscaler_2_visibility, "save_images": False,
+    }, services)
+    _check(lambda: check_request(request, services.upscalers))
+    return request
+
+
+def plaintext_to_html(text: str) -> str:
+    """A1111's html_info: the text's lines, escaped, in one paragraph."""
+    return "<p>" + "<br>\n".join(html.escape(line) for line in text.split("\n")) + "</p>"
+
+
+def image_bytes(data: str, field: str) -> bytes:
+    """base64 (or a data: URL) -> the bytes of a readable image; 422 naming the field otherwise."""
+    decode_image(data, field)
+    return base64.b64decode(data.split(",", 1)[-1] if data.startswith("data:") else data)
+
+
+def img2img_request(body: Img2ImgBody, services: Services) -> Img2ImgRequest:
+    if not body.init_images:
+        raise HTTPException(status_code=422, detail="init_images: give one base64 image")
+    if len(body.init_images) > 1:
+        raise HTTPException(status_code=422, detail="init_images: more than one init image per request is not "
+                                                    "supported by this version; give one")
+    if body.mask_blur is None and body.mask_blur_x != body.mask_blur_y:
+        raise HTTPException(status_code=422, detail="mask_blur_x/mask_blur_y: different blurs are not supported "
+                                                    "by this version; give mask_blur")
+    return _build(Img2ImgRequest, {
+        **_common_fields(body, services), "init_image": image_bytes(body.init_images[0], "init_images[0]"),
+        "mask": image_bytes(body.mask, "mask") if body.mask else None,
+        "denoising_strength": body.denoising_strength, "resize_mode": body.resize_mode,
+        "mask_blur": body.mask_blur if body.mask_blur is not None else body.mask_blur_x,
+        "inpainting_fill": body.inpainting_fill, "inpaint_full_res": body.inpaint_full_res,
+        "inpaint_full_res_padding": body.inpaint_full_res_padding,
+        "inpainting_mask_invert": body.inpainting_mask_invert,
+    }, services)
+
+
+def generation_info(job: Job, services: Services) -> dict[str, Any]:
+    request, images = job.request, job.result.images
+    entry = services.models.resolve(request.checkpoint)
+    parsed = parse_infotext(images[0].infotext) if images else {}
+    return {
+        # The prompts the images were made with (an extension such as wildcards may have resolved the request's).
+        "prompt": images[0].prompt if images else request.prompt, "all_prompts": [image.prompt for image in images],
+        "negative_prompt": images[0].negative_prompt if images else request.negative_prompt,
+        "all_negative_prompts": [image.negative_prompt for image in images],
+        "seed": images[0].seed if images else request.seed, "all_seeds": [image.seed for image in images],
+        "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0,
+        "width": request.width, "height": request.height, "sampler_name": parsed.get("Sampler", request.sampler_name),
+        "scheduler": parsed.get("Schedule type", request.scheduler), "cfg_scale": request.cfg_scale,
+        "steps": request.steps, "batch_size": request.batch_size, "restore_faces": False,
+        "sd_model_name": entry.model_name, "sd_model_hash": entry.short_hash, "sd_vae_name": parsed.get("VAE"),
+        "sd_vae_hash": parsed.get("VAE hash"), "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": request.denoising_strength if isinstance(request, Img2ImgRequest) or (
+            getattr(request, "enable_hr", False)) else None,
+        "extra_generation_params": {key: parsed[key] for key in EXTRA_GENERATION_KEYS if key in parsed},
+        "index_of_first_image": 0, "warnings": job.result.warnings,
+        "infotexts": [image.infotext for image in images], "styles": [],
+        "job_timestamp": datetime.datetime.fromtimestamp(job.created_at).strftime("%Y%m%d%H%M%S"),
+        "clip_skip": int(parsed.get("Clip skip", 1)),
+        "is_using_inpainting_conditioning": job.result.model_label.endswith("inpainting"), "task_id": job.id,
+        "interrupted": job.status == "interrupted",
+    }
+
+
+def png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()

@@ -1,0 +1,48 @@
+"""/sdapi/v1 txt2img, img2img and png-info."""
+from __future__ import annotations
+
+import base64
+import json
+
+from fastapi import APIRouter, Request
+
+from backend.core.image_metadata import read_infotext
+from backend.core.infotext import parse_infotext
+from backend.http.a1111 import decode_image, generation_info, img2img_request, txt2img_request
+from backend.http.bodies import (
+    GenerationBody,
+    GenerationResponse,
+    Img2ImgBody,
+    PngInfoBody,
+    PngInfoResponse,
+    Txt2ImgBody,
+)
+from backend.http.jobs import finished_job_or_error, submit_job
+from backend.services import Services
+
+
+def add_generation_routes(api: APIRouter, services: Services):
+    def run(request, body: GenerationBody, http: Request) -> GenerationResponse:
+        job = finished_job_or_error(submit_job(services, request, http, body.force_task_id))
+        images = [base64.b64encode(image.png).decode() for image in job.result.images] if body.send_images else []
+        parameters = body.model_dump()
+        if isinstance(body, Img2ImgBody) and not body.include_init_images:
+            parameters["init_images"], parameters["mask"] = None, None  # as A1111: not echoed unless asked
+        return GenerationResponse(images=images, parameters=parameters,
+                                  info=json.dumps(generation_info(job, services)))
+
+    @api.post("/txt2img", response_model=GenerationResponse)
+    def txt2img(body: Txt2ImgBody, http: Request):
+        return run(txt2img_request(body, services), body, http)
+
+    @api.post("/img2img", response_model=GenerationResponse)
+    def img2img(body: Img2ImgBody, http: Request):
+        return run(img2img_request(body, services), body, http)
+
+    @api.post("/png-info", response_model=PngInfoResponse)
+    def png_info(body: PngInfoBody):
+        image = decode_image(body.image, "image")
+        info = read_infotext(image) or ""
+        items = {key: value for key, value in image.info.items() if isinstance(value, str)}
+        items.pop("parameters", None)
+        return PngInfoResponse(info=info, items=items, parameters=parse_infotext(info) if info else {})
