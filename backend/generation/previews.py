@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from backend.core.model_family import ModelFamily
 from backend.generation.latent_rgb import (
     LatentRGB,
     fit_error,
@@ -53,7 +54,7 @@ PREVIEW_NAMES = {"taesd": "TAESD", "linear": "colours fitted to the VAE", "vae":
                  "published": "SD's published factors"}
 
 
-def cheap_preview(latent: torch.Tensor, family: str) -> Image.Image:
+def cheap_preview(latent: torch.Tensor, family: ModelFamily) -> Image.Image:
     """The published factors: latent (4, h, w) in SD's or SDXL's latent space -> an RGB image of its size."""
     factors = LATENT_RGB_SDXL if family.startswith("sdxl") else LATENT_RGB_SD
     rgb = torch.einsum("chw,cr->hwr", latent.float().cpu(), factors)
@@ -92,7 +93,7 @@ class PreviewRenderer:
         self._lock = threading.Lock()
 
     # --- TAESD --------------------------------------------------------------------------------------
-    def _taesd(self, family: str):
+    def _taesd(self, family: ModelFamily):
         """The TAESD decoder for the family: A1111's .pth file, else a diffusers folder; None when neither."""
         file = self.approx_dir / TAESD_DECODER_FILES.get(family, "taesd_decoder.pth")
         folder = self.approx_dir / TAESD_FOLDERS.get(family, "taesd")
@@ -125,7 +126,7 @@ class PreviewRenderer:
             log.warning("TAESD in %s could not be loaded (%s); previews use the fitted colours", folder, error)
             return None
 
-    def _taesd_name(self, family: str) -> str:
+    def _taesd_name(self, family: ModelFamily) -> str:
         """The TAESD in use for `family`, with its size: a replaced file is checked against each VAE again."""
         file = self.approx_dir / TAESD_DECODER_FILES.get(family, "taesd_decoder.pth")
         if file.is_file():
@@ -140,7 +141,7 @@ class PreviewRenderer:
         return decoder(latents.to(parameter.device, parameter.dtype)).float().cpu()
 
     # --- choosing, once per VAE ---------------------------------------------------------------------
-    def prepare(self, vae, source: Path | None, family: str) -> VaePreview:
+    def prepare(self, vae, source: Path | None, family: ModelFamily) -> VaePreview:
         """Find or work out how to preview `vae`, whose weights come from `source` (a checkpoint or VAE file; None
         or a hub id: kept in memory only). Cheap after the first call for the same VAE; never raises."""
         with self._lock:
@@ -204,7 +205,7 @@ class PreviewRenderer:
             log.warning("could not keep the preview colours in the cache: %s", error)
 
     # --- drawing ------------------------------------------------------------------------------------
-    def render(self, latent: torch.Tensor, family: str, vae=None) -> Image.Image:
+    def render(self, latent: torch.Tensor, family: ModelFamily, vae=None) -> Image.Image:
         """latent: (C, h, w) as the sampler holds it. With a prepared `vae`, in that VAE's colours; without,
         with a TAESD for the family if there is one, else the published factors."""
         with self._lock:

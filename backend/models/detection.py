@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from backend.core.model_family import FAMILY_LABELS, ModelFamily
 from backend.models.original_layout import (
     SD1_CLIP_PREFIX,
     SD2_OPENCLIP_PREFIX,
@@ -25,13 +26,12 @@ from backend.models.original_layout import (
 from backend.models.weight_files import CheckpointError
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
-FAMILY_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "sdxl-refiner": "SDXL refiner"}
 SDXL_REFINER_OPENCLIP_PREFIX = "conditioner.embedders.0.model."
 
 
 @dataclass(frozen=True)
 class DetectedModel:
-    family: str  # a key of FAMILY_LABELS
+    family: ModelFamily  # a key of FAMILY_LABELS
     inpainting: bool
     configs: dict  # component name -> diffusers/transformers config dict
 
@@ -41,11 +41,11 @@ class DetectedModel:
 
 
 @cache
-def _base_config(family: str, component: str) -> str:
+def _base_config(family: ModelFamily, component: str) -> str:
     return (CONFIG_ROOT / family / component / "config.json").read_text()
 
 
-def base_config(family: str, component: str) -> dict:
+def base_config(family: ModelFamily, component: str) -> dict:
     return json.loads(_base_config(family, component))
 
 
@@ -70,7 +70,7 @@ def _indices(state, pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for key in state if (m := regex.match(key))})
 
 
-def infer_unet_config(state: dict[str, torch.Tensor], family: str) -> dict:
+def infer_unet_config(state: dict[str, torch.Tensor], family: ModelFamily) -> dict:
     p = UNET_PREFIX
     config = base_config(family, "unet")
     conv_in = state[p + "input_blocks.0.0.weight"]
@@ -104,7 +104,7 @@ def infer_unet_config(state: dict[str, torch.Tensor], family: str) -> dict:
     return config
 
 
-def infer_vae_config(state: dict[str, torch.Tensor], family: str) -> dict:
+def infer_vae_config(state: dict[str, torch.Tensor], family: ModelFamily) -> dict:
     p = VAE_PREFIX
     config = base_config(family, "vae")
     levels = _indices(state, re.escape(p + "encoder.down.") + r"(\d+)\.")
@@ -120,7 +120,7 @@ def infer_vae_config(state: dict[str, torch.Tensor], family: str) -> dict:
     return config
 
 
-def _text_config(family: str, component: str, vocab_and_width, positions: int, layers: int, intermediate: int,
+def _text_config(family: ModelFamily, component: str, vocab_and_width, positions: int, layers: int, intermediate: int,
                  projection: int | None) -> dict:
     config = base_config(family, component)
     vocab, width = vocab_and_width
@@ -133,7 +133,7 @@ def _text_config(family: str, component: str, vocab_and_width, positions: int, l
     return config
 
 
-def infer_clip_config(state, prefix: str, family: str, component: str) -> dict:
+def infer_clip_config(state, prefix: str, family: ModelFamily, component: str) -> dict:
     # Some early SD1 files lack the "text_model." level.
     base = prefix + "text_model." if prefix + "text_model.embeddings.token_embedding.weight" in state else prefix
     layers = _indices(state, re.escape(base + "encoder.layers.") + r"(\d+)\.")
@@ -143,7 +143,7 @@ def infer_clip_config(state, prefix: str, family: str, component: str) -> dict:
         state[base + "encoder.layers.0.mlp.fc1.weight"].shape[0], None)
 
 
-def infer_open_clip_config(state, prefix: str, family: str, component: str) -> dict:
+def infer_open_clip_config(state, prefix: str, family: ModelFamily, component: str) -> dict:
     blocks = _indices(state, re.escape(prefix + "transformer.resblocks.") + r"(\d+)\.")
     # SD2 conditions on the penultimate layer, so its text model ends one block early (as diffusers' config does).
     layers = len(blocks) - 1 if family == "sd2" else len(blocks)

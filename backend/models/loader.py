@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 import yaml
 
+from backend.core.model_family import ModelFamily
 from backend.models.construction import ModelConstruction
 from backend.models.detection import FAMILY_LABELS, SDXL_REFINER_OPENCLIP_PREFIX, DetectedModel, detect
 from backend.models.original_layout import SD2_OPENCLIP_PREFIX, SDXL_OPENCLIP_PREFIX
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     """A pipeline plus what the rest of the app needs to know about it."""
     pipeline: DiffusionPipeline
-    family: str
+    family: ModelFamily
     inpainting: bool
 
     @property

@@ -115,6 +115,22 @@ class _RememberingEncoder:
         return self._encoded[text]
 
 
+@dataclass
+class _ReadPrompts:
+    prompt: str
+    negative_prompt: str
+    tags: list  # the extra-network tags of the prompt
+    parsed: dict[str, list]  # text -> its parse, for the encoder
+    warnings: list[str]
+
+
+@dataclass
+class _ChosenVae:
+    module: object
+    path: Path
+    infotext: dict[str, str]
+
+
 class Networks:
     def __init__(self, lora_dir: Path, embeddings_dir: Path, vae_dir: Path, checkpoints_dir: Path,
                  hashes: HashCache, construction: ModelConstruction | None = None):
@@ -162,6 +178,37 @@ class Networks:
 
     @contextmanager
     def prepare(self, request, model, checkpoint_path: Path | None) -> Iterator[JobNetworks]:
+        """The job's prompt context: its prompts read (tags out, syntax checked), its LoRAs applied to the cached
+        model for the job only (removed when the context ends), its VAE chosen, and its infotext keys."""
+        texts = self._read_prompts(request)
+        warnings = texts.warnings
+        uses = self._lora_uses(texts.tags, warnings)
+        pipeline = model.pipeline
+        with applied_loras(pipeline, model.family, uses, warnings, self.construction) as applied:
+            embeddings, failed = self.embeddings.all()
+            encoder = PromptEncoder(pipeline, model.family, request.clip_skip, embeddings, texts.parsed)
+            clip_skip = encoder.clip_skip_usable()
+            if clip_skip != request.clip_skip:
+                warnings.append(f"clip skip {request.clip_skip} is deeper than this model's text encoder allows; "
+                                f"used {clip_skip}")
+            vae = self._vae(request.sd_vae, pipeline, checkpoint_path, warnings)
+            self._check_embedding_names(encoder, embeddings, failed, texts.prompt, texts.negative_prompt, warnings)
+            yield JobNetworks(
+                encoder, texts.prompt, texts.negative_prompt, warnings=warnings, ti_hash=self.embeddings.short_hash,
+                written=(request.prompt, request.negative_prompt),
+                clean=lambda image_prompt, image_negative: self._image_texts(
+                    image_prompt, image_negative, texts.tags, request.steps, warnings),
+                vae=vae.module if vae else None, vae_file=vae.path if vae else None,
+                parameters={
+                    "Clip skip": clip_skip if clip_skip > 1 else None,
+                    **(vae.infotext if vae else {}),
+                    "Lora hashes": ", ".join(f"{use.file.name}: {self.lora_short_hash(use.file.path)}"
+                                             for use in applied) or None,
+                })
+
+    def _read_prompts(self, request) -> _ReadPrompts:
+        """The request's prompts without their extra-network tags, with explicit embeddings resolved and the
+        syntax checked (each distinct text parsed once, kept for encoding)."""
         warnings: list[str] = []
         try:
             prompt, tags = extract_extra_networks(request.prompt)
@@ -173,31 +220,10 @@ class Networks:
                             + ", ".join(f"<{t.kind}:{t.name}>" for t in negative_tags))
         prompt = self._explicit_embeddings(prompt, warnings)
         negative_prompt = self._explicit_embeddings(negative_prompt, warnings)
-        parsed: dict[str, list] = {}  # each distinct text parsed once, here and again when it is encoded
+        parsed: dict[str, list] = {}
         for label, text in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             self._check_syntax(label, text, request.steps, warnings, parsed)
-        uses = self._lora_uses(tags, warnings)
-        pipeline = model.pipeline
-        with applied_loras(pipeline, model.family, uses, warnings, self.construction) as applied:
-            embeddings, failed = self.embeddings.all()
-            encoder = PromptEncoder(pipeline, model.family, request.clip_skip, embeddings, parsed)
-            job = JobNetworks(encoder, prompt, negative_prompt, warnings=warnings,
-                              ti_hash=self.embeddings.short_hash,
-                              written=(request.prompt, request.negative_prompt),
-                              clean=lambda image_prompt, image_negative: self._image_texts(
-                                  image_prompt, image_negative, tags, request.steps, warnings))
-            if encoder.clip_skip_usable() != request.clip_skip:
-                warnings.append(f"clip skip {request.clip_skip} is deeper than this model's text encoder allows; "
-                                f"used {encoder.clip_skip_usable()}")
-            job.vae = self._vae(request.sd_vae, pipeline, checkpoint_path, job)
-            self._check_embedding_names(encoder, embeddings, failed, prompt, negative_prompt, warnings)
-            job.parameters = {
-                "Clip skip": encoder.clip_skip_usable() if encoder.clip_skip_usable() > 1 else None,
-                **job.parameters,
-                "Lora hashes": ", ".join(f"{use.file.name}: {self.lora_short_hash(use.file.path)}"
-                                         for use in applied) or None,
-            }
-            yield job
+        return _ReadPrompts(prompt, negative_prompt, tags, parsed, warnings)
 
     @staticmethod
     def _check_syntax(label: str, text: str, steps: int, warnings: list[str], parsed: dict | None = None):
@@ -255,7 +281,8 @@ class Networks:
             uses.append(LoraUse(entry, tag.weight, tag.unet_weight if tag.unet_weight is not None else tag.weight))
         return uses
 
-    def _vae(self, choice: str, pipeline, checkpoint_path: Path | None, job: JobNetworks):
+    def _vae(self, choice: str, pipeline, checkpoint_path: Path | None, warnings: list[str]) -> _ChosenVae | None:
+        """The job's VAE, or None for the checkpoint's own (a file that cannot be loaded is a warning)."""
         try:
             entry = self.vaes.resolve(choice, checkpoint_path)
         except CheckpointError as error:
@@ -265,11 +292,9 @@ class Networks:
         try:
             vae = self.vaes.load(entry, pipeline.vae)
         except CheckpointError as error:
-            job.warnings.append(f"VAE {entry.file_name} ignored, the checkpoint's own VAE was used: {error}")
+            warnings.append(f"VAE {entry.file_name} ignored, the checkpoint's own VAE was used: {error}")
             return None
-        job.parameters |= {"VAE hash": self.vaes.short_hash(entry), "VAE": entry.file_name}
-        job.vae_file = entry.path
-        return vae
+        return _ChosenVae(vae, entry.path, {"VAE hash": self.vaes.short_hash(entry), "VAE": entry.file_name})
 
     def _check_embedding_names(self, encoder, embeddings, failed: dict[str, str], prompt: str, negative: str,
                                warnings: list[str]):

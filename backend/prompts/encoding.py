@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from backend.core.model_family import ModelFamily
 from backend.prompts.embeddings import Embedding
 from backend.prompts.parser import parse_weighted
 
@@ -171,7 +172,7 @@ class PromptChunker:
 class PromptEncoder:
     """Encodes prompts for one loaded model with one clip skip and the embeddings usable with it."""
 
-    def __init__(self, pipeline, family: str, clip_skip: int = 1, embeddings: list[Embedding] = (),
+    def __init__(self, pipeline, family: ModelFamily, clip_skip: int = 1, embeddings: list[Embedding] = (),
                  parsed: dict[str, list] | None = None):
         tokenizer = pipeline.tokenizer if getattr(pipeline, "tokenizer", None) is not None else pipeline.tokenizer_2
         self.sdxl = family.startswith("sdxl")

@@ -9,6 +9,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from backend.core.model_family import ModelFamily
 from backend.models.construction import ModelConstruction
 from backend.models.network_files import NetworkFile
 from backend.models.weight_files import CheckpointError, load_state_dict
@@ -36,7 +37,7 @@ def lora_family(state: dict) -> str | None:
 
 
 @contextmanager
-def applied_loras(pipeline, family: str, uses: list[LoraUse], warnings: list[str],
+def applied_loras(pipeline, family: ModelFamily, uses: list[LoraUse], warnings: list[str],
                   construction: ModelConstruction):
     """Load `uses` into the shared modules of `pipeline` for the duration of the block; each LoRA that
     cannot be used becomes a warning instead of failing the job. Yields the uses that were applied. The LoRA
