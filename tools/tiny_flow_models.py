@@ -1,0 +1,191 @@
+"""Tiny Flux.1 and SD3(.5) models of the real architectures (diffusers' FluxTransformer2DModel and
+SD3Transformer2DModel, a 16-channel AutoencoderKL, CLIP-L/G and a T5 encoder) with seeded random weights, written
+as diffusers folders and as single files in the published layouts:
+
+- Flux, BFL: the transformer alone, original keys without prefix (flux1-dev.safetensors), beside `ae.safetensors`
+  (the VAE in the original layout) and text encoders as separate files (clip_l, t5xxl);
+- Flux, ComfyUI all-in-one: `model.diffusion_model.*`, `first_stage_model.*` and
+  `text_encoders.{clip_l,t5xxl}.transformer.*`, with T5's embedding only as `shared.weight` (as ComfyUI saves it);
+- SD3/SD3.5, Stability: `model.diffusion_model.*`, `first_stage_model.*`, `text_encoders.{clip_l,clip_g,t5xxl}.*`.
+
+The T5 tokenizer is a tiny Unigram vocabulary built here (no sentencepiece model, nothing downloaded).
+"""
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from backend.models.flow_layouts import flux_rows_for_model, sd3_rows_for_model, to_original
+from backend.models.original_layout import VAE_PREFIX, classic_clip_state_dict, vae_to_original
+
+CLIP_VOCAB = 49408
+T5_WIDTH = 64
+CLIP_WIDTH = 32
+TINY_VAE_CHANNELS = (32, 32, 64, 64)
+COMMON_WORDS = ("a photo of the cat dog red blue green house tree sky sun moon portrait landscape painting in on with "
+                "and at by an old young man woman city night day water mountain flower car").split()
+
+
+def tiny_t5_tokenizer():
+    """A T5 (Unigram) tokenizer with a few hundred pieces: letters, digits, punctuation and common words."""
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + word, -1.0) for word in COMMON_WORDS]
+    pieces += [(char, -3.0) for char in string.ascii_lowercase + string.ascii_uppercase + string.digits]
+    pieces += [("▁" + char, -2.5) for char in string.ascii_lowercase]
+    pieces += [(char, -3.5) for char in string.punctuation]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def _clip(width: int, projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=CLIP_VOCAB, hidden_size=width, intermediate_size=width * 2, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+                            projection_dim=width)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def _t5(vocab: int):
+    from transformers import T5Config, T5EncoderModel
+
+    # T5 v1.1 (the T5-XXL the pipelines use): gated GELU, untied embeddings
+    config = T5Config(vocab_size=vocab, d_model=T5_WIDTH, d_kv=16, d_ff=96, num_layers=2, num_heads=4,
+                      relative_attention_num_buckets=8, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    return T5EncoderModel(config)
+
+
+def _vae(scaling: float, shift: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=TINY_VAE_CHANNELS, in_channels=3, out_channels=3, latent_channels=16,
+                         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                         layers_per_block=1, norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False,
+                         scaling_factor=scaling, shift_factor=shift)
+
+
+def tiny_flow_components(family: str, seed: int = 0, variant: str = "dev") -> dict[str, torch.nn.Module]:
+    """Modules of a tiny `family` ("flux" or "sd3") model; `variant` for Flux: "dev" (guidance embedding) or
+    "schnell"."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _components(family, variant)
+
+
+def _components(family: str, variant: str) -> dict[str, torch.nn.Module]:
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    vocab = len(tiny_t5_tokenizer())
+    if family == "flux":
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=T5_WIDTH, pooled_projection_dim=CLIP_WIDTH,
+            guidance_embeds=variant == "dev", axes_dims_rope=(4, 6, 6))
+        return {"transformer": transformer, "vae": _vae(0.3611, 0.1159), "text_encoder": _clip(CLIP_WIDTH, False),
+                "text_encoder_2": _t5(vocab)}
+    if family == "sd3":
+        transformer = SD3Transformer2DModel(
+            sample_size=32, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+            joint_attention_dim=T5_WIDTH, caption_projection_dim=32, pooled_projection_dim=2 * CLIP_WIDTH,
+            out_channels=16, pos_embed_max_size=32, qk_norm="rms_norm", dual_attention_layers=(0,))
+        return {"transformer": transformer, "vae": _vae(1.5305, 0.0609), "text_encoder": _clip(CLIP_WIDTH, True),
+                "text_encoder_2": _clip(CLIP_WIDTH, True), "text_encoder_3": _t5(vocab)}
+    raise ValueError(f"unknown family {family!r}")
+
+
+def _scheduler(family: str, variant: str):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if family == "flux" and variant == "dev":
+        return FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                               base_image_seq_len=256, max_image_seq_len=4096)
+    return FlowMatchEulerDiscreteScheduler(shift=1.0 if family == "flux" else 3.0)
+
+
+def tiny_flow_pipeline(family: str, seed: int = 0, variant: str = "dev"):
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    from backend.models.tokenizer import build_clip_tokenizer
+
+    components = tiny_flow_components(family, seed, variant)
+    scheduler = _scheduler(family, variant)
+    if family == "flux":
+        return FluxPipeline(**components, scheduler=scheduler, tokenizer=build_clip_tokenizer(),
+                            tokenizer_2=tiny_t5_tokenizer())
+    return StableDiffusion3Pipeline(**components, scheduler=scheduler, tokenizer=build_clip_tokenizer(),
+                                    tokenizer_2=build_clip_tokenizer(pad_token="!"), tokenizer_3=tiny_t5_tokenizer())
+
+
+def write_tiny_flow_folder(folder: Path, family: str, seed: int = 0, variant: str = "dev") -> Path:
+    """A diffusers folder (model_index.json and one subfolder per component)."""
+    tiny_flow_pipeline(family, seed, variant).save_pretrained(folder)
+    return folder
+
+
+def _clip_original(encoder) -> dict[str, torch.Tensor]:
+    return classic_clip_state_dict(encoder)
+
+
+def _t5_original(encoder, with_embed_tokens: bool) -> dict[str, torch.Tensor]:
+    state = dict(encoder.state_dict())
+    if not with_embed_tokens:  # ComfyUI keeps only the shared embedding
+        state.pop("encoder.embed_tokens.weight", None)
+    return state
+
+
+def _save(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None = None) -> Path:
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().clone()
+             for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path
+
+
+def transformer_original_state(family: str, transformer) -> dict[str, torch.Tensor]:
+    rows = flux_rows_for_model(transformer) if family == "flux" else sd3_rows_for_model(transformer)
+    return to_original(dict(transformer.state_dict()), rows)
+
+
+def write_flux_bfl(folder: Path, seed: int = 0, variant: str = "dev", dtype: torch.dtype | None = None) -> dict:
+    """BFL's release layout: the transformer file, `ae.safetensors`, and the text encoders as separate files
+    (clip_l.safetensors in transformers' layout, t5xxl.safetensors in transformers' layout). Returns their paths."""
+    parts = tiny_flow_components("flux", seed, variant)
+    return {
+        "transformer": _save(transformer_original_state("flux", parts["transformer"]),
+                             folder / f"flux1-{variant}.safetensors", dtype),
+        "vae": _save({k.removeprefix(VAE_PREFIX): v for k, v in vae_to_original(parts["vae"]).items()},
+                     folder / "ae.safetensors"),
+        "clip_l": _save(_clip_original(parts["text_encoder"]), folder / "clip_l.safetensors"),
+        "t5xxl": _save(_t5_original(parts["text_encoder_2"], True), folder / "t5xxl_fp16.safetensors"),
+    }
+
+
+def write_flux_comfy(path: Path, seed: int = 0, variant: str = "dev", dtype: torch.dtype | None = None) -> Path:
+    """ComfyUI's all-in-one Flux checkpoint."""
+    parts = tiny_flow_components("flux", seed, variant)
+    state = {"model.diffusion_model." + k: v for k, v in transformer_original_state("flux", parts["transformer"]).items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    state.update(vae_to_original(parts["vae"]))
+    state.update({"text_encoders.clip_l.transformer." + k: v for k, v in _clip_original(parts["text_encoder"]).items()})
+    state.update({"text_encoders.t5xxl.transformer." + k: v
+                  for k, v in _t5_original(parts["text_encoder_2"], False).items()})
+    return _save(state, path)
+
+
+def write_sd3_single_file(path: Path, seed: int = 0, with_text_encoders: bool = True) -> Path:
+    """Stability's SD3/SD3.5 single file (e.g. sd3.5_medium.safetensors / sd3_medium_incl_clips_t5xxlfp16)."""
+    parts = tiny_flow_components("sd3", seed)
+    state = {"model.diffusion_model." + k: v for k, v in transformer_original_state("sd3", parts["transformer"]).items()}
+    state.update(vae_to_original(parts["vae"]))
+    if with_text_encoders:
+        for name, component in (("clip_l", "text_encoder"), ("clip_g", "text_encoder_2")):
+            state.update({f"text_encoders.{name}.transformer." + k: v
+                          for k, v in _clip_original(parts[component]).items()})
+        state.update({"text_encoders.t5xxl.transformer." + k: v
+                      for k, v in _t5_original(parts["text_encoder_3"], True).items()})
+    return _save(state, path)
