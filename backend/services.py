@@ -15,6 +15,7 @@ from backend.jobs.outputs import OutputStore
 from backend.jobs.queue import JobQueue
 from backend.models.construction import ModelConstruction
 from backend.models.devices import choose_device, choose_dtype
+from backend.models.flow_loader import ComponentFolders
 from backend.models.hashes import HashCache
 from backend.models.loader import CheckpointLoader
 from backend.models.manager import ModelManager
@@ -63,7 +64,8 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     registry = ModelRegistry(settings.checkpoints_dir, hashes)
     registry.refresh()  # scan (and hash) once, before any thread asks for the list
     construction = ModelConstruction()  # every loader builds its modules under this one lock
-    models = ModelManager(settings, registry, CheckpointLoader(construction), device, dtype)
+    components = ComponentFolders(settings.text_encoder_dir, settings.vae_dir)  # Flux/SD3 separate parts
+    models = ModelManager(settings, registry, CheckpointLoader(construction, components), device, dtype)
     outputs = OutputStore(settings.outputs_dir)
     previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype, settings.cache_dir / "previews.json",
                                construction)

@@ -30,6 +30,35 @@ def checkpoint_files(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="session")
+def flow_files(tmp_path_factory) -> dict[str, Path]:
+    """Tiny Flux dev (seed 1) in BFL, ComfyUI and diffusers layouts, and SD3.5 (seed 2) as Stability's single file
+    and a diffusers folder; `text_encoder` and `VAE` hold the separate parts BFL's file needs (Forge's folders)."""
+    from tools.tiny_flow_models import (
+        tiny_t5_tokenizer,
+        write_flux_bfl,
+        write_flux_comfy,
+        write_sd3_single_file,
+        write_tiny_flow_folder,
+    )
+
+    root = tmp_path_factory.mktemp("flow")
+    parts = write_flux_bfl(root / "bfl", seed=1)
+    text_encoders, vaes = root / "text_encoder", root / "VAE"
+    tiny_t5_tokenizer().save_pretrained(text_encoders / "t5_tokenizer")
+    vaes.mkdir()
+    os.link(parts["vae"], vaes / "ae.safetensors")
+    os.link(parts["clip_l"], text_encoders / "clip_l.safetensors")
+    os.link(parts["t5xxl"], text_encoders / "t5xxl_fp16.safetensors")
+    return {
+        "flux_bfl": parts["transformer"], "flux_comfy": write_flux_comfy(root / "flux-comfy.safetensors", seed=1),
+        "flux_folder": write_tiny_flow_folder(root / "flux-diffusers", "flux", seed=1),
+        "sd3": write_sd3_single_file(root / "sd3.5-tiny.safetensors", seed=2),
+        "sd3_folder": write_tiny_flow_folder(root / "sd3-diffusers", "sd3", seed=2),
+        "text_encoder": text_encoders, "VAE": vaes,
+    }
+
+
 @pytest.fixture
 def models_dir(tmp_path, checkpoint_files) -> Path:
     """An A1111-style models folder holding two SD1 checkpoints (hard links: no copying)."""

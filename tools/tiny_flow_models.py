@@ -41,11 +41,12 @@ def tiny_t5_tokenizer():
     return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
-def _clip(width: int, projection: bool):
+def _clip(width: int, projection: bool, act: str = "quick_gelu"):
+    """CLIP-L uses quick_gelu, OpenCLIP-G gelu; one head per 64 of width (at least one), as the loader assumes."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(vocab_size=CLIP_VOCAB, hidden_size=width, intermediate_size=width * 2, num_hidden_layers=2,
-                            num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+                            num_attention_heads=max(1, width // 64), max_position_embeddings=77, hidden_act=act,
                             projection_dim=width)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
 
@@ -93,7 +94,7 @@ def _components(family: str, variant: str) -> dict[str, torch.nn.Module]:
             joint_attention_dim=T5_WIDTH, caption_projection_dim=32, pooled_projection_dim=2 * CLIP_WIDTH,
             out_channels=16, pos_embed_max_size=32, qk_norm="rms_norm", dual_attention_layers=(0,))
         return {"transformer": transformer, "vae": _vae(1.5305, 0.0609), "text_encoder": _clip(CLIP_WIDTH, True),
-                "text_encoder_2": _clip(CLIP_WIDTH, True), "text_encoder_3": _t5(vocab)}
+                "text_encoder_2": _clip(CLIP_WIDTH, True, "gelu"), "text_encoder_3": _t5(vocab)}
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -167,7 +168,8 @@ def write_flux_bfl(folder: Path, seed: int = 0, variant: str = "dev", dtype: tor
 def write_flux_comfy(path: Path, seed: int = 0, variant: str = "dev", dtype: torch.dtype | None = None) -> Path:
     """ComfyUI's all-in-one Flux checkpoint."""
     parts = tiny_flow_components("flux", seed, variant)
-    state = {"model.diffusion_model." + k: v for k, v in transformer_original_state("flux", parts["transformer"]).items()}
+    transformer = transformer_original_state("flux", parts["transformer"])
+    state = {"model.diffusion_model." + k: v for k, v in transformer.items()}
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     state.update(vae_to_original(parts["vae"]))
@@ -180,7 +182,8 @@ def write_flux_comfy(path: Path, seed: int = 0, variant: str = "dev", dtype: tor
 def write_sd3_single_file(path: Path, seed: int = 0, with_text_encoders: bool = True) -> Path:
     """Stability's SD3/SD3.5 single file (e.g. sd3.5_medium.safetensors / sd3_medium_incl_clips_t5xxlfp16)."""
     parts = tiny_flow_components("sd3", seed)
-    state = {"model.diffusion_model." + k: v for k, v in transformer_original_state("sd3", parts["transformer"]).items()}
+    transformer = transformer_original_state("sd3", parts["transformer"])
+    state = {"model.diffusion_model." + k: v for k, v in transformer.items()}
     state.update(vae_to_original(parts["vae"]))
     if with_text_encoders:
         for name, component in (("clip_l", "text_encoder"), ("clip_g", "text_encoder_2")):

@@ -73,5 +73,10 @@ class Settings:
         return self.vae_folder or self.models_dir / "VAE"
 
     @property
+    def text_encoder_dir(self) -> Path:
+        """Separate text encoders (clip_l, clip_g, t5xxl) for Flux and SD3, as Forge keeps them."""
+        return self.models_dir / "text_encoder"
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.ckpt_dir or self.models_dir / "Stable-diffusion"

@@ -64,7 +64,8 @@ def flux_rows(keys) -> list[Row]:
         rows += [Row(o + "norm.query_norm.scale", (d + "attn.norm_q.weight",)),
                  Row(o + "norm.key_norm.scale", (d + "attn.norm_k.weight",))]
         rows += _linear(o + "linear2", d + "proj_out")
-    rows += _linear("final_layer.linear", "proj_out") + _linear("final_layer.adaLN_modulation.1", "norm_out.linear", SWAP)
+    rows += _linear("final_layer.linear", "proj_out")
+    rows += _linear("final_layer.adaLN_modulation.1", "norm_out.linear", SWAP)
     return rows
 
 
@@ -102,7 +103,8 @@ def sd3_rows(keys) -> list[Row]:
             rows += _linear(o + "context_block.attn.proj", d + "attn.to_add_out")
             rows += _linear(o + "context_block.mlp.fc1", d + "ff_context.net.0.proj")
             rows += _linear(o + "context_block.mlp.fc2", d + "ff_context.net.2")
-    rows += _linear("final_layer.linear", "proj_out") + _linear("final_layer.adaLN_modulation.1", "norm_out.linear", SWAP)
+    rows += _linear("final_layer.linear", "proj_out")
+    rows += _linear("final_layer.adaLN_modulation.1", "norm_out.linear", SWAP)
     return rows
 
 

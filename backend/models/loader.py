@@ -14,6 +14,8 @@ import yaml
 from backend.core.model_family import ModelFamily
 from backend.models.construction import ModelConstruction
 from backend.models.detection import FAMILY_LABELS, SDXL_REFINER_OPENCLIP_PREFIX, DetectedModel, detect
+from backend.models.flow_detection import flow_file
+from backend.models.flow_loader import ComponentFolders, FlowLoader, tie_and_eval
 from backend.models.original_layout import SD2_OPENCLIP_PREFIX, SDXL_OPENCLIP_PREFIX
 from backend.models.tokenizer import build_clip_tokenizer
 from backend.models.weight_files import CheckpointError, declared_resolution, load_state_dict
@@ -32,6 +34,8 @@ class LoadedModel:
     pipeline: DiffusionPipeline
     family: ModelFamily
     inpainting: bool
+    sources: dict[str, str] | None = None  # flow models: component -> the file it came from
+
 
     @property
     def label(self) -> str:
@@ -39,8 +43,18 @@ class LoadedModel:
 
     @property
     def size_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for c in self.pipeline.components.values()
-                   if isinstance(c, torch.nn.Module) for p in c.parameters())
+        """Bytes the model's tensors hold as stored (fp8 counts one byte a weight); a tensor shared by two modules
+        (T5's tied embedding) counts once."""
+        seen, total = set(), 0
+        for component in self.pipeline.components.values():
+            if not isinstance(component, torch.nn.Module):
+                continue
+            for tensor in (*component.parameters(), *component.buffers()):
+                if tensor.device.type == "meta" or tensor.data_ptr() in seen:
+                    continue
+                seen.add(tensor.data_ptr())
+                total += tensor.numel() * tensor.element_size()
+        return total
 
 
 def materialise(model: torch.nn.Module, weights: dict[str, torch.Tensor], dtype: torch.dtype, what: str):
@@ -104,8 +118,9 @@ class CheckpointLoader:
     """Builds pipelines; holds the offline CLIP tokenizers so they are built once per app. `construction`: the app's
     ModelConstruction (a loader built alone, in a tool or a test, has a lock of its own)."""
 
-    def __init__(self, construction: ModelConstruction | None = None):
+    def __init__(self, construction: ModelConstruction | None = None, components: ComponentFolders | None = None):
         self.construction = construction or ModelConstruction()
+        self.components = components or ComponentFolders()  # separate text encoders and VAEs (Flux, SD3)
 
     @cached_property
     def tokenizer(self):
@@ -115,12 +130,19 @@ class CheckpointLoader:
     def tokenizer_open_clip(self):
         return build_clip_tokenizer(pad_token="!")
 
-    def load(self, source: str | Path, dtype: torch.dtype, local_files_only: bool = True) -> LoadedModel:
+    @cached_property
+    def flow(self) -> FlowLoader:
+        return FlowLoader(self.construction, self.components, self.tokenizer, self.tokenizer_open_clip)
+
+    def load(self, source: str | Path, dtype: torch.dtype, local_files_only: bool = True,
+             components: dict[str, Path] | None = None) -> LoadedModel:
+        """`components`: for Flux/SD3 files, the separate files chosen for what the checkpoint lacks
+        ("clip_l", "clip_g", "t5xxl", "vae" -> path)."""
         path = Path(source)
         if path.is_dir():
             return self.load_diffusers(str(path), dtype, local_files_only=True)
         if path.is_file():
-            return self.load_single_file(path, dtype)
+            return self.load_single_file(path, dtype, components)
         if "/" in str(source) and not path.exists():
             return self.load_diffusers(str(source), dtype, local_files_only=local_files_only)
         raise CheckpointError(f"checkpoint not found: {source}")
@@ -138,6 +160,14 @@ class CheckpointLoader:
                                                              local_files_only=local_files_only, **extra)
         except (OSError, ValueError) as error:
             raise CheckpointError(f"cannot load diffusers model {folder_or_repo}: {error}") from error
+        flow_family = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}.get(type(pipeline).__name__)
+        if flow_family:
+            for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+                if getattr(pipeline, name, None) is not None:
+                    tie_and_eval(getattr(pipeline, name))
+            sources = {name: Path(folder_or_repo).name for name, c in pipeline.components.items()
+                       if isinstance(c, torch.nn.Module)}
+            return LoadedModel(pipeline=pipeline, family=flow_family, inpainting=False, sources=sources)
         unet = pipeline.unet
         if unet.config.addition_embed_type == "text_time":
             family = "sdxl" if getattr(pipeline, "text_encoder", None) is not None else "sdxl-refiner"
@@ -145,8 +175,17 @@ class CheckpointLoader:
             family = "sd2" if unet.config.cross_attention_dim == 1024 else "sd1"
         return LoadedModel(pipeline=pipeline, family=family, inpainting=unet.config.in_channels == 9)
 
-    def load_single_file(self, path: Path, dtype: torch.dtype) -> LoadedModel:
+    def load_single_file(self, path: Path, dtype: torch.dtype,
+                         components: dict[str, Path] | None = None) -> LoadedModel:
         state = load_state_dict(path)
+        found = flow_file(state)
+        if found is not None:
+            try:
+                pipeline, parts = self.flow.load(path, state, found, dtype, components)
+            except KeyError as error:
+                raise CheckpointError(f"{path.name} is missing weights the {FAMILY_LABELS[found.family]} layout "
+                                      f"needs: {error}") from error
+            return LoadedModel(pipeline=pipeline, family=found.family, inpainting=False, sources=parts.sources)
         detected = detect(state)
         resolution = declared_resolution(path)
         if resolution:  # the UNet's default size follows what the file says it was trained at
