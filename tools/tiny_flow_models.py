@@ -25,8 +25,9 @@ CLIP_VOCAB = 49408
 T5_WIDTH = 64
 CLIP_WIDTH = 32
 TINY_VAE_CHANNELS = (32, 32, 64, 64)
-COMMON_WORDS = ("a photo of the cat dog red blue green house tree sky sun moon portrait landscape painting in on with "
-                "and at by an old young man woman city night day water mountain flower car").split()
+COMMON_WORDS = ("a", "photo", "of", "the", "cat", "dog", "red", "blue", "green", "house", "tree", "sky", "sun",
+                "moon", "portrait", "landscape", "painting", "in", "on", "with", "and", "at", "by", "an", "old",
+                "young", "man", "woman", "city", "night", "day", "water", "mountain", "flower", "car")
 
 
 def tiny_t5_tokenizer():
