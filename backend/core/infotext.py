@@ -150,7 +150,8 @@ def request_fields(parameters: dict[str, Any]) -> dict[str, Any]:
     converters = {"Steps": ("steps", int), "CFG scale": ("cfg_scale", float), "Seed": ("seed", int),
                   "Size-1": ("width", int), "Size-2": ("height", int), "Sampler": ("sampler_name", str),
                   "Schedule type": ("scheduler", str), "Model hash": ("model_hash", str), "Model": ("model_name", str),
-                  "Clip skip": ("clip_skip", int), "VAE": ("sd_vae", str)}
+                  "Clip skip": ("clip_skip", int), "VAE": ("sd_vae", str),
+                  "Distilled CFG Scale": ("distilled_cfg_scale", float), "Shift": ("shift", float)}
     converters.update(HIRES_CONVERTERS)
     for key, (name, convert) in converters.items():
         if key in parameters:

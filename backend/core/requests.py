@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from backend.core.errors import UserError
+from backend.core.flow_samplers import SHIFT_RANGE
 from backend.core.hires_sizes import hires_sizes
 from backend.core.image_input import clean_png
 from backend.core.samplers import SamplerError, resolve_sampler
@@ -19,6 +20,7 @@ CFG_RANGE = (1.0, 30.0)
 BATCH_SIZE_RANGE = (1, 8)
 BATCH_COUNT_RANGE = (1, 100)
 CLIP_SKIP_RANGE = (1, 12)
+DISTILLED_CFG_RANGE = (0.0, 30.0)  # Forge's slider
 INTEGER_RANGES = {"steps": STEPS_RANGE, "seed": (-1, MAX_SEED), "batch_size": BATCH_SIZE_RANGE,
                   "n_iter": BATCH_COUNT_RANGE, "clip_skip": CLIP_SKIP_RANGE}
 
@@ -80,6 +82,8 @@ class GenerationRequest(BaseModel):
     save_images: bool = Field(True, description="Write the images to the outputs folder (and the history)")
     sd_vae: str = Field("Automatic", description="Automatic, None (the checkpoint's own) or a file in models/VAE")
     clip_skip: int = Field(1, description="Use the text encoder's output this many layers from the end (1 = last)")
+    distilled_cfg_scale: float = Field(3.5, description="Flux dev's distilled guidance (Forge's Distilled CFG Scale)")
+    shift: float = Field(0.0, description="Flow models' (Flux, SD3) timestep shift; 0 keeps the model's own")
     extension_args: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("width", "height")
@@ -95,6 +99,16 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _cfg(cls, value: float) -> float:
         return _check_finite_range(value, *CFG_RANGE)
+
+    @field_validator("distilled_cfg_scale")
+    @classmethod
+    def _distilled_cfg(cls, value: float) -> float:
+        return _check_finite_range(value, *DISTILLED_CFG_RANGE)
+
+    @field_validator("shift")
+    @classmethod
+    def _shift(cls, value: float) -> float:
+        return _check_finite_range(value, *SHIFT_RANGE)
 
     @field_validator("steps", "seed", "batch_size", "n_iter", "clip_skip")
     @classmethod

@@ -9,7 +9,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
+from backend.core.flow_samplers import resolve_flow_sampler
 from backend.core.hires_sizes import hires_sizes
+from backend.core.model_family import FLOW_FAMILIES
 from backend.core.requests import (
     ExtrasRequest,
     GenerationRequest,
@@ -19,6 +21,7 @@ from backend.core.requests import (
     Txt2ImgRequest,
 )
 from backend.core.samplers import resolve_sampler
+from backend.generation.flow_guidance import flow_infotext, flow_warnings, guidance_arguments
 from backend.generation.hires_fix import HiresPlan
 from backend.generation.img2img import Img2ImgPlan
 from backend.generation.job_run import GenerationRun, MakeBatch
@@ -88,8 +91,9 @@ class Generator:
                              plan.pass_steps)
 
         def make_batch(pipeline_for, seeds, on_step, prompts):
-            output = pipeline_for("txt2img")(
-                num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+            pipeline = pipeline_for("txt2img")
+            output = pipeline(
+                num_inference_steps=request.steps, **guidance_arguments(request, pipeline),
                 width=request.width, height=request.height, generator=seeded_generators(seeds),
                 output_type="pil", **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
             return output.images
@@ -117,6 +121,10 @@ class Generator:
               self._networks.prepare(request, model, entry.path) as prompts,  # LoRAs removed afterwards
               vae_tiling(prompts.vae or model.pipeline.vae,
                          self.models.settings.speed.tiles_vae(*output_size(request))) as tiled_vae):
+            if model.family in FLOW_FAMILIES:  # their own samplers; Forge's guidance and shift keys
+                sampler, schedule = resolve_flow_sampler(request.sampler_name, request.scheduler, model.label)
+                extra_parameters = {**extra_parameters, **flow_infotext(request, model)}
+                prompts.warnings.extend(flow_warnings(request, model.family))
             if self.previews and self.preview_every:  # fitted once per VAE (then kept in the cache folder)
                 self.previews.prepare(prompts.vae or model.pipeline.vae,
                                       prompts.vae_file if prompts.vae else entry.path, model.family)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from backend.core.image_input import open_image
 from backend.core.requests import Img2ImgRequest, RequestError
+from backend.generation.flow_guidance import guidance_arguments, is_flow
 from backend.generation.image_ops import (
     MASK_MODES,
     MASKED_CONTENT,
@@ -116,10 +117,12 @@ class Img2ImgPlan:
     def _denoise(self, pipeline, image: Image.Image, mask: Image.Image | None, seeds, on_step,
                  prompts) -> list[Image.Image]:
         request = self.request
-        common = dict(num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+        common = dict(num_inference_steps=request.steps, **guidance_arguments(request, pipeline),
                       generator=seeded_generators(seeds), output_type="pil", strength=request.denoising_strength,
                       **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
         if mask is None:
+            if is_flow(pipeline):  # they size to their default (1024) unless told; at strength 1 noise is all there is
+                return pipeline(image=image, width=image.width, height=image.height, **common).images
             if request.denoising_strength == 1:
                 # Full strength starts from pure noise, so the input image has no influence at all.
                 latents = self._pure_noise(pipeline, image.size, seeds)

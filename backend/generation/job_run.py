@@ -7,9 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backend.core.errors import BatchSkipped, JobInterrupted
+from backend.core.flow_samplers import build_flow_scheduler
 from backend.core.infotext import build_infotext
+from backend.core.model_family import FLOW_FAMILIES
 from backend.core.requests import GenerationRequest, ImageResult
 from backend.core.samplers import SamplerSpec, build_scheduler
+from backend.generation.flow_guidance import effective_cfg, preview_latent
 from backend.generation.pipelines import job_pipeline
 from backend.generation.previews import PreviewRenderer
 from backend.generation.step_counter import StepCounter
@@ -53,8 +56,11 @@ class GenerationRun:
         """One pipeline per task, with its own scheduler (and the job's VAE), built on first use and sharing the
         cached model's modules."""
         if task not in self._pipelines:
-            scheduler = build_scheduler(self.sampler, self.schedule, self.model.pipeline.scheduler.config,
-                                        self.extra_samplers)
+            base_config = self.model.pipeline.scheduler.config
+            if self.model.family in FLOW_FAMILIES:
+                scheduler = build_flow_scheduler(self.sampler, self.schedule, base_config, self.request.shift)
+            else:
+                scheduler = build_scheduler(self.sampler, self.schedule, base_config, self.extra_samplers)
             self._pipelines[task] = job_pipeline(self.model, task, scheduler, self.entry.title, vae=self.prompts.vae)
         return self._pipelines[task]
 
@@ -65,7 +71,8 @@ class GenerationRun:
             progress.step = done
             progress.note_step()
             if self.previews and self.preview_every and done % self.preview_every == 0:
-                progress.preview = self.previews.render(tensors["latents"][0], self.model.family, self.vae)
+                latent = preview_latent(tensors["latents"], self.request.width, self.request.height)
+                progress.preview = self.previews.render(latent, self.model.family, self.vae)
                 progress.preview_step = done
         if self.hooks.on_step:
             self.hooks.run_on_step(StepInfo(self.request, step + 1, pipe.num_timesteps, progress.batch,
@@ -107,7 +114,8 @@ class GenerationRun:
         request = self.request
         parameters = {
             "Steps": request.steps, "Sampler": self.sampler, "Schedule type": self.schedule,
-            "CFG scale": request.cfg_scale, "Seed": seed, "Size": f"{image.width}x{image.height}",
+            "CFG scale": effective_cfg(request, self.model.family), "Seed": seed,
+            "Size": f"{image.width}x{image.height}",
             "Model hash": self.entry.short_hash, "Model": self.entry.model_name,
             **self.infotext_parameters, **self.prompts.infotext,
             "Batch size": request.batch_size if request.batch_size > 1 else None,

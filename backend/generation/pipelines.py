@@ -5,6 +5,7 @@ import inspect
 
 import torch
 
+from backend.core.model_family import FLOW_FAMILIES
 from backend.core.requests import RequestError
 from backend.models.loader import LoadedModel
 from backend.models.pipeline_classes import PIPELINE_CLASSES
@@ -19,9 +20,13 @@ def job_pipeline(model: LoadedModel, task: str, scheduler, checkpoint_title: str
     if model.inpainting and task != "inpaint":
         raise RequestError("checkpoint", f"{checkpoint_title} is an {model.label} model; "
                                          "use it in the inpaint tab (or img2img with a mask)")
+    if model.family in FLOW_FAMILIES and task == "inpaint":
+        raise RequestError("mask", f"inpainting with {model.label} models is not supported yet; use img2img without "
+                                   "a mask, or an SD/SDXL checkpoint")
     import diffusers
 
-    cls = getattr(diffusers, PIPELINE_CLASSES[("sdxl" if model.family.startswith("sdxl") else "sd", task)])
+    kind = model.family if model.family in FLOW_FAMILIES else "sdxl" if model.family.startswith("sdxl") else "sd"
+    cls = getattr(diffusers, PIPELINE_CLASSES[(kind, task)])
     base = model.pipeline
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {name: module for name, module in base.components.items() if name in accepted}

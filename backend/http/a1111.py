@@ -30,7 +30,8 @@ from backend.upscale.extras import check_request
 
 log = logging.getLogger(__name__)
 SUPPORTED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
-EXTRA_GENERATION_KEYS = ("Lora hashes", "TI hashes")  # reported in info.extra_generation_params, as A1111
+# reported in info.extra_generation_params, as A1111 (and Forge, for its flow-model keys)
+EXTRA_GENERATION_KEYS = ("Lora hashes", "TI hashes", "Distilled CFG Scale", "Shift")
 
 
 def lora_metadata(path) -> dict[str, Any]:
@@ -108,9 +109,12 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "extension_args": _extension_args(body, services),
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "",
         "sampler_name": body.sampler_name or body.sampler_index, "scheduler": body.scheduler or "Automatic",
-        "steps": body.steps, "cfg_scale": body.cfg_scale, "width": body.width, "height": body.height,
+        "steps": body.steps, "width": body.width, "height": body.height,
         "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
         "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip,
+        "distilled_cfg_scale": body.distilled_cfg_scale, "shift": body.shift,
+        # left unset when the client sent none, so a Flux model can use its own default (1)
+        **({"cfg_scale": body.cfg_scale} if "cfg_scale" in body.model_fields_set else {}),
     }
 
 
@@ -215,7 +219,8 @@ def generation_info(job: Job, services: Services) -> dict[str, Any]:
         "seed": images[0].seed if images else request.seed, "all_seeds": [image.seed for image in images],
         "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0,
         "width": request.width, "height": request.height, "sampler_name": parsed.get("Sampler", request.sampler_name),
-        "scheduler": parsed.get("Schedule type", request.scheduler), "cfg_scale": request.cfg_scale,
+        "scheduler": parsed.get("Schedule type", request.scheduler),
+        "cfg_scale": float(parsed.get("CFG scale", request.cfg_scale)),  # Flux's default is decided at run time
         "steps": request.steps, "batch_size": request.batch_size, "restore_faces": False,
         "sd_model_name": entry.model_name, "sd_model_hash": entry.short_hash, "sd_vae_name": parsed.get("VAE"),
         "sd_vae_hash": parsed.get("VAE hash"), "seed_resize_from_w": -1, "seed_resize_from_h": -1,

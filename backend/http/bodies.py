@@ -24,7 +24,9 @@ class GenerationBody(BaseModel):
     batch_size: int = 1
     n_iter: int = 1
     steps: int = 50
-    cfg_scale: float = 7.0
+    cfg_scale: float = 7.0  # Flux: unset means 1 (its guidance is distilled; see distilled_cfg_scale)
+    distilled_cfg_scale: float = 3.5  # Forge's field: Flux dev's distilled guidance
+    shift: float = 0.0  # flow models' timestep shift; 0 keeps the model's own
     width: int = 512
     height: int = 512
     restore_faces: bool | None = None

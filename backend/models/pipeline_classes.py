@@ -6,4 +6,6 @@ PIPELINE_CLASSES = {
     ("sd", "txt2img"): "StableDiffusionPipeline", ("sd", "img2img"): "StableDiffusionImg2ImgPipeline",
     ("sd", "inpaint"): "StableDiffusionInpaintPipeline", ("sdxl", "txt2img"): "StableDiffusionXLPipeline",
     ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline", ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
+    ("flux", "txt2img"): "FluxPipeline", ("flux", "img2img"): "FluxImg2ImgPipeline",
+    ("sd3", "txt2img"): "StableDiffusion3Pipeline", ("sd3", "img2img"): "StableDiffusion3Img2ImgPipeline",
 }

@@ -25,6 +25,8 @@ class BatchConditioning:
         self.positive = [padded(p.positive) for p in passes]
         self.negative = [padded(p.negative) for p in passes]
         self.sdxl = passes[0].sdxl
+        self.pooled = passes[0].pooled
+        self.separate_negative = passes[0].separate_negative
 
     def _stacked(self, step: int, schedules: list[ScheduledPrompt], pooled: bool = False) -> torch.Tensor:
         return torch.cat([s.at(step).pooled if pooled else s.at(step).embeds for s in schedules])
@@ -35,7 +37,7 @@ class BatchConditioning:
             raise ValueError(f"a batch of {batch} images for {len(self.positive)} prompts")
         arguments = {"prompt_embeds": self._stacked(0, self.positive),
                      "negative_prompt_embeds": self._stacked(0, self.negative)}
-        if self.sdxl:
+        if self.pooled:
             arguments |= {"pooled_prompt_embeds": self._stacked(0, self.positive, pooled=True),
                           "negative_pooled_prompt_embeds": self._stacked(0, self.negative, pooled=True)}
         changes = any(len(s.entries) > 1 for s in self.positive + self.negative)
@@ -50,7 +52,7 @@ class BatchConditioning:
         return arguments | {"callback_on_step_end": callback, "callback_on_step_end_tensor_inputs": inputs}
 
     def _step_tensors(self, pipe, step: int, current: torch.Tensor) -> dict[str, torch.Tensor]:
-        guided = getattr(pipe, "do_classifier_free_guidance", True)
+        guided = getattr(pipe, "do_classifier_free_guidance", True) and not self.separate_negative
 
         def both(pooled: bool) -> torch.Tensor:
             positive = self._stacked(step, self.positive, pooled)

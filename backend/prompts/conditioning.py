@@ -47,6 +47,8 @@ class PassConditioning:
             ScheduledPrompt(tuple((end, pad_to_chunks(e, longest, empty)) for end, e in schedule))
             for schedule in schedules)
         self.sdxl = encoder.sdxl
+        self.pooled = getattr(encoder, "pooled", encoder.sdxl)  # SDXL, Flux and SD3 take pooled embeddings
+        self.separate_negative = getattr(encoder, "separate_negative", False)  # Flux: true CFG in its own pass
         self.distinct_prompts = len(cache) - before  # texts this pass encoded
 
     def pipeline_arguments(self, batch: int, on_step) -> dict:
@@ -55,7 +57,7 @@ class PassConditioning:
         positive, negative = self.positive.at(0), self.negative.at(0)
         arguments = {"prompt_embeds": positive.embeds.repeat(batch, 1, 1),
                      "negative_prompt_embeds": negative.embeds.repeat(batch, 1, 1)}
-        if self.sdxl:
+        if self.pooled:
             arguments |= {"pooled_prompt_embeds": positive.pooled.repeat(batch, 1),
                           "negative_pooled_prompt_embeds": negative.pooled.repeat(batch, 1)}
         changes = len(self.positive.entries) > 1 or len(self.negative.entries) > 1
@@ -71,7 +73,7 @@ class PassConditioning:
 
     def _step_tensors(self, pipe, step: int, batch: int, current: torch.Tensor) -> dict[str, torch.Tensor]:
         positive, negative = self.positive.at(step), self.negative.at(step)
-        guided = getattr(pipe, "do_classifier_free_guidance", True)
+        guided = getattr(pipe, "do_classifier_free_guidance", True) and not self.separate_negative
 
         def both(neg: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
             pair = torch.cat([neg.expand(batch, *neg.shape[1:]), pos.expand(batch, *pos.shape[1:])]) if guided \

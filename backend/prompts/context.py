@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from backend.core.model_family import FLOW_FAMILIES
 from backend.core.requests import MAX_PROMPT_CHARACTERS, STEPS_RANGE, RequestError
 from backend.models.construction import ModelConstruction
 from backend.models.hashes import HashCache
@@ -22,6 +23,7 @@ from backend.prompts.batch_conditioning import BatchConditioning
 from backend.prompts.conditioning import PassConditioning
 from backend.prompts.embeddings import EmbeddingLibrary
 from backend.prompts.encoding import CHUNK_LENGTH, PromptChunker, PromptEncoder
+from backend.prompts.flow_encoding import FlowPromptEncoder
 from backend.prompts.lora import LORA_EXTENSIONS, LoraUse, applied_loras
 from backend.prompts.parser import (
     PromptSyntaxError,
@@ -108,6 +110,8 @@ class _RememberingEncoder:
         self._encoder = encoder
         self._encoded: dict = {}
         self.sdxl = encoder.sdxl
+        self.pooled = getattr(encoder, "pooled", encoder.sdxl)
+        self.separate_negative = getattr(encoder, "separate_negative", False)
 
     def encode(self, text: str):
         if text not in self._encoded:
@@ -186,7 +190,8 @@ class Networks:
         pipeline = model.pipeline
         with applied_loras(pipeline, model.family, uses, warnings, self.construction) as applied:
             embeddings, failed = self.embeddings.all()
-            encoder = PromptEncoder(pipeline, model.family, request.clip_skip, embeddings, texts.parsed)
+            encoder_class = FlowPromptEncoder if model.family in FLOW_FAMILIES else PromptEncoder
+            encoder = encoder_class(pipeline, model.family, request.clip_skip, embeddings, texts.parsed)
             clip_skip = encoder.clip_skip_usable()
             if clip_skip != request.clip_skip:
                 warnings.append(f"clip skip {request.clip_skip} is deeper than this model's text encoder allows; "

@@ -40,6 +40,13 @@ class EncodedPrompt:
     def chunks(self) -> int:
         return self.embeds.shape[1] // (CHUNK_LENGTH + 2)
 
+    def padded(self, chunks: int, empty: EncodedPrompt | None) -> EncodedPrompt:
+        """Lengthened to `chunks` with encoded empty chunks (see pad_to_chunks)."""
+        missing = chunks - self.chunks
+        if missing <= 0:
+            return self
+        return EncodedPrompt(torch.cat([self.embeds, empty.embeds.repeat(1, missing, 1)], dim=1), self.pooled)
+
 
 @dataclass(frozen=True)
 class TextEncoderSlot:
@@ -173,12 +180,15 @@ class PromptEncoder:
     """Encodes prompts for one loaded model with one clip skip and the embeddings usable with it."""
 
     def __init__(self, pipeline, family: ModelFamily, clip_skip: int = 1, embeddings: list[Embedding] = (),
-                 parsed: dict[str, list] | None = None):
+                 parsed: dict[str, list] | None = None, pool_every_encoder: bool = False):
+        """`pool_every_encoder`: every encoder gives a pooled vector, joined (SD3's CLIP-L + CLIP-G; Flux's CLIP-L)
+        instead of SDXL's second encoder alone."""
         tokenizer = pipeline.tokenizer if getattr(pipeline, "tokenizer", None) is not None else pipeline.tokenizer_2
         self.sdxl = family.startswith("sdxl")
         self.slots = []
         if getattr(pipeline, "text_encoder", None) is not None:
-            self.slots.append(TextEncoderSlot(pipeline.text_encoder, pipeline.tokenizer.pad_token_id, 0, False))
+            self.slots.append(TextEncoderSlot(pipeline.text_encoder, pipeline.tokenizer.pad_token_id, 0,
+                                              pool_every_encoder))
         if getattr(pipeline, "text_encoder_2", None) is not None:
             self.slots.append(TextEncoderSlot(pipeline.text_encoder_2, pipeline.tokenizer_2.pad_token_id,
                                               len(self.slots), True))
@@ -214,7 +224,7 @@ class PromptEncoder:
     @torch.no_grad()
     def encode(self, text: str) -> EncodedPrompt:
         chunks = self.chunker.chunks(text)
-        outputs, pooled = [], None
+        outputs, pooled = [], []
         for slot in self.slots:
             ids = torch.tensor([self._padded_ids(chunk, slot.pad_token) for chunk in chunks])
             weights = torch.tensor([[1.0] + chunk.weights + [1.0] * (CHUNK_LENGTH + 1 - len(chunk.weights))
@@ -226,10 +236,11 @@ class PromptEncoder:
                 result = slot.encoder(ids.to(device), output_hidden_states=True)
             hidden = self._hidden(slot.encoder, result)
             outputs.append(_apply_weights(hidden, weights.to(hidden.device, hidden.dtype)))
-            if slot.pooled:
-                pooled = result.text_embeds[:1]
+            if slot.pooled:  # the projection when the encoder has one (SDXL, SD3), else CLIP's pooler output (Flux)
+                vector = getattr(result, "text_embeds", None)
+                pooled.append((vector if vector is not None else result.pooler_output)[:1])
         embeds = torch.cat(outputs, dim=-1)  # SDXL: CLIP-L and OpenCLIP-G features side by side
-        return EncodedPrompt(embeds.reshape(1, -1, embeds.shape[-1]), pooled)
+        return EncodedPrompt(embeds.reshape(1, -1, embeds.shape[-1]), torch.cat(pooled, dim=-1) if pooled else None)
 
     def _padded_ids(self, chunk: PromptChunk, pad_token: int) -> list[int]:
         fill = CHUNK_LENGTH - len(chunk.tokens)
@@ -259,7 +270,4 @@ def _apply_weights(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def pad_to_chunks(encoded: EncodedPrompt, chunks: int, empty: EncodedPrompt | None) -> EncodedPrompt:
     """Lengthen a shorter conditioning with encoded empty chunks, so prompt and negative prompt (and every
     scheduled prompt) line up, as A1111 does."""
-    missing = chunks - encoded.chunks
-    if missing <= 0:
-        return encoded
-    return EncodedPrompt(torch.cat([encoded.embeds, empty.embeds.repeat(1, missing, 1)], dim=1), encoded.pooled)
+    return encoded.padded(chunks, empty)
