@@ -13,6 +13,7 @@ from backend.generation.previews import PreviewRenderer
 from backend.jobs.history import JobHistory
 from backend.jobs.outputs import OutputStore
 from backend.jobs.queue import JobQueue
+from backend.models.component_choices import ComponentChoices
 from backend.models.construction import ModelConstruction
 from backend.models.devices import choose_device, choose_dtype
 from backend.models.flow_loader import ComponentFolders
@@ -65,7 +66,8 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     registry.refresh()  # scan (and hash) once, before any thread asks for the list
     construction = ModelConstruction()  # every loader builds its modules under this one lock
     components = ComponentFolders(settings.text_encoder_dir, settings.vae_dir)  # Flux/SD3 separate parts
-    models = ModelManager(settings, registry, CheckpointLoader(construction, components), device, dtype)
+    models = ModelManager(settings, registry, CheckpointLoader(construction, components), device, dtype,
+                          ComponentChoices(settings.cache_dir / "components.json", components))
     outputs = OutputStore(settings.outputs_dir)
     previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype, settings.cache_dir / "previews.json",
                                construction)

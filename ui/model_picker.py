@@ -1,5 +1,6 @@
-"""The model controls at the top of the page: checkpoint (with refresh), VAE and clip skip. Every
-txt2img/img2img request takes its checkpoint, sd_vae and clip_skip fields from them."""
+"""The model controls at the top of the page: checkpoint (with refresh), VAE, clip skip, and for Flux/SD3 Forge's
+"VAE / Text Encoder" files (remembered per checkpoint), Distilled CFG Scale and Shift. Every txt2img/img2img request
+takes its checkpoint, sd_vae, clip_skip, distilled_cfg_scale and shift fields from them."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from backend.core.requests import CLIP_SKIP_RANGE, GenerationRequest
+from backend.core.flow_samplers import SHIFT_RANGE
+from backend.core.requests import CLIP_SKIP_RANGE, DISTILLED_CFG_RANGE, GenerationRequest
 from backend.models.weight_files import CheckpointError
 from backend.services import Services
 from ui.progress_view import render_error
@@ -40,19 +42,24 @@ class ModelControls:
     vae: gr.Dropdown
     clip_skip: gr.Slider
     status: gr.HTML
+    components: gr.Dropdown | None = None
+    distilled_cfg: gr.Slider | None = None
+    shift: gr.Slider | None = None
 
     @property
     def inputs(self) -> set:
-        return {self.checkpoint, self.vae, self.clip_skip}
+        return {self.checkpoint, self.vae, self.clip_skip, self.distilled_cfg, self.shift} - {None}
 
     @property
     def fields(self) -> dict:
         """Request field -> component, for filling the controls from infotext."""
-        return {"sd_vae": self.vae, "clip_skip": self.clip_skip}
+        return {"sd_vae": self.vae, "clip_skip": self.clip_skip, "distilled_cfg_scale": self.distilled_cfg,
+                "shift": self.shift}
 
     def request_fields(self, values: dict) -> dict:
         return {"checkpoint": values[self.checkpoint], "sd_vae": values[self.vae] or "Automatic",
-                "clip_skip": int(values[self.clip_skip])}
+                "clip_skip": int(values[self.clip_skip]), "distilled_cfg_scale": float(values[self.distilled_cfg]),
+                "shift": float(values[self.shift])}
 
 
 def build_model_picker(services: Services) -> ModelControls:
@@ -65,13 +72,34 @@ def build_model_picker(services: Services) -> ModelControls:
                           value=defaults["sd_vae"].default, elem_id="sd_vae", scale=3)
         clip_skip = gr.Slider(label="Clip skip", minimum=CLIP_SKIP_RANGE[0], maximum=CLIP_SKIP_RANGE[1], step=1,
                               value=defaults["clip_skip"].default, elem_id="clip_skip", scale=2)
+    with gr.Row():  # Flux / SD3: the parts a checkpoint lacks, and their guidance and schedule settings
+        components = gr.Dropdown(label="VAE / Text Encoder", choices=component_choices(services), multiselect=True,
+                                 value=chosen_components(services, services.models.selected.title),
+                                 elem_id="forge_additional_modules", scale=6,
+                                 info="Flux / SD3: separate files from models/text_encoder and models/VAE")
+        distilled_cfg = gr.Slider(label="Distilled CFG Scale", minimum=DISTILLED_CFG_RANGE[0],
+                                  maximum=DISTILLED_CFG_RANGE[1], step=0.1,
+                                  value=defaults["distilled_cfg_scale"].default, elem_id="distilled_cfg_scale",
+                                  scale=2, info="Flux dev")
+        shift = gr.Slider(label="Shift", minimum=SHIFT_RANGE[0], maximum=SHIFT_RANGE[1], step=0.1,
+                          value=defaults["shift"].default, elem_id="flow_shift", scale=2,
+                          info="Flux / SD3; 0 = the model's own")
     status = gr.HTML(elem_id="checkpoint_status")
 
     def on_refresh():
         services.models.refresh()
         services.networks.refresh()
         return (gr.update(choices=checkpoint_choices(services), value=services.models.selected.title),
-                gr.update(choices=services.networks.vaes.choices()), render_failures(services))
+                gr.update(choices=services.networks.vaes.choices()), render_failures(services),
+                gr.update(choices=component_choices(services)))
+
+    def on_components(title: str, names: list[str] | None):
+        try:
+            services.models.choose_components(title, list(names or []))
+        except CheckpointError as error:
+            return render_error(str(error))
+        chosen = ", ".join(names or []) or "none (the checkpoint's own parts)"
+        return f'<div class="model-loaded">{html.escape(title)} loads with: {html.escape(chosen)}</div>'
 
     def on_select(title: str):
         # A generator: the page shows "Loading" at once and stays usable while the model loads.
@@ -88,10 +116,24 @@ def build_model_picker(services: Services) -> ModelControls:
         yield (f'<div class="model-loaded">Loaded {html.escape(entry.title)} in {seconds:.1f}s</div>'
                + render_failures(services), gr.update())
 
-    refresh.click(on_refresh, outputs=[dropdown, vae, status], api_visibility="private")
+    refresh.click(on_refresh, outputs=[dropdown, vae, status, components], api_visibility="private")
+    components.input(on_components, inputs=[dropdown, components], outputs=status, api_visibility="private")
+    dropdown.change(lambda title: gr.update(value=chosen_components(services, title)), inputs=dropdown,
+                    outputs=components, api_visibility="private")
     dropdown.input(on_select, inputs=dropdown, outputs=[status, dropdown], concurrency_limit=None,
                    api_visibility="private")
-    return ModelControls(dropdown, vae, clip_skip, status)
+    return ModelControls(dropdown, vae, clip_skip, status, components, distilled_cfg, shift)
+
+
+def component_choices(services: Services) -> list[str]:
+    return services.models.components.available() if services.models.components else []
+
+
+def chosen_components(services: Services, title: str | None) -> list[str]:
+    if not title or services.models.components is None:
+        return []
+    available = set(component_choices(services))
+    return [name for name in services.models.components.chosen(title) if name in available]
 
 
 def follow_startup(page: gr.Blocks, services: Services, controls: ModelControls):

@@ -3,6 +3,8 @@
 prompt unused) unless the user sets it. SD3/SD3.5 use CFG as SD does."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from backend.core.requests import GenerationRequest
@@ -42,6 +44,10 @@ def flow_infotext(request: GenerationRequest, model) -> dict:
         parameters["Distilled CFG Scale"] = request.distilled_cfg_scale
     if request.shift:
         parameters["Shift"] = request.shift
+    separate = [Path(source).stem for part, source in (model.sources or {}).items()
+                if part != "transformer" and source != "checkpoint" and Path(source).suffix]
+    for number, name in enumerate(separate, start=1):  # Forge's keys for the VAE / text encoder files used
+        parameters[f"Module {number}"] = name
     return parameters
 
 

@@ -19,6 +19,7 @@ import torch
 
 from backend.core.errors import is_out_of_memory
 from backend.core.settings import Settings
+from backend.models.component_choices import ComponentChoices
 from backend.models.devices import attention_backend, free_accelerator_memory
 from backend.models.loader import CheckpointLoader, LoadedModel
 from backend.models.registry import CheckpointEntry, ModelRegistry
@@ -54,8 +55,10 @@ class CacheStats:
 
 class ModelManager:
     def __init__(self, settings: Settings, registry: ModelRegistry, loader: CheckpointLoader,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, components: ComponentChoices | None = None):
+        """`components`: the separate VAE / text encoder files chosen per checkpoint (Flux, SD3)."""
         self.settings = settings
+        self.components = components
         self.registry = registry
         self.loader = loader
         self.device = device
@@ -150,6 +153,20 @@ class ModelManager:
                   self.registry.checkpoints_dir)
         return None
 
+    def choose_components(self, query: str, names: list[str]) -> CheckpointEntry:
+        """Remember the separate VAE / text encoder files `query`'s checkpoint loads with; a cached copy loaded with
+        other parts is dropped (unless a job holds it: then the next load after it uses the new choice)."""
+        if self.components is None:
+            raise CheckpointError("this server has no separate VAE / text encoder folders", field="text_encoders")
+        entry = self.resolve(query)
+        self.components.choose(entry.title, names)
+        with self._lock:
+            cached = self._cache.get(str(entry.path))
+            if cached is not None and cached.leases == 0:
+                del self._cache[str(entry.path)]
+            self._failures.pop(entry.title, None)  # a missing part may be what failed it
+        return entry
+
     def select(self, query: str) -> CheckpointEntry:
         """Load (or find in the cache) and make it the default; on failure the previous choice stays."""
         with self.lease(query) as (entry, _):
@@ -233,8 +250,10 @@ class ModelManager:
         """The loader's result; a file that breaks the loader in a way it did not foresee is still reported
         as a CheckpointError naming the file, so the job fails cleanly and the cache stays as it was."""
         try:
+            parts = self.components.resolve(self.components.chosen(entry.title)) if self.components else None
             return self._with_oom_retry(lambda: self.loader.load(entry.path, self.dtype,
-                                                                 local_files_only=self.settings.offline))
+                                                                 local_files_only=self.settings.offline,
+                                                                 components=parts or None))
         except CheckpointError:
             raise
         except Exception as error:
