@@ -79,6 +79,20 @@ def _component_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def fp8_storage(state: dict[str, torch.Tensor]) -> torch.dtype | None:
+    """The fp8 type most of the weights are stored in (fp8 checkpoints keep norms and biases wider), or None."""
+    counts: dict[torch.dtype, int] = {}
+    for tensor in state.values():
+        counts[tensor.dtype] = counts.get(tensor.dtype, 0) + tensor.numel()
+    fp8 = {dtype: count for dtype, count in counts.items() if dtype in FP8_DTYPES}
+    if not fp8 or sum(fp8.values()) * 2 < sum(counts.values()):
+        return None
+    return max(fp8, key=fp8.get)
+
+
 def tie_and_eval(module: torch.nn.Module) -> torch.nn.Module:
     """A text encoder ready to encode: eval mode (a T5 read from a single file can come back training, dropout on)
     and, for T5, the encoder's token embedding tied to the shared one (ComfyUI's files hold `shared.weight` only)."""
@@ -150,10 +164,16 @@ class FlowLoader:
 
         original = sub_state(state, found.prefix) if found.prefix else state
         if found.family == "flux":
-            return self._build(FluxTransformer2DModel, flux_transformer_config(original), original, dtype,
-                               "Flux transformer", flux_rows(original.keys()))
-        return self._build(SD3Transformer2DModel, sd3_transformer_config(original), original, dtype,
-                           "SD3 transformer", sd3_rows(original.keys()))
+            model = self._build(FluxTransformer2DModel, flux_transformer_config(original), original, dtype,
+                                "Flux transformer", flux_rows(original.keys()))
+        else:
+            model = self._build(SD3Transformer2DModel, sd3_transformer_config(original), original, dtype,
+                                "SD3 transformer", sd3_rows(original.keys()))
+        storage = fp8_storage(original)
+        if storage is not None:
+            # Kept in fp8 (a byte a weight, exactly the file's values), each layer cast up to `dtype` while it runs
+            model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=dtype)
+        return model
 
     def _external(self, component: str, family: str, chosen: dict[str, Path], parts: FlowParts) -> dict:
         path = chosen.get(component) or self.folders.default_file(component, family)

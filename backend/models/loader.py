@@ -57,6 +57,16 @@ class LoadedModel:
         return total
 
 
+def refuse_bitsandbytes(path: Path, state: dict[str, torch.Tensor]):
+    """NF4/int8 files (bitsandbytes) need CUDA and bitsandbytes; neither is assumed here, so they are refused plainly
+    rather than failing half-way."""
+    if not any(".quant_state." in key or key.endswith((".absmax", ".SCB")) for key in state):
+        return
+    where = "this server has no CUDA GPU" if not torch.cuda.is_available() else "this version cannot load them yet"
+    raise CheckpointError(f"{path.name} is quantized with bitsandbytes (NF4/int8), which needs a CUDA GPU; {where}. "
+                          "Use the fp8 or full-precision file of this model")
+
+
 def materialise(model: torch.nn.Module, weights: dict[str, torch.Tensor], dtype: torch.dtype, what: str):
     """Load `weights` into a model built on the meta device, checking every tensor is there with its shape."""
     expected = model.state_dict()
@@ -178,6 +188,7 @@ class CheckpointLoader:
     def load_single_file(self, path: Path, dtype: torch.dtype,
                          components: dict[str, Path] | None = None) -> LoadedModel:
         state = load_state_dict(path)
+        refuse_bitsandbytes(path, state)
         found = flow_file(state)
         if found is not None:
             try:
