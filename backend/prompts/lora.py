@@ -16,6 +16,11 @@ from backend.models.weight_files import CheckpointError, load_state_dict
 
 log = logging.getLogger(__name__)
 LORA_EXTENSIONS = (".safetensors", ".pt", ".ckpt")
+# Flux: kohya's lora_unet_double_blocks_*, BFL/xlabs double_blocks.*, diffusers' single_transformer_blocks.*
+FLUX_KEY_MARKERS = ("double_blocks", "single_blocks", "single_transformer_blocks")
+# SD3's original and kohya layouts; diffusers' transformer_blocks.* are both families' names (then loading decides)
+SD3_KEY_MARKERS = ("joint_blocks",)
+KIND_LABELS = {"sdxl": "SDXL", "sd": "SD1.x/SD2.x", "flux": "Flux.1", "sd3": "SD3"}
 SDXL_KEY_MARKERS = ("lora_te1_", "lora_te2_", "text_encoder_2.", "input_blocks_4_1_", "input_blocks.4.1.")
 
 
@@ -27,8 +32,13 @@ class LoraUse:
 
 
 def lora_family(state: dict) -> str | None:
-    """"sdxl" or "sd" from the key layout alone (None when it cannot tell), to explain a mismatch plainly."""
+    """"flux", "sd3", "sdxl" or "sd" from the key layout alone (None when it cannot tell), to explain a mismatch
+    plainly."""
     keys = list(state)
+    if any(marker in key for key in keys for marker in FLUX_KEY_MARKERS):
+        return "flux"
+    if any(marker in key for key in keys for marker in SD3_KEY_MARKERS):
+        return "sd3"
     if any(marker in key for key in keys for marker in SDXL_KEY_MARKERS):
         return "sdxl"
     if any(key.startswith(("lora_te_", "text_encoder.")) for key in keys):
@@ -52,11 +62,10 @@ def applied_loras(pipeline, family: ModelFamily, uses: list[LoraUse], warnings: 
                 warnings.append(f"LoRA {use.file.name} ignored: {error}")
                 continue
             made_for = lora_family(state)
-            model_kind = "sdxl" if family.startswith("sdxl") else "sd"
+            model_kind = family if family in ("flux", "sd3") else "sdxl" if family.startswith("sdxl") else "sd"
             if made_for and made_for != model_kind:
-                warnings.append(f"LoRA {use.file.name} ignored: it was made for "
-                                f"{'SDXL' if made_for == 'sdxl' else 'SD1.x/SD2.x'}, this model is "
-                                f"{'SDXL' if model_kind == 'sdxl' else 'SD1.x/SD2.x'}")
+                warnings.append(f"LoRA {use.file.name} ignored: it was made for {KIND_LABELS[made_for]}, this model "
+                                f"is {KIND_LABELS[model_kind]}")
                 continue
             try:
                 with construction.building():
@@ -69,9 +78,12 @@ def applied_loras(pipeline, family: ModelFamily, uses: list[LoraUse], warnings: 
             applied.append(use)
         if applied:
             names = [f"job_lora_{uses.index(use)}" for use in applied]
-            pipeline.set_adapters(names, [
-                {"unet": use.unet_weight, "text_encoder": use.text_encoder_weight,
-                 "text_encoder_2": use.text_encoder_weight} for use in applied])
+            if getattr(pipeline, "transformer", None) is not None:  # Flux, SD3: one weight per LoRA
+                pipeline.set_adapters(names, [use.unet_weight for use in applied])
+            else:
+                pipeline.set_adapters(names, [
+                    {"unet": use.unet_weight, "text_encoder": use.text_encoder_weight,
+                     "text_encoder_2": use.text_encoder_weight} for use in applied])
         yield applied
     finally:
         if any(_has_peft(module) for module in _lora_modules(pipeline)):
@@ -79,7 +91,7 @@ def applied_loras(pipeline, family: ModelFamily, uses: list[LoraUse], warnings: 
 
 
 def _lora_modules(pipeline):
-    return [getattr(pipeline, name, None) for name in ("unet", "text_encoder", "text_encoder_2")
+    return [getattr(pipeline, name, None) for name in ("unet", "transformer", "text_encoder", "text_encoder_2")
             if getattr(pipeline, name, None) is not None]
 
 
@@ -96,3 +108,4 @@ def _remove_adapter(pipeline, adapter: str):
             except (ValueError, KeyError):
                 log.debug("could not delete adapter %s", adapter, exc_info=True)
             return
+
