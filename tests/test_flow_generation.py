@@ -170,3 +170,12 @@ def test_rest_txt2img_with_flux(flow_server):
         assert "CFG scale: 1," in info
         refused = client.post("/txt2img", json={**body, "sampler_name": "DDIM"})
         assert refused.status_code in (400, 422) and "DDIM" in refused.text
+
+
+def test_hires_fix_with_an_image_upscaler(flow_services):
+    result = run(flow_services, checkpoint="flux-tiny", prompt="a cat", enable_hr=True, hr_scale=2.0,
+                 hr_upscaler="Lanczos", denoising_strength=0.5)
+    assert Image.open(io.BytesIO(result.images[0].png)).size == (128, 128)
+    job = flow_services.jobs.run_and_wait(Txt2ImgRequest(**{**FLOW_FAST, "checkpoint": "sd3-tiny", "enable_hr": True,
+                                                            "hr_upscaler": "Latent"}), timeout=300)
+    assert job.status == "failed" and job.error_field == "hr_upscaler" and "Lanczos" in job.error

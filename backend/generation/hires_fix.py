@@ -14,6 +14,7 @@ from PIL import Image
 
 from backend.core.hires_sizes import HiresSizes, hires_sizes
 from backend.core.requests import LATENT_UPSCALE_MODES, RequestError, Txt2ImgRequest
+from backend.generation.flow_guidance import guidance_arguments, is_flow
 from backend.generation.pipelines import seeded_generators
 from backend.generation.step_counter import steps_run
 from backend.upscale.service import Upscalers
@@ -65,9 +66,13 @@ class HiresPlan:
     def make_batch(self, pipeline_for, seeds: list[int], on_step, prompts) -> list[Image.Image]:
         request = self.request
         first_pipeline = pipeline_for("txt2img")
+        flow = is_flow(first_pipeline)
+        if flow and self.latent_mode:  # their latents are packed and shifted: only image upscalers for now
+            raise RequestError("hr_upscaler", f"{request.hr_upscaler} (a latent upscaler) does not work with Flux or "
+                                              "SD3 models yet; choose an image upscaler such as Lanczos")
         first = first_pipeline(
             num_inference_steps=request.steps, width=request.width, height=request.height,
-            guidance_scale=request.cfg_scale, generator=seeded_generators(seeds),
+            **guidance_arguments(request, first_pipeline), generator=seeded_generators(seeds),
             output_type="latent" if self.latent_mode else "pil",
             **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
         second = pipeline_for("img2img")
@@ -81,8 +86,10 @@ class HiresPlan:
             upscaled = [self._upscale_image(image) for image in first.images]
             if request.denoising_strength == 0:
                 return upscaled
+        final_size = dict(zip(("width", "height"), self.sizes.final)) if flow else {}  # they default to 1024
         return second(image=upscaled, strength=request.denoising_strength, num_inference_steps=self.second_pass_steps,
-                      guidance_scale=request.cfg_scale, generator=seeded_generators(seeds), output_type="pil",
+                      **guidance_arguments(request, second), **final_size, generator=seeded_generators(seeds),
+                      output_type="pil",
                       **prompts.pipeline_arguments(request.steps, len(seeds), on_step,
                                                    hires_steps=self.second_pass_steps)).images
 
