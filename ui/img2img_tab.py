@@ -24,6 +24,7 @@ from ui.generation_form import (
 )
 from ui.image_upload import image_upload
 from ui.model_picker import ModelControls
+from ui.styles import build_style_editor, build_style_picker
 from ui.tab_choice import build_tab_choice, follow_tab
 
 MODES = ("img2img", "inpaint", "inpaint_upload", "outpaint")
@@ -101,7 +102,8 @@ def editor_image_and_mask(value: dict | None) -> tuple[bytes, bytes]:
 
 
 def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int, int] | None) -> Img2ImgTab:
-    top = build_prompt_row("img2img")
+    top = build_prompt_row("img2img", lambda: build_style_picker(services.styles, "img2img"))
+    build_style_editor(services.styles, "img2img", top["styles"], top["prompt"], top["negative_prompt"])
     build_extra_networks(services, "img2img", top["prompt"])
     with gr.Row():
         with gr.Column():

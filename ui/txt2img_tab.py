@@ -16,6 +16,7 @@ from ui.generation_form import (
     wire_generation,
 )
 from ui.model_picker import ModelControls
+from ui.styles import build_style_editor, build_style_picker
 
 
 def hires_upscaler_choices(services: Services) -> list[str]:
@@ -56,7 +57,8 @@ def hires_fields(values: dict, controls: dict[str, gr.Component]) -> dict:
 
 
 def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int, int] | None) -> GenerationForm:
-    top = build_prompt_row("txt2img")
+    top = build_prompt_row("txt2img", lambda: build_style_picker(services.styles, "txt2img"))
+    build_style_editor(services.styles, "txt2img", top["styles"], top["prompt"], top["negative_prompt"])
     build_extra_networks(services, "txt2img", top["prompt"])
     with gr.Row():
         with gr.Column():

@@ -31,6 +31,7 @@ from backend.models.manager import ModelManager
 from backend.models.speed_options import vae_tiling
 from backend.plugins.api import ExtensionHooks
 from backend.prompts.context import Networks
+from backend.prompts.styles import StyleStore, apply_styles
 from backend.upscale.extras import run_extras
 from backend.upscale.service import Upscalers
 
@@ -56,6 +57,7 @@ class Generator:
     networks: Networks | None = None  # LoRAs, embeddings, VAEs, prompt encoding: needed by generation jobs
     hooks: ExtensionHooks = field(default_factory=ExtensionHooks)  # what extensions registered
     server_folders_refused: str | None = None  # why an Extras job may not read a server folder, or None
+    styles: StyleStore | None = None  # styles.csv: the styles a request names are applied from it
 
     def generate(self, request, progress: JobProgress) -> GenerationResult:
         if isinstance(request, ExtrasRequest):
@@ -64,11 +66,20 @@ class Generator:
             raise RequestError("request", f"unsupported job kind {type(request).__name__}")
         if request.seed == -1:  # fixed first, so extensions (wildcards, grids) see the seed the images get
             request = request.model_copy(update={"seed": secrets.randbelow(2**32)})
+        if request.styles:  # applied once, first: extensions and X/Y/Z cells see the styled prompts, as in A1111
+            request = self._apply_styles(request)
         request = self.hooks.run_before_generate(request)
         run = self.hooks.wrap_generation(lambda job_request: self._generate_one(job_request, progress))
         result = run(request)
         self.hooks.run_after_generate(request, result)
         return result
+
+    def _apply_styles(self, request: GenerationRequest) -> GenerationRequest:
+        if self.styles is None:
+            raise RequestError("styles", "this server has no styles file")
+        prompt, negative_prompt = apply_styles(request.prompt, request.negative_prompt,
+                                               self.styles.resolve(request.styles))
+        return request.model_copy(update={"prompt": prompt, "negative_prompt": negative_prompt, "styles": []})
 
     def _generate_one(self, request, progress: JobProgress) -> GenerationResult:
         return self.txt2img(request, progress) if isinstance(request, Txt2ImgRequest) \
