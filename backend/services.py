@@ -49,7 +49,7 @@ class Services:
         request = build_request(request_class, values, self.extensions.hooks.sampler_specs())
         if getattr(request, "styles", None):
             self.styles.resolve(request.styles)  # an unknown style is refused before the job is queued
-        return request
+        return self.generator.check_script(request)  # so is an unknown script or a bad script argument
 
     def close(self, timeout: float = 30) -> bool:
         """Stop the jobs (the running one at its next step, recorded as interrupted) and close the history. True

@@ -86,6 +86,14 @@ class GenerationRequest(BaseModel):
     styles: list[str] = Field(default_factory=list, max_length=MAX_STYLES,
                               description="Names of styles.csv rows, applied to the prompts in this order")
 
+    script_name: str | None = Field(None, description="A Script menu script (A1111's lower-case title), or None")
+    script_args: list[Any] = Field(default_factory=list, description="The script's arguments, in A1111's order")
+
+    @field_validator("script_args")
+    @classmethod
+    def _script_args(cls, value: list[Any]) -> list[Any]:
+        return _check_nesting(value, MAX_EXTENSION_ARGS_DEPTH)
+
     @field_validator("styles")
     @classmethod
     def _style_names(cls, value: list[str]) -> list[str]:

@@ -19,11 +19,14 @@ from backend.core.requests import (
     Txt2ImgRequest,
 )
 from backend.core.samplers import resolve_sampler
+from backend.core.scripts import Script, find_script
 from backend.generation.hires_fix import HiresPlan
 from backend.generation.img2img import Img2ImgPlan
 from backend.generation.job_run import GenerationRun, MakeBatch
 from backend.generation.pipelines import seeded_generators
 from backend.generation.previews import PreviewRenderer
+from backend.generation.scripts.job import ScriptJob
+from backend.generation.scripts.menu import builtin_scripts
 from backend.generation.step_counter import StepCounter
 from backend.jobs.outputs import OutputStore
 from backend.jobs.queue import JobProgress
@@ -64,6 +67,8 @@ class Generator:
             return self.extras(request, progress)
         if not isinstance(request, (Txt2ImgRequest, Img2ImgRequest)):
             raise RequestError("request", f"unsupported job kind {type(request).__name__}")
+        if request.script_name:  # the script calls generate again for each request it makes (without a script)
+            return self._run_script(request, progress)
         if request.seed == -1:  # fixed first, so extensions (wildcards, grids) see the seed the images get
             request = request.model_copy(update={"seed": secrets.randbelow(2**32)})
         if request.styles:  # applied once, first: extensions and X/Y/Z cells see the styled prompts, as in A1111
@@ -73,6 +78,32 @@ class Generator:
         result = run(request)
         self.hooks.run_after_generate(request, result)
         return result
+
+    def scripts(self) -> list[Script]:
+        """The Script menu: the built-in scripts, then those extensions added."""
+        return [*builtin_scripts(self.upscalers.names() if self.upscalers else []),
+                *(registered.value for registered in self.hooks.scripts)]
+
+    def check_script(self, request):
+        """The request with its script's arguments checked (defaults filled in), or RequestError naming
+        script_name / script_args[i]."""
+        if not getattr(request, "script_name", None):
+            return request
+        tab = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+        script = find_script(self.scripts(), request.script_name, tab)
+        return request.model_copy(update={"script_name": script.name,
+                                          "script_args": script.check_args(request.script_args)})
+
+    def _run_script(self, request, progress: JobProgress) -> GenerationResult:
+        tab = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+        script = find_script(self.scripts(), request.script_name, tab)
+        job = ScriptJob(request=request.model_copy(update={"script_name": None, "script_args": []}),
+                        args=script.check_args(request.script_args), tab=tab,
+                        generate=lambda sub_request: self.generate(sub_request, progress), outputs=self.outputs,
+                        progress=progress, samplers=self.hooks.sampler_specs(),
+                        upscaler=lambda image, name, size: self.upscalers.upscale(image, name, size,
+                                                                                  "script_args[2]"))
+        return script.run(job)
 
     def _apply_styles(self, request: GenerationRequest) -> GenerationRequest:
         if self.styles is None:

@@ -60,7 +60,6 @@ def _unsupported_fields(body: GenerationBody) -> list[str]:
     asked = {
         "restore_faces": body.restore_faces, "tiling": body.tiling,
         "subseed_strength": body.subseed_strength, "refiner_checkpoint": body.refiner_checkpoint,
-        "script_name": body.script_name,
     }
     if isinstance(body, Txt2ImgBody) and body.enable_hr:
         asked |= {
@@ -111,6 +110,7 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "steps": body.steps, "cfg_scale": body.cfg_scale, "width": body.width, "height": body.height,
         "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
         "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip, "styles": body.styles or [],
+        "script_name": body.script_name or None, "script_args": body.script_args,
     }
 
 
