@@ -175,3 +175,29 @@ def test_loopback_feeds_each_image_back_and_draws_a_row(client, services):
         "prompt": "loop", "init_images": [source_png()], **FAST, "script_name": "loopback",
         "script_args": [2, 0.5, "Linear", "CLIP"]})
     assert refused.status_code == 422 and refused.json()["detail"].startswith("script_args[3]: ")
+
+
+def test_xyz_plot_is_in_the_menu_with_the_extensions_implementation(make_services, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path / "extensions"
+    shutil.copytree(Path(__file__).parent.parent / "extensions" / "xyz_plot", folder / "xyz_plot",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    services = make_services(extensions_dir=folder)
+    app = FastAPI()
+    app.include_router(build_api_router(services))
+    with TestClient(app) as client:
+        listed = client.get("/sdapi/v1/scripts").json()
+        assert "x/y/z plot" in listed["txt2img"] and "x/y/z plot" in listed["img2img"]
+        response = client.post("/sdapi/v1/txt2img", json={
+            "prompt": "a cat", "seed": 1, **FAST, "script_name": "x/y/z plot",
+            "script_args": ["Seed", "1, 2", "Steps", "1, 2", "Nothing", "", False, True]})
+        assert response.status_code == 200, response.text
+        info = json.loads(response.json()["info"])
+        assert info["all_seeds"] == [1, 1, 2, 1, 2]  # the grid, then the cells x inner
+        assert decode(response.json()["images"][0]).size == (128, 128)  # no legend: 2 x 2 cells
+        assert len(list((services.outputs.root / "txt2img-grids").rglob("grid-*.png"))) == 1
+        refused = client.post("/sdapi/v1/txt2img", json={
+            "prompt": "a cat", **FAST, "script_name": "x/y/z plot", "script_args": [1, "1, 2"]})
+        assert refused.status_code == 422 and refused.json()["detail"].startswith("script_args[0]: X type")

@@ -57,13 +57,14 @@ class GenerationForm:
     extra_fields: dict = field(default_factory=dict)  # request field -> component, beyond the common ones
     extension_inputs: dict = field(default_factory=dict)  # extension -> {argument: component} of its section
     styles: object | None = None  # ui.styles.StylePicker under Generate, when the tab has one
+    scripts: object | None = None  # ui.script_menu.ScriptMenu, A1111's "Script" dropdown
 
     @property
     def inputs(self) -> set:
         return {self.prompt, self.negative_prompt, self.sampler, self.schedule, self.steps, self.width, self.height,
                 self.batch_count, self.batch_size, self.cfg_scale, self.seed,
                 *(c for arguments in self.extension_inputs.values() for c in arguments.values()),
-                *([self.styles.dropdown] if self.styles else [])}
+                *([self.styles.dropdown] if self.styles else []), *(self.scripts.inputs if self.scripts else ())}
 
     def common_fields(self, values: dict, model) -> dict:
         """`model`: the page's ModelControls (checkpoint, VAE, clip skip)."""
@@ -75,6 +76,7 @@ class GenerationForm:
                 "seed": -1 if seed is None else int(seed), "batch_size": int(values[self.batch_size]),
                 "n_iter": int(values[self.batch_count]), **model.request_fields(values),
                 "styles": list(values[self.styles.dropdown] or []) if self.styles else [],
+                **(self.scripts.request_fields(values) if self.scripts else {}),
                 "extension_args": {extension: {argument: values[component] for argument, component in args.items()}
                                    for extension, args in self.extension_inputs.items()}}
 

@@ -16,6 +16,7 @@ from ui.generation_form import (
     wire_generation,
 )
 from ui.model_picker import ModelControls
+from ui.script_menu import build_script_menu
 from ui.styles import build_style_editor, build_style_picker
 
 
@@ -67,6 +68,7 @@ def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int,
             hires = build_hires_controls(services)
             form.extra_fields = hires
             form.extension_inputs = build_sections(services, "txt2img")
+            form.scripts = build_script_menu(services, "txt2img")
         with gr.Column():
             build_results(form)
             with gr.Row():

@@ -1,8 +1,10 @@
-"""Styles in the real page (headless Chromium): pick a style and generate, save the prompt as a new style in the
-editor, apply styles to the prompt with 📋, and "Send to txt2img" finds the styles again."""
+"""Styles and the Script menu in the real page (headless Chromium): pick a style and generate, save the prompt as
+a new style in the editor, apply styles to the prompt with 📋, "Send to img2img" finds the styles again; choose
+Prompt matrix in the Script dropdown and generate its grid."""
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from tests.server_process import ServerProcess
 from tests.test_ui_browser import CHROMIUM, set_slider, wait_until_done
@@ -15,7 +17,7 @@ STYLES = 'name,prompt,negative_prompt\nCinematic,"{prompt}, film grain",blurry\n
 def server(tmp_path, models_dir):
     (models_dir.parent / "styles.csv").write_text(STYLES, encoding="utf-8")
     process = ServerProcess(tmp_path, models_dir, "--ckpt", "tiny-sd1.safetensors").start()
-    yield process.url + "/", models_dir.parent / "styles.csv"
+    yield process.url + "/", models_dir.parent / "styles.csv", process.outputs
     process.stop()
 
 
@@ -41,7 +43,7 @@ def choose_style(page, tab: str, name: str):
 
 
 def test_styles_generate_edit_and_apply(server, page):
-    _, styles_file = server
+    _, styles_file, _ = server
     page.locator("#txt2img_prompt textarea").fill("a cat")
     for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 2)):
         set_slider(page, elem_id, value)
@@ -78,3 +80,32 @@ def test_styles_generate_edit_and_apply(server, page):
     page.wait_for_function("document.querySelector('#img2img_prompt textarea')?.value === 'a cat'")
     assert page.locator("#img2img_neg_prompt textarea").input_value() == ""
     assert page.locator("#img2img_styles .token").all_inner_texts() == ["Oil", "Cinematic"]
+
+
+def test_script_menu_prompt_matrix(server, page):
+    _, _, outputs = server
+    page.locator("#txt2img_prompt textarea").fill("a cat|red")
+    for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 2)):
+        set_slider(page, elem_id, value)
+    assert not page.locator("#txt2img_script_prompt_matrix").is_visible()
+    page.locator("#txt2img_script input").click()
+    offered = [text.split("\n")[-1] for text in page.locator("#txt2img_script [role=option]").all_inner_texts()]
+    assert offered[:3] == ["None", "Prompt matrix", "Prompts from file or textbox"] and "X/Y/Z plot" in offered
+    page.get_by_role("option", name="Prompt matrix", exact=True).click()
+    page.locator("#txt2img_script_prompt_matrix").wait_for(state="visible")
+    page.locator("#txt2img_script_prompt_matrix_1 input").check()  # a different seed for each picture
+    page.locator("#txt2img_seed input").fill("40")
+    page.locator("#txt2img_generate").click()
+    wait_until_done(page, "txt2img", images=3)
+    assert page.locator("#txt2img_gallery .thumbnail-item").count() == 3  # the grid, then both combinations
+    assert page.locator("#txt2img_infotext textarea").input_value().startswith("a cat\n")
+    grids = list(outputs.rglob("txt2img-grids/*/prompt_matrix-*.png"))
+    assert len(grids) == 1 and Image.open(grids[0]).size == (2 * 64, 20 + 64)
+    seeds = sorted(int(path.stem.split("-")[1]) for path in outputs.rglob("txt2img-images/*/*.png"))
+    assert seeds == [40, 41]
+    page.screenshot(path=str(outputs / "script_menu.png"), full_page=True)
+
+    page.get_by_role("tab", name="img2img").click()
+    page.locator("#img2img_script input").click()
+    offered = [text.split("\n")[-1] for text in page.locator("#img2img_script [role=option]").all_inner_texts()]
+    assert {"Loopback", "SD upscale", "Prompt matrix"} <= set(offered)
