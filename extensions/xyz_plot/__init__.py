@@ -9,7 +9,7 @@ import io
 from .axes import ARGUMENTS, AXIS_TYPE_NAMES, plan_plot
 from .grid import draw_grid, encode_png, save_grid
 
-__version__ = "1.0"
+__version__ = "1.1"
 TITLE = "X/Y/Z plot"
 
 
