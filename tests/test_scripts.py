@@ -48,7 +48,8 @@ def source_png() -> str:
 def test_scripts_and_script_info_list_a1111_names_and_arguments(client):
     listed = client.get("/sdapi/v1/scripts").json()
     assert listed["txt2img"] == ["prompt matrix", "prompts from file or textbox"]
-    assert listed["img2img"] == ["prompt matrix", "prompts from file or textbox", "loopback", "sd upscale"]
+    assert listed["img2img"] == ["loopback", "poor man's outpainting", "prompt matrix", "prompts from file or textbox",
+                                 "sd upscale"]
     info = client.get("/sdapi/v1/script-info").json()
     upscale = next(item for item in info if item["name"] == "sd upscale")
     assert upscale["is_img2img"] is True and upscale["is_alwayson"] is False
@@ -174,6 +175,30 @@ def test_loopback_feeds_each_image_back_and_draws_a_row(client, services):
     refused = client.post("/sdapi/v1/img2img", json={
         "prompt": "loop", "init_images": [source_png()], **FAST, "script_name": "loopback",
         "script_args": [2, 0.5, "Linear", "CLIP"]})
+    assert refused.status_code == 422 and refused.json()["detail"].startswith("script_args[3]: ")
+
+
+def test_poor_mans_outpainting_inpaints_the_tiles_of_the_new_area(client, services):
+    response = client.post("/sdapi/v1/img2img", json={
+        "prompt": "more", "init_images": [source_png()], "denoising_strength": 0.8, "seed": 30, **FAST,
+        "script_name": "poor man's outpainting", "script_args": [32, 4, 1, ["left", "right", "up", "down"]]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    info = json.loads(body["info"])
+    assert len(body["images"]) == 1
+    # 64 + 2 x 32 = 128 on each side (already a multiple of 64); tiles of 64 overlapping by 32: 3 x 3, the middle one
+    # lies inside the original and is kept, so 8 tiles are inpainted with seeds 30..37 (the first tile's infotext)
+    image = decode(body["images"][0])
+    assert image.size == (128, 128)
+    assert parse_infotext(info["infotexts"][0])["Seed"] == "30"
+    centre = np.asarray(image.convert("RGB"))[56:72, 56:72].astype(int)
+    original = np.asarray(decode(source_png()).convert("RGB"))[24:40, 24:40].astype(int)
+    assert np.abs(centre - original).mean() < 8  # the centre is the original image (the kept middle tile)
+    saved = list((services.outputs.root / "img2img-images").rglob("*.png"))
+    assert len(saved) == 1 and Image.open(saved[0]).size == (128, 128)
+    refused = client.post("/sdapi/v1/img2img", json={
+        "prompt": "more", "init_images": [source_png()], **FAST, "script_name": "poor man's outpainting",
+        "script_args": [32, 4, "fill", ["sideways"]]})
     assert refused.status_code == 422 and refused.json()["detail"].startswith("script_args[3]: ")
 
 

@@ -47,6 +47,8 @@ def argument_component(arg: ScriptArg, elem_id: str):
         return gr.Number(minimum=arg.minimum, maximum=arg.maximum, step=arg.step, **common)
     if arg.kind == "radio":
         return gr.Radio(choices=list(arg.choices or ()), **common)
+    if arg.kind == "checkboxgroup":
+        return gr.CheckboxGroup(choices=list(arg.choices or ()), **common)
     if arg.kind == "dropdown":
         return gr.Dropdown(choices=list(arg.choices or ()), **common)
     return gr.Textbox(lines=4 if arg.kind == "textarea" else 1, **common)

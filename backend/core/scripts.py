@@ -11,7 +11,7 @@ from typing import Any
 
 from backend.core.requests import RequestError
 
-ARG_KINDS = ("checkbox", "slider", "number", "text", "textarea", "radio", "dropdown")
+ARG_KINDS = ("checkbox", "slider", "number", "text", "textarea", "radio", "dropdown", "checkboxgroup")
 FORM_TABS = ("txt2img", "img2img")
 
 
@@ -48,6 +48,11 @@ class ScriptArg:
                 raise RequestError(field_name, f"{self.label}: must be between {self.minimum:g} and "
                                                f"{self.maximum:g}; got {value}")
             return int(value) if isinstance(self.value, int) and float(value).is_integer() else value
+        if self.kind == "checkboxgroup":  # some of `choices`, as a list
+            choices = list(self.choices or ())
+            if not isinstance(value, list) or any(item not in choices for item in value):
+                raise RequestError(field_name, f"{self.label}: must be a list of some of {choices}; got {value!r}")
+            return [choice for choice in choices if choice in value]
         if self.kind in ("radio", "dropdown") and self.choices is not None:
             choices = list(self.choices)
             if isinstance(value, int) and not isinstance(value, bool) and self.by_index:
