@@ -22,6 +22,7 @@ from backend.models.registry import ModelRegistry
 from backend.plugins.installer import ExtensionInstaller
 from backend.plugins.loader import Extensions
 from backend.prompts.context import Networks
+from backend.prompts.styles import StyleStore
 from backend.upscale.service import Upscalers
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,15 @@ class Services:
     networks: Networks
     extensions: Extensions
     extension_installer: ExtensionInstaller
+    styles: StyleStore
 
     def build_request(self, request_class: type[JobRequest], values: dict[str, Any]) -> JobRequest:
         """The one way form values, an API body or an MCP call become a typed request: validated, with the samplers
         extensions registered accepted besides the built-in ones. A RequestError names the field."""
-        return build_request(request_class, values, self.extensions.hooks.sampler_specs())
+        request = build_request(request_class, values, self.extensions.hooks.sampler_specs())
+        if getattr(request, "styles", None):
+            self.styles.resolve(request.styles)  # an unknown style is refused before the job is queued
+        return self.generator.check_script(request)  # so is an unknown script or a bad script argument
 
     def close(self, timeout: float = 30) -> bool:
         """Stop the jobs (the running one at its next step, recorded as interrupted) and close the history. True
@@ -74,8 +79,9 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
                             construction)
     extensions.load_all()  # a broken extension is recorded and skipped; the app starts regardless
     upscalers.from_extensions = extensions.hooks.upscalers
+    styles = StyleStore(settings.styles_file)
     generator = Generator(models, outputs, previews, settings.preview_every, upscalers, networks, extensions.hooks,
-                          server_folders_refused=settings.server_folders_refused)
+                          server_folders_refused=settings.server_folders_refused, styles=styles)
     history = JobHistory(settings.outputs_dir / "history.sqlite3")
     interrupted = history.mark_unfinished_interrupted()
     if interrupted:
@@ -87,7 +93,7 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
         jobs.start()
     return Services(settings=settings, construction=construction, models=models, outputs=outputs,
                     generator=generator, jobs=jobs, history=history, upscalers=upscalers, networks=networks,
-                    extensions=extensions,
+                    extensions=extensions, styles=styles,
                     extension_installer=ExtensionInstaller(settings.extensions_dir,
                                                            settings.extension_install_refused,
                                                            local=not settings.reachable_from_network))

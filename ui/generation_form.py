@@ -56,12 +56,15 @@ class GenerationForm:
     send_to_upscale: gr.Button | None = None
     extra_fields: dict = field(default_factory=dict)  # request field -> component, beyond the common ones
     extension_inputs: dict = field(default_factory=dict)  # extension -> {argument: component} of its section
+    styles: object | None = None  # ui.styles.StylePicker under Generate, when the tab has one
+    scripts: object | None = None  # ui.script_menu.ScriptMenu, A1111's "Script" dropdown
 
     @property
     def inputs(self) -> set:
         return {self.prompt, self.negative_prompt, self.sampler, self.schedule, self.steps, self.width, self.height,
                 self.batch_count, self.batch_size, self.cfg_scale, self.seed,
-                *(c for arguments in self.extension_inputs.values() for c in arguments.values())}
+                *(c for arguments in self.extension_inputs.values() for c in arguments.values()),
+                *([self.styles.dropdown] if self.styles else []), *(self.scripts.inputs if self.scripts else ())}
 
     def common_fields(self, values: dict, model) -> dict:
         """`model`: the page's ModelControls (checkpoint, VAE, clip skip)."""
@@ -72,11 +75,15 @@ class GenerationForm:
                 "width": int(values[self.width]), "height": int(values[self.height]),
                 "seed": -1 if seed is None else int(seed), "batch_size": int(values[self.batch_size]),
                 "n_iter": int(values[self.batch_count]), **model.request_fields(values),
+                "styles": list(values[self.styles.dropdown] or []) if self.styles else [],
+                **(self.scripts.request_fields(values) if self.scripts else {}),
                 "extension_args": {extension: {argument: values[component] for argument, component in args.items()}
                                    for extension, args in self.extension_inputs.items()}}
 
 
-def build_prompt_row(prefix: str) -> dict:
+def build_prompt_row(prefix: str, under_generate: Callable[[], object] | None = None) -> dict:
+    """`under_generate`: builds what goes below Generate/Interrupt/Skip (the Styles picker); its result is the
+    returned "styles"."""
     with gr.Row():
         with gr.Column(scale=6):
             # each counter shares a positioned column with its box, so ui/style.css can put it in the box's corner
@@ -95,8 +102,9 @@ def build_prompt_row(prefix: str) -> dict:
             with gr.Row():
                 interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", min_width=70)
                 skip = gr.Button("Skip", elem_id=f"{prefix}_skip", min_width=70)
+            styles = under_generate() if under_generate else None
     return dict(prompt=prompt, negative_prompt=negative, generate=generate, interrupt=interrupt, skip=skip,
-                token_counter=token_counter, negative_token_counter=negative_counter)
+                token_counter=token_counter, negative_token_counter=negative_counter, styles=styles)
 
 
 def render_token_count(used: int, limit: int) -> str:

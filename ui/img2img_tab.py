@@ -24,6 +24,8 @@ from ui.generation_form import (
 )
 from ui.image_upload import image_upload
 from ui.model_picker import ModelControls
+from ui.script_menu import build_script_menu
+from ui.styles import build_style_editor, build_style_picker
 from ui.tab_choice import build_tab_choice, follow_tab
 
 MODES = ("img2img", "inpaint", "inpaint_upload", "outpaint")
@@ -101,7 +103,8 @@ def editor_image_and_mask(value: dict | None) -> tuple[bytes, bytes]:
 
 
 def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int, int] | None) -> Img2ImgTab:
-    top = build_prompt_row("img2img")
+    top = build_prompt_row("img2img", lambda: build_style_picker(services.styles, "img2img"))
+    build_style_editor(services.styles, "img2img", top["styles"], top["prompt"], top["negative_prompt"])
     build_extra_networks(services, "img2img", top["prompt"])
     with gr.Row():
         with gr.Column():
@@ -147,9 +150,11 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
                     padding = gr.Slider(label="Only masked padding, pixels", minimum=0, maximum=256, step=4,
                                         value=32, elem_id="img2img_padding")
             sections = build_sections(services, "img2img")
+            scripts = build_script_menu(services, "img2img")
         with gr.Column():
             form = GenerationForm(prefix="img2img", **top, **sampling)
             form.extension_inputs = sections
+            form.scripts = scripts
             build_results(form)
             form.send_to_upscale = gr.Button("Send to upscale", elem_id="img2img_send_upscale")
 

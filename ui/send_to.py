@@ -8,6 +8,7 @@ from backend.services import Services
 from ui.generation_form import PRIVATE, GenerationForm
 from ui.img2img_tab import editor_with_image
 from ui.model_picker import ModelControls
+from ui.styles import style_names, styles_from_prompts
 
 FIELD_COMPONENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "sampler_name": "sampler",
                     "scheduler": "schedule", "steps": "steps", "cfg_scale": "cfg_scale", "seed": "seed",
@@ -16,7 +17,7 @@ FIELD_COMPONENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "s
 
 def form_targets(form: GenerationForm, model: ModelControls) -> list:
     return [getattr(form, name) for name in FIELD_COMPONENTS.values()] + list(form.extra_fields.values()) + [
-        model.checkpoint, *model.fields.values()]
+        model.checkpoint, *model.fields.values(), *([form.styles.dropdown] if form.styles else [])]
 
 
 def form_updates(services: Services, infotext: str | None, form: GenerationForm, model: ModelControls) -> dict:
@@ -32,6 +33,11 @@ def form_updates(services: Services, infotext: str | None, form: GenerationForm,
     updates.update({component: fields[name] for name, component in model.fields.items() if name in fields})
     if form.extra_fields.get("enable_hr") is not None and "enable_hr" not in fields:
         updates[form.extra_fields["enable_hr"]] = False  # parameters without hires fix turn it off, as in A1111
+    if form.styles is not None:  # styles found at the prompts' ends come out of them (A1111's "Apply if any")
+        found = styles_from_prompts(services.styles, fields["prompt"], fields["negative_prompt"])
+        if found:
+            names, updates[form.prompt], updates[form.negative_prompt] = found
+            updates[form.styles.dropdown] = gr.Dropdown(choices=style_names(services.styles), value=names)
     for key in ("model_hash", "model_name"):
         entry = services.models.registry.find(fields[key]) if fields.get(key) else None
         if entry:

@@ -16,6 +16,8 @@ from ui.generation_form import (
     wire_generation,
 )
 from ui.model_picker import ModelControls
+from ui.script_menu import build_script_menu
+from ui.styles import build_style_editor, build_style_picker
 
 
 def hires_upscaler_choices(services: Services) -> list[str]:
@@ -56,7 +58,8 @@ def hires_fields(values: dict, controls: dict[str, gr.Component]) -> dict:
 
 
 def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int, int] | None) -> GenerationForm:
-    top = build_prompt_row("txt2img")
+    top = build_prompt_row("txt2img", lambda: build_style_picker(services.styles, "txt2img"))
+    build_style_editor(services.styles, "txt2img", top["styles"], top["prompt"], top["negative_prompt"])
     build_extra_networks(services, "txt2img", top["prompt"])
     with gr.Row():
         with gr.Column():
@@ -65,6 +68,7 @@ def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int,
             hires = build_hires_controls(services)
             form.extra_fields = hires
             form.extension_inputs = build_sections(services, "txt2img")
+            form.scripts = build_script_menu(services, "txt2img")
         with gr.Column():
             build_results(form)
             with gr.Row():

@@ -46,6 +46,8 @@ MAX_PROMPT_CHARACTERS = 20_000
 # Extension arguments are JSON values; nesting this deep is no argument (and past ~250 levels the job could not
 # be recorded: pydantic refuses to serialise it).
 MAX_EXTENSION_ARGS_DEPTH = 32
+MAX_STYLES = 100  # styles applied to one job
+MAX_STYLE_NAME = 200
 
 
 def _check_nesting(value: Any, limit: int) -> Any:
@@ -81,6 +83,23 @@ class GenerationRequest(BaseModel):
     sd_vae: str = Field("Automatic", description="Automatic, None (the checkpoint's own) or a file in models/VAE")
     clip_skip: int = Field(1, description="Use the text encoder's output this many layers from the end (1 = last)")
     extension_args: dict[str, Any] = Field(default_factory=dict)
+    styles: list[str] = Field(default_factory=list, max_length=MAX_STYLES,
+                              description="Names of styles.csv rows, applied to the prompts in this order")
+
+    script_name: str | None = Field(None, description="A Script menu script (A1111's lower-case title), or None")
+    script_args: list[Any] = Field(default_factory=list, description="The script's arguments, in A1111's order")
+
+    @field_validator("script_args")
+    @classmethod
+    def _script_args(cls, value: list[Any]) -> list[Any]:
+        return _check_nesting(value, MAX_EXTENSION_ARGS_DEPTH)
+
+    @field_validator("styles")
+    @classmethod
+    def _style_names(cls, value: list[str]) -> list[str]:
+        if any(len(name) > MAX_STYLE_NAME for name in value):
+            raise ValueError(f"a style name has at most {MAX_STYLE_NAME} characters")
+        return value
 
     @field_validator("width", "height")
     @classmethod

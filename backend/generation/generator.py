@@ -19,11 +19,14 @@ from backend.core.requests import (
     Txt2ImgRequest,
 )
 from backend.core.samplers import resolve_sampler
+from backend.core.scripts import Script, find_script
 from backend.generation.hires_fix import HiresPlan
 from backend.generation.img2img import Img2ImgPlan
 from backend.generation.job_run import GenerationRun, MakeBatch
 from backend.generation.pipelines import seeded_generators
 from backend.generation.previews import PreviewRenderer
+from backend.generation.scripts.job import ScriptJob
+from backend.generation.scripts.menu import builtin_scripts
 from backend.generation.step_counter import StepCounter
 from backend.jobs.outputs import OutputStore
 from backend.jobs.queue import JobProgress
@@ -31,6 +34,7 @@ from backend.models.manager import ModelManager
 from backend.models.speed_options import vae_tiling
 from backend.plugins.api import ExtensionHooks
 from backend.prompts.context import Networks
+from backend.prompts.styles import StyleStore, apply_styles
 from backend.upscale.extras import run_extras
 from backend.upscale.service import Upscalers
 
@@ -56,19 +60,57 @@ class Generator:
     networks: Networks | None = None  # LoRAs, embeddings, VAEs, prompt encoding: needed by generation jobs
     hooks: ExtensionHooks = field(default_factory=ExtensionHooks)  # what extensions registered
     server_folders_refused: str | None = None  # why an Extras job may not read a server folder, or None
+    styles: StyleStore | None = None  # styles.csv: the styles a request names are applied from it
 
     def generate(self, request, progress: JobProgress) -> GenerationResult:
         if isinstance(request, ExtrasRequest):
             return self.extras(request, progress)
         if not isinstance(request, (Txt2ImgRequest, Img2ImgRequest)):
             raise RequestError("request", f"unsupported job kind {type(request).__name__}")
+        if request.script_name:  # the script calls generate again for each request it makes (without a script)
+            return self._run_script(request, progress)
         if request.seed == -1:  # fixed first, so extensions (wildcards, grids) see the seed the images get
             request = request.model_copy(update={"seed": secrets.randbelow(2**32)})
+        if request.styles:  # applied once, first: extensions and X/Y/Z cells see the styled prompts, as in A1111
+            request = self._apply_styles(request)
         request = self.hooks.run_before_generate(request)
         run = self.hooks.wrap_generation(lambda job_request: self._generate_one(job_request, progress))
         result = run(request)
         self.hooks.run_after_generate(request, result)
         return result
+
+    def scripts(self) -> list[Script]:
+        """The Script menu: the built-in scripts, then those extensions added."""
+        return [*builtin_scripts(self.upscalers.names() if self.upscalers else []),
+                *(registered.value for registered in self.hooks.scripts)]
+
+    def check_script(self, request):
+        """The request with its script's arguments checked (defaults filled in), or RequestError naming
+        script_name / script_args[i]."""
+        if not getattr(request, "script_name", None):
+            return request
+        tab = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+        script = find_script(self.scripts(), request.script_name, tab)
+        return request.model_copy(update={"script_name": script.name,
+                                          "script_args": script.check_args(request.script_args)})
+
+    def _run_script(self, request, progress: JobProgress) -> GenerationResult:
+        tab = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+        script = find_script(self.scripts(), request.script_name, tab)
+        job = ScriptJob(request=request.model_copy(update={"script_name": None, "script_args": []}),
+                        args=script.check_args(request.script_args), tab=tab,
+                        generate=lambda sub_request: self.generate(sub_request, progress), outputs=self.outputs,
+                        progress=progress, samplers=self.hooks.sampler_specs(),
+                        upscaler=lambda image, name, size: self.upscalers.upscale(image, name, size,
+                                                                                  "script_args[2]"))
+        return script.run(job)
+
+    def _apply_styles(self, request: GenerationRequest) -> GenerationRequest:
+        if self.styles is None:
+            raise RequestError("styles", "this server has no styles file")
+        prompt, negative_prompt = apply_styles(request.prompt, request.negative_prompt,
+                                               self.styles.resolve(request.styles))
+        return request.model_copy(update={"prompt": prompt, "negative_prompt": negative_prompt, "styles": []})
 
     def _generate_one(self, request, progress: JobProgress) -> GenerationResult:
         return self.txt2img(request, progress) if isinstance(request, Txt2ImgRequest) \

@@ -59,8 +59,7 @@ def _unsupported_fields(body: GenerationBody) -> list[str]:
     """Fields set to ask for something this version cannot do (never silently ignored)."""
     asked = {
         "restore_faces": body.restore_faces, "tiling": body.tiling,
-        "styles": body.styles, "subseed_strength": body.subseed_strength, "refiner_checkpoint": body.refiner_checkpoint,
-        "script_name": body.script_name,
+        "subseed_strength": body.subseed_strength, "refiner_checkpoint": body.refiner_checkpoint,
     }
     if isinstance(body, Txt2ImgBody) and body.enable_hr:
         asked |= {
@@ -110,7 +109,8 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "sampler_name": body.sampler_name or body.sampler_index, "scheduler": body.scheduler or "Automatic",
         "steps": body.steps, "cfg_scale": body.cfg_scale, "width": body.width, "height": body.height,
         "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
-        "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip,
+        "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip, "styles": body.styles or [],
+        "script_name": body.script_name or None, "script_args": body.script_args,
     }
 
 
@@ -223,7 +223,7 @@ def generation_info(job: Job, services: Services) -> dict[str, Any]:
             getattr(request, "enable_hr", False)) else None,
         "extra_generation_params": {key: parsed[key] for key in EXTRA_GENERATION_KEYS if key in parsed},
         "index_of_first_image": 0, "warnings": job.result.warnings,
-        "infotexts": [image.infotext for image in images], "styles": [],
+        "infotexts": [image.infotext for image in images], "styles": list(request.styles),
         "job_timestamp": datetime.datetime.fromtimestamp(job.created_at).strftime("%Y%m%d%H%M%S"),
         "clip_skip": int(parsed.get("Clip skip", 1)),
         "is_using_inpainting_conditioning": job.result.model_label.endswith("inpainting"), "task_id": job.id,

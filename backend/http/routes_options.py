@@ -1,7 +1,6 @@
 """/sdapi/v1 options, prompt-styles and memory: the server's settings and state."""
 from __future__ import annotations
 
-import csv
 import logging
 from typing import Any
 
@@ -50,13 +49,9 @@ def add_options_routes(api: APIRouter, services: Services):
 
     @api.get("/prompt-styles", response_model=list[PromptStyleItem])
     def prompt_styles():
-        """A1111's styles.csv (name, prompt, negative_prompt) from the data folder, if present."""
-        path = services.settings.styles_file
-        if not path.is_file():
-            return []
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            return [PromptStyleItem(name=row.get("name", ""), prompt=row.get("prompt"),
-                                    negative_prompt=row.get("negative_prompt")) for row in csv.DictReader(handle)]
+        """A1111's styles.csv (name, prompt, negative_prompt) beside the models folder; [] when there is none."""
+        return [PromptStyleItem(name=style.name, prompt=style.prompt, negative_prompt=style.negative_prompt)
+                for style in services.styles.all()]
 
     @api.get("/memory")
     def memory():

@@ -51,8 +51,9 @@ class OutputStore:
         return self.root / f"{kind}-images" / self._clock().isoformat()
 
     @staticmethod
-    def _next_number(folder: Path) -> int:
-        numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := NUMBERED_FILE.match(name))]
+    def _next_number(folder: Path, prefix: str = "") -> int:
+        pattern = re.compile(rf"^{re.escape(prefix)}(\d+)(?:-|\.png$)") if prefix else NUMBERED_FILE
+        numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := pattern.match(name))]
         return max(numbers, default=-1) + 1
 
     def save(self, image: Image.Image, kind: str, seed: int, infotext: str) -> Path:
@@ -70,10 +71,24 @@ class OutputStore:
             collector.append(path)
         return path
 
-    def _write_numbered(self, png: bytes, folder: Path, suffix: str) -> Path:
+    def save_grid_png(self, png: bytes, kind: str, basename: str = "grid") -> Path:
+        """A grid (the Script menu's prompt matrix, X/Y/Z plot): <outputs>/<kind>-grids/YYYY-MM-DD/
+        <basename>-NNNNN.png, as A1111 names them (it numbers per basename)."""
+        folder = self.root / f"{kind}-grids" / self._clock().isoformat()
+        try:
+            path = self._write_numbered(png, folder, "", prefix=f"{basename}-")
+        except OSError as error:
+            if error.errno in DISK_FULL_ERRNOS:
+                raise DiskFullError(folder, error) from error
+            raise
+        for collector in self._collectors():
+            collector.append(path)
+        return path
+
+    def _write_numbered(self, png: bytes, folder: Path, suffix: str, prefix: str = "") -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            path = folder / f"{self._next_number(folder):05d}{suffix}.png"
+            path = folder / f"{prefix}{self._next_number(folder, prefix):05d}{suffix}.png"
             handle, temp_name = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".png")
             try:
                 with os.fdopen(handle, "wb") as temp_file:
