@@ -22,6 +22,7 @@ from backend.models.registry import ModelRegistry
 from backend.plugins.installer import ExtensionInstaller
 from backend.plugins.loader import Extensions
 from backend.prompts.context import Networks
+from backend.upscale.face_restoration import FaceRestorers
 from backend.upscale.service import Upscalers
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Services:
     jobs: JobQueue
     history: JobHistory
     upscalers: Upscalers
+    faces: FaceRestorers
     networks: Networks
     extensions: Extensions
     extension_installer: ExtensionInstaller
@@ -68,6 +70,7 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype, settings.cache_dir / "previews.json",
                                construction)
     upscalers = Upscalers(settings, device, dtype, construction)  # model files are scanned on first use, not here
+    faces = FaceRestorers(settings.models_dir, device, construction)  # a model file is loaded on first use
     networks = Networks(settings.lora_dir, settings.embeddings_dir, settings.vae_dir, settings.checkpoints_dir, hashes,
                         construction)
     extensions = Extensions(settings.extensions_dir, settings.extensions_state_file, settings.outputs_dir,
@@ -75,7 +78,7 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     extensions.load_all()  # a broken extension is recorded and skipped; the app starts regardless
     upscalers.from_extensions = extensions.hooks.upscalers
     generator = Generator(models, outputs, previews, settings.preview_every, upscalers, networks, extensions.hooks,
-                          server_folders_refused=settings.server_folders_refused)
+                          server_folders_refused=settings.server_folders_refused, faces=faces)
     history = JobHistory(settings.outputs_dir / "history.sqlite3")
     interrupted = history.mark_unfinished_interrupted()
     if interrupted:
@@ -86,7 +89,7 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     if start_worker:
         jobs.start()
     return Services(settings=settings, construction=construction, models=models, outputs=outputs,
-                    generator=generator, jobs=jobs, history=history, upscalers=upscalers, networks=networks,
+                    generator=generator, jobs=jobs, history=history, upscalers=upscalers, faces=faces, networks=networks,
                     extensions=extensions,
                     extension_installer=ExtensionInstaller(settings.extensions_dir,
                                                            settings.extension_install_refused,

@@ -19,6 +19,7 @@ CFG_RANGE = (1.0, 30.0)
 BATCH_SIZE_RANGE = (1, 8)
 BATCH_COUNT_RANGE = (1, 100)
 CLIP_SKIP_RANGE = (1, 12)
+FACE_RESTORERS = ("GFPGAN", "CodeFormer")  # A1111's face_restoration_model choices
 INTEGER_RANGES = {"steps": STEPS_RANGE, "seed": (-1, MAX_SEED), "batch_size": BATCH_SIZE_RANGE,
                   "n_iter": BATCH_COUNT_RANGE, "clip_skip": CLIP_SKIP_RANGE}
 
@@ -40,6 +41,12 @@ def _check_finite_range(value: float, low: float, high: float) -> float:
     if not math.isfinite(value):
         raise ValueError(f"must be a finite number between {low} and {high}; got {value}")
     return _check_range(value, low, high)
+
+
+def _check_face_restorer(value: str) -> str:
+    if value not in FACE_RESTORERS:
+        raise ValueError(f"must be one of {', '.join(FACE_RESTORERS)}; got {value!r}")
+    return value
 
 
 MAX_PROMPT_CHARACTERS = 20_000
@@ -80,6 +87,9 @@ class GenerationRequest(BaseModel):
     save_images: bool = Field(True, description="Write the images to the outputs folder (and the history)")
     sd_vae: str = Field("Automatic", description="Automatic, None (the checkpoint's own) or a file in models/VAE")
     clip_skip: int = Field(1, description="Use the text encoder's output this many layers from the end (1 = last)")
+    restore_faces: bool = Field(False, description="Restore faces in the images (A1111's Restore faces)")
+    face_restoration_model: str = Field("GFPGAN", description="A1111's option: GFPGAN or CodeFormer")
+    code_former_weight: float = Field(0.5, description="A1111's option: CodeFormer weight (0 = strongest effect)")
     extension_args: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("width", "height")
@@ -100,6 +110,16 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _in_range(cls, value: int, info: ValidationInfo) -> int:
         return _check_range(value, *INTEGER_RANGES[info.field_name])
+
+    @field_validator("face_restoration_model")
+    @classmethod
+    def _face_restorer(cls, value: str) -> str:
+        return _check_face_restorer(value)
+
+    @field_validator("code_former_weight")
+    @classmethod
+    def _code_former_weight(cls, value: float) -> float:
+        return _check_finite_range(value, 0, 1)
 
     @field_validator("extension_args")
     @classmethod
@@ -254,6 +274,9 @@ class ExtrasRequest(BaseModel):
     upscaler_1: str = "Lanczos"
     upscaler_2: str = "None"
     extras_upscaler_2_visibility: float = 0.0
+    gfpgan_visibility: float = Field(0.0, description="Restore faces with GFPGAN, blended by this much (0 = off)")
+    codeformer_visibility: float = Field(0.0, description="Restore faces with CodeFormer, blended by this much")
+    codeformer_weight: float = Field(0.0, description="CodeFormer weight (0 = strongest effect)")
     save_images: bool = True
 
     @field_validator("images")
@@ -293,10 +316,18 @@ class ExtrasRequest(BaseModel):
     def _target(cls, value: int) -> int:
         return _check_range(value, 1, EXTRAS_SIZE_MAX)
 
-    @field_validator("extras_upscaler_2_visibility")
+    @field_validator("extras_upscaler_2_visibility", "gfpgan_visibility", "codeformer_visibility", "codeformer_weight")
     @classmethod
     def _visibility(cls, value: float) -> float:
         return _check_finite_range(value, 0, 1)
+
+    @property
+    def restores_faces(self) -> bool:
+        return self.gfpgan_visibility > 0 or self.codeformer_visibility > 0
+
+    @property
+    def upscales(self) -> bool:
+        return self.upscaler_1 != "None"
 
     @model_validator(mode="after")
     def _one_source(self):

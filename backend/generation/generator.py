@@ -32,6 +32,7 @@ from backend.models.speed_options import vae_tiling
 from backend.plugins.api import ExtensionHooks
 from backend.prompts.context import Networks
 from backend.upscale.extras import run_extras
+from backend.upscale.face_restoration import FaceRestorers
 from backend.upscale.service import Upscalers
 
 
@@ -56,6 +57,7 @@ class Generator:
     networks: Networks | None = None  # LoRAs, embeddings, VAEs, prompt encoding: needed by generation jobs
     hooks: ExtensionHooks = field(default_factory=ExtensionHooks)  # what extensions registered
     server_folders_refused: str | None = None  # why an Extras job may not read a server folder, or None
+    faces: FaceRestorers | None = None  # face restoration (Restore faces, Extras' GFPGAN visibility)
 
     def generate(self, request, progress: JobProgress) -> GenerationResult:
         if isinstance(request, ExtrasRequest):
@@ -79,7 +81,7 @@ class Generator:
             raise RequestError("request", "upscaling is not available in this server")
         if request.input_dir and self.server_folders_refused:
             raise RequestError("input_dir", self.server_folders_refused)
-        return run_extras(request, self.upscalers, self.outputs, progress)
+        return run_extras(request, self.upscalers, self.outputs, progress, self.faces)
 
     def txt2img(self, request: Txt2ImgRequest, progress: JobProgress) -> GenerationResult:
         if request.enable_hr:
@@ -108,6 +110,8 @@ class Generator:
              extra_parameters: dict, pass_steps: list[int]) -> GenerationResult:
         """`make_batch(pipeline_for, seeds, on_step, prompts)` makes one batch's images (see GenerationRun);
         `pass_steps`: the user's steps of each pipeline call of a batch, in order (the progress counts them)."""
+        if request.restore_faces:  # before the model loads: a missing face model fails the job at once
+            self._faces.model_path(request.face_restoration_model, "restore_faces")
         extra_samplers = self.hooks.sampler_specs()
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler, extra_samplers)
         seed = request.seed if request.seed != -1 else secrets.randbelow(2**32)
@@ -127,7 +131,7 @@ class Generator:
                 schedule=schedule, extra_samplers=extra_samplers, steps=steps, outputs=self.outputs,
                 hooks=self.hooks, output_kind=output_kind, infotext_parameters=extra_parameters,
                 image_prompts=lambda seeds, first: self._image_prompts(request, seeds, first),
-                previews=self.previews, preview_every=self.preview_every)
+                previews=self.previews, preview_every=self.preview_every, faces=self.faces)
             run.run_batches(make_batch, seed)
         return GenerationResult(images=run.images, interrupted=progress.interrupt_requested, model_label=model.label,
                                 warnings=prompts.warnings)
@@ -143,3 +147,9 @@ class Generator:
         if self.networks is None:
             raise RequestError("request", "this server was built without prompt networks")
         return self.networks
+
+    @property
+    def _faces(self) -> FaceRestorers:
+        if self.faces is None:
+            raise RequestError("restore_faces", "face restoration is not available in this server")
+        return self.faces
