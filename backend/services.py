@@ -89,8 +89,8 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     if start_worker:
         jobs.start()
     return Services(settings=settings, construction=construction, models=models, outputs=outputs,
-                    generator=generator, jobs=jobs, history=history, upscalers=upscalers, faces=faces, networks=networks,
-                    extensions=extensions,
+                    generator=generator, jobs=jobs, history=history, upscalers=upscalers, faces=faces,
+                    networks=networks, extensions=extensions,
                     extension_installer=ExtensionInstaller(settings.extensions_dir,
                                                            settings.extension_install_refused,
                                                            local=not settings.reachable_from_network))

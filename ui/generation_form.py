@@ -138,6 +138,11 @@ def build_sampling_controls(prefix: str, size: tuple[int, int] | None = None, ex
                 random_seed=random_seed, reuse_seed=reuse_seed)
 
 
+def build_restore_faces(prefix: str) -> gr.Checkbox:
+    """A1111's "Restore faces" checkbox (the face restorer is the face_restoration_model setting, GFPGAN)."""
+    return gr.Checkbox(label="Restore faces", value=False, elem_id=f"{prefix}_restore_faces")
+
+
 def build_results(form: GenerationForm):
     form.progress = gr.HTML(elem_id=f"{form.prefix}_progress")
     form.gallery = gr.Gallery(label="Output", elem_id=f"{form.prefix}_gallery", columns=2, height=480,

@@ -18,6 +18,7 @@ from ui.generation_form import (
     PRIVATE,
     GenerationForm,
     build_prompt_row,
+    build_restore_faces,
     build_results,
     build_sampling_controls,
     wire_generation,
@@ -132,6 +133,7 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
             resize_mode = gr.Radio(list(RESIZE_MODES), type="index", value=RESIZE_MODES[0], label="Resize mode",
                                    elem_id="img2img_resize_mode")
             sampling = build_sampling_controls("img2img", size, services.extensions.hooks.samplers)
+            restore_faces = build_restore_faces("img2img")
             strength = gr.Slider(label="Denoising strength", minimum=0, maximum=1, step=0.01, value=0.75,
                                  elem_id="img2img_denoising_strength")
             with gr.Accordion("Inpaint options", open=False, elem_id="img2img_inpaint_options"):
@@ -150,18 +152,20 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
         with gr.Column():
             form = GenerationForm(prefix="img2img", **top, **sampling)
             form.extension_inputs = sections
+            form.extra_fields = {"restore_faces": restore_faces}
             build_results(form)
             form.send_to_upscale = gr.Button("Send to upscale", elem_id="img2img_send_upscale")
 
     image_inputs = {mode, init_image, editor, upload_image, upload_mask, outpaint_image, resize_mode, strength,
-                    mask_blur, mask_mode, masked_content, inpaint_area, padding, *margins}
+                    mask_blur, mask_mode, masked_content, inpaint_area, padding, restore_faces, *margins}
 
     def request_from(values: dict) -> Img2ImgRequest:
         chosen = values[mode]
         fields = {**form.common_fields(values, model), "denoising_strength": float(values[strength]),
                   "resize_mode": values[resize_mode], "mask_blur": int(values[mask_blur]),
                   "inpainting_mask_invert": values[mask_mode], "inpainting_fill": values[masked_content],
-                  "inpaint_full_res": values[inpaint_area] == 1, "inpaint_full_res_padding": int(values[padding])}
+                  "inpaint_full_res": values[inpaint_area] == 1, "inpaint_full_res_padding": int(values[padding]),
+                  "restore_faces": bool(values[restore_faces])}
         if chosen == "img2img":
             fields["init_image"] = file_bytes(values[init_image], "init_image", "an image")
         elif chosen == "inpaint":

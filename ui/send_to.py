@@ -32,6 +32,8 @@ def form_updates(services: Services, infotext: str | None, form: GenerationForm,
     updates.update({component: fields[name] for name, component in model.fields.items() if name in fields})
     if form.extra_fields.get("enable_hr") is not None and "enable_hr" not in fields:
         updates[form.extra_fields["enable_hr"]] = False  # parameters without hires fix turn it off, as in A1111
+    if form.extra_fields.get("restore_faces") is not None and "restore_faces" not in fields:
+        updates[form.extra_fields["restore_faces"]] = False
     for key in ("model_hash", "model_name"):
         entry = services.models.registry.find(fields[key]) if fields.get(key) else None
         if entry:
