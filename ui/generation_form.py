@@ -2,10 +2,13 @@
 request -> job queue -> live progress and preview -> gallery and infotext."""
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from backend.core.requests import (
     BATCH_COUNT_RANGE,
@@ -153,6 +156,15 @@ def build_results(form: GenerationForm):
     form.selected_path = gr.State(None)
 
 
+def shown_image(services: Services, image):
+    """What the gallery shows: the saved file when it is in the outputs folder (Gradio serves only that), else the
+    image itself (img2img Batch writes to a folder the user chose; unsaved images have no file)."""
+    outputs = services.settings.outputs_dir.resolve()
+    if image.path and Path(image.path).resolve().is_relative_to(outputs):
+        return image.path
+    return Image.open(io.BytesIO(image.png))
+
+
 def wire_generation(services: Services, form: GenerationForm, inputs: set,
                     build_request: Callable[[dict], object]):
     """Generate/Interrupt/Skip/seed buttons and gallery selection. `build_request` turns the input
@@ -180,7 +192,7 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
         previews_shown.pop(job.id, None)
         images = job.result.images
         return {
-            form.job_id: None, form.gallery: [(image.path, f"Seed {image.seed}") for image in images],
+            form.job_id: None, form.gallery: [(shown_image(services, image), f"Seed {image.seed}") for image in images],
             form.results: [(image.path, image.seed, image.infotext) for image in images],
             form.infotext: images[0].infotext if images else "", form.selected: 0,
             form.selected_path: images[0].path if images else None,

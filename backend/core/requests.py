@@ -248,6 +248,55 @@ class Img2ImgRequest(GenerationRequest):
         return self
 
 
+PNG_INFO_PROPS = ("Prompt", "Negative prompt", "Seed", "CFG scale", "Sampler", "Steps", "Model hash")  # A1111's
+
+
+class Img2ImgBatchRequest(Img2ImgRequest):
+    """A1111's img2img "Batch": every image in a server folder through the same img2img settings, optionally
+    inpainted with the mask of the same name from a mask folder, optionally taking prompts/seed/... from each
+    image's own infotext ("PNG info"). Results go to `output_dir` under the input's name (or, without one, to the
+    usual img2img outputs)."""
+    init_image: bytes | None = Field(None, description="Not used: the images come from input_dir")
+    input_dir: str = Field(description="A folder on the server whose images are processed")
+    output_dir: str = Field("", description="A folder on the server for the results (created if missing); "
+                                            "empty: the usual img2img outputs")
+    inpaint_mask_dir: str = Field("", description="Masks matched by file name (one file: the mask for all)")
+    use_png_info: bool = Field(False, description="Take png_info_props from each image's infotext; prompts "
+                                                  "from it are appended to the request's")
+    png_info_props: list[str] = Field(default_factory=lambda: list(PNG_INFO_PROPS))
+
+    @field_validator("init_image", "mask")
+    @classmethod
+    def _no_image(cls, value: bytes | None) -> None:
+        if value is not None:
+            raise ValueError("a batch takes its images from input_dir (and masks from inpaint_mask_dir)")
+        return None
+
+    @field_validator("input_dir", "inpaint_mask_dir")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        value = value.strip()
+        if value and not Path(value).is_dir():
+            raise ValueError(f"not a folder on the server: {value}")
+        return value
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_folder(cls, value: str) -> str:
+        value = value.strip()
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise ValueError(f"not a folder: {value}")
+        return value
+
+    @field_validator("png_info_props")
+    @classmethod
+    def _props(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in PNG_INFO_PROPS]
+        if unknown:
+            raise ValueError(f"unknown {unknown}; choose from {', '.join(PNG_INFO_PROPS)}")
+        return value
+
+
 IMG2IMG_RANGES = {"resize_mode": (0, 2), "mask_blur": (0, 64), "inpainting_mask_invert": (0, 1),
                   "inpainting_fill": (0, 3), "inpaint_full_res_padding": (0, 256)}
 
@@ -372,4 +421,5 @@ class GenerationResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)  # what was ignored (unknown LoRA, unbalanced bracket, ...)
 
 
-JobRequest = Txt2ImgRequest | Img2ImgRequest | ExtrasRequest  # what the job queue runs: one request type per kind
+# what the job queue runs: one request type per kind
+JobRequest = Txt2ImgRequest | Img2ImgRequest | Img2ImgBatchRequest | ExtrasRequest

@@ -14,6 +14,7 @@ from backend.core.requests import (
     ExtrasRequest,
     GenerationRequest,
     GenerationResult,
+    Img2ImgBatchRequest,
     Img2ImgRequest,
     RequestError,
     Txt2ImgRequest,
@@ -21,6 +22,7 @@ from backend.core.requests import (
 from backend.core.samplers import resolve_sampler
 from backend.generation.hires_fix import HiresPlan
 from backend.generation.img2img import Img2ImgPlan
+from backend.generation.img2img_batch import item_request, plan_batch, write_results
 from backend.generation.job_run import GenerationRun, MakeBatch
 from backend.generation.pipelines import seeded_generators
 from backend.generation.previews import PreviewRenderer
@@ -62,6 +64,8 @@ class Generator:
     def generate(self, request, progress: JobProgress) -> GenerationResult:
         if isinstance(request, ExtrasRequest):
             return self.extras(request, progress)
+        if isinstance(request, Img2ImgBatchRequest):
+            return self.img2img_batch(request, progress)
         if not isinstance(request, (Txt2ImgRequest, Img2ImgRequest)):
             raise RequestError("request", f"unsupported job kind {type(request).__name__}")
         if request.seed == -1:  # fixed first, so extensions (wildcards, grids) see the seed the images get
@@ -82,6 +86,28 @@ class Generator:
         if request.input_dir and self.server_folders_refused:
             raise RequestError("input_dir", self.server_folders_refused)
         return run_extras(request, self.upscalers, self.outputs, progress, self.faces)
+
+    def img2img_batch(self, request: Img2ImgBatchRequest, progress: JobProgress) -> GenerationResult:
+        """Each image of the input folder as its own img2img job (hooks, seed, saving as usual), one after another;
+        an interrupt stops the batch after the image being made."""
+        if self.server_folders_refused:
+            raise RequestError("input_dir", self.server_folders_refused)
+        items = plan_batch(request)
+        samplers = self.hooks.sampler_specs()
+        images, warnings, label = [], [], ""
+        for item in items:
+            if progress.interrupt_requested:
+                break
+            result = self.generate(item_request(request, item, samplers, self._checkpoint_title), progress)
+            images += write_results(result, item, self.outputs)
+            warnings += [warning for warning in result.warnings if warning not in warnings]
+            label = result.model_label
+        return GenerationResult(images=images, interrupted=progress.interrupt_requested, model_label=label,
+                                warnings=warnings)
+
+    def _checkpoint_title(self, model_hash: str) -> str | None:
+        entry = self.models.registry.find(model_hash)
+        return entry.title if entry else None
 
     def txt2img(self, request: Txt2ImgRequest, progress: JobProgress) -> GenerationResult:
         if request.enable_hr:
