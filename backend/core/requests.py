@@ -267,7 +267,7 @@ class Img2ImgBatchRequest(Img2ImgRequest):
 
     @field_validator("init_image", "mask")
     @classmethod
-    def _no_image(cls, value: bytes | None) -> None:
+    def _image(cls, value: bytes | None) -> None:  # replaces the parent's image check
         if value is not None:
             raise ValueError("a batch takes its images from input_dir (and masks from inpaint_mask_dir)")
         return None
