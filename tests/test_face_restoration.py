@@ -19,9 +19,10 @@ from backend.core.requests import RequestError
 from backend.http.routes import build_api_router
 from backend.models.construction import ModelConstruction
 from backend.models.weight_files import CheckpointError
-from backend.upscale.face_detection import FACE_SIZE, HaarFaceDetector, alignment_matrix
+from backend.upscale.face_detection import FACE_SIZE, TEMPLATE_LANDMARKS, Face, HaarFaceDetector, alignment_matrix
 from backend.upscale.face_models import CODEFORMER_KEYS, FaceModelError, load_face_model
 from backend.upscale.face_restoration import FaceRestorers
+from backend.upscale.retinaface import RETINAFACE_FILE, RetinaFace, anchors, decode
 from tests.conftest import run_txt2img
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -188,3 +189,67 @@ def test_txt2img_restore_faces_writes_a1111_infotext_that_reads_back(services, w
     assert job.result.images[0].png != b"" and np.array_equal(
         np.asarray(Image.open(io.BytesIO(job.result.images[0].png))),
         np.asarray(Image.open(io.BytesIO(plain.result.images[0].png))))
+
+
+# --- RetinaFace, when facexlib's detector file is installed ---------------------------------------------
+def retinaface_state(seed: int = 0) -> dict:
+    """facexlib's published layout: the network's state dict, keys prefixed "module." (trained with DataParallel)."""
+    torch.manual_seed(seed)
+    return {f"module.{key}": value for key, value in RetinaFace().state_dict().items()}
+
+
+def test_a_retinaface_file_in_facexlibs_layout_replaces_the_cascade(models_dir):
+    faces = FaceRestorers(models_dir, torch.device("cpu"))
+    assert faces.detector().name == "OpenCV Haar cascade"
+    (models_dir / "GFPGAN").mkdir()
+    torch.save(retinaface_state(), models_dir / "GFPGAN" / RETINAFACE_FILE)
+    detector = faces.detector()
+    assert detector.name == "RetinaFace"
+    found = detector.detect(np.asarray(astronaut()))  # random weights: any number of faces, but it runs
+    assert all(face.landmarks.shape == (5, 2) for face in found)
+
+
+def test_a_retinaface_file_that_does_not_fit_is_refused_by_name(models_dir):
+    (models_dir / "GFPGAN").mkdir()
+    state = retinaface_state()
+    del state["module.LandmarkHead.2.conv1x1.weight"]
+    torch.save(state, models_dir / "GFPGAN" / RETINAFACE_FILE)
+    with pytest.raises(CheckpointError, match=f"{RETINAFACE_FILE} is not facexlib's RetinaFace"):
+        FaceRestorers(models_dir, torch.device("cpu")).detector()
+
+
+def test_a_hostile_pickle_as_the_detector_file_is_refused_and_never_runs(tmp_path, models_dir):
+    marker = tmp_path / "code-ran"
+    (models_dir / "GFPGAN").mkdir()
+    torch.save({"body.conv1.weight": torch.zeros(1), "payload": Payload(marker)},
+               models_dir / "GFPGAN" / RETINAFACE_FILE)
+    with pytest.raises(CheckpointError):
+        FaceRestorers(models_dir, torch.device("cpu")).detector()
+    assert not marker.exists()
+
+
+def test_retinaface_outputs_decode_to_boxes_and_landmarks_in_pixels():
+    priors = anchors(64, 96)
+    count = priors.shape[0]
+    boxes, landmarks = torch.zeros(count, 4), torch.zeros(count, 10)
+    scores = torch.tensor([[1.0, 0.0]]).repeat(count, 1)
+    best = 5  # one anchor is a face: its box is the anchor itself shifted right by a tenth of its width
+    scores[best] = torch.tensor([0.01, 0.99])
+    boxes[best, 0] = 1.0  # x offset in units of variance x anchor width
+    found = decode(boxes, scores, landmarks, priors, (96, 64))
+    assert len(found) == 1
+    centre_x, centre_y, width, height = (priors[best] * torch.tensor([96, 64, 96, 64])).tolist()
+    centre_x += 0.1 * width
+    np.testing.assert_allclose(found[0][0], [centre_x - width / 2, centre_y - height / 2, centre_x + width / 2,
+                                             centre_y + height / 2], atol=1e-4)
+    np.testing.assert_allclose(found[0][1], [[centre_x - 0.1 * width, centre_y]] * 5, atol=1e-4)
+
+
+def test_five_landmarks_are_aligned_onto_the_template():
+    template = np.array(TEMPLATE_LANDMARKS)
+    angle, scale, shift = 0.3, 0.4, np.array([120.0, 80.0])  # a face rotated, smaller, elsewhere in the image
+    rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    landmarks = template @ rotation.T + shift
+    face = Face((0, 0, 10, 10), (tuple(landmarks[0]), tuple(landmarks[1])), landmarks)
+    matrix = alignment_matrix(face)
+    np.testing.assert_allclose(landmarks @ matrix[:, :2].T + matrix[:, 2], template, atol=0.01)

@@ -1,21 +1,27 @@
 """Finding faces offline, and the transform that aligns each one to the 512x512 crop face networks expect.
 
-The detector is OpenCV's frontal-face Haar cascade, which ships inside opencv-python-headless (cv2.data), so
-nothing is downloaded. Each face's eyes are looked for with the bundled eye cascade; when they are not found
-clearly, they are placed where the frontal-face box puts them. The eyes are then mapped onto the eye positions
-of the FFHQ template that GFPGAN and CodeFormer were trained on (a similarity transform: scale, rotation,
-shift), as facexlib's alignment does with its five landmarks.
+With facexlib's RetinaFace weights in models/GFPGAN/ (A1111's detector), faces come with five landmarks, mapped
+onto the FFHQ template GFPGAN was trained on by a least-squares similarity transform, as facexlib does. Without
+that file, the detector is OpenCV's frontal-face Haar cascade, which ships inside opencv-python-headless
+(cv2.data), so nothing is downloaded: each face's eyes are looked for with the bundled eye cascade (or placed where
+the box puts them) and mapped onto the template's eyes (scale, rotation, shift).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import torch
+
+from backend.models.construction import ModelConstruction
 
 FACE_SIZE = 512
-# Eye centres in the 512x512 FFHQ-aligned crop (facexlib's template, left and right eye).
-TEMPLATE_EYES = ((192.98, 239.95), (318.90, 240.19))
+# Eyes, nose tip and mouth corners in the 512x512 FFHQ-aligned crop (facexlib's template for GFPGAN).
+TEMPLATE_LANDMARKS = ((192.98138, 239.94708), (318.90277, 240.1936), (256.63416, 314.01935),
+                      (201.26117, 371.41043), (313.08905, 371.15118))
+TEMPLATE_EYES = TEMPLATE_LANDMARKS[:2]
 # Where the frontal-face cascade's box puts the eyes, as fractions of the box (measured on real faces).
 BOX_EYES = ((0.29, 0.37), (0.71, 0.37))
 MIN_FACE_FRACTION = 1 / 16  # faces smaller than this part of the shorter side are ignored (too small to restore)
@@ -26,10 +32,35 @@ MIN_FACE_PIXELS = 24
 class Face:
     box: tuple[int, int, int, int]  # x, y, width, height in the image
     eyes: tuple[tuple[float, float], tuple[float, float]]  # left and right eye centre in the image
+    landmarks: np.ndarray | None = None  # RetinaFace: 5x2 (eyes, nose, mouth corners); None from the cascade
+
+
+class RetinaFaceDetector:
+    """facexlib's RetinaFace from its weights file; built once per service, run under the caller's lock."""
+
+    name = "RetinaFace"
+
+    def __init__(self, path: Path, device: torch.device, construction: ModelConstruction):
+        from backend.upscale.retinaface import load_retinaface
+
+        self.device = device
+        self.network = load_retinaface(path, construction).to(device)
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        from backend.upscale.retinaface import detect
+
+        faces = []
+        for box, points in detect(self.network, rgb, self.device):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            box_int = (round(x1), round(y1), max(1, round(x2 - x1)), max(1, round(y2 - y1)))
+            faces.append(Face(box_int, (tuple(points[0]), tuple(points[1])), points.astype(np.float64)))
+        return sorted(faces, key=lambda face: (face.box[1], face.box[0]))
 
 
 class HaarFaceDetector:
     """OpenCV's bundled cascades; built once per service, used under the caller's lock (not thread-safe)."""
+
+    name = "OpenCV Haar cascade"
 
     def __init__(self):
         import cv2
@@ -65,7 +96,15 @@ class HaarFaceDetector:
 
 
 def alignment_matrix(face: Face) -> np.ndarray:
-    """The 2x3 affine matrix taking the image onto the 512x512 aligned crop (eyes onto the template's eyes)."""
+    """The 2x3 affine matrix taking the image onto the 512x512 aligned crop (landmarks, or eyes, onto the
+    template's)."""
+    if face.landmarks is not None:
+        import cv2
+
+        matrix, _ = cv2.estimateAffinePartial2D(face.landmarks.astype(np.float32),
+                                                np.array(TEMPLATE_LANDMARKS, np.float32), method=cv2.LMEDS)
+        if matrix is not None:
+            return matrix.astype(np.float64)
     (lx, ly), (rx, ry) = face.eyes
     (tlx, tly), (trx, try_) = TEMPLATE_EYES
     image_angle = math.atan2(ry - ly, rx - lx)

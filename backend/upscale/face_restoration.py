@@ -19,7 +19,7 @@ from PIL import Image
 
 from backend.core.requests import FACE_RESTORERS, RequestError
 from backend.models.construction import ModelConstruction
-from backend.upscale.face_detection import FACE_SIZE, HaarFaceDetector, alignment_matrix
+from backend.upscale.face_detection import FACE_SIZE, HaarFaceDetector, RetinaFaceDetector, alignment_matrix
 from backend.upscale.face_models import (
     CODEFORMER_FOLDER,
     CODEFORMER_UNAVAILABLE,
@@ -27,6 +27,7 @@ from backend.upscale.face_models import (
     face_model_files,
     load_face_model,
 )
+from backend.upscale.retinaface import RETINAFACE_FILE
 
 log = logging.getLogger(__name__)
 # What facexlib fills the crop with where it reaches past the image (a neutral grey the networks saw in training).
@@ -48,7 +49,7 @@ class FaceRestorers:
         self.device = device
         self.construction = construction or ModelConstruction()
         self._lock = threading.Lock()  # one restoration at a time: the cascades and the cache are not thread-safe
-        self._detector: HaarFaceDetector | None = None
+        self._detector: tuple[tuple | None, HaarFaceDetector | RetinaFaceDetector] | None = None  # (file, detector)
         self._loaded: tuple[tuple, object] | None = None  # ((path, size, mtime), descriptor)
         self.loads = 0  # model files actually loaded (tests check the cache with it)
 
@@ -80,18 +81,40 @@ class FaceRestorers:
         path = self.model_path(name, field)
         with self._lock:
             descriptor = self._model(path)
-            if self._detector is None:
-                self._detector = HaarFaceDetector()
+            detector = self.detector()
             rgb = np.asarray(image.convert("RGB"))
-            faces = self._detector.detect(rgb)
+            faces = detector.detect(rgb)
             result = rgb.astype(np.float32)
             for face in faces:
                 if check:
                     check()
                 result = self._paste(result, self._restore_face(descriptor, rgb, face))
-        log.info("restored %d face(s) with %s", len(faces), path.name)
+        log.info("restored %d face(s) with %s (found by %s)", len(faces), path.name, detector.name)
         restored = Image.fromarray(np.clip(np.rint(result), 0, 255).astype(np.uint8))
         return restored if visibility >= 1 else Image.blend(image.convert("RGB"), restored, visibility)
+
+    def retinaface_file(self) -> Path | None:
+        """facexlib's detector weights, where A1111 keeps them (models/GFPGAN/, or models/Codeformer/)."""
+        for name in ("GFPGAN", "CodeFormer"):
+            path = self.folder(name) / RETINAFACE_FILE
+            if path.is_file():
+                return path
+        return None
+
+    def detector(self) -> HaarFaceDetector | RetinaFaceDetector:
+        """RetinaFace when its file is installed (loaded again when it changes), else OpenCV's cascade. Call it
+        under the service's lock, as restore() does, or from a single thread."""
+        path = self.retinaface_file()
+        stat = path.stat() if path else None
+        key = (str(path), stat.st_size, stat.st_mtime) if stat else None
+        if self._detector is None or self._detector[0] != key:
+            self._detector = None
+            if path is None:
+                self._detector = (None, HaarFaceDetector())
+            else:
+                log.info("loading the RetinaFace face detector %s", path)
+                self._detector = (key, RetinaFaceDetector(path, self.device, self.construction))
+        return self._detector[1]
 
     def _model(self, path: Path):
         stat = path.stat()
