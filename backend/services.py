@@ -85,7 +85,7 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
         log.warning("%d job(s) were still queued or running when the server last stopped; marked interrupted",
                     interrupted)
     jobs = JobQueue(_attempt_runner(generator, outputs), history,
-                    on_out_of_memory=lambda: _free_model_caches(models, upscalers))
+                    on_out_of_memory=lambda: _free_model_caches(models, upscalers, faces))
     if start_worker:
         jobs.start()
     return Services(settings=settings, construction=construction, models=models, outputs=outputs,
@@ -105,8 +105,9 @@ def _attempt_runner(generator: Generator, outputs: OutputStore):
     return run
 
 
-def _free_model_caches(models: ModelManager, upscalers: Upscalers):
-    """Out of memory: drop every model no job holds (checkpoints and upscalers), then let the GPU allocator
-    give the memory back."""
+def _free_model_caches(models: ModelManager, upscalers: Upscalers, faces: FaceRestorers):
+    """Out of memory: drop every model no job holds (checkpoints, upscalers, face restoration), then let the GPU
+    allocator give the memory back."""
     upscalers.models.clear()
+    faces.clear()
     models.free_unused()

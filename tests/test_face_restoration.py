@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from backend.core.infotext import parse_infotext, request_fields
-from backend.core.requests import RequestError
+from backend.core.requests import Img2ImgRequest, RequestError
 from backend.http.routes import build_api_router
 from backend.models.construction import ModelConstruction
 from backend.models.weight_files import CheckpointError
@@ -61,10 +61,14 @@ def astronaut() -> Image.Image:
     return Image.fromarray(skimage_data.astronaut())  # a real photo scikit-image ships (public domain, NASA)
 
 
-def png_base64(image: Image.Image) -> str:
+def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def png_base64(image: Image.Image) -> str:
+    return base64.b64encode(png_bytes(image)).decode()
 
 
 # --- detection -----------------------------------------------------------------------------------------
@@ -253,3 +257,18 @@ def test_five_landmarks_are_aligned_onto_the_template():
     face = Face((0, 0, 10, 10), (tuple(landmarks[0]), tuple(landmarks[1])), landmarks)
     matrix = alignment_matrix(face)
     np.testing.assert_allclose(landmarks @ matrix[:, :2].T + matrix[:, 2], template, atol=0.01)
+
+
+def test_inpainting_restores_faces_before_pasting_the_input_back(services, with_gfpgan):
+    """As A1111: the restored faces are composited like the rest of the image, so a face outside the mask stays
+    exactly as it was (strength 0 keeps the input, so the face is found and restored before the composite)."""
+    source = astronaut()
+    mask = Image.new("L", source.size, 0)
+    mask.paste(255, (0, 448, 512, 512))  # the bottom strip; the face is near the top
+    job = services.jobs.run_and_wait(Img2ImgRequest(
+        init_image=png_bytes(source), mask=png_bytes(mask), denoising_strength=0.0, mask_blur=0, steps=2,
+        width=512, height=512, restore_faces=True), timeout=600)
+    assert job.status == "done", job.error
+    result = np.asarray(Image.open(io.BytesIO(job.result.images[0].png)).convert("RGB"), np.int16)
+    assert np.array_equal(result[:440], np.asarray(source, np.int16)[:440])
+    assert "Face restoration: GFPGAN" in job.result.images[0].infotext

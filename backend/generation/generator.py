@@ -112,8 +112,8 @@ class Generator:
     def txt2img(self, request: Txt2ImgRequest, progress: JobProgress) -> GenerationResult:
         if request.enable_hr:
             plan = HiresPlan.from_request(request, self.upscalers)
-            return self._run(request, progress, "txt2img", plan.make_batch, plan.infotext_parameters(),
-                             plan.pass_steps)
+            return self._run(request, progress, "txt2img", self._restoring(request, plan.make_batch),
+                             plan.infotext_parameters(), plan.pass_steps)
 
         def make_batch(pipeline_for, seeds, on_step, prompts):
             output = pipeline_for("txt2img")(
@@ -122,13 +122,15 @@ class Generator:
                 output_type="pil", **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
             return output.images
 
-        return self._run(request, progress, "txt2img", make_batch, {}, [request.steps])
+        return self._run(request, progress, "txt2img", self._restoring(request, make_batch), {}, [request.steps])
 
     def img2img(self, request: Img2ImgRequest, progress: JobProgress) -> GenerationResult:
         plan = Img2ImgPlan.from_request(request)
 
+        restore = self._face_restorer(request)
+
         def make_batch(pipeline_for, seeds, on_step, prompts):
-            return plan.make_batch(pipeline_for(plan.task), seeds, on_step, prompts)
+            return plan.make_batch(pipeline_for(plan.task), seeds, on_step, prompts, restore)
 
         return self._run(request, progress, "img2img", make_batch, plan.infotext_parameters(), plan.pass_steps)
 
@@ -157,7 +159,7 @@ class Generator:
                 schedule=schedule, extra_samplers=extra_samplers, steps=steps, outputs=self.outputs,
                 hooks=self.hooks, output_kind=output_kind, infotext_parameters=extra_parameters,
                 image_prompts=lambda seeds, first: self._image_prompts(request, seeds, first),
-                previews=self.previews, preview_every=self.preview_every, faces=self.faces)
+                previews=self.previews, preview_every=self.preview_every)
             run.run_batches(make_batch, seed)
         return GenerationResult(images=run.images, interrupted=progress.interrupt_requested, model_label=model.label,
                                 warnings=prompts.warnings)
@@ -173,6 +175,20 @@ class Generator:
         if self.networks is None:
             raise RequestError("request", "this server was built without prompt networks")
         return self.networks
+
+    def _face_restorer(self, request: GenerationRequest):
+        """image -> image with its faces restored, when the request asks for it (A1111's Restore faces), else None."""
+        if not request.restore_faces:
+            return None
+        faces, name = self._faces, request.face_restoration_model
+        return lambda image: faces.restore(image, name)
+
+    def _restoring(self, request: GenerationRequest, make_batch: MakeBatch) -> MakeBatch:
+        """`make_batch` whose images get their faces restored, when the request asks for it."""
+        restore = self._face_restorer(request)
+        if restore is None:
+            return make_batch
+        return lambda *arguments: [restore(image) for image in make_batch(*arguments)]
 
     @property
     def _faces(self) -> FaceRestorers:

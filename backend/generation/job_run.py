@@ -19,7 +19,6 @@ from backend.models.loader import LoadedModel
 from backend.models.registry import CheckpointEntry
 from backend.plugins.api import ExtensionHooks, SaveInfo, StepInfo
 from backend.prompts.context import JobNetworks
-from backend.upscale.face_restoration import FaceRestorers
 
 # make_batch(pipeline_for, seeds, on_step, prompts) -> the batch's PIL images
 MakeBatch = Callable[[Callable[[str], object], list[int], Callable, object], list]
@@ -43,7 +42,6 @@ class GenerationRun:
     image_prompts: Callable[[list[int], int], list[tuple[str, str]]]  # (seeds, first index) -> each image's prompts
     previews: PreviewRenderer | None = None
     preview_every: int = 0
-    faces: FaceRestorers | None = None  # used when the request restores faces
     images: list[ImageResult] = field(default_factory=list)
     _pipelines: dict[str, object] = field(default_factory=dict)
 
@@ -107,8 +105,6 @@ class GenerationRun:
     def save(self, image, seed: int, position: int, prompt: str, negative_prompt: str):
         """The image's infotext (extensions may add keys), its PNG, saved unless the request says not to."""
         request = self.request
-        if request.restore_faces and self.faces is not None:
-            image = self.faces.restore(image, request.face_restoration_model)
         parameters = {
             "Steps": request.steps, "Sampler": self.sampler, "Schedule type": self.schedule,
             "CFG scale": request.cfg_scale, "Seed": seed,

@@ -116,6 +116,12 @@ class FaceRestorers:
                 self._detector = (key, RetinaFaceDetector(path, self.device, self.construction))
         return self._detector[1]
 
+    def clear(self):
+        """Drop the loaded face network and detector (out of memory: the next use loads them again)."""
+        with self._lock:
+            self._loaded = None
+            self._detector = None
+
     def _model(self, path: Path):
         stat = path.stat()
         key = (str(path.resolve()), stat.st_size, stat.st_mtime)
