@@ -65,6 +65,12 @@ def test_batch_tab_processes_a_folder_keeping_names_and_png_info(server, page, t
     assert (first["Prompt"], first["Seed"]) == ("watercolour a lake", "1234")
     assert page.locator("#img2img_gallery img").count() >= 2  # shown although the folder is not the outputs'
     assert not (server.outputs / "img2img-images").exists()
+    # the History tab lists the job; the files outside the outputs folder are not offered to the page
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history_refresh").click()
+    page.wait_for_function("document.querySelector('#history_jobs')?.innerText.includes('img2img batch')",
+                           timeout=30_000)
+    assert page.locator("[data-testid='toast-body']").count() == 0 and page.locator("#history_gallery img").count() == 0
 
 
 def test_restore_faces_without_a_model_says_where_to_put_one(server, page):

@@ -156,13 +156,17 @@ def build_results(form: GenerationForm):
     form.selected_path = gr.State(None)
 
 
+def served_path(services: Services, image) -> str | None:
+    """The image's file when Gradio may serve it (it lies in the outputs folder), else None: img2img Batch writes
+    to a folder the user chose, and unsaved images have no file."""
+    if not image.path:
+        return None
+    return image.path if Path(image.path).resolve().is_relative_to(services.settings.outputs_dir.resolve()) else None
+
+
 def shown_image(services: Services, image):
-    """What the gallery shows: the saved file when it is in the outputs folder (Gradio serves only that), else the
-    image itself (img2img Batch writes to a folder the user chose; unsaved images have no file)."""
-    outputs = services.settings.outputs_dir.resolve()
-    if image.path and Path(image.path).resolve().is_relative_to(outputs):
-        return image.path
-    return Image.open(io.BytesIO(image.png))
+    """What the gallery shows: the served file, else the image itself (from its PNG bytes)."""
+    return served_path(services, image) or Image.open(io.BytesIO(image.png))
 
 
 def wire_generation(services: Services, form: GenerationForm, inputs: set,
@@ -193,9 +197,9 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
         images = job.result.images
         return {
             form.job_id: None, form.gallery: [(shown_image(services, image), f"Seed {image.seed}") for image in images],
-            form.results: [(image.path, image.seed, image.infotext) for image in images],
+            form.results: [(served_path(services, image), image.seed, image.infotext) for image in images],
             form.infotext: images[0].infotext if images else "", form.selected: 0,
-            form.selected_path: images[0].path if images else None,
+            form.selected_path: served_path(services, images[0]) if images else None,
         }
 
     runner = TabJobRunner(services, JobView(form.progress, started, running, failed, finished))
