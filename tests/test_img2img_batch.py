@@ -138,3 +138,12 @@ def test_bad_batch_requests_name_the_field(tmp_path):
         build_request(Img2ImgBatchRequest, {"input_dir": str(tmp_path), "png_info_props": ["Colour"]})
     with pytest.raises(RequestError, match="init_image: a batch takes its images from input_dir"):
         build_request(Img2ImgBatchRequest, {"input_dir": str(tmp_path), "init_image": b"x"})
+
+
+def test_an_unreadable_file_in_the_folder_fails_before_any_image_is_made(services, folders):
+    inputs, outputs, _ = folders
+    (inputs / "notes.png").write_text("not an image")
+    job = services.jobs.run_and_wait(Img2ImgBatchRequest(**FAST, input_dir=str(inputs), output_dir=str(outputs)),
+                                     timeout=300)
+    assert job.status == "failed" and job.error_field == "input_dir" and "notes.png" in job.error
+    assert not outputs.exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from backend.core.image_input import ACCEPTED_FORMATS
+from backend.core.image_input import ACCEPTED_FORMATS, MAX_INPUT_PIXELS
 from backend.core.image_metadata import read_infotext
 from backend.core.infotext import parse_infotext
 from backend.core.requests import (
@@ -51,6 +51,8 @@ def plan_batch(request: Img2ImgBatchRequest) -> list[BatchItem]:
     by_stem = {mask.stem: mask for mask in masks}
     per_image = request.batch_size * request.n_iter
     items = []
+    for mask in masks:
+        _check_readable(mask, "inpaint_mask_dir")
     for image in images:
         _check_readable(image, "input_dir")
         mask = None
@@ -75,10 +77,13 @@ def output_names(request: Img2ImgBatchRequest, image: Path, count: int) -> list[
 
 def _check_readable(path: Path, field: str):
     try:
-        with Image.open(path, formats=ACCEPTED_FORMATS):  # the header only; the request decodes and checks it
-            pass
+        with Image.open(path, formats=ACCEPTED_FORMATS) as image:  # the header only; the request decodes it later
+            width, height = image.size
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise RequestError(field, f"{path.name} is not a readable image ({type(error).__name__})") from None
+    if width * height > MAX_INPUT_PIXELS:
+        raise RequestError(field, f"{path.name} is {width}x{height}; images may have at most {MAX_INPUT_PIXELS} "
+                                  "pixels")
 
 
 def item_request(request: Img2ImgBatchRequest, item: BatchItem, samplers: dict | None,

@@ -26,6 +26,7 @@ TEMPLATE_EYES = TEMPLATE_LANDMARKS[:2]
 BOX_EYES = ((0.29, 0.37), (0.71, 0.37))
 MIN_FACE_FRACTION = 1 / 16  # faces smaller than this part of the shorter side are ignored (too small to restore)
 MIN_FACE_PIXELS = 24
+MAX_FACES = 50  # the largest ones; each costs a run of the face network
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ class HaarFaceDetector:
         gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
         smallest = max(MIN_FACE_PIXELS, int(min(gray.shape) * MIN_FACE_FRACTION))
         boxes = self._faces.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(smallest, smallest))
-        faces = [Face(tuple(int(v) for v in box), self._eyes_in(gray, box)) for box in boxes]
+        largest = sorted(boxes, key=lambda box: -int(box[2]) * int(box[3]))[:MAX_FACES]
+        faces = [Face(tuple(int(v) for v in box), self._eyes_in(gray, box)) for box in largest]
         return sorted(faces, key=lambda face: (face.box[1], face.box[0]))
 
     def _eyes_in(self, gray: np.ndarray, box) -> tuple[tuple[float, float], tuple[float, float]]:
