@@ -85,3 +85,24 @@ def test_restore_faces_without_a_model_says_where_to_put_one(server, page):
     assert "Traceback" not in message
     page.get_by_role("tab", name="Upscale").click()
     assert page.locator("#extras_gfpgan_visibility").is_visible()
+
+
+def test_png_info_face_restoration_ticks_restore_faces_and_its_absence_clears_it(server, page, tmp_path):
+    def send(text: str, name: str):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", text)
+        Image.new("RGB", (16, 16), "white").save(tmp_path / name, pnginfo=info)
+        page.get_by_role("tab", name="PNG Info").click()
+        page.locator("#pnginfo_image input[type=file]").set_input_files(str(tmp_path / name))
+        first_line = text.split("\n")[0]
+        page.wait_for_function(f"document.querySelector('#pnginfo_parameters textarea').value.includes("
+                               f"'{first_line}')", timeout=30_000)
+        page.locator("#pnginfo_send_txt2img").click()
+        page.wait_for_function(f"document.querySelector('#txt2img_prompt textarea')?.value === '{first_line}'",
+                               timeout=30_000)
+
+    send("a portrait\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 1, Face restoration: GFPGAN, Size: 64x64",
+         "restored.png")
+    assert page.locator("#txt2img_restore_faces input").is_checked()
+    send("a landscape\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 64x64", "plain.png")
+    assert not page.locator("#txt2img_restore_faces input").is_checked()
