@@ -53,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     net.add_argument("--enable-insecure-extension-access", action="store_true",
                      help="allow installing/updating/removing extensions even with --listen or --share")
     net.add_argument("--enable-server-folders", action="store_true",
-                     help="allow upscaling a folder on the server (Batch from directory) even with --listen or --share")
+                     help="allow reading folders on the server (Upscale's Batch from directory, img2img Batch) "
+                          "even with --listen or --share")
     paths = parser.add_argument_group("folders")
     paths.add_argument("--models-dir", type=Path, default=APP_DIR / "models",
                        help="root holding Stable-diffusion/, Lora/, VAE/, ESRGAN/ (A1111 layout)")

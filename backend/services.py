@@ -23,6 +23,7 @@ from backend.plugins.installer import ExtensionInstaller
 from backend.plugins.loader import Extensions
 from backend.prompts.context import Networks
 from backend.prompts.styles import StyleStore
+from backend.upscale.face_restoration import FaceRestorers
 from backend.upscale.service import Upscalers
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Services:
     jobs: JobQueue
     history: JobHistory
     upscalers: Upscalers
+    faces: FaceRestorers
     networks: Networks
     extensions: Extensions
     extension_installer: ExtensionInstaller
@@ -73,6 +75,7 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype, settings.cache_dir / "previews.json",
                                construction)
     upscalers = Upscalers(settings, device, dtype, construction)  # model files are scanned on first use, not here
+    faces = FaceRestorers(settings.models_dir, device, construction)  # a model file is loaded on first use
     networks = Networks(settings.lora_dir, settings.embeddings_dir, settings.vae_dir, settings.checkpoints_dir, hashes,
                         construction)
     extensions = Extensions(settings.extensions_dir, settings.extensions_state_file, settings.outputs_dir,
@@ -81,19 +84,19 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     upscalers.from_extensions = extensions.hooks.upscalers
     styles = StyleStore(settings.styles_file)
     generator = Generator(models, outputs, previews, settings.preview_every, upscalers, networks, extensions.hooks,
-                          server_folders_refused=settings.server_folders_refused, styles=styles)
+                          server_folders_refused=settings.server_folders_refused, styles=styles, faces=faces)
     history = JobHistory(settings.outputs_dir / "history.sqlite3")
     interrupted = history.mark_unfinished_interrupted()
     if interrupted:
         log.warning("%d job(s) were still queued or running when the server last stopped; marked interrupted",
                     interrupted)
     jobs = JobQueue(_attempt_runner(generator, outputs), history,
-                    on_out_of_memory=lambda: _free_model_caches(models, upscalers))
+                    on_out_of_memory=lambda: _free_model_caches(models, upscalers, faces))
     if start_worker:
         jobs.start()
     return Services(settings=settings, construction=construction, models=models, outputs=outputs,
-                    generator=generator, jobs=jobs, history=history, upscalers=upscalers, networks=networks,
-                    extensions=extensions, styles=styles,
+                    generator=generator, jobs=jobs, history=history, upscalers=upscalers, faces=faces,
+                    networks=networks, extensions=extensions, styles=styles,
                     extension_installer=ExtensionInstaller(settings.extensions_dir,
                                                            settings.extension_install_refused,
                                                            local=not settings.reachable_from_network))
@@ -108,8 +111,9 @@ def _attempt_runner(generator: Generator, outputs: OutputStore):
     return run
 
 
-def _free_model_caches(models: ModelManager, upscalers: Upscalers):
-    """Out of memory: drop every model no job holds (checkpoints and upscalers), then let the GPU allocator
-    give the memory back."""
+def _free_model_caches(models: ModelManager, upscalers: Upscalers, faces: FaceRestorers):
+    """Out of memory: drop every model no job holds (checkpoints, upscalers, face restoration), then let the GPU
+    allocator give the memory back."""
     upscalers.models.clear()
+    faces.clear()
     models.free_unused()

@@ -102,7 +102,8 @@ def test_unsupported_features_answer_422_never_pretend(client):
     assert "not supported by this version" in response.json()["detail"]
     response = client.post("/extra-single-image", json={"image": png_b64(Image.new("RGB", (8, 8))),
                                                         "upscaler_1": "Lanczos", "codeformer_visibility": 1})
-    assert response.status_code == 422 and "face restoration" in response.json()["detail"]
+    detail = response.json()["detail"]
+    assert response.status_code == 422 and detail.startswith("codeformer_visibility: ") and "S-Lab" in detail
 
 
 def test_png_info_reads_ours_a1111_and_jpeg_exif(client):

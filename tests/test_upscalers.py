@@ -384,7 +384,7 @@ def test_api_extra_single_and_batch_images(api, services):
     ({"upscaler_1": "Lanczos", "upscaling_resize": 0}, 422, "upscaling_resize"),
     ({"upscaler_1": "nope"}, 422, "upscaler_1: no upscaler named 'nope'"),
     ({}, 422, "upscaler_1: choose an upscaler"),  # A1111's default "None" would do nothing
-    ({"upscaler_1": "Lanczos", "gfpgan_visibility": 0.5}, 422, "face restoration"),
+    ({"upscaler_1": "Lanczos", "gfpgan_visibility": 0.5}, 422, "gfpgan_visibility: no GFPGAN model installed"),
     ({"upscaler_1": "Lanczos", "image": "%%%"}, 422, "image: not valid base64"),
 ])
 def test_api_extras_errors(api, body, status, text):

@@ -2,10 +2,13 @@
 request -> job queue -> live progress and preview -> gallery and infotext."""
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
+from PIL import Image
 
 from backend.core.requests import (
     BATCH_COUNT_RANGE,
@@ -146,6 +149,11 @@ def build_sampling_controls(prefix: str, size: tuple[int, int] | None = None, ex
                 random_seed=random_seed, reuse_seed=reuse_seed)
 
 
+def build_restore_faces(prefix: str) -> gr.Checkbox:
+    """A1111's "Restore faces" checkbox (the face restorer is the face_restoration_model setting, GFPGAN)."""
+    return gr.Checkbox(label="Restore faces", value=False, elem_id=f"{prefix}_restore_faces")
+
+
 def build_results(form: GenerationForm):
     form.progress = gr.HTML(elem_id=f"{form.prefix}_progress")
     form.gallery = gr.Gallery(label="Output", elem_id=f"{form.prefix}_gallery", columns=2, height=480,
@@ -154,6 +162,19 @@ def build_results(form: GenerationForm):
                                elem_id=f"{form.prefix}_infotext")
     form.job_id, form.results, form.selected = gr.State(None), gr.State([]), gr.State(0)
     form.selected_path = gr.State(None)
+
+
+def served_path(services: Services, image) -> str | None:
+    """The image's file when Gradio may serve it (it lies in the outputs folder), else None: img2img Batch writes
+    to a folder the user chose, and unsaved images have no file."""
+    if not image.path:
+        return None
+    return image.path if Path(image.path).resolve().is_relative_to(services.settings.outputs_dir.resolve()) else None
+
+
+def shown_image(services: Services, image):
+    """What the gallery shows: the served file, else the image itself (from its PNG bytes)."""
+    return served_path(services, image) or Image.open(io.BytesIO(image.png))
 
 
 def wire_generation(services: Services, form: GenerationForm, inputs: set,
@@ -183,10 +204,10 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
         previews_shown.pop(job.id, None)
         images = job.result.images
         return {
-            form.job_id: None, form.gallery: [(image.path, f"Seed {image.seed}") for image in images],
-            form.results: [(image.path, image.seed, image.infotext) for image in images],
+            form.job_id: None, form.gallery: [(shown_image(services, image), f"Seed {image.seed}") for image in images],
+            form.results: [(served_path(services, image), image.seed, image.infotext) for image in images],
             form.infotext: images[0].infotext if images else "", form.selected: 0,
-            form.selected_path: images[0].path if images else None,
+            form.selected_path: served_path(services, images[0]) if images else None,
         }
 
     runner = TabJobRunner(services, JobView(form.progress, started, running, failed, finished))

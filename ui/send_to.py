@@ -38,6 +38,8 @@ def form_updates(services: Services, infotext: str | None, form: GenerationForm,
         if found:
             names, updates[form.prompt], updates[form.negative_prompt] = found
             updates[form.styles.dropdown] = gr.Dropdown(choices=style_names(services.styles), value=names)
+    if form.extra_fields.get("restore_faces") is not None and "restore_faces" not in fields:
+        updates[form.extra_fields["restore_faces"]] = False
     for key in ("model_hash", "model_name"):
         entry = services.models.registry.find(fields[key]) if fields.get(key) else None
         if entry:

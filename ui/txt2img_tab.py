@@ -11,6 +11,7 @@ from ui.generation_form import (
     PRIVATE,
     GenerationForm,
     build_prompt_row,
+    build_restore_faces,
     build_results,
     build_sampling_controls,
     wire_generation,
@@ -65,8 +66,9 @@ def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int,
         with gr.Column():
             sampling = build_sampling_controls("txt2img", size, services.extensions.hooks.samplers)
             form = GenerationForm(prefix="txt2img", **top, **sampling)
+            restore_faces = build_restore_faces("txt2img")
             hires = build_hires_controls(services)
-            form.extra_fields = hires
+            form.extra_fields = {**hires, "restore_faces": restore_faces}
             form.extension_inputs = build_sections(services, "txt2img")
             form.scripts = build_script_menu(services, "txt2img")
         with gr.Column():
@@ -75,9 +77,10 @@ def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int,
                 form.send_to_img2img = gr.Button("Send to img2img", elem_id="txt2img_send_img2img")
                 form.send_to_inpaint = gr.Button("Send to inpaint", elem_id="txt2img_send_inpaint")
                 form.send_to_upscale = gr.Button("Send to upscale", elem_id="txt2img_send_upscale")
-    wire_generation(services, form, form.inputs | set(hires.values()) | model.inputs,
-                    lambda values: services.build_request(Txt2ImgRequest, {**form.common_fields(values, model),
-                                                                           **hires_fields(values, hires)}))
+    wire_generation(services, form, form.inputs | set(form.extra_fields.values()) | model.inputs,
+                    lambda values: services.build_request(Txt2ImgRequest, {
+                        **form.common_fields(values, model), **hires_fields(values, hires),
+                        "restore_faces": bool(values[restore_faces])}))
     # The list of image upscalers can change (new files, 🔄 in the Upscale tab); refresh it when opened.
     hires["hr_upscaler"].focus(lambda: gr.Dropdown(choices=hires_upscaler_choices(services)), None,
                                hires["hr_upscaler"], **PRIVATE)

@@ -162,6 +162,9 @@ def request_fields(parameters: dict[str, Any]) -> dict[str, Any]:
         size = SIZE_PATTERN.match(parameters["Hires resize"])
         if size:
             fields["hr_resize_x"], fields["hr_resize_y"] = int(size.group(1)), int(size.group(2))
+    if parameters.get("Face restoration"):  # A1111 writes the restorer's name when Restore faces was on
+        fields["restore_faces"] = True
+        fields["face_restoration_model"] = parameters["Face restoration"]
     if any(key in parameters for key in ("Hires upscale", "Hires resize", "Hires upscaler", "Hires steps")):
         fields["enable_hr"] = True
     if "sampler_name" in fields:

@@ -19,6 +19,7 @@ CFG_RANGE = (1.0, 30.0)
 BATCH_SIZE_RANGE = (1, 8)
 BATCH_COUNT_RANGE = (1, 100)
 CLIP_SKIP_RANGE = (1, 12)
+FACE_RESTORERS = ("GFPGAN", "CodeFormer")  # A1111's face_restoration_model choices
 INTEGER_RANGES = {"steps": STEPS_RANGE, "seed": (-1, MAX_SEED), "batch_size": BATCH_SIZE_RANGE,
                   "n_iter": BATCH_COUNT_RANGE, "clip_skip": CLIP_SKIP_RANGE}
 
@@ -40,6 +41,12 @@ def _check_finite_range(value: float, low: float, high: float) -> float:
     if not math.isfinite(value):
         raise ValueError(f"must be a finite number between {low} and {high}; got {value}")
     return _check_range(value, low, high)
+
+
+def _check_face_restorer(value: str) -> str:
+    if value not in FACE_RESTORERS:
+        raise ValueError(f"must be one of {', '.join(FACE_RESTORERS)}; got {value!r}")
+    return value
 
 
 MAX_PROMPT_CHARACTERS = 20_000
@@ -82,6 +89,9 @@ class GenerationRequest(BaseModel):
     save_images: bool = Field(True, description="Write the images to the outputs folder (and the history)")
     sd_vae: str = Field("Automatic", description="Automatic, None (the checkpoint's own) or a file in models/VAE")
     clip_skip: int = Field(1, description="Use the text encoder's output this many layers from the end (1 = last)")
+    restore_faces: bool = Field(False, description="Restore faces in the images (A1111's Restore faces)")
+    face_restoration_model: str = Field("GFPGAN", description="A1111's option: GFPGAN or CodeFormer")
+    code_former_weight: float = Field(0.5, description="A1111's option: CodeFormer weight (0 = strongest effect)")
     extension_args: dict[str, Any] = Field(default_factory=dict)
     styles: list[str] = Field(default_factory=list, max_length=MAX_STYLES,
                               description="Names of styles.csv rows, applied to the prompts in this order")
@@ -119,6 +129,16 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _in_range(cls, value: int, info: ValidationInfo) -> int:
         return _check_range(value, *INTEGER_RANGES[info.field_name])
+
+    @field_validator("face_restoration_model")
+    @classmethod
+    def _face_restorer(cls, value: str) -> str:
+        return _check_face_restorer(value)
+
+    @field_validator("code_former_weight")
+    @classmethod
+    def _code_former_weight(cls, value: float) -> float:
+        return _check_finite_range(value, 0, 1)
 
     @field_validator("extension_args")
     @classmethod
@@ -247,6 +267,55 @@ class Img2ImgRequest(GenerationRequest):
         return self
 
 
+PNG_INFO_PROPS = ("Prompt", "Negative prompt", "Seed", "CFG scale", "Sampler", "Steps", "Model hash")  # A1111's
+
+
+class Img2ImgBatchRequest(Img2ImgRequest):
+    """A1111's img2img "Batch": every image in a server folder through the same img2img settings, optionally
+    inpainted with the mask of the same name from a mask folder, optionally taking prompts/seed/... from each
+    image's own infotext ("PNG info"). Results go to `output_dir` under the input's name (or, without one, to the
+    usual img2img outputs)."""
+    init_image: bytes | None = Field(None, description="Not used: the images come from input_dir")
+    input_dir: str = Field(description="A folder on the server whose images are processed")
+    output_dir: str = Field("", description="A folder on the server for the results (created if missing); "
+                                            "empty: the usual img2img outputs")
+    inpaint_mask_dir: str = Field("", description="Masks matched by file name (one file: the mask for all)")
+    use_png_info: bool = Field(False, description="Take png_info_props from each image's infotext; prompts "
+                                                  "from it are appended to the request's")
+    png_info_props: list[str] = Field(default_factory=lambda: list(PNG_INFO_PROPS))
+
+    @field_validator("init_image", "mask")
+    @classmethod
+    def _image(cls, value: bytes | None) -> None:  # replaces the parent's image check
+        if value is not None:
+            raise ValueError("a batch takes its images from input_dir (and masks from inpaint_mask_dir)")
+        return None
+
+    @field_validator("input_dir", "inpaint_mask_dir")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        value = value.strip()
+        if value and not Path(value).is_dir():
+            raise ValueError(f"not a folder on the server: {value}")
+        return value
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_folder(cls, value: str) -> str:
+        value = value.strip()
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise ValueError(f"not a folder: {value}")
+        return value
+
+    @field_validator("png_info_props")
+    @classmethod
+    def _props(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in PNG_INFO_PROPS]
+        if unknown:
+            raise ValueError(f"unknown {unknown}; choose from {', '.join(PNG_INFO_PROPS)}")
+        return value
+
+
 IMG2IMG_RANGES = {"resize_mode": (0, 2), "mask_blur": (0, 64), "inpainting_mask_invert": (0, 1),
                   "inpainting_fill": (0, 3), "inpaint_full_res_padding": (0, 256)}
 
@@ -273,6 +342,9 @@ class ExtrasRequest(BaseModel):
     upscaler_1: str = "Lanczos"
     upscaler_2: str = "None"
     extras_upscaler_2_visibility: float = 0.0
+    gfpgan_visibility: float = Field(0.0, description="Restore faces with GFPGAN, blended by this much (0 = off)")
+    codeformer_visibility: float = Field(0.0, description="Restore faces with CodeFormer, blended by this much")
+    codeformer_weight: float = Field(0.0, description="CodeFormer weight (0 = strongest effect)")
     save_images: bool = True
 
     @field_validator("images")
@@ -312,10 +384,18 @@ class ExtrasRequest(BaseModel):
     def _target(cls, value: int) -> int:
         return _check_range(value, 1, EXTRAS_SIZE_MAX)
 
-    @field_validator("extras_upscaler_2_visibility")
+    @field_validator("extras_upscaler_2_visibility", "gfpgan_visibility", "codeformer_visibility", "codeformer_weight")
     @classmethod
     def _visibility(cls, value: float) -> float:
         return _check_finite_range(value, 0, 1)
+
+    @property
+    def restores_faces(self) -> bool:
+        return self.gfpgan_visibility > 0 or self.codeformer_visibility > 0
+
+    @property
+    def upscales(self) -> bool:
+        return self.upscaler_1 != "None"
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -360,4 +440,5 @@ class GenerationResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)  # what was ignored (unknown LoRA, unbalanced bracket, ...)
 
 
-JobRequest = Txt2ImgRequest | Img2ImgRequest | ExtrasRequest  # what the job queue runs: one request type per kind
+# what the job queue runs: one request type per kind
+JobRequest = Txt2ImgRequest | Img2ImgRequest | Img2ImgBatchRequest | ExtrasRequest

@@ -14,6 +14,7 @@ from backend.core.requests import (
     ExtrasRequest,
     GenerationRequest,
     GenerationResult,
+    Img2ImgBatchRequest,
     Img2ImgRequest,
     RequestError,
     Txt2ImgRequest,
@@ -22,6 +23,7 @@ from backend.core.samplers import resolve_sampler
 from backend.core.scripts import Script, find_script
 from backend.generation.hires_fix import HiresPlan
 from backend.generation.img2img import Img2ImgPlan
+from backend.generation.img2img_batch import item_request, plan_batch, write_results
 from backend.generation.job_run import GenerationRun, MakeBatch
 from backend.generation.pipelines import seeded_generators
 from backend.generation.previews import PreviewRenderer
@@ -36,6 +38,7 @@ from backend.plugins.api import ExtensionHooks
 from backend.prompts.context import Networks
 from backend.prompts.styles import StyleStore, apply_styles
 from backend.upscale.extras import run_extras
+from backend.upscale.face_restoration import FaceRestorers
 from backend.upscale.service import Upscalers
 
 
@@ -61,10 +64,13 @@ class Generator:
     hooks: ExtensionHooks = field(default_factory=ExtensionHooks)  # what extensions registered
     server_folders_refused: str | None = None  # why an Extras job may not read a server folder, or None
     styles: StyleStore | None = None  # styles.csv: the styles a request names are applied from it
+    faces: FaceRestorers | None = None  # face restoration (Restore faces, Extras' GFPGAN visibility)
 
     def generate(self, request, progress: JobProgress) -> GenerationResult:
         if isinstance(request, ExtrasRequest):
             return self.extras(request, progress)
+        if isinstance(request, Img2ImgBatchRequest):
+            return self.img2img_batch(request, progress)
         if not isinstance(request, (Txt2ImgRequest, Img2ImgRequest)):
             raise RequestError("request", f"unsupported job kind {type(request).__name__}")
         if request.script_name:  # the script calls generate again for each request it makes (without a script)
@@ -121,13 +127,35 @@ class Generator:
             raise RequestError("request", "upscaling is not available in this server")
         if request.input_dir and self.server_folders_refused:
             raise RequestError("input_dir", self.server_folders_refused)
-        return run_extras(request, self.upscalers, self.outputs, progress)
+        return run_extras(request, self.upscalers, self.outputs, progress, self.faces)
+
+    def img2img_batch(self, request: Img2ImgBatchRequest, progress: JobProgress) -> GenerationResult:
+        """Each image of the input folder as its own img2img job (hooks, seed, saving as usual), one after another;
+        an interrupt stops the batch after the image being made."""
+        if self.server_folders_refused:
+            raise RequestError("input_dir", self.server_folders_refused)
+        items = plan_batch(request)
+        samplers = self.hooks.sampler_specs()
+        images, warnings, label = [], [], ""
+        for item in items:
+            if progress.interrupt_requested:
+                break
+            result = self.generate(item_request(request, item, samplers, self._checkpoint_title), progress)
+            images += write_results(result, item, self.outputs)
+            warnings += [warning for warning in result.warnings if warning not in warnings]
+            label = result.model_label
+        return GenerationResult(images=images, interrupted=progress.interrupt_requested, model_label=label,
+                                warnings=warnings)
+
+    def _checkpoint_title(self, model_hash: str) -> str | None:
+        entry = self.models.registry.find(model_hash)
+        return entry.title if entry else None
 
     def txt2img(self, request: Txt2ImgRequest, progress: JobProgress) -> GenerationResult:
         if request.enable_hr:
             plan = HiresPlan.from_request(request, self.upscalers)
-            return self._run(request, progress, "txt2img", plan.make_batch, plan.infotext_parameters(),
-                             plan.pass_steps)
+            return self._run(request, progress, "txt2img", self._restoring(request, plan.make_batch),
+                             plan.infotext_parameters(), plan.pass_steps)
 
         def make_batch(pipeline_for, seeds, on_step, prompts):
             output = pipeline_for("txt2img")(
@@ -136,13 +164,15 @@ class Generator:
                 output_type="pil", **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
             return output.images
 
-        return self._run(request, progress, "txt2img", make_batch, {}, [request.steps])
+        return self._run(request, progress, "txt2img", self._restoring(request, make_batch), {}, [request.steps])
 
     def img2img(self, request: Img2ImgRequest, progress: JobProgress) -> GenerationResult:
         plan = Img2ImgPlan.from_request(request)
 
+        restore = self._face_restorer(request)
+
         def make_batch(pipeline_for, seeds, on_step, prompts):
-            return plan.make_batch(pipeline_for(plan.task), seeds, on_step, prompts)
+            return plan.make_batch(pipeline_for(plan.task), seeds, on_step, prompts, restore)
 
         return self._run(request, progress, "img2img", make_batch, plan.infotext_parameters(), plan.pass_steps)
 
@@ -150,6 +180,8 @@ class Generator:
              extra_parameters: dict, pass_steps: list[int]) -> GenerationResult:
         """`make_batch(pipeline_for, seeds, on_step, prompts)` makes one batch's images (see GenerationRun);
         `pass_steps`: the user's steps of each pipeline call of a batch, in order (the progress counts them)."""
+        if request.restore_faces:  # before the model loads: a missing face model fails the job at once
+            self._faces.model_path(request.face_restoration_model, "restore_faces")
         extra_samplers = self.hooks.sampler_specs()
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler, extra_samplers)
         seed = request.seed if request.seed != -1 else secrets.randbelow(2**32)
@@ -185,3 +217,23 @@ class Generator:
         if self.networks is None:
             raise RequestError("request", "this server was built without prompt networks")
         return self.networks
+
+    def _face_restorer(self, request: GenerationRequest):
+        """image -> image with its faces restored, when the request asks for it (A1111's Restore faces), else None."""
+        if not request.restore_faces:
+            return None
+        faces, name = self._faces, request.face_restoration_model
+        return lambda image: faces.restore(image, name)
+
+    def _restoring(self, request: GenerationRequest, make_batch: MakeBatch) -> MakeBatch:
+        """`make_batch` whose images get their faces restored, when the request asks for it."""
+        restore = self._face_restorer(request)
+        if restore is None:
+            return make_batch
+        return lambda *arguments: [restore(image) for image in make_batch(*arguments)]
+
+    @property
+    def _faces(self) -> FaceRestorers:
+        if self.faces is None:
+            raise RequestError("restore_faces", "face restoration is not available in this server")
+        return self.faces

@@ -3,6 +3,7 @@ results, with A1111's meaning for every option."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,7 +99,10 @@ class Img2ImgPlan:
         return parameters
 
     # --- denoising ---------------------------------------------------------------------------------
-    def make_batch(self, pipeline, seeds: list[int], on_step, prompts) -> list[Image.Image]:
+    def make_batch(self, pipeline, seeds: list[int], on_step, prompts,
+                   restore: Callable[[Image.Image], Image.Image] | None = None) -> list[Image.Image]:
+        """`restore`: face restoration, applied before the input is composited back (as A1111 does), so an
+        inpainting job changes nothing outside its mask."""
         request = self.request
         work_image, work_mask = self.base, self.mask
         if self.crop is not None:
@@ -111,7 +115,7 @@ class Img2ImgPlan:
             generated = [work_image.copy() for _ in seeds]  # no denoising: the (prepared) input itself
         else:
             generated = self._denoise(pipeline, work_image, work_mask, seeds, on_step, prompts)
-        return [self._finish(image) for image in generated]
+        return [self._finish(restore(image) if restore else image) for image in generated]
 
     def _denoise(self, pipeline, image: Image.Image, mask: Image.Image | None, seeds, on_step,
                  prompts) -> list[Image.Image]:

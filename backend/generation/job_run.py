@@ -107,7 +107,9 @@ class GenerationRun:
         request = self.request
         parameters = {
             "Steps": request.steps, "Sampler": self.sampler, "Schedule type": self.schedule,
-            "CFG scale": request.cfg_scale, "Seed": seed, "Size": f"{image.width}x{image.height}",
+            "CFG scale": request.cfg_scale, "Seed": seed,
+            "Face restoration": request.face_restoration_model if request.restore_faces else None,
+            "Size": f"{image.width}x{image.height}",
             "Model hash": self.entry.short_hash, "Model": self.entry.model_name,
             **self.infotext_parameters, **self.prompts.infotext,
             "Batch size": request.batch_size if request.batch_size > 1 else None,

@@ -29,7 +29,8 @@ from backend.services import Services
 from backend.upscale.extras import check_request
 
 log = logging.getLogger(__name__)
-SUPPORTED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
+SUPPORTED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "face_restoration_model",
+                       "code_former_weight")
 EXTRA_GENERATION_KEYS = ("Lora hashes", "TI hashes")  # reported in info.extra_generation_params, as A1111
 
 
@@ -58,7 +59,7 @@ def decode_image(data: str, field: str) -> Image.Image:
 def _unsupported_fields(body: GenerationBody) -> list[str]:
     """Fields set to ask for something this version cannot do (never silently ignored)."""
     asked = {
-        "restore_faces": body.restore_faces, "tiling": body.tiling,
+        "tiling": body.tiling,
         "subseed_strength": body.subseed_strength, "refiner_checkpoint": body.refiner_checkpoint,
     }
     if isinstance(body, Txt2ImgBody) and body.enable_hr:
@@ -87,6 +88,8 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
     checkpoint = overrides.pop("sd_model_checkpoint", None)
     vae = overrides.pop("sd_vae", "Automatic")
     clip_skip = overrides.pop("CLIP_stop_at_last_layers", 1)
+    faces = {name: overrides.pop(name) for name in ("face_restoration_model", "code_former_weight")
+             if name in overrides}
     if overrides:
         raise HTTPException(status_code=422, detail=f"override_settings: unsupported option(s) {sorted(overrides)}; "
                                                     f"supported: {', '.join(SUPPORTED_OVERRIDES)}")
@@ -111,6 +114,7 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
         "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip, "styles": body.styles or [],
         "script_name": body.script_name or None, "script_args": body.script_args,
+        "restore_faces": bool(body.restore_faces), **faces,
     }
 
 
@@ -131,9 +135,12 @@ def _extension_args(body: GenerationBody, services: Services) -> dict[str, Any]:
 
 def _build(request_class, fields: dict[str, Any], services: Services):
     try:
-        return services.build_request(request_class, fields)
+        request = services.build_request(request_class, fields)
     except RequestError as error:
         raise HTTPException(status_code=422, detail=str(error)) from None
+    if getattr(request, "restore_faces", False):  # a missing face model answers 422 before the job is queued
+        _check(lambda: services.faces.model_path(request.face_restoration_model, "restore_faces"))
+    return request
 
 
 def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
@@ -159,16 +166,15 @@ def _check(action):
 def extras_request(body: ExtrasBaseBody, images: list[bytes], services: Services) -> ExtrasRequest:
     """An A1111 extras body -> our request, checked (names, sizes) before it is queued. Not saved, as A1111's
     API does not save extras results."""
-    if body.gfpgan_visibility or body.codeformer_visibility:
-        raise HTTPException(status_code=422, detail="gfpgan_visibility/codeformer_visibility: face restoration is "
-                                                    "not supported by this version yet")
     request = _build(ExtrasRequest, {
         "images": images, "resize_mode": body.resize_mode, "upscaling_resize": body.upscaling_resize,
         "upscaling_resize_w": body.upscaling_resize_w, "upscaling_resize_h": body.upscaling_resize_h,
         "upscaling_crop": body.upscaling_crop, "upscaler_1": body.upscaler_1, "upscaler_2": body.upscaler_2,
-        "extras_upscaler_2_visibility": body.extras_upscaler_2_visibility, "save_images": False,
+        "extras_upscaler_2_visibility": body.extras_upscaler_2_visibility, "gfpgan_visibility": body.gfpgan_visibility,
+        "codeformer_visibility": body.codeformer_visibility, "codeformer_weight": body.codeformer_weight,
+        "save_images": False,
     }, services)
-    _check(lambda: check_request(request, services.upscalers))
+    _check(lambda: check_request(request, services.upscalers, services.faces))
     return request
 
 
@@ -216,7 +222,7 @@ def generation_info(job: Job, services: Services) -> dict[str, Any]:
         "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0,
         "width": request.width, "height": request.height, "sampler_name": parsed.get("Sampler", request.sampler_name),
         "scheduler": parsed.get("Schedule type", request.scheduler), "cfg_scale": request.cfg_scale,
-        "steps": request.steps, "batch_size": request.batch_size, "restore_faces": False,
+        "steps": request.steps, "batch_size": request.batch_size, "restore_faces": request.restore_faces,
         "sd_model_name": entry.model_name, "sd_model_hash": entry.short_hash, "sd_vae_name": parsed.get("VAE"),
         "sd_vae_hash": parsed.get("VAE hash"), "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": request.denoising_strength if isinstance(request, Img2ImgRequest) or (

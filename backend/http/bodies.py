@@ -152,12 +152,19 @@ class UpscalerItem(BaseModel):
     scale: float | None
 
 
+class FaceRestorerItem(BaseModel):
+    """GET /sdapi/v1/face-restorers item, as A1111 lists it."""
+    name: str
+    cmd_dir: str | None
+
+
 class LatentUpscaleModeItem(BaseModel):
     name: str
 
 
 class ExtrasBaseBody(BaseModel):
-    """A1111's extras request fields. Face restoration is not available here: asking for it is refused."""
+    """A1111's extras request fields. Face restoration runs after upscaling (A1111's order; upscale_first is kept
+    for old clients and, as in A1111 1.6+, changes nothing)."""
     model_config = ConfigDict(extra="ignore")
 
     resize_mode: int = 0

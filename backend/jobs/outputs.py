@@ -85,20 +85,27 @@ class OutputStore:
             collector.append(path)
         return path
 
+    def write_png_to(self, png: bytes, path: Path) -> Path:
+        """`png` written atomically to exactly `path` (a folder the user chose, e.g. img2img Batch's output
+        folder), replacing a file of that name; the folder is created when missing."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                _write_atomically(png, path)
+        except OSError as error:
+            if error.errno in DISK_FULL_ERRNOS:
+                raise DiskFullError(path.parent, error) from error
+            raise
+        for collector in self._collectors():
+            collector.append(path)
+        return path
+
     def _write_numbered(self, png: bytes, folder: Path, suffix: str, prefix: str = "") -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
             path = folder / f"{prefix}{self._next_number(folder, prefix):05d}{suffix}.png"
-            handle, temp_name = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".png")
-            try:
-                with os.fdopen(handle, "wb") as temp_file:
-                    temp_file.write(png)
-                    temp_file.flush()
-                    os.fsync(temp_file.fileno())
-                os.replace(temp_name, path)
-            except BaseException:
-                Path(temp_name).unlink(missing_ok=True)
-                raise
+            _write_atomically(png, path)
         return path
 
     @contextmanager
@@ -131,6 +138,20 @@ class OutputStore:
                 log.warning("could not remove %s, saved by a failed attempt: %s", path, error)
         if paths:
             log.info("removed %d image(s) saved by the failed attempt", len(paths))
+
+
+def _write_atomically(data: bytes, path: Path):
+    """A temporary file beside `path`, synced, then renamed over it: readers see the old file or the whole new one."""
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=path.suffix)
+    try:
+        with os.fdopen(handle, "wb") as temp_file:
+            temp_file.write(data)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
 
 
 def encode_png(image: Image.Image, infotext: str | None, extra_text: dict[str, str] | None = None) -> bytes:
