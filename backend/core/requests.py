@@ -19,8 +19,12 @@ CFG_RANGE = (1.0, 30.0)
 BATCH_SIZE_RANGE = (1, 8)
 BATCH_COUNT_RANGE = (1, 100)
 CLIP_SKIP_RANGE = (1, 12)
+SEED_RESIZE_RANGE = (64, 2048)  # "Seed resize from" when set (-1 or 0: off)
 INTEGER_RANGES = {"steps": STEPS_RANGE, "seed": (-1, MAX_SEED), "batch_size": BATCH_SIZE_RANGE,
-                  "n_iter": BATCH_COUNT_RANGE, "clip_skip": CLIP_SKIP_RANGE}
+                  "n_iter": BATCH_COUNT_RANGE, "clip_skip": CLIP_SKIP_RANGE, "subseed": (-1, MAX_SEED),
+                  "eta_noise_seed_delta": (0, MAX_SEED)}
+RANDN_SOURCES = ("CPU", "GPU")  # A1111's "Random number generator source" (its "NV" is not offered)
+TILING_AXES = ("XY", "X", "Y")
 
 
 class RequestError(UserError):
@@ -81,6 +85,15 @@ class GenerationRequest(BaseModel):
     sd_vae: str = Field("Automatic", description="Automatic, None (the checkpoint's own) or a file in models/VAE")
     clip_skip: int = Field(1, description="Use the text encoder's output this many layers from the end (1 = last)")
     extension_args: dict[str, Any] = Field(default_factory=dict)
+    # A1111's variation seed: each image's noise blended (slerp) towards its variation seed's noise
+    subseed: int = Field(-1, description="Variation seed; -1 = random")
+    subseed_strength: float = Field(0.0, description="Variation strength: 0 = the seed's image, 1 = the subseed's")
+    seed_resize_from_w: int = Field(-1, description="Make the noise as at this width (-1 or 0: off)")
+    seed_resize_from_h: int = Field(-1, description="Make the noise as at this height (-1 or 0: off)")
+    eta_noise_seed_delta: int = Field(0, description="ENSD: the sampler's later noise is seeded with seed + this")
+    randn_source: str = Field("CPU", description="CPU: the same noise on every device; GPU: drawn on the device")
+    tiling: bool = Field(False, description="Seamless images: the edges continue each other")
+    tiling_axes: str = Field("XY", description="Which edges tile: XY (both), X (left/right) or Y (top/bottom)")
 
     @field_validator("width", "height")
     @classmethod
@@ -96,10 +109,39 @@ class GenerationRequest(BaseModel):
     def _cfg(cls, value: float) -> float:
         return _check_finite_range(value, *CFG_RANGE)
 
-    @field_validator("steps", "seed", "batch_size", "n_iter", "clip_skip")
+    @field_validator("steps", "seed", "batch_size", "n_iter", "clip_skip", "subseed", "eta_noise_seed_delta")
     @classmethod
     def _in_range(cls, value: int, info: ValidationInfo) -> int:
         return _check_range(value, *INTEGER_RANGES[info.field_name])
+
+    @field_validator("subseed_strength")
+    @classmethod
+    def _subseed_strength(cls, value: float) -> float:
+        return _check_finite_range(value, 0, 1)
+
+    @field_validator("seed_resize_from_w", "seed_resize_from_h")
+    @classmethod
+    def _seed_resize(cls, value: int) -> int:
+        if value in (-1, 0):
+            return value
+        if not SEED_RESIZE_RANGE[0] <= value <= SEED_RESIZE_RANGE[1]:
+            raise ValueError(f"must be -1 or 0 (off) or between {SEED_RESIZE_RANGE[0]} and {SEED_RESIZE_RANGE[1]}; "
+                             f"got {value}")
+        return value
+
+    @field_validator("randn_source")
+    @classmethod
+    def _randn_source(cls, value: str) -> str:
+        if value not in RANDN_SOURCES:
+            raise ValueError(f"must be one of {', '.join(RANDN_SOURCES)}; got {value!r}")
+        return value
+
+    @field_validator("tiling_axes")
+    @classmethod
+    def _tiling_axes(cls, value: str) -> str:
+        if value not in TILING_AXES:
+            raise ValueError(f"must be one of {', '.join(TILING_AXES)}; got {value!r}")
+        return value
 
     @field_validator("extension_args")
     @classmethod
@@ -326,6 +368,7 @@ class ImageResult(BaseModel):
     png: bytes  # encoded once, infotext included; the saved file holds the same bytes
     path: str | None  # None when the request asked not to save
     seed: int  # upscaled images: the source's seed when its infotext has one, else -1
+    subseed: int = -1  # the variation seed of the image's noise (-1: none)
     prompt: str
     negative_prompt: str
     infotext: str  # A1111's "parameters" (upscaled images: the source's, kept; "" when it had none)

@@ -22,8 +22,8 @@ from backend.core.samplers import resolve_sampler
 from backend.generation.hires_fix import HiresPlan
 from backend.generation.img2img import Img2ImgPlan
 from backend.generation.job_run import GenerationRun, MakeBatch
-from backend.generation.pipelines import seeded_generators
 from backend.generation.previews import PreviewRenderer
+from backend.generation.seamless import seamless
 from backend.generation.step_counter import StepCounter
 from backend.jobs.outputs import OutputStore
 from backend.jobs.queue import JobProgress
@@ -62,8 +62,9 @@ class Generator:
             return self.extras(request, progress)
         if not isinstance(request, (Txt2ImgRequest, Img2ImgRequest)):
             raise RequestError("request", f"unsupported job kind {type(request).__name__}")
-        if request.seed == -1:  # fixed first, so extensions (wildcards, grids) see the seed the images get
-            request = request.model_copy(update={"seed": secrets.randbelow(2**32)})
+        for name in ("seed", "subseed"):  # fixed first, so extensions (wildcards, grids) see the seeds images get
+            if getattr(request, name) == -1:
+                request = request.model_copy(update={name: secrets.randbelow(2**32)})
         request = self.hooks.run_before_generate(request)
         run = self.hooks.wrap_generation(lambda job_request: self._generate_one(job_request, progress))
         result = run(request)
@@ -87,11 +88,13 @@ class Generator:
             return self._run(request, progress, "txt2img", plan.make_batch, plan.infotext_parameters(),
                              plan.pass_steps)
 
-        def make_batch(pipeline_for, seeds, on_step, prompts):
-            output = pipeline_for("txt2img")(
+        def make_batch(pipeline_for, noise, on_step, prompts):
+            pipeline = pipeline_for("txt2img")
+            output = pipeline(
                 num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-                width=request.width, height=request.height, generator=seeded_generators(seeds),
-                output_type="pil", **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
+                width=request.width, height=request.height,
+                **noise.first_pass_arguments(pipeline, request.width, request.height),
+                output_type="pil", **prompts.pipeline_arguments(request.steps, len(noise), on_step))
             return output.images
 
         return self._run(request, progress, "txt2img", make_batch, {}, [request.steps])
@@ -99,24 +102,27 @@ class Generator:
     def img2img(self, request: Img2ImgRequest, progress: JobProgress) -> GenerationResult:
         plan = Img2ImgPlan.from_request(request)
 
-        def make_batch(pipeline_for, seeds, on_step, prompts):
-            return plan.make_batch(pipeline_for(plan.task), seeds, on_step, prompts)
+        def make_batch(pipeline_for, noise, on_step, prompts):
+            return plan.make_batch(pipeline_for(plan.task), noise, on_step, prompts)
 
         return self._run(request, progress, "img2img", make_batch, plan.infotext_parameters(), plan.pass_steps)
 
     def _run(self, request: GenerationRequest, progress: JobProgress, output_kind: str, make_batch: MakeBatch,
              extra_parameters: dict, pass_steps: list[int]) -> GenerationResult:
-        """`make_batch(pipeline_for, seeds, on_step, prompts)` makes one batch's images (see GenerationRun);
+        """`make_batch(pipeline_for, noise, on_step, prompts)` makes one batch's images (see GenerationRun);
         `pass_steps`: the user's steps of each pipeline call of a batch, in order (the progress counts them)."""
         extra_samplers = self.hooks.sampler_specs()
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler, extra_samplers)
         seed = request.seed if request.seed != -1 else secrets.randbelow(2**32)
+        subseed = request.subseed if request.subseed != -1 else secrets.randbelow(2**32)
         steps = StepCounter(pass_steps)
         progress.batches, progress.steps_per_batch = request.n_iter, steps.per_batch or 1
         with (self.models.lease(request.checkpoint) as (entry, model),  # never evicted while the job runs
               self._networks.prepare(request, model, entry.path) as prompts,  # LoRAs removed afterwards
               vae_tiling(prompts.vae or model.pipeline.vae,
-                         self.models.settings.speed.tiles_vae(*output_size(request))) as tiled_vae):
+                         self.models.settings.speed.tiles_vae(*output_size(request))) as tiled_vae,
+              seamless([model.pipeline.unet, prompts.vae or model.pipeline.vae],
+                       request.tiling_axes if request.tiling else None)):  # the cached model restored after
             if self.previews and self.preview_every:  # fitted once per VAE (then kept in the cache folder)
                 self.previews.prepare(prompts.vae or model.pipeline.vae,
                                       prompts.vae_file if prompts.vae else entry.path, model.family)
@@ -128,7 +134,7 @@ class Generator:
                 hooks=self.hooks, output_kind=output_kind, infotext_parameters=extra_parameters,
                 image_prompts=lambda seeds, first: self._image_prompts(request, seeds, first),
                 previews=self.previews, preview_every=self.preview_every)
-            run.run_batches(make_batch, seed)
+            run.run_batches(make_batch, seed, subseed)
         return GenerationResult(images=run.images, interrupted=progress.interrupt_requested, model_label=model.label,
                                 warnings=prompts.warnings)
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from backend.core.hires_sizes import HiresSizes, hires_sizes
 from backend.core.requests import LATENT_UPSCALE_MODES, RequestError, Txt2ImgRequest
-from backend.generation.pipelines import seeded_generators
+from backend.generation.noise import BatchNoise
 from backend.generation.step_counter import steps_run
 from backend.upscale.service import Upscalers
 
@@ -62,14 +62,15 @@ class HiresPlan:
         return parameters
 
     # --- the two passes ----------------------------------------------------------------------------
-    def make_batch(self, pipeline_for, seeds: list[int], on_step, prompts) -> list[Image.Image]:
+    def make_batch(self, pipeline_for, noise: BatchNoise, on_step, prompts) -> list[Image.Image]:
         request = self.request
         first_pipeline = pipeline_for("txt2img")
         first = first_pipeline(
             num_inference_steps=request.steps, width=request.width, height=request.height,
-            guidance_scale=request.cfg_scale, generator=seeded_generators(seeds),
+            guidance_scale=request.cfg_scale, **noise.first_pass_arguments(first_pipeline, request.width,
+                                                                           request.height),
             output_type="latent" if self.latent_mode else "pil",
-            **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
+            **prompts.pipeline_arguments(request.steps, len(noise), on_step))
         second = pipeline_for("img2img")
         if first_pipeline.interrupt:  # interrupted in the first pass: its images are the result (as in A1111)
             return decode_latents(second, first.images) if self.latent_mode else first.images
@@ -81,10 +82,13 @@ class HiresPlan:
             upscaled = [self._upscale_image(image) for image in first.images]
             if request.denoising_strength == 0:
                 return upscaled
-        return second(image=upscaled, strength=request.denoising_strength, num_inference_steps=self.second_pass_steps,
-                      guidance_scale=request.cfg_scale, generator=seeded_generators(seeds), output_type="pil",
-                      **prompts.pipeline_arguments(request.steps, len(seeds), on_step,
-                                                   hires_steps=self.second_pass_steps)).images
+        # the second pass's noise comes from the same seeds (and variation), at the final size, as in A1111
+        with noise.replacing_pipeline_noise(second, second.vae_scale_factor):
+            return second(image=upscaled, strength=request.denoising_strength,
+                          num_inference_steps=self.second_pass_steps, guidance_scale=request.cfg_scale,
+                          generator=noise.sampler_generators(second._execution_device), output_type="pil",
+                          **prompts.pipeline_arguments(request.steps, len(noise), on_step,
+                                                       hires_steps=self.second_pass_steps)).images
 
     def _upscale_latents(self, latents: torch.Tensor, vae_scale: int) -> torch.Tensor:
         mode, antialias = self.latent_mode

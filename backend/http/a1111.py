@@ -29,7 +29,8 @@ from backend.services import Services
 from backend.upscale.extras import check_request
 
 log = logging.getLogger(__name__)
-SUPPORTED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
+SUPPORTED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "eta_noise_seed_delta",
+                       "randn_source")
 EXTRA_GENERATION_KEYS = ("Lora hashes", "TI hashes")  # reported in info.extra_generation_params, as A1111
 
 
@@ -58,8 +59,8 @@ def decode_image(data: str, field: str) -> Image.Image:
 def _unsupported_fields(body: GenerationBody) -> list[str]:
     """Fields set to ask for something this version cannot do (never silently ignored)."""
     asked = {
-        "restore_faces": body.restore_faces, "tiling": body.tiling,
-        "styles": body.styles, "subseed_strength": body.subseed_strength, "refiner_checkpoint": body.refiner_checkpoint,
+        "restore_faces": body.restore_faces,
+        "styles": body.styles, "refiner_checkpoint": body.refiner_checkpoint,
         "script_name": body.script_name,
     }
     if isinstance(body, Txt2ImgBody) and body.enable_hr:
@@ -88,6 +89,8 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
     checkpoint = overrides.pop("sd_model_checkpoint", None)
     vae = overrides.pop("sd_vae", "Automatic")
     clip_skip = overrides.pop("CLIP_stop_at_last_layers", 1)
+    noise_options = {name: overrides.pop(name) for name in ("eta_noise_seed_delta", "randn_source")
+                     if name in overrides}
     if overrides:
         raise HTTPException(status_code=422, detail=f"override_settings: unsupported option(s) {sorted(overrides)}; "
                                                     f"supported: {', '.join(SUPPORTED_OVERRIDES)}")
@@ -111,6 +114,9 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "steps": body.steps, "cfg_scale": body.cfg_scale, "width": body.width, "height": body.height,
         "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
         "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip,
+        "subseed": body.subseed, "subseed_strength": body.subseed_strength,
+        "seed_resize_from_w": body.seed_resize_from_w, "seed_resize_from_h": body.seed_resize_from_h,
+        "tiling": bool(body.tiling), **noise_options,
     }
 
 
@@ -213,12 +219,14 @@ def generation_info(job: Job, services: Services) -> dict[str, Any]:
         "negative_prompt": images[0].negative_prompt if images else request.negative_prompt,
         "all_negative_prompts": [image.negative_prompt for image in images],
         "seed": images[0].seed if images else request.seed, "all_seeds": [image.seed for image in images],
-        "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0,
+        "subseed": images[0].subseed if images else request.subseed,
+        "all_subseeds": [image.subseed for image in images], "subseed_strength": request.subseed_strength,
         "width": request.width, "height": request.height, "sampler_name": parsed.get("Sampler", request.sampler_name),
         "scheduler": parsed.get("Schedule type", request.scheduler), "cfg_scale": request.cfg_scale,
         "steps": request.steps, "batch_size": request.batch_size, "restore_faces": False,
         "sd_model_name": entry.model_name, "sd_model_hash": entry.short_hash, "sd_vae_name": parsed.get("VAE"),
-        "sd_vae_hash": parsed.get("VAE hash"), "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "sd_vae_hash": parsed.get("VAE hash"), "seed_resize_from_w": request.seed_resize_from_w,
+        "seed_resize_from_h": request.seed_resize_from_h,
         "denoising_strength": request.denoising_strength if isinstance(request, Img2ImgRequest) or (
             getattr(request, "enable_hr", False)) else None,
         "extra_generation_params": {key: parsed[key] for key in EXTRA_GENERATION_KEYS if key in parsed},

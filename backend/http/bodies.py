@@ -18,6 +18,8 @@ class GenerationBody(BaseModel):
     seed: int = -1
     subseed: int = -1
     subseed_strength: float = 0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
     sampler_name: str | None = None
     sampler_index: str = "Euler"  # A1111's older field: used when sampler_name is not given
     scheduler: str | None = None
