@@ -16,7 +16,8 @@ FIELD_COMPONENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "s
 
 def form_targets(form: GenerationForm, model: ModelControls) -> list:
     return [getattr(form, name) for name in FIELD_COMPONENTS.values()] + list(form.extra_fields.values()) + [
-        model.checkpoint, *model.fields.values()]
+        model.checkpoint, *model.fields.values(), *form.seed_extras.values()] + (
+        [form.show_seed_extras] if form.show_seed_extras is not None else [])
 
 
 def form_updates(services: Services, infotext: str | None, form: GenerationForm, model: ModelControls) -> dict:
@@ -27,6 +28,7 @@ def form_updates(services: Services, infotext: str | None, form: GenerationForm,
     updates = {getattr(form, component): fields[name] for name, component in FIELD_COMPONENTS.items()
                if name in fields}
     updates.update({component: fields[name] for name, component in form.extra_fields.items() if name in fields})
+    updates.update(seed_extra_updates(fields, form))
     if fields.get("sd_vae") and fields["sd_vae"] not in services.networks.vaes.choices():
         fields.pop("sd_vae")  # a VAE this server does not have: keep the current choice
     updates.update({component: fields[name] for name, component in model.fields.items() if name in fields})
@@ -37,6 +39,21 @@ def form_updates(services: Services, infotext: str | None, form: GenerationForm,
         if entry:
             updates[model.checkpoint] = entry.title
             break
+    return updates
+
+
+def seed_extra_updates(fields: dict, form: GenerationForm) -> dict:
+    """Variation seed, seed resize and tiling from the infotext; absent ones go back to off, and "Extra" is
+    ticked when the image used a variation seed or seed resize, as in A1111."""
+    extras = form.seed_extras
+    if not extras:
+        return {}
+    defaults = {"subseed": -1, "subseed_strength": 0, "seed_resize_from_w": 0, "seed_resize_from_h": 0,
+                "tiling": False, "tiling_axes": "XY"}
+    updates = {extras[name]: fields.get(name, default) for name, default in defaults.items() if name in extras}
+    if form.show_seed_extras is not None:
+        shown = bool(fields.get("subseed_strength")) or "seed_resize_from_w" in fields
+        updates[form.show_seed_extras] = shown
     return updates
 
 
