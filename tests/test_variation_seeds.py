@@ -168,3 +168,15 @@ def test_variation_seed_on_sd2_and_sdxl(make_services, checkpoint_files, tmp_pat
                                                    **DETERMINISTIC)), plain)
     full = image_pixels(run_txt2img(services, seed=2, subseed=5, subseed_strength=1, **DETERMINISTIC))
     assert np.array_equal(full, image_pixels(run_txt2img(services, seed=5, **DETERMINISTIC)))
+
+
+def test_xyz_plot_var_seed_and_strength_axes():
+    from extensions.xyz_plot import axes
+
+    request = Txt2ImgRequest(steps=2, width=64, height=64, seed=1,
+                             extension_args={"xyz_plot": {"x_type": "Var. strength", "x_values": "0, 0.5",
+                                                          "y_type": "Var. seed", "y_values": "-1, 7"}})
+    plot = axes.plan_plot(request, "xyz_plot")
+    cells = [cell.request for cell in plot.cells]
+    assert [(cell.subseed_strength, cell.subseed) for cell in cells][2:] == [(0.0, 7), (0.5, 7)]
+    assert cells[0].subseed != -1 and plot.x.label(1) == "Var. strength: 0.5"

@@ -13,6 +13,9 @@ FIELD_COMPONENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "s
                     "scheduler": "schedule", "steps": "steps", "cfg_scale": "cfg_scale", "seed": "seed",
                     "width": "width", "height": "height"}
 
+HIRES_OPTION_DEFAULTS = {"hr_sampler_name": "Use same sampler", "hr_scheduler": "Use same scheduler", "hr_cfg": 0,
+                         "hr_prompt": "", "hr_negative_prompt": ""}
+
 
 def form_targets(form: GenerationForm, model: ModelControls) -> list:
     return [getattr(form, name) for name in FIELD_COMPONENTS.values()] + list(form.extra_fields.values()) + [
@@ -32,6 +35,9 @@ def form_updates(services: Services, infotext: str | None, form: GenerationForm,
     if fields.get("sd_vae") and fields["sd_vae"] not in services.networks.vaes.choices():
         fields.pop("sd_vae")  # a VAE this server does not have: keep the current choice
     updates.update({component: fields[name] for name, component in model.fields.items() if name in fields})
+    for name, same in HIRES_OPTION_DEFAULTS.items():  # an option the infotext lacks is the first pass's again
+        if name in form.extra_fields and name not in fields:
+            updates[form.extra_fields[name]] = same
     if form.extra_fields.get("enable_hr") is not None and "enable_hr" not in fields:
         updates[form.extra_fields["enable_hr"]] = False  # parameters without hires fix turn it off, as in A1111
     for key in ("model_hash", "model_name"):

@@ -136,7 +136,10 @@ def parse_infotext(text: str) -> dict[str, Any]:
 
 # A1111 writes these only for hires-fix images; "Denoising strength" belongs to img2img and hires alike.
 HIRES_CONVERTERS = {"Denoising strength": ("denoising_strength", float), "Hires upscale": ("hr_scale", float),
-                    "Hires steps": ("hr_second_pass_steps", int), "Hires upscaler": ("hr_upscaler", str)}
+                    "Hires steps": ("hr_second_pass_steps", int), "Hires upscaler": ("hr_upscaler", str),
+                    "Hires sampler": ("hr_sampler_name", str), "Hires schedule type": ("hr_scheduler", str),
+                    "Hires prompt": ("hr_prompt", str), "Hires negative prompt": ("hr_negative_prompt", str),
+                    "Hires CFG Scale": ("hr_cfg", float)}
 
 def _boolean(value: str) -> bool:
     if value.lower() not in ("true", "false"):

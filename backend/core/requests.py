@@ -176,6 +176,12 @@ class Txt2ImgRequest(GenerationRequest):
     hr_upscaler: str = Field("Latent", description="A latent mode (LATENT_UPSCALE_MODES) or an upscaler name")
     hr_second_pass_steps: int = Field(0, description="Steps of the second pass; 0 = the same as steps")
     denoising_strength: float = Field(0.7, description="How much the second pass changes the upscaled image")
+    # A1111 1.6+ hires options: None / "" = the same as the first pass
+    hr_sampler_name: str | None = Field(None, description="Sampler of the second pass")
+    hr_scheduler: str | None = Field(None, description="Schedule type of the second pass")
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS, description="Prompt of the second pass")
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS)
+    hr_cfg: float | None = Field(None, description="CFG scale of the second pass (Forge's Hires CFG Scale)")
 
     @field_validator("hr_scale")
     @classmethod
@@ -199,6 +205,25 @@ class Txt2ImgRequest(GenerationRequest):
     @classmethod
     def _hr_strength(cls, value: float) -> float:
         return _check_finite_range(value, 0, 1)
+
+    @field_validator("hr_cfg")
+    @classmethod
+    def _hr_cfg(cls, value: float | None) -> float | None:
+        return None if value is None else _check_finite_range(value, *CFG_RANGE)
+
+    def hires_sampler(self, samplers: dict | None = None) -> tuple[str, str]:
+        """(sampler, schedule) of the second pass: the hires choices, each defaulting to the first pass's."""
+        return resolve_sampler(self.hr_sampler_name or self.sampler_name, self.hr_scheduler or self.scheduler,
+                               samplers)
+
+    @model_validator(mode="after")
+    def _hires_sampler(self, info: ValidationInfo):
+        if self.hr_sampler_name or self.hr_scheduler:
+            try:
+                self.hires_sampler((info.context or {}).get("samplers"))
+            except SamplerError as error:
+                raise ValueError(f"hr_{error}") from None  # "hr_sampler_name: ..." or "hr_scheduler: ..."
+        return self
 
     @model_validator(mode="after")
     def _hires_sizes(self):

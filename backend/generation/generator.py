@@ -84,7 +84,7 @@ class Generator:
 
     def txt2img(self, request: Txt2ImgRequest, progress: JobProgress) -> GenerationResult:
         if request.enable_hr:
-            plan = HiresPlan.from_request(request, self.upscalers)
+            plan = HiresPlan.from_request(request, self.upscalers, self.hooks.sampler_specs())
             return self._run(request, progress, "txt2img", plan.make_batch, plan.infotext_parameters(),
                              plan.pass_steps)
 

@@ -50,14 +50,15 @@ class GenerationRun:
     def vae(self):
         return self.prompts.vae or self.model.pipeline.vae
 
-    def pipeline_for(self, task: str):
-        """One pipeline per task, with its own scheduler (and the job's VAE), built on first use and sharing the
-        cached model's modules."""
-        if task not in self._pipelines:
-            scheduler = build_scheduler(self.sampler, self.schedule, self.model.pipeline.scheduler.config,
-                                        self.extra_samplers)
-            self._pipelines[task] = job_pipeline(self.model, task, scheduler, self.entry.title, vae=self.prompts.vae)
-        return self._pipelines[task]
+    def pipeline_for(self, task: str, sampler: tuple[str, str] | None = None):
+        """One pipeline per task (and sampler: (name, schedule), default the job's), with its own scheduler (and
+        the job's VAE), built on first use and sharing the cached model's modules."""
+        sampler = sampler or (self.sampler, self.schedule)
+        key = (task, sampler)
+        if key not in self._pipelines:
+            scheduler = build_scheduler(*sampler, self.model.pipeline.scheduler.config, self.extra_samplers)
+            self._pipelines[key] = job_pipeline(self.model, task, scheduler, self.entry.title, vae=self.prompts.vae)
+        return self._pipelines[key]
 
     def on_step(self, pipe, step, timestep, tensors):
         progress = self.progress

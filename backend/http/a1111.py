@@ -67,10 +67,6 @@ def _unsupported_fields(body: GenerationBody) -> list[str]:
         asked |= {
             "firstphase_width": body.firstphase_width, "firstphase_height": body.firstphase_height,
             "hr_checkpoint_name": body.hr_checkpoint_name not in HIRES_SAME,
-            "hr_sampler_name": body.hr_sampler_name not in HIRES_SAME,
-            "hr_scheduler": body.hr_scheduler not in HIRES_SAME,
-            "hr_prompt": body.hr_prompt not in ("", body.prompt),
-            "hr_negative_prompt": body.hr_negative_prompt not in ("", body.negative_prompt or ""),
         }
     return [name for name, value in asked.items() if value]
 
@@ -150,7 +146,10 @@ def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
             _check(lambda: services.upscalers.resolve(upscaler, "hr_upscaler"))
         fields |= {"enable_hr": True, "hr_scale": body.hr_scale, "hr_resize_x": body.hr_resize_x,
                    "hr_resize_y": body.hr_resize_y, "hr_upscaler": upscaler,
-                   "hr_second_pass_steps": body.hr_second_pass_steps, "denoising_strength": body.denoising_strength}
+                   "hr_second_pass_steps": body.hr_second_pass_steps, "denoising_strength": body.denoising_strength,
+                   "hr_sampler_name": None if body.hr_sampler_name in HIRES_SAME else body.hr_sampler_name,
+                   "hr_scheduler": None if body.hr_scheduler in HIRES_SAME else body.hr_scheduler,
+                   "hr_prompt": body.hr_prompt, "hr_negative_prompt": body.hr_negative_prompt, "hr_cfg": body.hr_cfg}
     return _build(Txt2ImgRequest, fields, services)
 
 

@@ -64,6 +64,7 @@ class Txt2ImgBody(GenerationBody):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    hr_cfg: float | None = None  # Forge's Hires CFG Scale; absent: the first pass's cfg_scale
 
 
 class Img2ImgBody(GenerationBody):
