@@ -1,5 +1,6 @@
-"""The "Extra" seed row (variation seed with 🎲/♻️, strength, resize-from) and Tiling in headless Chromium:
-hidden until asked for, their values reach the image's infotext, and PNG Info sends them back."""
+"""The "Extra" seed row (variation seed with 🎲/♻️, strength, resize-from), Tiling and the Refiner accordion in
+headless Chromium: hidden until asked for, their values reach the image's infotext, and PNG Info sends them
+back."""
 from __future__ import annotations
 
 import shutil
@@ -105,3 +106,29 @@ def test_png_info_sends_variation_and_tiling_back_and_ticks_extra(page, tmp_path
     assert page.locator("#txt2img_seed_resize_from_w input[type=number]").input_value() == "128"
     assert page.locator("#txt2img_seed_resize_from_h input[type=number]").input_value() == "96"
     assert page.locator("#txt2img_tiling input").is_checked()
+
+
+def test_refiner_accordion_runs_the_refiner_and_png_info_sends_it_back(page, tmp_path):
+    small_fast_job(page)
+    page.locator("#txt2img_refiner").get_by_text("Refiner").first.click()
+    page.locator("#txt2img_enable_refiner input").check()
+    page.locator("#txt2img_refiner_checkpoint input").click()
+    page.get_by_role("option", name="tiny-sd1-other.safetensors", exact=False).click()
+    set_number(page, "txt2img_refiner_switch_at", 0.5)
+    infotext = generate_and_read_infotext(page, "Refiner switch at: 0.5")
+    assert "Refiner: tiny-sd1-other [" in infotext and "Model: tiny-sd1," in infotext
+    # pasted back: the refiner and its switch point return, the accordion's switch on
+    page.locator("#txt2img_enable_refiner input").uncheck()
+    set_number(page, "txt2img_refiner_switch_at", 0.9)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", infotext)
+    Image.new("RGB", (16, 16), "white").save(tmp_path / "refined.png", pnginfo=info)
+    page.get_by_role("tab", name="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(tmp_path / "refined.png"))
+    page.wait_for_function("document.querySelector('#pnginfo_parameters textarea').value.includes('Refiner')",
+                           timeout=30_000)
+    page.locator("#pnginfo_send_txt2img").click()
+    page.wait_for_function(
+        "document.querySelector('#txt2img_refiner_switch_at input[type=number]')?.value === '0.5'", timeout=30_000)
+    assert page.locator("#txt2img_enable_refiner input").is_checked()
+    assert page.locator("#txt2img_refiner_checkpoint input").input_value().startswith("tiny-sd1-other.safetensors")

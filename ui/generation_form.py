@@ -20,6 +20,7 @@ from backend.core.requests import (
 from backend.core.samplers import SAMPLERS, SCHEDULE_NAMES
 from backend.services import Services
 from ui.job_runner import JobView, TabJobRunner
+from ui.refiner_controls import refiner_fields
 
 PRIVATE = {"api_visibility": "private"}  # UI events are not API endpoints or MCP tools
 
@@ -61,11 +62,13 @@ class GenerationForm:
     show_seed_extras: gr.Checkbox | None = None  # A1111's "Extra" checkbox beside the seed
     random_subseed: gr.Button | None = None
     reuse_subseed: gr.Button | None = None
+    refiner: dict = field(default_factory=dict)  # the "Refiner" accordion: request field -> component
 
     @property
     def inputs(self) -> set:
         return {self.prompt, self.negative_prompt, self.sampler, self.schedule, self.steps, self.width, self.height,
                 self.batch_count, self.batch_size, self.cfg_scale, self.seed, *self.seed_extras.values(),
+                *self.refiner.values(),
                 *([self.show_seed_extras] if self.show_seed_extras else []),
                 *(c for arguments in self.extension_inputs.values() for c in arguments.values())}
 
@@ -93,7 +96,7 @@ class GenerationForm:
                 "width": int(values[self.width]), "height": int(values[self.height]),
                 "seed": -1 if seed is None else int(seed), "batch_size": int(values[self.batch_size]),
                 "n_iter": int(values[self.batch_count]), **model.request_fields(values),
-                **self.seed_extra_fields(values),
+                **self.seed_extra_fields(values), **refiner_fields(values, self.refiner),
                 "extension_args": {extension: {argument: values[component] for argument, component in args.items()}
                                    for extension, args in self.extension_inputs.items()}}
 

@@ -8,6 +8,7 @@ from backend.services import Services
 from ui.generation_form import PRIVATE, GenerationForm
 from ui.img2img_tab import editor_with_image
 from ui.model_picker import ModelControls
+from ui.refiner_controls import refiner_updates
 
 FIELD_COMPONENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "sampler_name": "sampler",
                     "scheduler": "schedule", "steps": "steps", "cfg_scale": "cfg_scale", "seed": "seed",
@@ -19,7 +20,7 @@ HIRES_OPTION_DEFAULTS = {"hr_sampler_name": "Use same sampler", "hr_scheduler": 
 
 def form_targets(form: GenerationForm, model: ModelControls) -> list:
     return [getattr(form, name) for name in FIELD_COMPONENTS.values()] + list(form.extra_fields.values()) + [
-        model.checkpoint, *model.fields.values(), *form.seed_extras.values()] + (
+        model.checkpoint, *model.fields.values(), *form.seed_extras.values(), *form.refiner.values()] + (
         [form.show_seed_extras] if form.show_seed_extras is not None else [])
 
 
@@ -32,6 +33,7 @@ def form_updates(services: Services, infotext: str | None, form: GenerationForm,
                if name in fields}
     updates.update({component: fields[name] for name, component in form.extra_fields.items() if name in fields})
     updates.update(seed_extra_updates(fields, form))
+    updates.update(refiner_updates(services, fields, form.refiner))
     if fields.get("sd_vae") and fields["sd_vae"] not in services.networks.vaes.choices():
         fields.pop("sd_vae")  # a VAE this server does not have: keep the current choice
     updates.update({component: fields[name] for name, component in model.fields.items() if name in fields})

@@ -24,6 +24,7 @@ from ui.generation_form import (
     wire_generation,
 )
 from ui.model_picker import ModelControls
+from ui.refiner_controls import build_refiner_controls
 
 
 def hires_upscaler_choices(services: Services) -> list[str]:
@@ -95,6 +96,7 @@ def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int,
             form = GenerationForm(prefix="txt2img", **top, **sampling)
             hires = build_hires_controls(services, services.extensions.hooks.samplers)
             form.extra_fields = hires
+            form.refiner = build_refiner_controls(services, "txt2img")
             form.extension_inputs = build_sections(services, "txt2img")
         with gr.Column():
             build_results(form)

@@ -150,7 +150,8 @@ def _boolean(value: str) -> bool:
 # Noise and tiling keys (A1111's names; "Tiling axes" is ours, for X-only / Y-only tiling).
 NOISE_CONVERTERS = {"Variation seed": ("subseed", int), "Variation seed strength": ("subseed_strength", float),
                     "ENSD": ("eta_noise_seed_delta", int), "RNG": ("randn_source", str),
-                    "Tiling": ("tiling", _boolean), "Tiling axes": ("tiling_axes", str)}
+                    "Tiling": ("tiling", _boolean), "Tiling axes": ("tiling_axes", str),
+                    "Refiner": ("refiner_checkpoint", str), "Refiner switch at": ("refiner_switch_at", float)}
 
 
 def request_fields(parameters: dict[str, Any]) -> dict[str, Any]:

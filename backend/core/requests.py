@@ -94,6 +94,8 @@ class GenerationRequest(BaseModel):
     randn_source: str = Field("CPU", description="CPU: the same noise on every device; GPU: drawn on the device")
     tiling: bool = Field(False, description="Seamless images: the edges continue each other")
     tiling_axes: str = Field("XY", description="Which edges tile: XY (both), X (left/right) or Y (top/bottom)")
+    refiner_checkpoint: str | None = Field(None, description="A1111's refiner: the checkpoint that continues")
+    refiner_switch_at: float = Field(0.8, description="Fraction of the steps the job's checkpoint samples")
 
     @field_validator("width", "height")
     @classmethod
@@ -128,6 +130,11 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"must be -1 or 0 (off) or between {SEED_RESIZE_RANGE[0]} and {SEED_RESIZE_RANGE[1]}; "
                              f"got {value}")
         return value
+
+    @field_validator("refiner_switch_at")
+    @classmethod
+    def _switch_at(cls, value: float) -> float:
+        return _check_finite_range(value, 0.01, 1.0)
 
     @field_validator("randn_source")
     @classmethod
@@ -223,6 +230,13 @@ class Txt2ImgRequest(GenerationRequest):
                 self.hires_sampler((info.context or {}).get("samplers"))
             except SamplerError as error:
                 raise ValueError(f"hr_{error}") from None  # "hr_sampler_name: ..." or "hr_scheduler: ..."
+        return self
+
+    @model_validator(mode="after")
+    def _hires_and_refiner(self):
+        if self.enable_hr and self.refiner_checkpoint:
+            raise ValueError("refiner_checkpoint: the refiner together with the hires fix is not supported by this "
+                             "version yet; turn one of them off")
         return self
 
     @model_validator(mode="after")

@@ -7,6 +7,8 @@ Upscale ("Extras") jobs need no checkpoint and run in backend.upscale.extras.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from backend.core.hires_sizes import hires_sizes
@@ -23,12 +25,14 @@ from backend.generation.hires_fix import HiresPlan
 from backend.generation.img2img import Img2ImgPlan
 from backend.generation.job_run import GenerationRun, MakeBatch
 from backend.generation.previews import PreviewRenderer
+from backend.generation.refiner import Refiner, check_compatible, refined
 from backend.generation.seamless import seamless
 from backend.generation.step_counter import StepCounter
 from backend.jobs.outputs import OutputStore
 from backend.jobs.queue import JobProgress
 from backend.models.manager import ModelManager
 from backend.models.speed_options import vae_tiling
+from backend.models.weight_files import CheckpointError
 from backend.plugins.api import ExtensionHooks
 from backend.prompts.context import Networks
 from backend.upscale.extras import run_extras
@@ -88,22 +92,23 @@ class Generator:
             return self._run(request, progress, "txt2img", plan.make_batch, plan.infotext_parameters(),
                              plan.pass_steps)
 
-        def make_batch(pipeline_for, noise, on_step, prompts):
+        def make_batch(pipeline_for, noise, on_step, prompts, refiner):
             pipeline = pipeline_for("txt2img")
-            output = pipeline(
-                num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-                width=request.width, height=request.height,
-                **noise.first_pass_arguments(pipeline, request.width, request.height),
-                output_type="pil", **prompts.pipeline_arguments(request.steps, len(noise), on_step))
-            return output.images
+            arguments = prompts.pipeline_arguments(request.steps, len(noise), on_step)
+            with refined(refiner)(pipeline, arguments, request.steps, len(noise)) as arguments:
+                return pipeline(
+                    num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+                    width=request.width, height=request.height,
+                    **noise.first_pass_arguments(pipeline, request.width, request.height),
+                    output_type="pil", **arguments).images
 
         return self._run(request, progress, "txt2img", make_batch, {}, [request.steps])
 
     def img2img(self, request: Img2ImgRequest, progress: JobProgress) -> GenerationResult:
         plan = Img2ImgPlan.from_request(request)
 
-        def make_batch(pipeline_for, noise, on_step, prompts):
-            return plan.make_batch(pipeline_for(plan.task), noise, on_step, prompts)
+        def make_batch(pipeline_for, noise, on_step, prompts, refiner):
+            return plan.make_batch(pipeline_for(plan.task), noise, on_step, prompts, refiner)
 
         return self._run(request, progress, "img2img", make_batch, plan.infotext_parameters(), plan.pass_steps)
 
@@ -119,6 +124,7 @@ class Generator:
         progress.batches, progress.steps_per_batch = request.n_iter, steps.per_batch or 1
         with (self.models.lease(request.checkpoint) as (entry, model),  # never evicted while the job runs
               self._networks.prepare(request, model, entry.path) as prompts,  # LoRAs removed afterwards
+              self._refiner(request, model, prompts) as refiner,
               vae_tiling(prompts.vae or model.pipeline.vae,
                          self.models.settings.speed.tiles_vae(*output_size(request))) as tiled_vae,
               seamless([model.pipeline.unet, prompts.vae or model.pipeline.vae],
@@ -133,10 +139,26 @@ class Generator:
                 schedule=schedule, extra_samplers=extra_samplers, steps=steps, outputs=self.outputs,
                 hooks=self.hooks, output_kind=output_kind, infotext_parameters=extra_parameters,
                 image_prompts=lambda seeds, first: self._image_prompts(request, seeds, first),
-                previews=self.previews, preview_every=self.preview_every)
+                previews=self.previews, preview_every=self.preview_every, refiner=refiner)
             run.run_batches(make_batch, seed, subseed)
         return GenerationResult(images=run.images, interrupted=progress.interrupt_requested, model_label=model.label,
                                 warnings=prompts.warnings)
+
+    @contextmanager
+    def _refiner(self, request: GenerationRequest, model, prompts) -> Iterator[Refiner | None]:
+        """The job's refiner, leased beside its checkpoint (both held for the whole job), or None."""
+        if not request.refiner_checkpoint or request.refiner_switch_at >= 1:
+            yield None  # switching at the end is the base model alone
+            return
+        try:
+            refiner_entry = self.models.resolve(request.refiner_checkpoint)
+        except CheckpointError as error:
+            raise RequestError("refiner_checkpoint", str(error).removeprefix("checkpoint: ")) from None
+        with (self.models.lease(refiner_entry.title) as (entry, refiner_model),
+              self._networks.prepare(request, refiner_model, entry.path) as refiner_prompts):
+            check_compatible(model, refiner_model, entry.title)
+            yield Refiner(entry=entry, model=refiner_model, prompts=refiner_prompts,
+                          switch_at=request.refiner_switch_at, keep_vae=prompts.vae is not None)
 
     def _image_prompts(self, request: GenerationRequest, seeds: list[int], first_index: int) -> list[tuple[str, str]]:
         """Each image's prompt and negative prompt: the request's, unless an extension chooses per image."""

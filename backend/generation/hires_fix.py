@@ -92,7 +92,8 @@ class HiresPlan:
         return parameters
 
     # --- the two passes ----------------------------------------------------------------------------
-    def make_batch(self, pipeline_for, noise: BatchNoise, on_step, prompts) -> list[Image.Image]:
+    def make_batch(self, pipeline_for, noise: BatchNoise, on_step, prompts, refiner=None) -> list[Image.Image]:
+        """`refiner`: always None (the request refuses a refiner with the hires fix)."""
         request = self.request
         first_pipeline = pipeline_for("txt2img")
         first = first_pipeline(

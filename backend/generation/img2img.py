@@ -24,6 +24,7 @@ from backend.generation.image_ops import (
 )
 from backend.generation.noise import BatchNoise
 from backend.generation.pipelines import seeded_generators
+from backend.generation.refiner import refined
 from backend.generation.step_counter import steps_run
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class Img2ImgPlan:
         return parameters
 
     # --- denoising ---------------------------------------------------------------------------------
-    def make_batch(self, pipeline, noise: BatchNoise, on_step, prompts) -> list[Image.Image]:
+    def make_batch(self, pipeline, noise: BatchNoise, on_step, prompts, refiner=None) -> list[Image.Image]:
         request = self.request
         work_image, work_mask = self.base, self.mask
         if self.crop is not None:
@@ -112,17 +113,23 @@ class Img2ImgPlan:
             generated = [work_image.copy() for _ in noise.seeds]  # no denoising: the (prepared) input itself
         else:
             with noise.replacing_pipeline_noise(pipeline, pipeline.vae_scale_factor):
-                generated = self._denoise(pipeline, work_image, work_mask, noise, on_step, prompts)
+                generated = self._denoise(pipeline, work_image, work_mask, noise, on_step, prompts, refiner)
         return [self._finish(image) for image in generated]
 
     def _denoise(self, pipeline, image: Image.Image, mask: Image.Image | None, noise: BatchNoise, on_step,
-                 prompts) -> list[Image.Image]:
+                 prompts, refiner=None) -> list[Image.Image]:
+        request = self.request
+        arguments = prompts.pipeline_arguments(request.steps, len(noise), on_step)
+        with refined(refiner)(pipeline, arguments, request.steps, len(noise)) as arguments:
+            return self._denoise_with(pipeline, image, mask, noise, arguments)
+
+    def _denoise_with(self, pipeline, image: Image.Image, mask: Image.Image | None, noise: BatchNoise,
+                      arguments: dict) -> list[Image.Image]:
         request = self.request
         seeds = noise.seeds
         common = dict(num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
                       generator=noise.sampler_generators(pipeline._execution_device), output_type="pil",
-                      strength=request.denoising_strength,
-                      **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
+                      strength=request.denoising_strength, **arguments)
         if mask is None:
             if request.denoising_strength == 1:
                 # Full strength starts from pure noise, so the input image has no influence at all.

@@ -13,6 +13,7 @@ from backend.core.samplers import SamplerSpec, build_scheduler
 from backend.generation.noise import BatchNoise, NoiseOptions
 from backend.generation.pipelines import job_pipeline
 from backend.generation.previews import PreviewRenderer
+from backend.generation.refiner import Refiner
 from backend.generation.step_counter import StepCounter
 from backend.jobs.outputs import OutputStore, encode_png
 from backend.jobs.queue import JobProgress
@@ -21,8 +22,9 @@ from backend.models.registry import CheckpointEntry
 from backend.plugins.api import ExtensionHooks, SaveInfo, StepInfo
 from backend.prompts.context import JobNetworks
 
-# make_batch(pipeline_for, noise, on_step, prompts) -> the batch's PIL images (noise: the batch's seeds and noise)
-MakeBatch = Callable[[Callable[[str], object], BatchNoise, Callable, object], list]
+# make_batch(pipeline_for, noise, on_step, prompts, refiner) -> the batch's PIL images (noise: the batch's seeds and
+# noise; refiner: the Refiner that continues each pass, or None)
+MakeBatch = Callable[[Callable[[str], object], BatchNoise, Callable, object, object], list]
 
 
 @dataclass
@@ -43,6 +45,7 @@ class GenerationRun:
     image_prompts: Callable[[list[int], int], list[tuple[str, str]]]  # (seeds, first index) -> each image's prompts
     previews: PreviewRenderer | None = None
     preview_every: int = 0
+    refiner: Refiner | None = None
     images: list[ImageResult] = field(default_factory=list)
     _pipelines: dict[str, object] = field(default_factory=dict)
 
@@ -103,7 +106,7 @@ class GenerationRun:
                 image_prompts = self.image_prompts(noise.seeds, batch * request.batch_size)
                 try:
                     batch_images = make_batch(self.pipeline_for, noise, self.on_step,
-                                              self.prompts.for_images(image_prompts))
+                                              self.prompts.for_images(image_prompts), self.refiner)
                 except BatchSkipped:
                     continue
                 for position, (image, image_seed, image_subseed, prompts) in enumerate(
@@ -123,6 +126,7 @@ class GenerationRun:
             "CFG scale": request.cfg_scale, "Seed": seed, "Size": f"{image.width}x{image.height}",
             "Model hash": self.entry.short_hash, "Model": self.entry.model_name,
             **noise_infotext(request, subseed), **self.infotext_parameters, **self.prompts.infotext,
+            **(self.refiner.infotext if self.refiner else {}),
             "Batch size": request.batch_size if request.batch_size > 1 else None,
             "Batch pos": position if request.batch_size > 1 else None,
         }

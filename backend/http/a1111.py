@@ -60,7 +60,7 @@ def _unsupported_fields(body: GenerationBody) -> list[str]:
     """Fields set to ask for something this version cannot do (never silently ignored)."""
     asked = {
         "restore_faces": body.restore_faces,
-        "styles": body.styles, "refiner_checkpoint": body.refiner_checkpoint,
+        "styles": body.styles,
         "script_name": body.script_name,
     }
     if isinstance(body, Txt2ImgBody) and body.enable_hr:
@@ -103,6 +103,12 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         except CheckpointError as error:
             raise HTTPException(status_code=422,
                                 detail=f"override_settings.sd_model_checkpoint: {checkpoint_problem(error)}") from None
+    refiner = None if body.refiner_checkpoint in (None, "", "None") else body.refiner_checkpoint
+    if refiner is not None:
+        try:
+            refiner = services.models.resolve(refiner).title
+        except CheckpointError as error:
+            raise HTTPException(status_code=422, detail=f"refiner_checkpoint: {checkpoint_problem(error)}") from None
     return {
         "extension_args": _extension_args(body, services),
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "",
@@ -112,7 +118,8 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip,
         "subseed": body.subseed, "subseed_strength": body.subseed_strength,
         "seed_resize_from_w": body.seed_resize_from_w, "seed_resize_from_h": body.seed_resize_from_h,
-        "tiling": bool(body.tiling), **noise_options,
+        "tiling": bool(body.tiling), **noise_options, "refiner_checkpoint": refiner,
+        **({"refiner_switch_at": body.refiner_switch_at} if body.refiner_switch_at is not None else {}),
     }
 
 

@@ -34,6 +34,7 @@ class GenerationBody(BaseModel):
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True
     refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None  # A1111: None with a refiner is its UI default, 0.8
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
