@@ -145,3 +145,12 @@ def test_infotext_round_trip_and_rest(services):
         assert "Refiner switch at: 0.5" in info["infotexts"][0]
         missing = client.post("/sdapi/v1/txt2img", json={**body, "refiner_checkpoint": "nope"})
         assert missing.status_code == 422 and missing.json()["detail"].startswith("refiner_checkpoint:")
+
+
+def test_xyz_plot_refiner_axes():
+    from extensions.xyz_plot import axes
+
+    request = Txt2ImgRequest(steps=2, width=64, height=64, seed=1, extension_args={"xyz_plot": {
+        "x_type": "Refiner switch at", "x_values": "0.5, 1", "y_type": "Refiner checkpoint", "y_values": OTHER}})
+    cells = [cell.request for cell in axes.plan_plot(request, "xyz_plot").cells]
+    assert [(cell.refiner_checkpoint, cell.refiner_switch_at) for cell in cells] == [(OTHER, 0.5), (OTHER, 1.0)]

@@ -38,6 +38,8 @@ AXIS_TYPES = {axis.name: axis for axis in (
     AxisType("Checkpoint name", "text", "checkpoint"),
     AxisType("Denoising", "float", "denoising_strength"),  # txt2img: takes effect with the hires fix only
     AxisType("Hires sampler", "text", "hr_sampler_name"),  # txt2img with the hires fix
+    AxisType("Refiner checkpoint", "text", "refiner_checkpoint"),
+    AxisType("Refiner switch at", "float", "refiner_switch_at"),
     AxisType("Prompt S/R", "prompt_sr", None),
 )}
 AXIS_TYPE_NAMES = tuple(AXIS_TYPES)
