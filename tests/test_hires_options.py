@@ -82,3 +82,35 @@ def test_rest_hires_options(services):
         assert infotext["Hires negative prompt"] == "ugly"
         bad = client.post("/sdapi/v1/txt2img", json={**body, "hr_sampler_name": "Nope"})
         assert bad.status_code == 422 and bad.json()["detail"].startswith("hr_sampler_name:")
+
+
+def test_hires_checkpoint_runs_the_second_pass(services):
+    fields = dict(checkpoint="tiny-sd1.safetensors")
+    base, _ = result(services, **fields)
+    same, same_info = result(services, **fields, hr_checkpoint_name="tiny-sd1.safetensors")
+    assert np.array_equal(same, base) and "Hires checkpoint" not in same_info
+    other, info = result(services, **fields, hr_checkpoint_name="tiny-sd1-other.safetensors")
+    assert np.abs(other - base).mean() > 0.5
+    entry = services.models.resolve("tiny-sd1-other.safetensors")
+    assert info["Hires checkpoint"] == f"{entry.model_name} [{entry.short_hash}]"
+    assert info["Model"] == "tiny-sd1"  # the first pass's checkpoint stays the image's model
+    pasted = request_fields(info)
+    again, _ = result(services, **fields, hr_checkpoint_name=pasted["hr_checkpoint_name"])  # A1111's short title
+    assert np.array_equal(again, other)
+    missing = run_txt2img(services, **{**HIRES, "hr_checkpoint_name": "nope"})
+    assert missing.status == "failed" and missing.error.startswith("hr_checkpoint_name")
+
+
+def test_rest_hires_checkpoint(services):
+    app = FastAPI()
+    app.include_router(build_api_router(services))
+    body = {"prompt": "p", "steps": 3, "width": 64, "height": 64, "seed": 3, "enable_hr": True, "hr_scale": 1.5,
+            "sampler_name": "Euler", "hr_checkpoint_name": "Use same checkpoint",
+            "override_settings": {"sd_model_checkpoint": "tiny-sd1"}}
+    with TestClient(app) as client:
+        assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200
+        other = client.post("/sdapi/v1/txt2img", json={**body, "hr_checkpoint_name": "tiny-sd1-other"})
+        assert other.status_code == 200, other.text
+        assert "Hires checkpoint: tiny-sd1-other [" in json.loads(other.json()["info"])["infotexts"][0]
+        bad = client.post("/sdapi/v1/txt2img", json={**body, "hr_checkpoint_name": "nope"})
+        assert bad.status_code == 422 and bad.json()["detail"].startswith("hr_checkpoint_name:")

@@ -15,7 +15,7 @@ FIELD_COMPONENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "s
                     "width": "width", "height": "height"}
 
 HIRES_OPTION_DEFAULTS = {"hr_sampler_name": "Use same sampler", "hr_scheduler": "Use same scheduler", "hr_cfg": 0,
-                         "hr_prompt": "", "hr_negative_prompt": ""}
+                         "hr_prompt": "", "hr_negative_prompt": "", "hr_checkpoint_name": "Use same checkpoint"}
 
 
 def form_targets(form: GenerationForm, model: ModelControls) -> list:
@@ -29,6 +29,9 @@ def form_updates(services: Services, infotext: str | None, form: GenerationForm,
     if not infotext:
         return {}
     fields = request_fields(parse_infotext(infotext))
+    if fields.get("hr_checkpoint_name"):  # A1111 names it "name [hash]"; the dropdown holds titles
+        found = services.models.registry.find(fields["hr_checkpoint_name"])
+        fields["hr_checkpoint_name"] = found.title if found else HIRES_OPTION_DEFAULTS["hr_checkpoint_name"]
     updates = {getattr(form, component): fields[name] for name, component in FIELD_COMPONENTS.items()
                if name in fields}
     updates.update({component: fields[name] for name, component in form.extra_fields.items() if name in fields})

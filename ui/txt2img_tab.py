@@ -50,7 +50,9 @@ def build_hires_controls(services: Services, extra_samplers=()) -> dict[str, gr.
                                  step=8, value=0, elem_id="txt2img_hr_resize_x")
             resize_y = gr.Slider(label="Resize height to", minimum=HR_RESIZE_RANGE[0], maximum=HR_RESIZE_RANGE[1],
                                  step=8, value=0, elem_id="txt2img_hr_resize_y")
-        with gr.Row():  # A1111 1.6+: the second pass's own sampler, schedule and CFG
+        with gr.Row():  # A1111 1.6+: the second pass's own checkpoint, sampler, schedule and CFG
+            checkpoint = gr.Dropdown(label="Hires checkpoint", choices=hires_checkpoint_choices(services),
+                                     value=SAME_CHECKPOINT, elem_id="txt2img_hr_checkpoint")
             sampler = gr.Dropdown(label="Hires sampling method", choices=[SAME_SAMPLER, *SAMPLERS, *extra_samplers],
                                   value=SAME_SAMPLER, elem_id="txt2img_hr_sampler")
             schedule = gr.Dropdown(label="Hires schedule type", choices=[SAME_SCHEDULE, *SCHEDULE_NAMES],
@@ -65,22 +67,30 @@ def build_hires_controls(services: Services, extra_samplers=()) -> dict[str, gr.
                                   elem_id="txt2img_hires_neg_prompt")
     return {"enable_hr": enable, "hr_upscaler": upscaler, "hr_second_pass_steps": steps,
             "denoising_strength": strength, "hr_scale": scale, "hr_resize_x": resize_x, "hr_resize_y": resize_y,
-            "hr_sampler_name": sampler, "hr_scheduler": schedule, "hr_cfg": cfg, "hr_prompt": prompt,
+            "hr_checkpoint_name": checkpoint, "hr_sampler_name": sampler, "hr_scheduler": schedule, "hr_cfg": cfg,
+            "hr_prompt": prompt,
             "hr_negative_prompt": negative}
 
 
 SAME_SAMPLER, SAME_SCHEDULE = "Use same sampler", "Use same scheduler"  # A1111's choices for "as the first pass"
+SAME_CHECKPOINT = "Use same checkpoint"
+
+
+def hires_checkpoint_choices(services: Services) -> list[str]:
+    return [SAME_CHECKPOINT, *(entry.title for entry in services.models.list_checkpoints())]
 
 
 def hires_fields(values: dict, controls: dict[str, gr.Component]) -> dict:
     if not values[controls["enable_hr"]]:
         return {}
-    sampler, schedule, cfg = (values[controls[name]] for name in ("hr_sampler_name", "hr_scheduler", "hr_cfg"))
+    sampler, schedule, cfg, checkpoint = (values[controls[name]] for name in (
+        "hr_sampler_name", "hr_scheduler", "hr_cfg", "hr_checkpoint_name"))
     return {"enable_hr": True, "hr_upscaler": values[controls["hr_upscaler"]],
             "hr_second_pass_steps": int(values[controls["hr_second_pass_steps"]]),
             "denoising_strength": float(values[controls["denoising_strength"]]),
             "hr_scale": float(values[controls["hr_scale"]]), "hr_resize_x": int(values[controls["hr_resize_x"]]),
             "hr_resize_y": int(values[controls["hr_resize_y"]]),
+            "hr_checkpoint_name": None if checkpoint in (None, SAME_CHECKPOINT) else checkpoint,
             "hr_sampler_name": None if sampler in (None, SAME_SAMPLER) else sampler,
             "hr_scheduler": None if schedule in (None, SAME_SCHEDULE) else schedule,
             "hr_cfg": float(cfg) if cfg else None, "hr_prompt": values[controls["hr_prompt"]] or "",
@@ -110,4 +120,6 @@ def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int,
     # The list of image upscalers can change (new files, 🔄 in the Upscale tab); refresh it when opened.
     hires["hr_upscaler"].focus(lambda: gr.Dropdown(choices=hires_upscaler_choices(services)), None,
                                hires["hr_upscaler"], **PRIVATE)
+    hires["hr_checkpoint_name"].focus(lambda: gr.Dropdown(choices=hires_checkpoint_choices(services)), None,
+                                      hires["hr_checkpoint_name"], **PRIVATE)
     return form

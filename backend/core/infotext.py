@@ -139,7 +139,7 @@ HIRES_CONVERTERS = {"Denoising strength": ("denoising_strength", float), "Hires 
                     "Hires steps": ("hr_second_pass_steps", int), "Hires upscaler": ("hr_upscaler", str),
                     "Hires sampler": ("hr_sampler_name", str), "Hires schedule type": ("hr_scheduler", str),
                     "Hires prompt": ("hr_prompt", str), "Hires negative prompt": ("hr_negative_prompt", str),
-                    "Hires CFG Scale": ("hr_cfg", float)}
+                    "Hires CFG Scale": ("hr_cfg", float), "Hires checkpoint": ("hr_checkpoint_name", str)}
 
 def _boolean(value: str) -> bool:
     if value.lower() not in ("true", "false"):

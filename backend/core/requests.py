@@ -184,6 +184,7 @@ class Txt2ImgRequest(GenerationRequest):
     hr_second_pass_steps: int = Field(0, description="Steps of the second pass; 0 = the same as steps")
     denoising_strength: float = Field(0.7, description="How much the second pass changes the upscaled image")
     # A1111 1.6+ hires options: None / "" = the same as the first pass
+    hr_checkpoint_name: str | None = Field(None, description="Checkpoint of the second pass")
     hr_sampler_name: str | None = Field(None, description="Sampler of the second pass")
     hr_scheduler: str | None = Field(None, description="Schedule type of the second pass")
     hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS, description="Prompt of the second pass")

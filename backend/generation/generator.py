@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from backend.core.hires_sizes import hires_sizes
@@ -23,7 +23,7 @@ from backend.core.requests import (
 from backend.core.samplers import resolve_sampler
 from backend.generation.hires_fix import HiresPlan
 from backend.generation.img2img import Img2ImgPlan
-from backend.generation.job_run import GenerationRun, MakeBatch
+from backend.generation.job_run import GenerationRun, LeasedModel, MakeBatch, SecondModels
 from backend.generation.previews import PreviewRenderer
 from backend.generation.refiner import Refiner, check_compatible, refined
 from backend.generation.seamless import seamless
@@ -92,10 +92,10 @@ class Generator:
             return self._run(request, progress, "txt2img", plan.make_batch, plan.infotext_parameters(),
                              plan.pass_steps)
 
-        def make_batch(pipeline_for, noise, on_step, prompts, refiner):
+        def make_batch(pipeline_for, noise, on_step, prompts, second):
             pipeline = pipeline_for("txt2img")
             arguments = prompts.pipeline_arguments(request.steps, len(noise), on_step)
-            with refined(refiner)(pipeline, arguments, request.steps, len(noise)) as arguments:
+            with refined(second.refiner)(pipeline, arguments, request.steps, len(noise)) as arguments:
                 return pipeline(
                     num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
                     width=request.width, height=request.height,
@@ -107,8 +107,8 @@ class Generator:
     def img2img(self, request: Img2ImgRequest, progress: JobProgress) -> GenerationResult:
         plan = Img2ImgPlan.from_request(request)
 
-        def make_batch(pipeline_for, noise, on_step, prompts, refiner):
-            return plan.make_batch(pipeline_for(plan.task), noise, on_step, prompts, refiner)
+        def make_batch(pipeline_for, noise, on_step, prompts, second):
+            return plan.make_batch(pipeline_for(plan.task), noise, on_step, prompts, second.refiner)
 
         return self._run(request, progress, "img2img", make_batch, plan.infotext_parameters(), plan.pass_steps)
 
@@ -124,7 +124,7 @@ class Generator:
         progress.batches, progress.steps_per_batch = request.n_iter, steps.per_batch or 1
         with (self.models.lease(request.checkpoint) as (entry, model),  # never evicted while the job runs
               self._networks.prepare(request, model, entry.path) as prompts,  # LoRAs removed afterwards
-              self._refiner(request, model, prompts) as refiner,
+              self._second_models(request, entry, model, prompts) as second,
               vae_tiling(prompts.vae or model.pipeline.vae,
                          self.models.settings.speed.tiles_vae(*output_size(request))) as tiled_vae,
               seamless([model.pipeline.unet, prompts.vae or model.pipeline.vae],
@@ -139,26 +139,38 @@ class Generator:
                 schedule=schedule, extra_samplers=extra_samplers, steps=steps, outputs=self.outputs,
                 hooks=self.hooks, output_kind=output_kind, infotext_parameters=extra_parameters,
                 image_prompts=lambda seeds, first: self._image_prompts(request, seeds, first),
-                previews=self.previews, preview_every=self.preview_every, refiner=refiner)
+                previews=self.previews, preview_every=self.preview_every, second=second)
             run.run_batches(make_batch, seed, subseed)
         return GenerationResult(images=run.images, interrupted=progress.interrupt_requested, model_label=model.label,
                                 warnings=prompts.warnings)
 
     @contextmanager
-    def _refiner(self, request: GenerationRequest, model, prompts) -> Iterator[Refiner | None]:
-        """The job's refiner, leased beside its checkpoint (both held for the whole job), or None."""
-        if not request.refiner_checkpoint or request.refiner_switch_at >= 1:
-            yield None  # switching at the end is the base model alone
-            return
+    def _second_models(self, request: GenerationRequest, entry, model, prompts) -> Iterator[SecondModels]:
+        """The job's refiner and hires checkpoint, each leased beside its checkpoint for the whole job."""
+        with ExitStack() as stack:
+            refiner = hires = None
+            if request.refiner_checkpoint and request.refiner_switch_at < 1:  # switching at the end: base alone
+                leased = stack.enter_context(self._leased(request, request.refiner_checkpoint, "refiner_checkpoint"))
+                check_compatible(model, leased.model, leased.entry.title)
+                refiner = Refiner(entry=leased.entry, model=leased.model, prompts=leased.prompts,
+                                  switch_at=request.refiner_switch_at, keep_vae=prompts.vae is not None)
+            hires_name = getattr(request, "hr_checkpoint_name", None) if getattr(request, "enable_hr", False) else None
+            if hires_name:
+                leased = stack.enter_context(self._leased(request, hires_name, "hr_checkpoint_name"))
+                if leased.entry.title != entry.title:
+                    check_compatible(model, leased.model, leased.entry.title, "hr_checkpoint_name")
+                    hires = leased
+            yield SecondModels(refiner=refiner, hires=hires)
+
+    @contextmanager
+    def _leased(self, request: GenerationRequest, name: str, field_name: str) -> Iterator[LeasedModel]:
         try:
-            refiner_entry = self.models.resolve(request.refiner_checkpoint)
+            found = self.models.resolve(name)
         except CheckpointError as error:
-            raise RequestError("refiner_checkpoint", str(error).removeprefix("checkpoint: ")) from None
-        with (self.models.lease(refiner_entry.title) as (entry, refiner_model),
-              self._networks.prepare(request, refiner_model, entry.path) as refiner_prompts):
-            check_compatible(model, refiner_model, entry.title)
-            yield Refiner(entry=entry, model=refiner_model, prompts=refiner_prompts,
-                          switch_at=request.refiner_switch_at, keep_vae=prompts.vae is not None)
+            raise RequestError(field_name, str(error).removeprefix("checkpoint: ")) from None
+        with (self.models.lease(found.title) as (entry, model),
+              self._networks.prepare(request, model, entry.path) as prompts):
+            yield LeasedModel(entry=entry, model=model, prompts=prompts)
 
     def _image_prompts(self, request: GenerationRequest, seeds: list[int], first_index: int) -> list[tuple[str, str]]:
         """Each image's prompt and negative prompt: the request's, unless an extension chooses per image."""

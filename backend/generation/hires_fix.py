@@ -45,12 +45,13 @@ class HiresPlan:
     def second_cfg(self) -> float:
         return self.request.hr_cfg if self.request.hr_cfg is not None else self.request.cfg_scale
 
-    def second_prompts(self, prompts, count: int):
-        """The second pass's conditioning: the hires prompts where given (each defaults to the image's own)."""
+    def second_prompts(self, prompts, count: int, networks=None):
+        """The second pass's conditioning: the hires prompts where given (each defaults to the image's own),
+        encoded by `networks` (the hires checkpoint's prompt context) when the pass runs on another model."""
         request = self.request
-        if not (request.hr_prompt or request.hr_negative_prompt):
+        if not (request.hr_prompt or request.hr_negative_prompt) and networks is None:
             return prompts
-        job = getattr(prompts, "job", prompts)  # a batch with per-image prompts holds the job's networks
+        job = networks or getattr(prompts, "job", prompts)  # a batch with per-image prompts holds the job's
         written = [(request.hr_prompt or prompt, request.hr_negative_prompt or negative)
                    for prompt, negative in getattr(prompts, "texts", None) or [job.written] * count]
         return job.for_images(written)
@@ -92,8 +93,10 @@ class HiresPlan:
         return parameters
 
     # --- the two passes ----------------------------------------------------------------------------
-    def make_batch(self, pipeline_for, noise: BatchNoise, on_step, prompts, refiner=None) -> list[Image.Image]:
-        """`refiner`: always None (the request refuses a refiner with the hires fix)."""
+    def make_batch(self, pipeline_for, noise: BatchNoise, on_step, prompts, second=None) -> list[Image.Image]:
+        """`second`: the job's SecondModels; its hires checkpoint, when set, runs the second pass (a refiner is
+        refused with the hires fix)."""
+        hires = second.hires if second is not None else None
         request = self.request
         first_pipeline = pipeline_for("txt2img")
         first = first_pipeline(
@@ -102,7 +105,7 @@ class HiresPlan:
                                                                            request.height),
             output_type="latent" if self.latent_mode else "pil",
             **prompts.pipeline_arguments(request.steps, len(noise), on_step))
-        second = pipeline_for("img2img", self.second_sampler)
+        second = pipeline_for("img2img", self.second_sampler, hires)
         if first_pipeline.interrupt:  # interrupted in the first pass: its images are the result (as in A1111)
             return decode_latents(second, first.images) if self.latent_mode else first.images
         if self.latent_mode:
@@ -118,7 +121,7 @@ class HiresPlan:
             return second(image=upscaled, strength=request.denoising_strength,
                           num_inference_steps=self.second_pass_steps, guidance_scale=self.second_cfg,
                           generator=noise.sampler_generators(second._execution_device), output_type="pil",
-                          **self.second_prompts(prompts, len(noise)).pipeline_arguments(
+                          **self.second_prompts(prompts, len(noise), hires and hires.prompts).pipeline_arguments(
                               request.steps, len(noise), on_step, hires_steps=self.second_pass_steps)).images
 
     def _upscale_latents(self, latents: torch.Tensor, vae_scale: int) -> torch.Tensor:

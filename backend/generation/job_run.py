@@ -22,9 +22,30 @@ from backend.models.registry import CheckpointEntry
 from backend.plugins.api import ExtensionHooks, SaveInfo, StepInfo
 from backend.prompts.context import JobNetworks
 
-# make_batch(pipeline_for, noise, on_step, prompts, refiner) -> the batch's PIL images (noise: the batch's seeds and
-# noise; refiner: the Refiner that continues each pass, or None)
+# make_batch(pipeline_for, noise, on_step, prompts, second) -> the batch's PIL images (noise: the batch's seeds and
+# noise; second: the job's other models, SecondModels)
 MakeBatch = Callable[[Callable[[str], object], BatchNoise, Callable, object, object], list]
+
+
+@dataclass(frozen=True)
+class LeasedModel:
+    """Another checkpoint a job uses, leased for the whole job, with its own prompt context."""
+    entry: CheckpointEntry
+    model: LoadedModel
+    prompts: JobNetworks
+
+
+@dataclass(frozen=True)
+class SecondModels:
+    """The models a job uses besides its checkpoint: the refiner, the hires fix's own checkpoint."""
+    refiner: Refiner | None = None
+    hires: LeasedModel | None = None
+
+    @property
+    def infotext(self) -> dict:
+        hires = self.hires.entry if self.hires else None
+        return {**(self.refiner.infotext if self.refiner else {}),
+                "Hires checkpoint": f"{hires.model_name} [{hires.short_hash}]" if hires else None}
 
 
 @dataclass
@@ -45,7 +66,7 @@ class GenerationRun:
     image_prompts: Callable[[list[int], int], list[tuple[str, str]]]  # (seeds, first index) -> each image's prompts
     previews: PreviewRenderer | None = None
     preview_every: int = 0
-    refiner: Refiner | None = None
+    second: SecondModels = field(default_factory=SecondModels)
     images: list[ImageResult] = field(default_factory=list)
     _pipelines: dict[str, object] = field(default_factory=dict)
 
@@ -53,14 +74,17 @@ class GenerationRun:
     def vae(self):
         return self.prompts.vae or self.model.pipeline.vae
 
-    def pipeline_for(self, task: str, sampler: tuple[str, str] | None = None):
-        """One pipeline per task (and sampler: (name, schedule), default the job's), with its own scheduler (and
-        the job's VAE), built on first use and sharing the cached model's modules."""
+    def pipeline_for(self, task: str, sampler: tuple[str, str] | None = None, leased: LeasedModel | None = None):
+        """One pipeline per task, sampler ((name, schedule), default the job's) and model (`leased`, default the
+        job's checkpoint), with its own scheduler (and the job's VAE), built on first use and sharing the cached
+        model's modules."""
         sampler = sampler or (self.sampler, self.schedule)
-        key = (task, sampler)
+        model, entry, vae = (leased.model, leased.entry, leased.prompts.vae) if leased else (
+            self.model, self.entry, self.prompts.vae)
+        key = (task, sampler, entry.title)
         if key not in self._pipelines:
-            scheduler = build_scheduler(*sampler, self.model.pipeline.scheduler.config, self.extra_samplers)
-            self._pipelines[key] = job_pipeline(self.model, task, scheduler, self.entry.title, vae=self.prompts.vae)
+            scheduler = build_scheduler(*sampler, model.pipeline.scheduler.config, self.extra_samplers)
+            self._pipelines[key] = job_pipeline(model, task, scheduler, entry.title, vae=vae)
         return self._pipelines[key]
 
     def on_step(self, pipe, step, timestep, tensors):
@@ -106,7 +130,7 @@ class GenerationRun:
                 image_prompts = self.image_prompts(noise.seeds, batch * request.batch_size)
                 try:
                     batch_images = make_batch(self.pipeline_for, noise, self.on_step,
-                                              self.prompts.for_images(image_prompts), self.refiner)
+                                              self.prompts.for_images(image_prompts), self.second)
                 except BatchSkipped:
                     continue
                 for position, (image, image_seed, image_subseed, prompts) in enumerate(
@@ -126,7 +150,7 @@ class GenerationRun:
             "CFG scale": request.cfg_scale, "Seed": seed, "Size": f"{image.width}x{image.height}",
             "Model hash": self.entry.short_hash, "Model": self.entry.model_name,
             **noise_infotext(request, subseed), **self.infotext_parameters, **self.prompts.infotext,
-            **(self.refiner.infotext if self.refiner else {}),
+            **self.second.infotext,
             "Batch size": request.batch_size if request.batch_size > 1 else None,
             "Batch pos": position if request.batch_size > 1 else None,
         }

@@ -19,16 +19,16 @@ from backend.models.registry import CheckpointEntry
 LATENT_SPACES = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "sdxl-refiner": "sdxl"}
 
 
-def check_compatible(base: LoadedModel, refiner: LoadedModel, refiner_title: str):
-    """A refiner must share the base's latent space (A1111 allows any such pair)."""
-    if LATENT_SPACES[base.family] != LATENT_SPACES[refiner.family]:
-        raise RequestError("refiner_checkpoint", f"{refiner_title} is an {refiner.label} model; it cannot continue "
-                                                 f"the latents of an {base.label} model")
-    if refiner.inpainting or base.inpainting:
-        raise RequestError("refiner_checkpoint", "inpainting checkpoints cannot be combined with a refiner")
-    if refiner.family == "sdxl-refiner" or base.family == "sdxl-refiner":
-        raise RequestError("refiner_checkpoint", "an SDXL refiner checkpoint as refiner is not supported by this "
-                                                 "version yet; choose an SDXL base checkpoint")
+def check_compatible(base: LoadedModel, other: LoadedModel, other_title: str, field: str = "refiner_checkpoint"):
+    """A refiner (or hires checkpoint) must share the base's latent space (A1111 allows any such pair)."""
+    if LATENT_SPACES[base.family] != LATENT_SPACES[other.family]:
+        raise RequestError(field, f"{other_title} is an {other.label} model; it cannot continue the latents of an "
+                                  f"{base.label} model")
+    if other.inpainting or base.inpainting:
+        raise RequestError(field, "inpainting checkpoints cannot be combined with a second checkpoint")
+    if field == "refiner_checkpoint" and "sdxl-refiner" in (other.family, base.family):
+        raise RequestError(field, "an SDXL refiner checkpoint as refiner is not supported by this version yet; "
+                                  "choose an SDXL base checkpoint")
 
 
 @dataclass

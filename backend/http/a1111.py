@@ -64,10 +64,7 @@ def _unsupported_fields(body: GenerationBody) -> list[str]:
         "script_name": body.script_name,
     }
     if isinstance(body, Txt2ImgBody) and body.enable_hr:
-        asked |= {
-            "firstphase_width": body.firstphase_width, "firstphase_height": body.firstphase_height,
-            "hr_checkpoint_name": body.hr_checkpoint_name not in HIRES_SAME,
-        }
+        asked |= {"firstphase_width": body.firstphase_width, "firstphase_height": body.firstphase_height}
     return [name for name, value in asked.items() if value]
 
 
@@ -103,12 +100,7 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         except CheckpointError as error:
             raise HTTPException(status_code=422,
                                 detail=f"override_settings.sd_model_checkpoint: {checkpoint_problem(error)}") from None
-    refiner = None if body.refiner_checkpoint in (None, "", "None") else body.refiner_checkpoint
-    if refiner is not None:
-        try:
-            refiner = services.models.resolve(refiner).title
-        except CheckpointError as error:
-            raise HTTPException(status_code=422, detail=f"refiner_checkpoint: {checkpoint_problem(error)}") from None
+    refiner = _checkpoint_title(body.refiner_checkpoint, "refiner_checkpoint", services)
     return {
         "extension_args": _extension_args(body, services),
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "",
@@ -121,6 +113,16 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "tiling": bool(body.tiling), **noise_options, "refiner_checkpoint": refiner,
         **({"refiner_switch_at": body.refiner_switch_at} if body.refiner_switch_at is not None else {}),
     }
+
+
+def _checkpoint_title(name: str | None, field: str, services: Services) -> str | None:
+    """A second checkpoint named in a body (refiner, hires): its title; None for A1111's "none" / "same" values."""
+    if name in HIRES_SAME or name == "None":
+        return None
+    try:
+        return services.models.resolve(name).title
+    except CheckpointError as error:
+        raise HTTPException(status_code=422, detail=f"{field}: {checkpoint_problem(error)}") from None
 
 
 def _extension_args(body: GenerationBody, services: Services) -> dict[str, Any]:
@@ -156,7 +158,8 @@ def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
                    "hr_second_pass_steps": body.hr_second_pass_steps, "denoising_strength": body.denoising_strength,
                    "hr_sampler_name": None if body.hr_sampler_name in HIRES_SAME else body.hr_sampler_name,
                    "hr_scheduler": None if body.hr_scheduler in HIRES_SAME else body.hr_scheduler,
-                   "hr_prompt": body.hr_prompt, "hr_negative_prompt": body.hr_negative_prompt, "hr_cfg": body.hr_cfg}
+                   "hr_prompt": body.hr_prompt, "hr_negative_prompt": body.hr_negative_prompt, "hr_cfg": body.hr_cfg,
+                   "hr_checkpoint_name": _checkpoint_title(body.hr_checkpoint_name, "hr_checkpoint_name", services)}
     return _build(Txt2ImgRequest, fields, services)
 
 
