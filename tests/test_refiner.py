@@ -154,3 +154,26 @@ def test_xyz_plot_refiner_axes():
         "x_type": "Refiner switch at", "x_values": "0.5, 1", "y_type": "Refiner checkpoint", "y_values": OTHER}})
     cells = [cell.request for cell in axes.plan_plot(request, "xyz_plot").cells]
     assert [(cell.refiner_checkpoint, cell.refiner_switch_at) for cell in cells] == [(OTHER, 0.5), (OTHER, 1.0)]
+
+
+def test_sdxl_base_then_the_sdxl_refiner(make_services, checkpoint_files, tmp_path):
+    """A1111's main use: SDXL base -> SDXL refiner (OpenCLIP only, aesthetic-score time ids)."""
+    import torch
+
+    folder = tmp_path / "xl" / "Stable-diffusion"
+    folder.mkdir(parents=True)
+    os.link(checkpoint_files["sdxl"], folder / "base.safetensors")
+    write_tiny_checkpoint(folder / "refiner.safetensors", "sdxl-refiner", seed=5)
+    services = make_services(models_dir=folder.parent)
+    fields = dict(JOB, checkpoint="base.safetensors")
+    base_steps, base, _ = step_latents(services, **fields)
+    refined_steps, refined, infotext = step_latents(services, **fields, refiner_checkpoint="refiner.safetensors",
+                                                    refiner_switch_at=0.5)
+    assert all(torch.equal(a, b) for a, b in zip(refined_steps[:3], base_steps[:3]))
+    assert not torch.allclose(refined_steps[-1], base_steps[-1])
+    assert np.abs(refined - base).mean() > 0.5
+    assert parse_infotext(infotext)["Refiner"].startswith("refiner [")
+    # the refiner cannot start a txt2img job, and as the job's checkpoint it takes no refiner
+    as_base = run_txt2img(services, **dict(fields, checkpoint="refiner.safetensors"),
+                          refiner_checkpoint="base.safetensors", refiner_switch_at=0.5)
+    assert as_base.status == "failed" and "refiner" in as_base.error.lower()

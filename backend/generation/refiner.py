@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
+
 from backend.core.requests import RequestError
 from backend.models.loader import LoadedModel
 from backend.models.registry import CheckpointEntry
@@ -26,9 +28,9 @@ def check_compatible(base: LoadedModel, other: LoadedModel, other_title: str, fi
                                   f"{base.label} model")
     if other.inpainting or base.inpainting:
         raise RequestError(field, "inpainting checkpoints cannot be combined with a second checkpoint")
-    if field == "refiner_checkpoint" and "sdxl-refiner" in (other.family, base.family):
-        raise RequestError(field, "an SDXL refiner checkpoint as refiner is not supported by this version yet; "
-                                  "choose an SDXL base checkpoint")
+    if field == "refiner_checkpoint" and base.family == "sdxl-refiner":
+        raise RequestError(field, "the job's checkpoint is itself an SDXL refiner; choose an SDXL base checkpoint "
+                                  "for the job")
 
 
 @dataclass
@@ -55,8 +57,10 @@ class Refiner:
         base_unet, base_vae = pipeline.unet, pipeline.vae
         conditioning = self.prompts.conditioning(steps)
         inner = arguments["callback_on_step_end"]
+        time_ids = self.model.family == "sdxl-refiner"  # its UNet wants 5 time ids: sizes, crop, aesthetic score
         inputs = list(dict.fromkeys([*arguments["callback_on_step_end_tensor_inputs"], "prompt_embeds",
-                                     *(["add_text_embeds"] if conditioning.sdxl else [])]))
+                                     *(["add_text_embeds"] if conditioning.sdxl else []),
+                                     *(["add_time_ids"] if time_ids else [])]))
 
         def callback(pipe, step, timestep, tensors):
             tensors = inner(pipe, step, timestep, tensors)
@@ -67,6 +71,9 @@ class Refiner:
                     pipe.vae = self.model.pipeline.vae
             if pipe.unet is not base_unet:  # the refiner's conditioning from here on (prompt editing included)
                 tensors.update(conditioning._step_tensors(pipe, step + 1, batch, tensors["prompt_embeds"]))
+                if time_ids:
+                    tensors["add_time_ids"] = refiner_time_ids(pipe, tensors["latents"], tensors["add_time_ids"],
+                                                               batch)
             return tensors
 
         try:
@@ -83,3 +90,18 @@ def no_refiner(pipeline, arguments: dict, steps: int, batch: int) -> Iterator[di
 def refined(refiner: Refiner | None):
     """The context that applies `refiner` to a pipeline call, or one that changes nothing."""
     return refiner.applied if refiner is not None else no_refiner
+
+
+# The SDXL refiner's aesthetic-score conditioning, at diffusers' (and A1111's) defaults.
+AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
+
+
+def refiner_time_ids(pipe, latents: torch.Tensor, current: torch.Tensor, batch: int) -> torch.Tensor:
+    """The SDXL refiner's added time ids for images of the latents' size: (height, width, crop top, crop left,
+    aesthetic score), the negative half first when the pipeline guides, as the base's were laid out."""
+    height, width = (side * pipe.vae_scale_factor for side in latents.shape[-2:])
+    positive = torch.tensor([[height, width, 0, 0, AESTHETIC_SCORE]]).repeat(batch, 1)
+    negative = torch.tensor([[height, width, 0, 0, NEGATIVE_AESTHETIC_SCORE]]).repeat(batch, 1)
+    guided = getattr(pipe, "do_classifier_free_guidance", True)
+    ids = torch.cat([negative, positive]) if guided else positive
+    return ids.to(current.device, current.dtype)
