@@ -124,10 +124,9 @@ class BatchNoise:
     @contextmanager
     def replacing_pipeline_noise(self, pipeline, latent_scale: int) -> Iterator[None]:
         """Within the block, the noise an img2img/inpaint pipeline adds to the image latents is this batch's
-        (variation, resize) instead of its own draw. `pipeline.scheduler` is the job's own, never the cache's."""
-        if not self.options.changes_initial_noise:
-            yield
-            return
+        (variation, resize) instead of its own draw. Always, not only with a variation: a pipeline that samples
+        the VAE's latents draws from the seed's generator first, so its own noise would be another draw than the
+        txt2img noise of the same seed. `pipeline.scheduler` is the job's own, never the cache's."""
         scheduler = pipeline.scheduler
         original = scheduler.add_noise
         made: dict[tuple, torch.Tensor] = {}
