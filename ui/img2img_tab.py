@@ -26,6 +26,7 @@ from ui.generation_form import (
 from ui.image_upload import image_upload
 from ui.img2img_batch import build_batch_inputs
 from ui.model_picker import ModelControls
+from ui.refiner_controls import build_refiner_controls
 from ui.script_menu import build_script_menu
 from ui.styles import build_style_editor, build_style_picker
 from ui.tab_choice import build_tab_choice, follow_tab
@@ -154,10 +155,11 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
                                             label="Inpaint area", elem_id="img2img_inpaint_area")
                     padding = gr.Slider(label="Only masked padding, pixels", minimum=0, maximum=256, step=4,
                                         value=32, elem_id="img2img_padding")
+            refiner = build_refiner_controls(services, "img2img")
             sections = build_sections(services, "img2img")
             scripts = build_script_menu(services, "img2img")
         with gr.Column():
-            form = GenerationForm(prefix="img2img", **top, **sampling)
+            form = GenerationForm(prefix="img2img", **top, **sampling, refiner=refiner)
             form.extension_inputs = sections
             form.scripts = scripts
             form.extra_fields = {"restore_faces": restore_faces}

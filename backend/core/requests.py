@@ -20,8 +20,12 @@ BATCH_SIZE_RANGE = (1, 8)
 BATCH_COUNT_RANGE = (1, 100)
 CLIP_SKIP_RANGE = (1, 12)
 FACE_RESTORERS = ("GFPGAN", "CodeFormer")  # A1111's face_restoration_model choices
+SEED_RESIZE_RANGE = (64, 2048)  # "Seed resize from" when set (-1 or 0: off)
 INTEGER_RANGES = {"steps": STEPS_RANGE, "seed": (-1, MAX_SEED), "batch_size": BATCH_SIZE_RANGE,
-                  "n_iter": BATCH_COUNT_RANGE, "clip_skip": CLIP_SKIP_RANGE}
+                  "n_iter": BATCH_COUNT_RANGE, "clip_skip": CLIP_SKIP_RANGE, "subseed": (-1, MAX_SEED),
+                  "eta_noise_seed_delta": (0, MAX_SEED)}
+RANDN_SOURCES = ("CPU", "GPU")  # A1111's "Random number generator source" (its "NV" is not offered)
+TILING_AXES = ("XY", "X", "Y")
 
 
 class RequestError(UserError):
@@ -110,6 +114,17 @@ class GenerationRequest(BaseModel):
         if any(len(name) > MAX_STYLE_NAME for name in value):
             raise ValueError(f"a style name has at most {MAX_STYLE_NAME} characters")
         return value
+    # A1111's variation seed: each image's noise blended (slerp) towards its variation seed's noise
+    subseed: int = Field(-1, description="Variation seed; -1 = random")
+    subseed_strength: float = Field(0.0, description="Variation strength: 0 = the seed's image, 1 = the subseed's")
+    seed_resize_from_w: int = Field(-1, description="Make the noise as at this width (-1 or 0: off)")
+    seed_resize_from_h: int = Field(-1, description="Make the noise as at this height (-1 or 0: off)")
+    eta_noise_seed_delta: int = Field(0, description="ENSD: the sampler's later noise is seeded with seed + this")
+    randn_source: str = Field("CPU", description="CPU: the same noise on every device; GPU: drawn on the device")
+    tiling: bool = Field(False, description="Seamless images: the edges continue each other")
+    tiling_axes: str = Field("XY", description="Which edges tile: XY (both), X (left/right) or Y (top/bottom)")
+    refiner_checkpoint: str | None = Field(None, description="A1111's refiner: the checkpoint that continues")
+    refiner_switch_at: float = Field(0.8, description="Fraction of the steps the job's checkpoint samples")
 
     @field_validator("width", "height")
     @classmethod
@@ -125,7 +140,7 @@ class GenerationRequest(BaseModel):
     def _cfg(cls, value: float) -> float:
         return _check_finite_range(value, *CFG_RANGE)
 
-    @field_validator("steps", "seed", "batch_size", "n_iter", "clip_skip")
+    @field_validator("steps", "seed", "batch_size", "n_iter", "clip_skip", "subseed", "eta_noise_seed_delta")
     @classmethod
     def _in_range(cls, value: int, info: ValidationInfo) -> int:
         return _check_range(value, *INTEGER_RANGES[info.field_name])
@@ -139,6 +154,40 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _code_former_weight(cls, value: float) -> float:
         return _check_finite_range(value, 0, 1)
+
+    @field_validator("subseed_strength")
+    @classmethod
+    def _subseed_strength(cls, value: float) -> float:
+        return _check_finite_range(value, 0, 1)
+
+    @field_validator("seed_resize_from_w", "seed_resize_from_h")
+    @classmethod
+    def _seed_resize(cls, value: int) -> int:
+        if value in (-1, 0):
+            return value
+        if not SEED_RESIZE_RANGE[0] <= value <= SEED_RESIZE_RANGE[1]:
+            raise ValueError(f"must be -1 or 0 (off) or between {SEED_RESIZE_RANGE[0]} and {SEED_RESIZE_RANGE[1]}; "
+                             f"got {value}")
+        return value
+
+    @field_validator("refiner_switch_at")
+    @classmethod
+    def _switch_at(cls, value: float) -> float:
+        return _check_finite_range(value, 0.01, 1.0)
+
+    @field_validator("randn_source")
+    @classmethod
+    def _randn_source(cls, value: str) -> str:
+        if value not in RANDN_SOURCES:
+            raise ValueError(f"must be one of {', '.join(RANDN_SOURCES)}; got {value!r}")
+        return value
+
+    @field_validator("tiling_axes")
+    @classmethod
+    def _tiling_axes(cls, value: str) -> str:
+        if value not in TILING_AXES:
+            raise ValueError(f"must be one of {', '.join(TILING_AXES)}; got {value!r}")
+        return value
 
     @field_validator("extension_args")
     @classmethod
@@ -173,6 +222,13 @@ class Txt2ImgRequest(GenerationRequest):
     hr_upscaler: str = Field("Latent", description="A latent mode (LATENT_UPSCALE_MODES) or an upscaler name")
     hr_second_pass_steps: int = Field(0, description="Steps of the second pass; 0 = the same as steps")
     denoising_strength: float = Field(0.7, description="How much the second pass changes the upscaled image")
+    # A1111 1.6+ hires options: None / "" = the same as the first pass
+    hr_checkpoint_name: str | None = Field(None, description="Checkpoint of the second pass")
+    hr_sampler_name: str | None = Field(None, description="Sampler of the second pass")
+    hr_scheduler: str | None = Field(None, description="Schedule type of the second pass")
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS, description="Prompt of the second pass")
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS)
+    hr_cfg: float | None = Field(None, description="CFG scale of the second pass (Forge's Hires CFG Scale)")
 
     @field_validator("hr_scale")
     @classmethod
@@ -196,6 +252,32 @@ class Txt2ImgRequest(GenerationRequest):
     @classmethod
     def _hr_strength(cls, value: float) -> float:
         return _check_finite_range(value, 0, 1)
+
+    @field_validator("hr_cfg")
+    @classmethod
+    def _hr_cfg(cls, value: float | None) -> float | None:
+        return None if value is None else _check_finite_range(value, *CFG_RANGE)
+
+    def hires_sampler(self, samplers: dict | None = None) -> tuple[str, str]:
+        """(sampler, schedule) of the second pass: the hires choices, each defaulting to the first pass's."""
+        return resolve_sampler(self.hr_sampler_name or self.sampler_name, self.hr_scheduler or self.scheduler,
+                               samplers)
+
+    @model_validator(mode="after")
+    def _hires_sampler(self, info: ValidationInfo):
+        if self.hr_sampler_name or self.hr_scheduler:
+            try:
+                self.hires_sampler((info.context or {}).get("samplers"))
+            except SamplerError as error:
+                raise ValueError(f"hr_{error}") from None  # "hr_sampler_name: ..." or "hr_scheduler: ..."
+        return self
+
+    @model_validator(mode="after")
+    def _hires_and_refiner(self):
+        if self.enable_hr and self.refiner_checkpoint:
+            raise ValueError("refiner_checkpoint: the refiner together with the hires fix is not supported by this "
+                             "version yet; turn one of them off")
+        return self
 
     @model_validator(mode="after")
     def _hires_sizes(self):
@@ -425,6 +507,7 @@ class ImageResult(BaseModel):
     png: bytes  # encoded once, infotext included; the saved file holds the same bytes
     path: str | None  # None when the request asked not to save
     seed: int  # upscaled images: the source's seed when its infotext has one, else -1
+    subseed: int = -1  # the variation seed of the image's noise (-1: none)
     prompt: str
     negative_prompt: str
     infotext: str  # A1111's "parameters" (upscaled images: the source's, kept; "" when it had none)

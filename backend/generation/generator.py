@@ -7,6 +7,8 @@ Upscale ("Extras") jobs need no checkpoint and run in backend.upscale.extras.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from backend.core.hires_sizes import hires_sizes
@@ -24,16 +26,18 @@ from backend.core.scripts import Script, find_script
 from backend.generation.hires_fix import HiresPlan
 from backend.generation.img2img import Img2ImgPlan
 from backend.generation.img2img_batch import item_request, plan_batch, write_results
-from backend.generation.job_run import GenerationRun, MakeBatch
-from backend.generation.pipelines import seeded_generators
+from backend.generation.job_run import GenerationRun, LeasedModel, MakeBatch, SecondModels
 from backend.generation.previews import PreviewRenderer
+from backend.generation.refiner import Refiner, check_compatible, refined
 from backend.generation.scripts.job import ScriptJob
 from backend.generation.scripts.menu import builtin_scripts
+from backend.generation.seamless import seamless
 from backend.generation.step_counter import StepCounter
 from backend.jobs.outputs import OutputStore
 from backend.jobs.queue import JobProgress
 from backend.models.manager import ModelManager
 from backend.models.speed_options import vae_tiling
+from backend.models.weight_files import CheckpointError
 from backend.plugins.api import ExtensionHooks
 from backend.prompts.context import Networks
 from backend.prompts.styles import StyleStore, apply_styles
@@ -75,8 +79,9 @@ class Generator:
             raise RequestError("request", f"unsupported job kind {type(request).__name__}")
         if request.script_name:  # the script calls generate again for each request it makes (without a script)
             return self._run_script(request, progress)
-        if request.seed == -1:  # fixed first, so extensions (wildcards, grids) see the seed the images get
-            request = request.model_copy(update={"seed": secrets.randbelow(2**32)})
+        for name in ("seed", "subseed"):  # fixed first, so extensions (wildcards, grids) see the seeds images get
+            if getattr(request, name) == -1:
+                request = request.model_copy(update={name: secrets.randbelow(2**32)})
         if request.styles:  # applied once, first: extensions and X/Y/Z cells see the styled prompts, as in A1111
             request = self._apply_styles(request)
         request = self.hooks.run_before_generate(request)
@@ -153,16 +158,19 @@ class Generator:
 
     def txt2img(self, request: Txt2ImgRequest, progress: JobProgress) -> GenerationResult:
         if request.enable_hr:
-            plan = HiresPlan.from_request(request, self.upscalers)
+            plan = HiresPlan.from_request(request, self.upscalers, self.hooks.sampler_specs())
             return self._run(request, progress, "txt2img", self._restoring(request, plan.make_batch),
                              plan.infotext_parameters(), plan.pass_steps)
 
-        def make_batch(pipeline_for, seeds, on_step, prompts):
-            output = pipeline_for("txt2img")(
-                num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-                width=request.width, height=request.height, generator=seeded_generators(seeds),
-                output_type="pil", **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
-            return output.images
+        def make_batch(pipeline_for, noise, on_step, prompts, second):
+            pipeline = pipeline_for("txt2img")
+            arguments = prompts.pipeline_arguments(request.steps, len(noise), on_step)
+            with refined(second.refiner)(pipeline, arguments, request.steps, len(noise)) as arguments:
+                return pipeline(
+                    num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+                    width=request.width, height=request.height,
+                    **noise.first_pass_arguments(pipeline, request.width, request.height),
+                    output_type="pil", **arguments).images
 
         return self._run(request, progress, "txt2img", self._restoring(request, make_batch), {}, [request.steps])
 
@@ -171,26 +179,30 @@ class Generator:
 
         restore = self._face_restorer(request)
 
-        def make_batch(pipeline_for, seeds, on_step, prompts):
-            return plan.make_batch(pipeline_for(plan.task), seeds, on_step, prompts, restore)
+        def make_batch(pipeline_for, noise, on_step, prompts, second):
+            return plan.make_batch(pipeline_for(plan.task), noise, on_step, prompts, second.refiner, restore)
 
         return self._run(request, progress, "img2img", make_batch, plan.infotext_parameters(), plan.pass_steps)
 
     def _run(self, request: GenerationRequest, progress: JobProgress, output_kind: str, make_batch: MakeBatch,
              extra_parameters: dict, pass_steps: list[int]) -> GenerationResult:
-        """`make_batch(pipeline_for, seeds, on_step, prompts)` makes one batch's images (see GenerationRun);
+        """`make_batch(pipeline_for, noise, on_step, prompts)` makes one batch's images (see GenerationRun);
         `pass_steps`: the user's steps of each pipeline call of a batch, in order (the progress counts them)."""
         if request.restore_faces:  # before the model loads: a missing face model fails the job at once
             self._faces.model_path(request.face_restoration_model, "restore_faces")
         extra_samplers = self.hooks.sampler_specs()
         sampler, schedule = resolve_sampler(request.sampler_name, request.scheduler, extra_samplers)
         seed = request.seed if request.seed != -1 else secrets.randbelow(2**32)
+        subseed = request.subseed if request.subseed != -1 else secrets.randbelow(2**32)
         steps = StepCounter(pass_steps)
         progress.batches, progress.steps_per_batch = request.n_iter, steps.per_batch or 1
         with (self.models.lease(request.checkpoint) as (entry, model),  # never evicted while the job runs
               self._networks.prepare(request, model, entry.path) as prompts,  # LoRAs removed afterwards
+              self._second_models(request, entry, model, prompts) as second,
               vae_tiling(prompts.vae or model.pipeline.vae,
-                         self.models.settings.speed.tiles_vae(*output_size(request))) as tiled_vae):
+                         self.models.settings.speed.tiles_vae(*output_size(request))) as tiled_vae,
+              seamless([model.pipeline.unet, prompts.vae or model.pipeline.vae],
+                       request.tiling_axes if request.tiling else None)):  # the cached model restored after
             if self.previews and self.preview_every:  # fitted once per VAE (then kept in the cache folder)
                 self.previews.prepare(prompts.vae or model.pipeline.vae,
                                       prompts.vae_file if prompts.vae else entry.path, model.family)
@@ -201,10 +213,38 @@ class Generator:
                 schedule=schedule, extra_samplers=extra_samplers, steps=steps, outputs=self.outputs,
                 hooks=self.hooks, output_kind=output_kind, infotext_parameters=extra_parameters,
                 image_prompts=lambda seeds, first: self._image_prompts(request, seeds, first),
-                previews=self.previews, preview_every=self.preview_every)
-            run.run_batches(make_batch, seed)
+                previews=self.previews, preview_every=self.preview_every, second=second)
+            run.run_batches(make_batch, seed, subseed)
         return GenerationResult(images=run.images, interrupted=progress.interrupt_requested, model_label=model.label,
                                 warnings=prompts.warnings)
+
+    @contextmanager
+    def _second_models(self, request: GenerationRequest, entry, model, prompts) -> Iterator[SecondModels]:
+        """The job's refiner and hires checkpoint, each leased beside its checkpoint for the whole job."""
+        with ExitStack() as stack:
+            refiner = hires = None
+            if request.refiner_checkpoint and request.refiner_switch_at < 1:  # switching at the end: base alone
+                leased = stack.enter_context(self._leased(request, request.refiner_checkpoint, "refiner_checkpoint"))
+                check_compatible(model, leased.model, leased.entry.title)
+                refiner = Refiner(entry=leased.entry, model=leased.model, prompts=leased.prompts,
+                                  switch_at=request.refiner_switch_at, keep_vae=prompts.vae is not None)
+            hires_name = getattr(request, "hr_checkpoint_name", None) if getattr(request, "enable_hr", False) else None
+            if hires_name:
+                leased = stack.enter_context(self._leased(request, hires_name, "hr_checkpoint_name"))
+                if leased.entry.title != entry.title:
+                    check_compatible(model, leased.model, leased.entry.title, "hr_checkpoint_name")
+                    hires = leased
+            yield SecondModels(refiner=refiner, hires=hires)
+
+    @contextmanager
+    def _leased(self, request: GenerationRequest, name: str, field_name: str) -> Iterator[LeasedModel]:
+        try:
+            found = self.models.resolve(name)
+        except CheckpointError as error:
+            raise RequestError(field_name, str(error).removeprefix("checkpoint: ")) from None
+        with (self.models.lease(found.title) as (entry, model),
+              self._networks.prepare(request, model, entry.path) as prompts):
+            yield LeasedModel(entry=entry, model=model, prompts=prompts)
 
     def _image_prompts(self, request: GenerationRequest, seeds: list[int], first_index: int) -> list[tuple[str, str]]:
         """Each image's prompt and negative prompt: the request's, unless an extension chooses per image."""

@@ -30,7 +30,7 @@ from backend.upscale.extras import check_request
 
 log = logging.getLogger(__name__)
 SUPPORTED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "face_restoration_model",
-                       "code_former_weight")
+                       "code_former_weight", "eta_noise_seed_delta", "randn_source")
 EXTRA_GENERATION_KEYS = ("Lora hashes", "TI hashes")  # reported in info.extra_generation_params, as A1111
 
 
@@ -59,18 +59,9 @@ def decode_image(data: str, field: str) -> Image.Image:
 def _unsupported_fields(body: GenerationBody) -> list[str]:
     """Fields set to ask for something this version cannot do (never silently ignored)."""
     asked = {
-        "tiling": body.tiling,
-        "subseed_strength": body.subseed_strength, "refiner_checkpoint": body.refiner_checkpoint,
     }
     if isinstance(body, Txt2ImgBody) and body.enable_hr:
-        asked |= {
-            "firstphase_width": body.firstphase_width, "firstphase_height": body.firstphase_height,
-            "hr_checkpoint_name": body.hr_checkpoint_name not in HIRES_SAME,
-            "hr_sampler_name": body.hr_sampler_name not in HIRES_SAME,
-            "hr_scheduler": body.hr_scheduler not in HIRES_SAME,
-            "hr_prompt": body.hr_prompt not in ("", body.prompt),
-            "hr_negative_prompt": body.hr_negative_prompt not in ("", body.negative_prompt or ""),
-        }
+        asked |= {"firstphase_width": body.firstphase_width, "firstphase_height": body.firstphase_height}
     return [name for name, value in asked.items() if value]
 
 
@@ -90,6 +81,8 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
     clip_skip = overrides.pop("CLIP_stop_at_last_layers", 1)
     faces = {name: overrides.pop(name) for name in ("face_restoration_model", "code_former_weight")
              if name in overrides}
+    noise_options = {name: overrides.pop(name) for name in ("eta_noise_seed_delta", "randn_source")
+                     if name in overrides}
     if overrides:
         raise HTTPException(status_code=422, detail=f"override_settings: unsupported option(s) {sorted(overrides)}; "
                                                     f"supported: {', '.join(SUPPORTED_OVERRIDES)}")
@@ -106,6 +99,7 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         except CheckpointError as error:
             raise HTTPException(status_code=422,
                                 detail=f"override_settings.sd_model_checkpoint: {checkpoint_problem(error)}") from None
+    refiner = _checkpoint_title(body.refiner_checkpoint, "refiner_checkpoint", services)
     return {
         "extension_args": _extension_args(body, services),
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "",
@@ -115,7 +109,21 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip, "styles": body.styles or [],
         "script_name": body.script_name or None, "script_args": body.script_args,
         "restore_faces": bool(body.restore_faces), **faces,
+        "subseed": body.subseed, "subseed_strength": body.subseed_strength,
+        "seed_resize_from_w": body.seed_resize_from_w, "seed_resize_from_h": body.seed_resize_from_h,
+        "tiling": bool(body.tiling), **noise_options, "refiner_checkpoint": refiner,
+        **({"refiner_switch_at": body.refiner_switch_at} if body.refiner_switch_at is not None else {}),
     }
+
+
+def _checkpoint_title(name: str | None, field: str, services: Services) -> str | None:
+    """A second checkpoint named in a body (refiner, hires): its title; None for A1111's "none" / "same" values."""
+    if name in HIRES_SAME or name == "None":
+        return None
+    try:
+        return services.models.resolve(name).title
+    except CheckpointError as error:
+        raise HTTPException(status_code=422, detail=f"{field}: {checkpoint_problem(error)}") from None
 
 
 def _extension_args(body: GenerationBody, services: Services) -> dict[str, Any]:
@@ -151,7 +159,11 @@ def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
             _check(lambda: services.upscalers.resolve(upscaler, "hr_upscaler"))
         fields |= {"enable_hr": True, "hr_scale": body.hr_scale, "hr_resize_x": body.hr_resize_x,
                    "hr_resize_y": body.hr_resize_y, "hr_upscaler": upscaler,
-                   "hr_second_pass_steps": body.hr_second_pass_steps, "denoising_strength": body.denoising_strength}
+                   "hr_second_pass_steps": body.hr_second_pass_steps, "denoising_strength": body.denoising_strength,
+                   "hr_sampler_name": None if body.hr_sampler_name in HIRES_SAME else body.hr_sampler_name,
+                   "hr_scheduler": None if body.hr_scheduler in HIRES_SAME else body.hr_scheduler,
+                   "hr_prompt": body.hr_prompt, "hr_negative_prompt": body.hr_negative_prompt, "hr_cfg": body.hr_cfg,
+                   "hr_checkpoint_name": _checkpoint_title(body.hr_checkpoint_name, "hr_checkpoint_name", services)}
     return _build(Txt2ImgRequest, fields, services)
 
 
@@ -219,12 +231,14 @@ def generation_info(job: Job, services: Services) -> dict[str, Any]:
         "negative_prompt": images[0].negative_prompt if images else request.negative_prompt,
         "all_negative_prompts": [image.negative_prompt for image in images],
         "seed": images[0].seed if images else request.seed, "all_seeds": [image.seed for image in images],
-        "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0,
+        "subseed": images[0].subseed if images else request.subseed,
+        "all_subseeds": [image.subseed for image in images], "subseed_strength": request.subseed_strength,
         "width": request.width, "height": request.height, "sampler_name": parsed.get("Sampler", request.sampler_name),
         "scheduler": parsed.get("Schedule type", request.scheduler), "cfg_scale": request.cfg_scale,
         "steps": request.steps, "batch_size": request.batch_size, "restore_faces": request.restore_faces,
         "sd_model_name": entry.model_name, "sd_model_hash": entry.short_hash, "sd_vae_name": parsed.get("VAE"),
-        "sd_vae_hash": parsed.get("VAE hash"), "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "sd_vae_hash": parsed.get("VAE hash"), "seed_resize_from_w": request.seed_resize_from_w,
+        "seed_resize_from_h": request.seed_resize_from_h,
         "denoising_strength": request.denoising_strength if isinstance(request, Img2ImgRequest) or (
             getattr(request, "enable_hr", False)) else None,
         "extra_generation_params": {key: parsed[key] for key in EXTRA_GENERATION_KEYS if key in parsed},

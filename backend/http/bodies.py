@@ -18,6 +18,8 @@ class GenerationBody(BaseModel):
     seed: int = -1
     subseed: int = -1
     subseed_strength: float = 0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
     sampler_name: str | None = None
     sampler_index: str = "Euler"  # A1111's older field: used when sampler_name is not given
     scheduler: str | None = None
@@ -32,6 +34,7 @@ class GenerationBody(BaseModel):
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True
     refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None  # A1111: None with a refiner is its UI default, 0.8
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
@@ -62,6 +65,7 @@ class Txt2ImgBody(GenerationBody):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    hr_cfg: float | None = None  # Forge's Hires CFG Scale; absent: the first pass's cfg_scale
 
 
 class Img2ImgBody(GenerationBody):
