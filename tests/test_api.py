@@ -97,8 +97,8 @@ def test_bad_fields_get_422_naming_the_field(client, payload, field):
 
 
 def test_unsupported_features_answer_422_never_pretend(client):
-    response = client.post("/txt2img", json={**FAST, "enable_hr": True, "hr_checkpoint_name": "other.safetensors"})
-    assert response.status_code == 422 and "hr_checkpoint_name" in response.json()["detail"]
+    response = client.post("/txt2img", json={**FAST, "enable_hr": True, "firstphase_width": 128})
+    assert response.status_code == 422 and "firstphase_width" in response.json()["detail"]
     assert "not supported by this version" in response.json()["detail"]
     response = client.post("/extra-single-image", json={"image": png_b64(Image.new("RGB", (8, 8))),
                                                         "upscaler_1": "Lanczos", "codeformer_visibility": 1})
