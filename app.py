@@ -77,7 +77,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="weights precision (auto: fp16 on a GPU, fp32 on the CPU)")
     model.add_argument("--xformers", action="store_true",
                        help="use xformers attention when installed on a CUDA machine (default: PyTorch SDPA)")
-    model.add_argument("--max-models", type=int, default=2, help="checkpoints kept loaded in memory (default 2)")
+    model.add_argument("--max-models", type=int, default=None,
+                       help="checkpoints kept loaded in memory (default: the option sd_checkpoints_limit, 1)")
     model.add_argument("--max-cache-gb", type=float, default=16.0, help="memory limit of that cache in GB")
     speed = parser.add_argument_group("speed and memory")
     speed.add_argument("--compile", action="store_true",

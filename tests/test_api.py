@@ -148,8 +148,13 @@ def test_listing_endpoints(client):
 def test_options_switch_the_model(client):
     options = client.get("/options").json()
     assert options["sd_model_checkpoint"].startswith("tiny-sd1.safetensors [")
-    switched = client.post("/options", json={"sd_model_checkpoint": "tiny-sd1-other", "samples_format": "jpg"})
-    assert switched.status_code == 200 and switched.json() == {"ignored": ["samples_format"]}
+    switched = client.post("/options", json={"sd_model_checkpoint": "tiny-sd1-other", "sd_checkpoints_keep_in_cpu": 0})
+    assert switched.status_code == 422 and switched.json()["detail"].startswith("sd_checkpoints_keep_in_cpu: ")
+    assert client.get("/options").json()["sd_model_checkpoint"].startswith("tiny-sd1.safetensors [")  # unchanged
+    switched = client.post("/options", json={"sd_model_checkpoint": "tiny-sd1-other", "eta_ddim": 0.5})
+    assert switched.status_code == 200
+    assert switched.json() == {"changed": ["eta_ddim", "sd_model_checkpoint"], "unused": ["eta_ddim"],
+                               "overridden": []}
     assert client.get("/options").json()["sd_model_checkpoint"].startswith("tiny-sd1-other.safetensors [")
     info = json.loads(client.post("/txt2img", json={"prompt": "p", **FAST}).json()["info"])
     assert info["sd_model_name"] == "tiny-sd1-other"

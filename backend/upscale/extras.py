@@ -143,8 +143,9 @@ def _upscale_one(request: ExtrasRequest, source: Source, upscalers: Upscalers, o
     if target.crop is not None:
         result = result.crop(target.crop)
     text = postprocessing_text(info)
-    png = encode_png(result, parameters, {"postprocessing": text, "extras": text})
-    path = outputs.save_png(png, "extras", None) if request.save_images else None
+    chunks = {"postprocessing": text, "extras": text}
+    png = encode_png(result, parameters, chunks)
+    path = outputs.save_image(result, "extras", parameters or None, extra_text=chunks) if request.save_images else None
     parsed = parse_infotext(parameters) if parameters else {}
     try:
         seed = int(parsed.get("Seed", -1))
