@@ -302,7 +302,7 @@ def launch(args: argparse.Namespace):
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     require_free_port(host, args.port)  # before minutes of start-up work, not after
 
-    from backend.models.loader import import_model_libraries
+    from backend.models.loader import MODEL_LIBRARIES, import_model_libraries
     from backend.services import build_services
     from ui.layout import FOOTER_LINKS, PAGE_CSS, build_ui, drop_gradio_cors
 
@@ -330,7 +330,7 @@ def launch(args: argparse.Namespace):
     announce_access(args, access)
     # The model libraries are imported once the page answers (seconds the page need not wait for), here in this
     # thread, before the job worker and the first model load start: importing them from two threads at once fails.
-    import_model_libraries()
+    services.construction.once(MODEL_LIBRARIES, import_model_libraries)
     services.jobs.start()
     threading.Thread(target=_preload, args=(services,), daemon=True).start()
     return page, services
