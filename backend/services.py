@@ -10,6 +10,7 @@ from backend.core.options import Options
 from backend.core.options_store import OptionsStore
 from backend.core.requests import JobRequest, build_request
 from backend.core.settings import Settings
+from backend.core.ui_defaults import UiDefaults
 from backend.generation.generator import Generator
 from backend.generation.previews import PreviewRenderer
 from backend.jobs.history import JobHistory
@@ -43,6 +44,7 @@ class Services:
     extensions: Extensions
     extension_installer: ExtensionInstaller
     options: OptionsStore
+    ui_defaults: UiDefaults
 
     def build_request(self, request_class: type[JobRequest], values: dict[str, Any]) -> JobRequest:
         """The one way form values, an API body or an MCP call become a typed request: validated, with the samplers
@@ -115,7 +117,7 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
                     extension_installer=ExtensionInstaller(settings.extensions_dir,
                                                            settings.extension_install_refused,
                                                            local=not settings.reachable_from_network),
-                    options=options)
+                    options=options, ui_defaults=UiDefaults(settings.ui_defaults_file))
 
 
 def _apply_options(options: Options, settings: Settings, models: ModelManager):
