@@ -247,7 +247,9 @@ def settings_from_args(args: argparse.Namespace):
                     max_upscale_size=args.max_upscale_size, compile_unet=args.compile, vae_tiling=args.tiled_vae,
                     offload="model" if args.medvram else "sequential" if args.lowvram else "none",
                     compile_cache_dir=Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])  # the operator's choice wins
-                    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") else None)
+                    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") else None,
+                    command_flags={name: str(value) if isinstance(value, Path) else value
+                                   for name, value in vars(args).items()})
 
 
 def main(argv=None):

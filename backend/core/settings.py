@@ -1,7 +1,7 @@
 """Server-wide settings, built once from the command line by app.py and passed to every service."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.core.speed_settings import SpeedOptions
@@ -37,6 +37,7 @@ class Settings:
     compile_unet: bool = False  # --compile: torch.compile the UNet (first job after a load pays the compile)
     vae_tiling: str = "auto"  # auto | always | never: decode large images in tiles (--tiled-vae)
     compile_cache_dir: Path | None = None  # compiled kernels kept across restarts; None: <cache_dir>/torch-compile
+    command_flags: dict = field(default_factory=dict)  # every flag's value as started (GET /sdapi/v1/cmd-flags)
 
     @property
     def speed(self):
@@ -64,6 +65,10 @@ class Settings:
             overrides |= {"show_progress_every_n_steps": min(self.preview_every, 32),
                           "live_previews_enable": self.preview_every > 0}
         return overrides
+
+    @property
+    def hypernetworks_dir(self) -> Path:
+        return self.models_dir / "hypernetworks"
 
     @property
     def styles_file(self) -> Path:

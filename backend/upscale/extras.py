@@ -87,13 +87,13 @@ def target_for(request: ExtrasRequest, size: tuple[int, int]) -> Target:
 
 def check_request(request: ExtrasRequest, upscalers: Upscalers) -> list[Source]:
     """Everything that can be checked before upscaling: names, sources, result sizes. Returns the sources."""
-    if request.upscaler_1 == "None":
-        raise RequestError("upscaler_1", "choose an upscaler ('None' would leave the images unchanged); "
-                                         f"available: {', '.join(upscalers.names())}")
-    upscalers.resolve(request.upscaler_1, "upscaler_1")
-    if request.upscaler_2 != "None":
-        upscalers.resolve(request.upscaler_2, "upscaler_2")
+    if request.upscaler_1 != "None":  # "None" (A1111's default) leaves the images as they are
+        upscalers.resolve(request.upscaler_1, "upscaler_1")
+        if request.upscaler_2 != "None":
+            upscalers.resolve(request.upscaler_2, "upscaler_2")
     found = sources(request)
+    if request.upscaler_1 == "None":
+        return found
     limit = upscalers.settings.max_upscale_size
     field = "upscaling_resize" if request.resize_mode == 0 else "upscaling_resize_w"
     for source in found:
@@ -132,6 +132,8 @@ def _upscale_one(request: ExtrasRequest, source: Source, upscalers: Upscalers, o
                  check: Callable) -> ImageResult:
     image = source.load()
     parameters = read_infotext(image) or ""  # before any conversion: it lives in the source's metadata
+    if request.upscaler_1 == "None":  # as A1111: no upscaler, no resize; the image comes back unchanged
+        return _unchanged(request, image, parameters, outputs)
     target = target_for(request, image.size)
     info = dict(target.info)
     result = upscalers.upscale(image, request.upscaler_1, target.upscale_to, "upscaler_1", check)
@@ -154,3 +156,13 @@ def _upscale_one(request: ExtrasRequest, source: Source, upscalers: Upscalers, o
     return ImageResult(png=png, path=path and str(path), seed=seed, prompt=parsed.get("Prompt", ""),
                        negative_prompt=parsed.get("Negative prompt", ""), infotext=parameters,
                        postprocessing=text)
+
+
+def _unchanged(request: ExtrasRequest, image: Image.Image, parameters: str, outputs: OutputStore) -> ImageResult:
+    png = encode_png(image, parameters)
+    path = outputs.save_image(image, "extras", parameters or None) if request.save_images else None
+    parsed = parse_infotext(parameters) if parameters else {}
+    seed = parsed.get("Seed", "")
+    return ImageResult(png=png, path=path and str(path), seed=int(seed) if seed.isdigit() else -1,
+                       prompt=parsed.get("Prompt", ""),
+                       negative_prompt=parsed.get("Negative prompt", ""), infotext=parameters, postprocessing="")
