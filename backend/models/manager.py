@@ -145,7 +145,11 @@ class ModelManager:
             if self.failure(entry.title):
                 continue  # --ckpt, tried first, is also in the list
             try:
-                return self.select(entry.title)
+                with self.lease(entry.title) as (loaded, _):
+                    with self._lock:  # a model the user chose while this one loaded stays chosen
+                        if self._selected is None:
+                            self._selected = loaded.title
+                return self.selected
             except CheckpointError:
                 continue  # recorded and logged by _load
         log.error("none of the %d checkpoint(s) in %s can be loaded", len(self.registry.entries),
