@@ -145,10 +145,10 @@ class ModelManager:
             if self.failure(entry.title):
                 continue  # --ckpt, tried first, is also in the list
             try:
-                with self.lease(entry.title) as (loaded, _):
-                    with self._lock:  # a model the user chose while this one loaded stays chosen
-                        if self._selected is None:
-                            self._selected = loaded.title
+                # a model the user chose while this one loaded stays chosen
+                with self.lease(entry.title) as (loaded, _), self._lock:
+                    if self._selected is None:
+                        self._selected = loaded.title
                 return self.selected
             except CheckpointError:
                 continue  # recorded and logged by _load
