@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend.core.errors import is_out_of_memory
+from backend.core.options import Options
+from backend.core.options_store import OptionsStore
 from backend.core.requests import JobRequest, build_request
 from backend.core.settings import Settings
+from backend.core.ui_defaults import UiDefaults
 from backend.generation.generator import Generator
 from backend.generation.previews import PreviewRenderer
 from backend.jobs.history import JobHistory
@@ -44,6 +47,8 @@ class Services:
     extensions: Extensions
     extension_installer: ExtensionInstaller
     styles: StyleStore
+    options: OptionsStore
+    ui_defaults: UiDefaults
 
     def build_request(self, request_class: type[JobRequest], values: dict[str, Any]) -> JobRequest:
         """The one way form values, an API body or an MCP call become a typed request: validated, with the samplers
@@ -52,6 +57,21 @@ class Services:
         if getattr(request, "styles", None):
             self.styles.resolve(request.styles)  # an unknown style is refused before the job is queued
         return self.generator.check_script(request)  # so is an unknown script or a bad script argument
+
+    def set_options(self, changes: dict[str, Any]) -> list[str]:
+        """Validate and save user options (OptionError names a bad key). A new sd_model_checkpoint is loaded
+        first: when it fails (CheckpointError) nothing is changed and the previous model stays."""
+        changes = dict(changes)
+        self.options.validate(changes)
+        if changes.get("sd_model_checkpoint") is not None:
+            changes["sd_model_checkpoint"] = self.models.select(str(changes["sd_model_checkpoint"])).title
+        return self.options.update(changes)
+
+    def select_checkpoint(self, query: str):
+        """Load a checkpoint and make it the default, remembered in config.json as A1111 does."""
+        entry = self.models.select(query)
+        self.options.update({"sd_model_checkpoint": entry.title})
+        return entry
 
     def close(self, timeout: float = 30) -> bool:
         """Stop the jobs (the running one at its next step, recorded as interrupted) and close the history. True
@@ -71,7 +91,13 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     registry.refresh()  # scan (and hash) once, before any thread asks for the list
     construction = ModelConstruction()  # every loader builds its modules under this one lock
     models = ModelManager(settings, registry, CheckpointLoader(construction), device, dtype)
-    outputs = OutputStore(settings.outputs_dir)
+    options = OptionsStore(settings.options_file, settings.option_overrides)
+    models.startup_checkpoint = settings.startup_checkpoint or options.current.sd_model_checkpoint
+    outputs = OutputStore(settings.outputs_dir, options=lambda: options.current,
+                          folders_inside_root=settings.reachable_from_network)
+    options.add_check(outputs.check_folders)
+    options.on_change(lambda current, _changed: _apply_options(current, settings, models))
+    _apply_options(options.current, settings, models)
     previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype, settings.cache_dir / "previews.json",
                                construction)
     upscalers = Upscalers(settings, device, dtype, construction)  # model files are scanned on first use, not here
@@ -83,7 +109,7 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     extensions.load_all()  # a broken extension is recorded and skipped; the app starts regardless
     upscalers.from_extensions = extensions.hooks.upscalers
     styles = StyleStore(settings.styles_file)
-    generator = Generator(models, outputs, previews, settings.preview_every, upscalers, networks, extensions.hooks,
+    generator = Generator(models, outputs, previews, lambda: options.current, upscalers, networks, extensions.hooks,
                           server_folders_refused=settings.server_folders_refused, styles=styles, faces=faces)
     history = JobHistory(settings.outputs_dir / "history.sqlite3")
     interrupted = history.mark_unfinished_interrupted()
@@ -99,7 +125,13 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
                     networks=networks, extensions=extensions, styles=styles,
                     extension_installer=ExtensionInstaller(settings.extensions_dir,
                                                            settings.extension_install_refused,
-                                                           local=not settings.reachable_from_network))
+                                                           local=not settings.reachable_from_network),
+                    options=options, ui_defaults=UiDefaults(settings.ui_defaults_file))
+
+
+def _apply_options(options: Options, settings: Settings, models: ModelManager):
+    """The options services hold as state (the rest are read by each job when it starts)."""
+    models.max_models = settings.max_models_in_memory or options.sd_checkpoints_limit
 
 
 def _attempt_runner(generator: Generator, outputs: OutputStore):

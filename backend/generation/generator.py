@@ -7,11 +7,12 @@ Upscale ("Extras") jobs need no checkpoint and run in backend.upscale.extras.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from backend.core.hires_sizes import hires_sizes
+from backend.core.options import Options
 from backend.core.requests import (
     ExtrasRequest,
     GenerationRequest,
@@ -57,12 +58,19 @@ def output_size(request: GenerationRequest) -> tuple[int, int]:
     return request.width, request.height
 
 
+def preview_period(options: Options, steps_per_batch: int) -> int:
+    """Sampling steps between live previews (0: none), as A1111's options say: -1 shows one as each batch ends."""
+    if not options.live_previews_enable or options.show_progress_every_n_steps == 0:
+        return 0
+    return steps_per_batch if options.show_progress_every_n_steps < 0 else options.show_progress_every_n_steps
+
+
 @dataclass
 class Generator:
     models: ModelManager
     outputs: OutputStore
     previews: PreviewRenderer | None = None
-    preview_every: int = 5  # steps between live previews; 0 turns them off
+    options: Callable[[], Options] = Options  # the user options in effect (live previews)
     upscalers: Upscalers | None = None  # image upscalers for Extras jobs and the hires fix
     networks: Networks | None = None  # LoRAs, embeddings, VAEs, prompt encoding: needed by generation jobs
     hooks: ExtensionHooks = field(default_factory=ExtensionHooks)  # what extensions registered
@@ -195,6 +203,7 @@ class Generator:
         seed = request.seed if request.seed != -1 else secrets.randbelow(2**32)
         subseed = request.subseed if request.subseed != -1 else secrets.randbelow(2**32)
         steps = StepCounter(pass_steps)
+        preview_every = preview_period(self.options(), steps.per_batch)
         progress.batches, progress.steps_per_batch = request.n_iter, steps.per_batch or 1
         with (self.models.lease(request.checkpoint) as (entry, model),  # never evicted while the job runs
               self._networks.prepare(request, model, entry.path) as prompts,  # LoRAs removed afterwards
@@ -203,7 +212,7 @@ class Generator:
                          self.models.settings.speed.tiles_vae(*output_size(request))) as tiled_vae,
               seamless([model.pipeline.unet, prompts.vae or model.pipeline.vae],
                        request.tiling_axes if request.tiling else None)):  # the cached model restored after
-            if self.previews and self.preview_every:  # fitted once per VAE (then kept in the cache folder)
+            if self.previews and preview_every:  # fitted once per VAE (then kept in the cache folder)
                 self.previews.prepare(prompts.vae or model.pipeline.vae,
                                       prompts.vae_file if prompts.vae else entry.path, model.family)
             if tiled_vae:  # tiles blend at their seams: the pixels differ slightly from a whole-image decode
@@ -213,7 +222,7 @@ class Generator:
                 schedule=schedule, extra_samplers=extra_samplers, steps=steps, outputs=self.outputs,
                 hooks=self.hooks, output_kind=output_kind, infotext_parameters=extra_parameters,
                 image_prompts=lambda seeds, first: self._image_prompts(request, seeds, first),
-                previews=self.previews, preview_every=self.preview_every, second=second)
+                previews=self.previews, preview_every=preview_every, second=second)
             run.run_batches(make_batch, seed, subseed)
         return GenerationResult(images=run.images, interrupted=progress.interrupt_requested, model_label=model.label,
                                 warnings=prompts.warnings)

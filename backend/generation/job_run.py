@@ -3,6 +3,7 @@
 infotext. backend.generation.generator sets it up; the job kinds differ only in `make_batch`."""
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from backend.generation.pipelines import job_pipeline
 from backend.generation.previews import PreviewRenderer
 from backend.generation.refiner import Refiner
 from backend.generation.step_counter import StepCounter
+from backend.jobs.file_names import ImageFacts
 from backend.jobs.outputs import OutputStore, encode_png
 from backend.jobs.queue import JobProgress
 from backend.models.loader import LoadedModel
@@ -68,6 +70,7 @@ class GenerationRun:
     preview_every: int = 0
     second: SecondModels = field(default_factory=SecondModels)
     images: list[ImageResult] = field(default_factory=list)
+    job_timestamp: str = field(default_factory=lambda: datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
     _pipelines: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -142,6 +145,18 @@ class GenerationRun:
         except JobInterrupted:
             pass
 
+    def image_facts(self, image, seed: int, position: int, prompt: str, negative_prompt: str) -> ImageFacts:
+        """What the file name patterns may use."""
+        request = self.request
+        return ImageFacts(seed=seed, prompt=prompt, negative_prompt=negative_prompt, steps=request.steps,
+                          cfg_scale=request.cfg_scale, sampler=self.sampler, scheduler=self.schedule,
+                          width=image.width, height=image.height, model_name=self.entry.model_name,
+                          model_hash=self.entry.short_hash or "", batch_size=request.batch_size,
+                          batch_index=position, iteration=self.progress.batch, n_iter=request.n_iter,
+                          denoising_strength=getattr(request, "denoising_strength", None),
+                          clip_skip=request.clip_skip,
+                          job_timestamp=self.job_timestamp)
+
     def save(self, image, seed: int, position: int, prompt: str, negative_prompt: str, subseed: int = -1):
         """The image's infotext (extensions may add keys), its PNG, saved unless the request says not to."""
         request = self.request
@@ -161,7 +176,8 @@ class GenerationRun:
                                                               negative_prompt))
         infotext = build_infotext(prompt, negative_prompt, parameters)
         png = encode_png(image, infotext)
-        path = self.outputs.save_png(png, self.output_kind, seed) if request.save_images else None
+        path = self.outputs.save_image(image, self.output_kind, infotext, self.image_facts(
+            image, seed, position, prompt, negative_prompt)) if request.save_images else None
         self.images.append(ImageResult(png=png, path=path and str(path), seed=seed, subseed=subseed, prompt=prompt,
                                        negative_prompt=negative_prompt, infotext=infotext))
         self.progress.image_saved(self.images[-1])

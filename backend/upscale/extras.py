@@ -89,11 +89,7 @@ def target_for(request: ExtrasRequest, size: tuple[int, int]) -> Target:
 
 def check_request(request: ExtrasRequest, upscalers: Upscalers, faces: FaceRestorers | None = None) -> list[Source]:
     """Everything that can be checked before upscaling: names, face models, sources, result sizes. Returns the
-    sources."""
-    if not request.upscales and not request.restores_faces:
-        raise RequestError("upscaler_1", "choose an upscaler or a face restoration ('None' without GFPGAN "
-                                         "visibility would leave the images unchanged); available: "
-                                         f"{', '.join(upscalers.names())}")
+    sources. Upscaler "None" (A1111's default) without face restoration leaves the images as they are."""
     if request.upscales:
         upscalers.resolve(request.upscaler_1, "upscaler_1")
     if request.upscales and request.upscaler_2 != "None":
@@ -151,6 +147,8 @@ def _upscale_one(request: ExtrasRequest, source: Source, upscalers: Upscalers, f
                  outputs: OutputStore, check: Callable) -> ImageResult:
     image = source.load()
     parameters = read_infotext(image) or ""  # before any conversion: it lives in the source's metadata
+    if not request.upscales and not request.gfpgan_visibility > 0:  # as A1111: the image comes back unchanged
+        return _unchanged(request, image, parameters, outputs)
     result, info = _upscaled(request, image, upscalers, check) if request.upscales else (image.convert("RGB"), {})
     if request.gfpgan_visibility > 0:
         result = faces.restore(result, "GFPGAN", request.gfpgan_visibility, "gfpgan_visibility", check)
@@ -176,8 +174,9 @@ def _upscaled(request: ExtrasRequest, image: Image.Image, upscalers: Upscalers,
 
 def _finish(request: ExtrasRequest, result: Image.Image, parameters: str, text: str,
             outputs: OutputStore) -> ImageResult:
-    png = encode_png(result, parameters, {"postprocessing": text, "extras": text})
-    path = outputs.save_png(png, "extras", None) if request.save_images else None
+    chunks = {"postprocessing": text, "extras": text}
+    png = encode_png(result, parameters, chunks)
+    path = outputs.save_image(result, "extras", parameters or None, extra_text=chunks) if request.save_images else None
     parsed = parse_infotext(parameters) if parameters else {}
     try:
         seed = int(parsed.get("Seed", -1))
@@ -186,3 +185,13 @@ def _finish(request: ExtrasRequest, result: Image.Image, parameters: str, text: 
     return ImageResult(png=png, path=path and str(path), seed=seed, prompt=parsed.get("Prompt", ""),
                        negative_prompt=parsed.get("Negative prompt", ""), infotext=parameters,
                        postprocessing=text)
+
+
+def _unchanged(request: ExtrasRequest, image: Image.Image, parameters: str, outputs: OutputStore) -> ImageResult:
+    png = encode_png(image, parameters)
+    path = outputs.save_image(image, "extras", parameters or None) if request.save_images else None
+    parsed = parse_infotext(parameters) if parameters else {}
+    seed = parsed.get("Seed", "")
+    return ImageResult(png=png, path=path and str(path), seed=int(seed) if seed.isdigit() else -1,
+                       prompt=parsed.get("Prompt", ""),
+                       negative_prompt=parsed.get("Negative prompt", ""), infotext=parameters, postprocessing="")
