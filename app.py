@@ -53,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     net.add_argument("--enable-insecure-extension-access", action="store_true",
                      help="allow installing/updating/removing extensions even with --listen or --share")
     net.add_argument("--enable-server-folders", action="store_true",
-                     help="allow upscaling a folder on the server (Batch from directory) even with --listen or --share")
+                     help="allow reading folders on the server (Upscale's Batch from directory, img2img Batch) "
+                          "even with --listen or --share")
     paths = parser.add_argument_group("folders")
     paths.add_argument("--models-dir", type=Path, default=APP_DIR / "models",
                        help="root holding Stable-diffusion/, Lora/, VAE/, ESRGAN/ (A1111 layout)")
@@ -77,7 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="weights precision (auto: fp16 on a GPU, fp32 on the CPU)")
     model.add_argument("--xformers", action="store_true",
                        help="use xformers attention when installed on a CUDA machine (default: PyTorch SDPA)")
-    model.add_argument("--max-models", type=int, default=2, help="checkpoints kept loaded in memory (default 2)")
+    model.add_argument("--max-models", type=int, default=None,
+                       help="checkpoints kept loaded in memory (default: the option sd_checkpoints_limit, 1)")
     model.add_argument("--max-cache-gb", type=float, default=16.0, help="memory limit of that cache in GB")
     speed = parser.add_argument_group("speed and memory")
     speed.add_argument("--compile", action="store_true",
@@ -246,7 +248,9 @@ def settings_from_args(args: argparse.Namespace):
                     max_upscale_size=args.max_upscale_size, compile_unet=args.compile, vae_tiling=args.tiled_vae,
                     offload="model" if args.medvram else "sequential" if args.lowvram else "none",
                     compile_cache_dir=Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])  # the operator's choice wins
-                    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") else None)
+                    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") else None,
+                    command_flags={name: str(value) if isinstance(value, Path) else value
+                                   for name, value in vars(args).items()})
 
 
 def main(argv=None):
@@ -301,7 +305,7 @@ def launch(args: argparse.Namespace):
     host = "0.0.0.0" if args.listen else "127.0.0.1"
     require_free_port(host, args.port)  # before minutes of start-up work, not after
 
-    from backend.models.loader import import_model_libraries
+    from backend.models.loader import MODEL_LIBRARIES, import_model_libraries
     from backend.services import build_services
     from ui.layout import FOOTER_LINKS, PAGE_CSS, build_ui, drop_gradio_cors
 
@@ -329,7 +333,7 @@ def launch(args: argparse.Namespace):
     announce_access(args, access)
     # The model libraries are imported once the page answers (seconds the page need not wait for), here in this
     # thread, before the job worker and the first model load start: importing them from two threads at once fails.
-    import_model_libraries()
+    services.construction.once(MODEL_LIBRARIES, import_model_libraries)
     services.jobs.start()
     threading.Thread(target=_preload, args=(services,), daemon=True).start()
     return page, services

@@ -6,8 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend.core.errors import is_out_of_memory
+from backend.core.options import Options
+from backend.core.options_store import OptionsStore
 from backend.core.requests import JobRequest, build_request
 from backend.core.settings import Settings
+from backend.core.ui_defaults import UiDefaults
 from backend.generation.generator import Generator
 from backend.generation.previews import PreviewRenderer
 from backend.jobs.history import JobHistory
@@ -24,6 +27,8 @@ from backend.models.registry import ModelRegistry
 from backend.plugins.installer import ExtensionInstaller
 from backend.plugins.loader import Extensions
 from backend.prompts.context import Networks
+from backend.prompts.styles import StyleStore
+from backend.upscale.face_restoration import FaceRestorers
 from backend.upscale.service import Upscalers
 
 log = logging.getLogger(__name__)
@@ -39,14 +44,36 @@ class Services:
     jobs: JobQueue
     history: JobHistory
     upscalers: Upscalers
+    faces: FaceRestorers
     networks: Networks
     extensions: Extensions
     extension_installer: ExtensionInstaller
+    styles: StyleStore
+    options: OptionsStore
+    ui_defaults: UiDefaults
 
     def build_request(self, request_class: type[JobRequest], values: dict[str, Any]) -> JobRequest:
         """The one way form values, an API body or an MCP call become a typed request: validated, with the samplers
         extensions registered accepted besides the built-in ones. A RequestError names the field."""
-        return build_request(request_class, values, self.extensions.hooks.sampler_specs())
+        request = build_request(request_class, values, self.extensions.hooks.sampler_specs())
+        if getattr(request, "styles", None):
+            self.styles.resolve(request.styles)  # an unknown style is refused before the job is queued
+        return self.generator.check_script(request)  # so is an unknown script or a bad script argument
+
+    def set_options(self, changes: dict[str, Any]) -> list[str]:
+        """Validate and save user options (OptionError names a bad key). A new sd_model_checkpoint is loaded
+        first: when it fails (CheckpointError) nothing is changed and the previous model stays."""
+        changes = dict(changes)
+        self.options.validate(changes)
+        if changes.get("sd_model_checkpoint") is not None:
+            changes["sd_model_checkpoint"] = self.models.select(str(changes["sd_model_checkpoint"])).title
+        return self.options.update(changes)
+
+    def select_checkpoint(self, query: str):
+        """Load a checkpoint and make it the default, remembered in config.json as A1111 does."""
+        entry = self.models.select(query)
+        self.options.update({"sd_model_checkpoint": entry.title})
+        return entry
 
     def close(self, timeout: float = 30) -> bool:
         """Stop the jobs (the running one at its next step, recorded as interrupted) and close the history. True
@@ -68,33 +95,47 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     components = ComponentFolders(settings.text_encoder_dir, settings.vae_dir)  # Flux/SD3 separate parts
     models = ModelManager(settings, registry, CheckpointLoader(construction, components), device, dtype,
                           ComponentChoices(settings.cache_dir / "components.json", components))
-    outputs = OutputStore(settings.outputs_dir)
+    options = OptionsStore(settings.options_file, settings.option_overrides)
+    models.startup_checkpoint = settings.startup_checkpoint or options.current.sd_model_checkpoint
+    outputs = OutputStore(settings.outputs_dir, options=lambda: options.current,
+                          folders_inside_root=settings.reachable_from_network)
+    options.add_check(outputs.check_folders)
+    options.on_change(lambda current, _changed: _apply_options(current, settings, models))
+    _apply_options(options.current, settings, models)
     previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype, settings.cache_dir / "previews.json",
                                construction)
     upscalers = Upscalers(settings, device, dtype, construction)  # model files are scanned on first use, not here
+    faces = FaceRestorers(settings.models_dir, device, construction)  # a model file is loaded on first use
     networks = Networks(settings.lora_dir, settings.embeddings_dir, settings.vae_dir, settings.checkpoints_dir, hashes,
                         construction)
     extensions = Extensions(settings.extensions_dir, settings.extensions_state_file, settings.outputs_dir,
                             construction)
     extensions.load_all()  # a broken extension is recorded and skipped; the app starts regardless
     upscalers.from_extensions = extensions.hooks.upscalers
-    generator = Generator(models, outputs, previews, settings.preview_every, upscalers, networks, extensions.hooks,
-                          server_folders_refused=settings.server_folders_refused)
+    styles = StyleStore(settings.styles_file)
+    generator = Generator(models, outputs, previews, lambda: options.current, upscalers, networks, extensions.hooks,
+                          server_folders_refused=settings.server_folders_refused, styles=styles, faces=faces)
     history = JobHistory(settings.outputs_dir / "history.sqlite3")
     interrupted = history.mark_unfinished_interrupted()
     if interrupted:
         log.warning("%d job(s) were still queued or running when the server last stopped; marked interrupted",
                     interrupted)
     jobs = JobQueue(_attempt_runner(generator, outputs), history,
-                    on_out_of_memory=lambda: _free_model_caches(models, upscalers))
+                    on_out_of_memory=lambda: _free_model_caches(models, upscalers, faces))
     if start_worker:
         jobs.start()
     return Services(settings=settings, construction=construction, models=models, outputs=outputs,
-                    generator=generator, jobs=jobs, history=history, upscalers=upscalers, networks=networks,
-                    extensions=extensions,
+                    generator=generator, jobs=jobs, history=history, upscalers=upscalers, faces=faces,
+                    networks=networks, extensions=extensions, styles=styles,
                     extension_installer=ExtensionInstaller(settings.extensions_dir,
                                                            settings.extension_install_refused,
-                                                           local=not settings.reachable_from_network))
+                                                           local=not settings.reachable_from_network),
+                    options=options, ui_defaults=UiDefaults(settings.ui_defaults_file))
+
+
+def _apply_options(options: Options, settings: Settings, models: ModelManager):
+    """The options services hold as state (the rest are read by each job when it starts)."""
+    models.max_models = settings.max_models_in_memory or options.sd_checkpoints_limit
 
 
 def _attempt_runner(generator: Generator, outputs: OutputStore):
@@ -106,8 +147,9 @@ def _attempt_runner(generator: Generator, outputs: OutputStore):
     return run
 
 
-def _free_model_caches(models: ModelManager, upscalers: Upscalers):
-    """Out of memory: drop every model no job holds (checkpoints and upscalers), then let the GPU allocator
-    give the memory back."""
+def _free_model_caches(models: ModelManager, upscalers: Upscalers, faces: FaceRestorers):
+    """Out of memory: drop every model no job holds (checkpoints, upscalers, face restoration), then let the GPU
+    allocator give the memory back."""
     upscalers.models.clear()
+    faces.clear()
     models.free_unused()

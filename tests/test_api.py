@@ -97,12 +97,13 @@ def test_bad_fields_get_422_naming_the_field(client, payload, field):
 
 
 def test_unsupported_features_answer_422_never_pretend(client):
-    response = client.post("/txt2img", json={**FAST, "enable_hr": True, "hr_checkpoint_name": "other.safetensors"})
-    assert response.status_code == 422 and "hr_checkpoint_name" in response.json()["detail"]
+    response = client.post("/txt2img", json={**FAST, "enable_hr": True, "firstphase_width": 128})
+    assert response.status_code == 422 and "firstphase_width" in response.json()["detail"]
     assert "not supported by this version" in response.json()["detail"]
     response = client.post("/extra-single-image", json={"image": png_b64(Image.new("RGB", (8, 8))),
                                                         "upscaler_1": "Lanczos", "codeformer_visibility": 1})
-    assert response.status_code == 422 and "face restoration" in response.json()["detail"]
+    detail = response.json()["detail"]
+    assert response.status_code == 422 and detail.startswith("codeformer_visibility: ") and "S-Lab" in detail
 
 
 def test_png_info_reads_ours_a1111_and_jpeg_exif(client):
@@ -148,8 +149,13 @@ def test_listing_endpoints(client):
 def test_options_switch_the_model(client):
     options = client.get("/options").json()
     assert options["sd_model_checkpoint"].startswith("tiny-sd1.safetensors [")
-    switched = client.post("/options", json={"sd_model_checkpoint": "tiny-sd1-other", "samples_format": "jpg"})
-    assert switched.status_code == 200 and switched.json() == {"ignored": ["samples_format"]}
+    switched = client.post("/options", json={"sd_model_checkpoint": "tiny-sd1-other", "sd_checkpoints_keep_in_cpu": 0})
+    assert switched.status_code == 422 and switched.json()["detail"].startswith("sd_checkpoints_keep_in_cpu: ")
+    assert client.get("/options").json()["sd_model_checkpoint"].startswith("tiny-sd1.safetensors [")  # unchanged
+    switched = client.post("/options", json={"sd_model_checkpoint": "tiny-sd1-other", "eta_ddim": 0.5})
+    assert switched.status_code == 200
+    assert switched.json() == {"changed": ["eta_ddim", "sd_model_checkpoint"], "unused": ["eta_ddim"],
+                               "overridden": []}
     assert client.get("/options").json()["sd_model_checkpoint"].startswith("tiny-sd1-other.safetensors [")
     info = json.loads(client.post("/txt2img", json={"prompt": "p", **FAST}).json()["info"])
     assert info["sd_model_name"] == "tiny-sd1-other"
@@ -172,7 +178,7 @@ def test_progress_interrupt_and_skip_of_one_job(client):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         state = client.get("/progress", params={"id_task": "long-1"}).json()  # 404 until the job is queued
-        if state.get("status") == "running" and state["state"]["sampling_step"] >= 10:
+        if state.get("status") == "running" and state["state"]["sampling_step"] >= 15:  # previews every 10 steps
             break
         time.sleep(0.1)
     assert state["current_task"] == "long-1" and 0 < state["progress"] < 1 and state["eta_relative"] > 0

@@ -75,7 +75,8 @@ KNOWN_NAMES = {
     "hr_upscaler": [*LATENT_UPSCALE_MODES, "Lanczos", "Nearest"],
     "upscaler_1": ["Lanczos", "Nearest"], "upscaler_2": ["None", "Lanczos", "Nearest"],
 }
-# ... none of the fields that ask for what this version cannot do (a 422 of their own, fuzzed in the other half).
+# ... none of the fields that ask for what this version cannot do, or that name things which must exist here
+# (styles, scripts, checkpoints, face models: random names are a 422 of their own, fuzzed in the other half).
 UNSUPPORTED_WHEN_SET = {
     "styles", "subseed_strength", "restore_faces", "tiling", "refiner_checkpoint", "script_name", "override_settings",
     "extension_args", "alwayson_scripts", "firstphase_width", "firstphase_height", "hr_checkpoint_name",

@@ -138,4 +138,5 @@ def test_api_txt2img_with_hires(services):
         missing = client.post("/sdapi/v1/txt2img", json={**body, "hr_upscaler": "4x-UltraSharp"})
         assert missing.status_code == 422 and "hr_upscaler: no upscaler named" in missing.json()["detail"]
         other_prompt = client.post("/sdapi/v1/txt2img", json={**body, "hr_prompt": "something else"})
-        assert other_prompt.status_code == 422 and "hr_prompt" in other_prompt.json()["detail"]
+        assert other_prompt.status_code == 200, other_prompt.text
+        assert "Hires prompt: something else" in json.loads(other_prompt.json()["info"])["infotexts"][0]

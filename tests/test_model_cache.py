@@ -86,3 +86,37 @@ def test_hashes_are_cached_by_path_size_and_mtime(services, models_dir, monkeypa
     monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(a) or hashlib.new("sha256", *a))
     services.models.refresh()
     assert calls == []
+
+
+def test_a_model_chosen_while_the_startup_model_loads_stays_chosen(services, monkeypatch):
+    """The start-up load of the first listed checkpoint must not take the place of one the user picked meanwhile
+    (a user's load that got in first, while the start-up choice waited for its turn)."""
+    import threading
+
+    real_load, real_lease = services.models.loader.load, services.models.lease
+    user_loading, release, startup_leasing = threading.Event(), threading.Event(), threading.Event()
+
+    def held_user_load(source, *args, **kwargs):
+        if "tiny-sd1.safetensors" in str(source):
+            user_loading.set()
+            release.wait(60)
+        return real_load(source, *args, **kwargs)
+
+    def lease(query):
+        if threading.current_thread().name == "startup":
+            startup_leasing.set()  # past its "has the user chosen?" check
+        return real_lease(query)
+
+    monkeypatch.setattr(services.models.loader, "load", held_user_load)
+    monkeypatch.setattr(services.models, "lease", lease)
+    chosen = threading.Thread(target=services.select_checkpoint, args=("tiny-sd1.safetensors",))
+    chosen.start()
+    assert user_loading.wait(60)
+    startup = threading.Thread(target=services.models.load_default, name="startup")
+    startup.start()
+    assert startup_leasing.wait(60)
+    release.set()
+    chosen.join(60)
+    startup.join(60)
+    assert services.models.selected.title.startswith("tiny-sd1.safetensors")
+    assert services.options.current.sd_model_checkpoint.startswith("tiny-sd1.safetensors")

@@ -329,7 +329,6 @@ def test_extras_errors_found_when_the_job_starts(make_services, tmp_path):
          "upscaling_resize_w", "would become 200x160"),
         ({"images": one, "upscaler_1": "4x-Missing"}, "upscaler_1",
          "no upscaler named '4x-Missing'; available: None, Lanczos"),
-        ({"images": one, "upscaler_1": "None"}, "upscaler_1", "choose an upscaler"),
         ({"images": one, "upscaler_2": "Bicubic", "extras_upscaler_2_visibility": 0.5}, "upscaler_2",
          "no upscaler named"),
         ({"input_dir": str(tmp_path)}, "input_dir", "no images"),
@@ -383,8 +382,7 @@ def test_api_extra_single_and_batch_images(api, services):
 @pytest.mark.parametrize("body,status,text", [
     ({"upscaler_1": "Lanczos", "upscaling_resize": 0}, 422, "upscaling_resize"),
     ({"upscaler_1": "nope"}, 422, "upscaler_1: no upscaler named 'nope'"),
-    ({}, 422, "upscaler_1: choose an upscaler"),  # A1111's default "None" would do nothing
-    ({"upscaler_1": "Lanczos", "gfpgan_visibility": 0.5}, 422, "face restoration"),
+    ({"upscaler_1": "Lanczos", "gfpgan_visibility": 0.5}, 422, "gfpgan_visibility: no GFPGAN model installed"),
     ({"upscaler_1": "Lanczos", "image": "%%%"}, 422, "image: not valid base64"),
 ])
 def test_api_extras_errors(api, body, status, text):

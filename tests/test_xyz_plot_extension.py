@@ -196,7 +196,7 @@ def xyz_services(make_services, tmp_path):
     shutil.copytree(EXTENSION, folder / "xyz_plot", ignore=shutil.ignore_patterns("__pycache__"))
     services = make_services(extensions_dir=folder)
     record = next(record for record in services.extensions.records if record.name == "xyz_plot")
-    assert record.loaded and record.version == "1.0", record.error
+    assert record.loaded and record.version == "1.1", record.error
     return services
 
 

@@ -13,6 +13,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from backend.models.detection import SDXL_REFINER_OPENCLIP_PREFIX
 from backend.models.original_layout import (
     SD1_CLIP_PREFIX,
     SD2_OPENCLIP_PREFIX,
@@ -42,7 +43,7 @@ def _vae() -> AutoencoderKL:
 
 
 def tiny_components(family: str, seed: int = 0, inpainting: bool = False) -> dict[str, torch.nn.Module]:
-    """Diffusers/transformers modules of a tiny model of `family` ("sd1", "sd2" or "sdxl")."""
+    """Diffusers/transformers modules of a tiny model of `family` ("sd1", "sd2", "sdxl" or "sdxl-refiner")."""
     with torch.random.fork_rng(devices=[]):  # seeded weights without disturbing the caller's RNG
         torch.manual_seed(seed)
         return _tiny_components(family, inpainting)
@@ -73,6 +74,16 @@ def _tiny_components(family: str, inpainting: bool) -> dict[str, torch.nn.Module
                                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
         return {"unet": unet, "vae": _vae(), "text_encoder": CLIPTextModel(_text_config(text_1)),
                 "text_encoder_2": CLIPTextModelWithProjection(_text_config(text_2, projection=text_2, act="gelu"))}
+    if family == "sdxl-refiner":  # OpenCLIP only; 5 time ids (sizes, crop, aesthetic score)
+        text_2 = 64
+        unet = UNet2DConditionModel(**common, cross_attention_dim=text_2, attention_head_dim=[1, 1],
+                                    use_linear_projection=True, transformer_layers_per_block=[1, 2],
+                                    addition_embed_type="text_time", addition_time_embed_dim=8,
+                                    projection_class_embeddings_input_dim=text_2 + 5 * 8,
+                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+        return {"unet": unet, "vae": _vae(),
+                "text_encoder_2": CLIPTextModelWithProjection(_text_config(text_2, projection=text_2, act="gelu"))}
     raise ValueError(f"unknown family {family!r}")
 
 
@@ -82,6 +93,9 @@ def to_original_state_dict(family: str, components: dict[str, torch.nn.Module]) 
         state.update(clip_to_original(components["text_encoder"], SD1_CLIP_PREFIX))
     elif family == "sd2":
         state.update(open_clip_to_original(components["text_encoder"], SD2_OPENCLIP_PREFIX, extra_final_layer=True))
+    elif family == "sdxl-refiner":
+        state.update(open_clip_to_original(components["text_encoder_2"], SDXL_REFINER_OPENCLIP_PREFIX,
+                                           extra_final_layer=False))
     else:
         state.update(clip_to_original(components["text_encoder"], SDXL_CLIP_PREFIX))
         state.update(open_clip_to_original(components["text_encoder_2"], SDXL_OPENCLIP_PREFIX,

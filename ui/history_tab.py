@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import html
+from pathlib import Path
 
 import gradio as gr
 
@@ -13,7 +14,8 @@ from ui.send_to import SendTo
 
 PAGE_SIZE = 60
 JOBS_SHOWN = 30
-KIND_NAMES = {"Txt2ImgRequest": "txt2img", "Img2ImgRequest": "img2img", "ExtrasRequest": "upscale"}
+KIND_NAMES = {"Txt2ImgRequest": "txt2img", "Img2ImgRequest": "img2img", "Img2ImgBatchRequest": "img2img batch",
+              "ExtrasRequest": "upscale"}
 
 
 def image_caption(row: dict) -> str:
@@ -59,8 +61,12 @@ def build_history_tab(services: Services, send_to: SendTo):
     rows = gr.State([])  # [(path, infotext)] in gallery order
     selected_path = gr.State(None)
 
+    outputs_folder = services.settings.outputs_dir.resolve()
+
     def load(query: str):
-        found = services.history.images(query or "", limit=PAGE_SIZE)
+        # img2img Batch writes into a folder the user chose, which the page cannot serve: only outputs are shown
+        found = [row for row in services.history.images(query or "", limit=PAGE_SIZE)
+                 if Path(row["path"]).resolve().is_relative_to(outputs_folder)]
         return ([(row["path"], image_caption(row)) for row in found], [(row["path"], row["infotext"]) for row in found],
                 "", None, render_jobs(services.history.jobs(limit=JOBS_SHOWN)))
 

@@ -9,7 +9,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from backend.core.requests import Img2ImgRequest, RequestError
+from backend.core.requests import Img2ImgBatchRequest, Img2ImgRequest, RequestError
 from backend.generation.image_ops import MASK_MODES, MASKED_CONTENT, RESIZE_MODES
 from backend.services import Services
 from ui.extension_sections import build_sections
@@ -18,15 +18,20 @@ from ui.generation_form import (
     PRIVATE,
     GenerationForm,
     build_prompt_row,
+    build_restore_faces,
     build_results,
     build_sampling_controls,
     wire_generation,
 )
 from ui.image_upload import image_upload
+from ui.img2img_batch import build_batch_inputs
 from ui.model_picker import ModelControls
+from ui.refiner_controls import build_refiner_controls
+from ui.script_menu import build_script_menu
+from ui.styles import build_style_editor, build_style_picker
 from ui.tab_choice import build_tab_choice, follow_tab
 
-MODES = ("img2img", "inpaint", "inpaint_upload", "outpaint")
+MODES = ("img2img", "inpaint", "inpaint_upload", "outpaint", "batch")
 # The mask is painted translucent, so the picture shows through it and it shows on any picture (white included).
 MASK_COLOUR = ("#ff2a8c", 0.5)
 BRUSH_FRACTION = 1 / 20  # the brush's radius, of the image's smaller side (A1111 sizes its brush to the image)
@@ -101,7 +106,8 @@ def editor_image_and_mask(value: dict | None) -> tuple[bytes, bytes]:
 
 
 def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int, int] | None) -> Img2ImgTab:
-    top = build_prompt_row("img2img")
+    top = build_prompt_row("img2img", lambda: build_style_picker(services.styles, "img2img"))
+    build_style_editor(services.styles, "img2img", top["styles"], top["prompt"], top["negative_prompt"])
     build_extra_networks(services, "img2img", top["prompt"])
     with gr.Row():
         with gr.Column():
@@ -126,12 +132,15 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
                         margins = [gr.Slider(label=f"Extend {side} (px)", minimum=0, maximum=512, step=8, value=0,
                                              elem_id=f"img2img_outpaint_{side}")
                                    for side in ("left", "right", "up", "down")]
+                with gr.Tab("Batch", id="batch_mode") as batch_tab:
+                    batch = build_batch_inputs(services)
             for tab, name in ((img2img_tab, "img2img"), (inpaint_tab, "inpaint"), (upload_tab, "inpaint_upload"),
-                              (outpaint_tab, "outpaint")):
+                              (outpaint_tab, "outpaint"), (batch_tab, "batch")):
                 follow_tab(tab, mode, name)
             resize_mode = gr.Radio(list(RESIZE_MODES), type="index", value=RESIZE_MODES[0], label="Resize mode",
                                    elem_id="img2img_resize_mode")
             sampling = build_sampling_controls("img2img", size, services.extensions.hooks.samplers)
+            restore_faces = build_restore_faces("img2img")
             strength = gr.Slider(label="Denoising strength", minimum=0, maximum=1, step=0.01, value=0.75,
                                  elem_id="img2img_denoising_strength")
             with gr.Accordion("Inpaint options", open=False, elem_id="img2img_inpaint_options"):
@@ -146,26 +155,35 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
                                             label="Inpaint area", elem_id="img2img_inpaint_area")
                     padding = gr.Slider(label="Only masked padding, pixels", minimum=0, maximum=256, step=4,
                                         value=32, elem_id="img2img_padding")
+            refiner = build_refiner_controls(services, "img2img")
             sections = build_sections(services, "img2img")
+            scripts = build_script_menu(services, "img2img")
         with gr.Column():
-            form = GenerationForm(prefix="img2img", **top, **sampling)
+            form = GenerationForm(prefix="img2img", **top, **sampling, refiner=refiner)
             form.extension_inputs = sections
+            form.scripts = scripts
+            form.extra_fields = {"restore_faces": restore_faces}
             build_results(form)
             form.send_to_upscale = gr.Button("Send to upscale", elem_id="img2img_send_upscale")
 
     image_inputs = {mode, init_image, editor, upload_image, upload_mask, outpaint_image, resize_mode, strength,
-                    mask_blur, mask_mode, masked_content, inpaint_area, padding, *margins}
+                    mask_blur, mask_mode, masked_content, inpaint_area, padding, restore_faces, *margins,
+                    *batch.inputs}
 
     def request_from(values: dict) -> Img2ImgRequest:
         chosen = values[mode]
         fields = {**form.common_fields(values, model), "denoising_strength": float(values[strength]),
                   "resize_mode": values[resize_mode], "mask_blur": int(values[mask_blur]),
                   "inpainting_mask_invert": values[mask_mode], "inpainting_fill": values[masked_content],
-                  "inpaint_full_res": values[inpaint_area] == 1, "inpaint_full_res_padding": int(values[padding])}
+                  "inpaint_full_res": values[inpaint_area] == 1, "inpaint_full_res_padding": int(values[padding]),
+                  "restore_faces": bool(values[restore_faces])}
         if chosen == "img2img":
             fields["init_image"] = file_bytes(values[init_image], "init_image", "an image")
         elif chosen == "inpaint":
             fields["init_image"], fields["mask"] = editor_image_and_mask(values[editor])
+        elif chosen == "batch":
+            fields |= batch.fields(values, services.settings.server_folders_refused)
+            return services.build_request(Img2ImgBatchRequest, fields)
         elif chosen == "inpaint_upload":
             fields["init_image"] = file_bytes(values[upload_image], "init_image", "an image")
             fields["mask"] = file_bytes(values[upload_mask], "mask", "a mask image")

@@ -9,6 +9,7 @@ from gradio.route_utils import CustomCORSMiddleware
 from backend.services import Services
 from ui.extension_sections import build_extension_tabs
 from ui.extensions_tab import build_extensions_tab
+from ui.form_defaults import FormDefaults
 from ui.generation_form import PRIVATE
 from ui.history_tab import build_history_tab
 from ui.image_upload import editor_upload_check
@@ -17,7 +18,7 @@ from ui.model_picker import build_model_picker, follow_startup
 from ui.png_info_tab import build_png_info_tab
 from ui.progress_view import render_queue
 from ui.send_to import SendTo
-from ui.settings_tab import build_settings_tab, render_settings
+from ui.settings_tab import build_settings_tab
 from ui.txt2img_tab import build_txt2img_tab
 from ui.upscale_tab import build_upscale_tab
 
@@ -76,9 +77,11 @@ def build_ui(services: Services, mcp: bool = False, api_docs: bool = False) -> g
             with gr.Tab("Extensions", id="extensions"):
                 build_extensions_tab(services)
             with gr.Tab("Settings", id="settings") as settings_tab:
-                settings_view = build_settings_tab(services)
+                settings = build_settings_tab(services, FormDefaults.of_forms({"txt2img": txt2img,
+                                                                               "img2img": img2img.form}), page)
         history.select(load_history, inputs=search, outputs=history_outputs, **PRIVATE)
-        settings_tab.select(lambda: render_settings(services), outputs=settings_view, **PRIVATE)
+        settings_tab.select(lambda: settings.refreshed(services), outputs=[settings.view, *settings.controls.values()],
+                            **PRIVATE)
         model.checkpoint.input(lambda title: model_size_updates(services, title), inputs=model.checkpoint,
                          outputs=[txt2img.width, txt2img.height, img2img.form.width, img2img.form.height], **PRIVATE)
         send_to.to_img2img(txt2img.send_to_img2img, txt2img.selected_path, txt2img.infotext, "img2img")

@@ -106,7 +106,7 @@ def build_model_picker(services: Services) -> ModelControls:
         yield f'<div class="model-loading">Loading {html.escape(title)}...</div>', gr.update()
         started = time.perf_counter()
         try:
-            entry = services.models.select(title)
+            entry = services.select_checkpoint(title)
         except CheckpointError as error:
             previous = services.models.selected.title
             yield (render_error(f"{error} (keeping {previous})") + render_failures(services, skip=title),

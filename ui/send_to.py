@@ -8,15 +8,22 @@ from backend.services import Services
 from ui.generation_form import PRIVATE, GenerationForm
 from ui.img2img_tab import editor_with_image
 from ui.model_picker import ModelControls
+from ui.refiner_controls import refiner_updates
+from ui.styles import style_names, styles_from_prompts
 
 FIELD_COMPONENTS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "sampler_name": "sampler",
                     "scheduler": "schedule", "steps": "steps", "cfg_scale": "cfg_scale", "seed": "seed",
                     "width": "width", "height": "height"}
 
+HIRES_OPTION_DEFAULTS = {"hr_sampler_name": "Use same sampler", "hr_scheduler": "Use same scheduler", "hr_cfg": 0,
+                         "hr_prompt": "", "hr_negative_prompt": "", "hr_checkpoint_name": "Use same checkpoint"}
+
 
 def form_targets(form: GenerationForm, model: ModelControls) -> list:
     return [getattr(form, name) for name in FIELD_COMPONENTS.values()] + list(form.extra_fields.values()) + [
-        model.checkpoint, *model.fields.values()]
+        model.checkpoint, *model.fields.values(), *form.seed_extras.values(), *form.refiner.values(),
+        *([form.styles.dropdown] if form.styles else [])] + (
+        [form.show_seed_extras] if form.show_seed_extras is not None else [])
 
 
 def form_updates(services: Services, infotext: str | None, form: GenerationForm, model: ModelControls) -> dict:
@@ -24,19 +31,49 @@ def form_updates(services: Services, infotext: str | None, form: GenerationForm,
     if not infotext:
         return {}
     fields = request_fields(parse_infotext(infotext))
+    if fields.get("hr_checkpoint_name"):  # A1111 names it "name [hash]"; the dropdown holds titles
+        found = services.models.registry.find(fields["hr_checkpoint_name"])
+        fields["hr_checkpoint_name"] = found.title if found else HIRES_OPTION_DEFAULTS["hr_checkpoint_name"]
     updates = {getattr(form, component): fields[name] for name, component in FIELD_COMPONENTS.items()
                if name in fields}
     updates.update({component: fields[name] for name, component in form.extra_fields.items() if name in fields})
+    updates.update(seed_extra_updates(fields, form))
+    updates.update(refiner_updates(services, fields, form.refiner))
     if fields.get("sd_vae") and fields["sd_vae"] not in services.networks.vaes.choices():
         fields.pop("sd_vae")  # a VAE this server does not have: keep the current choice
     updates.update({component: fields[name] for name, component in model.fields.items() if name in fields})
+    for name, same in HIRES_OPTION_DEFAULTS.items():  # an option the infotext lacks is the first pass's again
+        if name in form.extra_fields and name not in fields:
+            updates[form.extra_fields[name]] = same
     if form.extra_fields.get("enable_hr") is not None and "enable_hr" not in fields:
         updates[form.extra_fields["enable_hr"]] = False  # parameters without hires fix turn it off, as in A1111
+    if form.styles is not None:  # styles found at the prompts' ends come out of them (A1111's "Apply if any")
+        found = styles_from_prompts(services.styles, fields["prompt"], fields["negative_prompt"])
+        if found:
+            names, updates[form.prompt], updates[form.negative_prompt] = found
+            updates[form.styles.dropdown] = gr.Dropdown(choices=style_names(services.styles), value=names)
+    if form.extra_fields.get("restore_faces") is not None and "restore_faces" not in fields:
+        updates[form.extra_fields["restore_faces"]] = False
     for key in ("model_hash", "model_name"):
         entry = services.models.registry.find(fields[key]) if fields.get(key) else None
         if entry:
             updates[model.checkpoint] = entry.title
             break
+    return updates
+
+
+def seed_extra_updates(fields: dict, form: GenerationForm) -> dict:
+    """Variation seed, seed resize and tiling from the infotext; absent ones go back to off, and "Extra" is
+    ticked when the image used a variation seed or seed resize, as in A1111."""
+    extras = form.seed_extras
+    if not extras:
+        return {}
+    defaults = {"subseed": -1, "subseed_strength": 0, "seed_resize_from_w": 0, "seed_resize_from_h": 0,
+                "tiling": False, "tiling_axes": "XY"}
+    updates = {extras[name]: fields.get(name, default) for name, default in defaults.items() if name in extras}
+    if form.show_seed_extras is not None:
+        shown = bool(fields.get("subseed_strength")) or "seed_resize_from_w" in fields
+        updates[form.show_seed_extras] = shown
     return updates
 
 

@@ -1,5 +1,5 @@
 """The Upscale tab (A1111's "Extras"): one image, several images, or a folder on the server, scaled by a
-factor or to a size, with Upscaler 1 and optionally Upscaler 2 blended in."""
+factor or to a size, with Upscaler 1 and optionally Upscaler 2 blended in, then faces restored (GFPGAN)."""
 from __future__ import annotations
 
 import html
@@ -55,10 +55,11 @@ class UpscaleControls:
     upscaler_1: gr.Dropdown
     upscaler_2: gr.Dropdown
     visibility: gr.Slider
+    gfpgan: gr.Slider | None = None
 
     @property
     def inputs(self) -> set:
-        return {getattr(self, name) for name in self.__dataclass_fields__}
+        return {getattr(self, name) for name in self.__dataclass_fields__} - {None}
 
     def request(self, services: Services, values: dict) -> ExtrasRequest:
         kind, mode = values[self.source], values[self.resize_mode]
@@ -79,7 +80,8 @@ class UpscaleControls:
             "upscaling_resize_w": int(values[self.width]), "upscaling_resize_h": int(values[self.height]),
             "upscaling_crop": values[self.crop], "upscaler_1": values[self.upscaler_1],
             "upscaler_2": values[self.upscaler_2] or "None",
-            "extras_upscaler_2_visibility": values[self.visibility]})
+            "extras_upscaler_2_visibility": values[self.visibility],
+            "gfpgan_visibility": values[self.gfpgan] if self.gfpgan else 0})
 
 
 def build_upscale_tab(services: Services) -> UpscaleTab:
@@ -119,6 +121,9 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
                                          value="None", elem_id="upscaler_2")
                 visibility = gr.Slider(label="Upscaler 2 visibility", minimum=0, maximum=1, step=0.001, value=0,
                                        elem_id="upscaler_2_visibility")
+            gfpgan = gr.Slider(label="GFPGAN visibility", minimum=0, maximum=1, step=0.001, value=0,
+                               info=f"Restores faces; the model file goes in {services.faces.folder('GFPGAN')}",
+                               elem_id="extras_gfpgan_visibility")
             status = gr.HTML(upscaler_status(services), elem_id="upscaler_status")
             run_button = gr.Button("Upscale", variant="primary", elem_id="upscale_generate")
         with gr.Column():
@@ -141,7 +146,7 @@ def build_upscale_tab(services: Services) -> UpscaleTab:
 
     runner = TabJobRunner(services, JobView(progress, finished=finished))
     controls = UpscaleControls(source, single, files, folder, resize_mode, scale, width, height, crop, upscaler_1,
-                               upscaler_2, visibility)
+                               upscaler_2, visibility, gfpgan)
 
     def run(values: dict, page: gr.Request):
         yield from runner.run(lambda: controls.request(services, values), page)

@@ -136,7 +136,22 @@ def parse_infotext(text: str) -> dict[str, Any]:
 
 # A1111 writes these only for hires-fix images; "Denoising strength" belongs to img2img and hires alike.
 HIRES_CONVERTERS = {"Denoising strength": ("denoising_strength", float), "Hires upscale": ("hr_scale", float),
-                    "Hires steps": ("hr_second_pass_steps", int), "Hires upscaler": ("hr_upscaler", str)}
+                    "Hires steps": ("hr_second_pass_steps", int), "Hires upscaler": ("hr_upscaler", str),
+                    "Hires sampler": ("hr_sampler_name", str), "Hires schedule type": ("hr_scheduler", str),
+                    "Hires prompt": ("hr_prompt", str), "Hires negative prompt": ("hr_negative_prompt", str),
+                    "Hires CFG Scale": ("hr_cfg", float), "Hires checkpoint": ("hr_checkpoint_name", str)}
+
+def _boolean(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ValueError(value)
+    return value.lower() == "true"
+
+
+# Noise and tiling keys (A1111's names; "Tiling axes" is ours, for X-only / Y-only tiling).
+NOISE_CONVERTERS = {"Variation seed": ("subseed", int), "Variation seed strength": ("subseed_strength", float),
+                    "ENSD": ("eta_noise_seed_delta", int), "RNG": ("randn_source", str),
+                    "Tiling": ("tiling", _boolean), "Tiling axes": ("tiling_axes", str),
+                    "Refiner": ("refiner_checkpoint", str), "Refiner switch at": ("refiner_switch_at", float)}
 
 
 def request_fields(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -153,16 +168,21 @@ def request_fields(parameters: dict[str, Any]) -> dict[str, Any]:
                   "Clip skip": ("clip_skip", int), "VAE": ("sd_vae", str),
                   "Distilled CFG Scale": ("distilled_cfg_scale", float), "Shift": ("shift", float)}
     converters.update(HIRES_CONVERTERS)
+    converters.update(NOISE_CONVERTERS)
     for key, (name, convert) in converters.items():
         if key in parameters:
             try:
                 fields[name] = convert(parameters[key])
             except ValueError:
                 continue  # a malformed value is left out rather than guessed
-    if "Hires resize" in parameters:
-        size = SIZE_PATTERN.match(parameters["Hires resize"])
+    for key, names in (("Hires resize", ("hr_resize_x", "hr_resize_y")),
+                       ("Seed resize from", ("seed_resize_from_w", "seed_resize_from_h"))):
+        size = SIZE_PATTERN.match(str(parameters.get(key, "")))
         if size:
-            fields["hr_resize_x"], fields["hr_resize_y"] = int(size.group(1)), int(size.group(2))
+            fields[names[0]], fields[names[1]] = int(size.group(1)), int(size.group(2))
+    if parameters.get("Face restoration"):  # A1111 writes the restorer's name when Restore faces was on
+        fields["restore_faces"] = True
+        fields["face_restoration_model"] = parameters["Face restoration"]
     if any(key in parameters for key in ("Hires upscale", "Hires resize", "Hires upscaler", "Hires steps")):
         fields["enable_hr"] = True
     if "sampler_name" in fields:

@@ -20,9 +20,14 @@ CFG_RANGE = (1.0, 30.0)
 BATCH_SIZE_RANGE = (1, 8)
 BATCH_COUNT_RANGE = (1, 100)
 CLIP_SKIP_RANGE = (1, 12)
+FACE_RESTORERS = ("GFPGAN", "CodeFormer")  # A1111's face_restoration_model choices
+SEED_RESIZE_RANGE = (64, 2048)  # "Seed resize from" when set (-1 or 0: off)
 DISTILLED_CFG_RANGE = (0.0, 30.0)  # Forge's slider
 INTEGER_RANGES = {"steps": STEPS_RANGE, "seed": (-1, MAX_SEED), "batch_size": BATCH_SIZE_RANGE,
-                  "n_iter": BATCH_COUNT_RANGE, "clip_skip": CLIP_SKIP_RANGE}
+                  "n_iter": BATCH_COUNT_RANGE, "clip_skip": CLIP_SKIP_RANGE, "subseed": (-1, MAX_SEED),
+                  "eta_noise_seed_delta": (0, MAX_SEED)}
+RANDN_SOURCES = ("CPU", "GPU")  # A1111's "Random number generator source" (its "NV" is not offered)
+TILING_AXES = ("XY", "X", "Y")
 
 
 class RequestError(UserError):
@@ -44,10 +49,18 @@ def _check_finite_range(value: float, low: float, high: float) -> float:
     return _check_range(value, low, high)
 
 
+def _check_face_restorer(value: str) -> str:
+    if value not in FACE_RESTORERS:
+        raise ValueError(f"must be one of {', '.join(FACE_RESTORERS)}; got {value!r}")
+    return value
+
+
 MAX_PROMPT_CHARACTERS = 20_000
 # Extension arguments are JSON values; nesting this deep is no argument (and past ~250 levels the job could not
 # be recorded: pydantic refuses to serialise it).
 MAX_EXTENSION_ARGS_DEPTH = 32
+MAX_STYLES = 100  # styles applied to one job
+MAX_STYLE_NAME = 200
 
 
 def _check_nesting(value: Any, limit: int) -> Any:
@@ -82,9 +95,40 @@ class GenerationRequest(BaseModel):
     save_images: bool = Field(True, description="Write the images to the outputs folder (and the history)")
     sd_vae: str = Field("Automatic", description="Automatic, None (the checkpoint's own) or a file in models/VAE")
     clip_skip: int = Field(1, description="Use the text encoder's output this many layers from the end (1 = last)")
+    restore_faces: bool = Field(False, description="Restore faces in the images (A1111's Restore faces)")
+    face_restoration_model: str = Field("GFPGAN", description="A1111's option: GFPGAN or CodeFormer")
+    code_former_weight: float = Field(0.5, description="A1111's option: CodeFormer weight (0 = strongest effect)")
     distilled_cfg_scale: float = Field(3.5, description="Flux dev's distilled guidance (Forge's Distilled CFG Scale)")
     shift: float = Field(0.0, description="Flow models' (Flux, SD3) timestep shift; 0 keeps the model's own")
     extension_args: dict[str, Any] = Field(default_factory=dict)
+    styles: list[str] = Field(default_factory=list, max_length=MAX_STYLES,
+                              description="Names of styles.csv rows, applied to the prompts in this order")
+
+    script_name: str | None = Field(None, description="A Script menu script (A1111's lower-case title), or None")
+    script_args: list[Any] = Field(default_factory=list, description="The script's arguments, in A1111's order")
+
+    @field_validator("script_args")
+    @classmethod
+    def _script_args(cls, value: list[Any]) -> list[Any]:
+        return _check_nesting(value, MAX_EXTENSION_ARGS_DEPTH)
+
+    @field_validator("styles")
+    @classmethod
+    def _style_names(cls, value: list[str]) -> list[str]:
+        if any(len(name) > MAX_STYLE_NAME for name in value):
+            raise ValueError(f"a style name has at most {MAX_STYLE_NAME} characters")
+        return value
+    # A1111's variation seed: each image's noise blended (slerp) towards its variation seed's noise
+    subseed: int = Field(-1, description="Variation seed; -1 = random")
+    subseed_strength: float = Field(0.0, description="Variation strength: 0 = the seed's image, 1 = the subseed's")
+    seed_resize_from_w: int = Field(-1, description="Make the noise as at this width (-1 or 0: off)")
+    seed_resize_from_h: int = Field(-1, description="Make the noise as at this height (-1 or 0: off)")
+    eta_noise_seed_delta: int = Field(0, description="ENSD: the sampler's later noise is seeded with seed + this")
+    randn_source: str = Field("CPU", description="CPU: the same noise on every device; GPU: drawn on the device")
+    tiling: bool = Field(False, description="Seamless images: the edges continue each other")
+    tiling_axes: str = Field("XY", description="Which edges tile: XY (both), X (left/right) or Y (top/bottom)")
+    refiner_checkpoint: str | None = Field(None, description="A1111's refiner: the checkpoint that continues")
+    refiner_switch_at: float = Field(0.8, description="Fraction of the steps the job's checkpoint samples")
 
     @field_validator("width", "height")
     @classmethod
@@ -110,10 +154,54 @@ class GenerationRequest(BaseModel):
     def _shift(cls, value: float) -> float:
         return _check_finite_range(value, *SHIFT_RANGE)
 
-    @field_validator("steps", "seed", "batch_size", "n_iter", "clip_skip")
+    @field_validator("steps", "seed", "batch_size", "n_iter", "clip_skip", "subseed", "eta_noise_seed_delta")
     @classmethod
     def _in_range(cls, value: int, info: ValidationInfo) -> int:
         return _check_range(value, *INTEGER_RANGES[info.field_name])
+
+    @field_validator("face_restoration_model")
+    @classmethod
+    def _face_restorer(cls, value: str) -> str:
+        return _check_face_restorer(value)
+
+    @field_validator("code_former_weight")
+    @classmethod
+    def _code_former_weight(cls, value: float) -> float:
+        return _check_finite_range(value, 0, 1)
+
+    @field_validator("subseed_strength")
+    @classmethod
+    def _subseed_strength(cls, value: float) -> float:
+        return _check_finite_range(value, 0, 1)
+
+    @field_validator("seed_resize_from_w", "seed_resize_from_h")
+    @classmethod
+    def _seed_resize(cls, value: int) -> int:
+        if value in (-1, 0):
+            return value
+        if not SEED_RESIZE_RANGE[0] <= value <= SEED_RESIZE_RANGE[1]:
+            raise ValueError(f"must be -1 or 0 (off) or between {SEED_RESIZE_RANGE[0]} and {SEED_RESIZE_RANGE[1]}; "
+                             f"got {value}")
+        return value
+
+    @field_validator("refiner_switch_at")
+    @classmethod
+    def _switch_at(cls, value: float) -> float:
+        return _check_finite_range(value, 0.01, 1.0)
+
+    @field_validator("randn_source")
+    @classmethod
+    def _randn_source(cls, value: str) -> str:
+        if value not in RANDN_SOURCES:
+            raise ValueError(f"must be one of {', '.join(RANDN_SOURCES)}; got {value!r}")
+        return value
+
+    @field_validator("tiling_axes")
+    @classmethod
+    def _tiling_axes(cls, value: str) -> str:
+        if value not in TILING_AXES:
+            raise ValueError(f"must be one of {', '.join(TILING_AXES)}; got {value!r}")
+        return value
 
     @field_validator("extension_args")
     @classmethod
@@ -148,6 +236,13 @@ class Txt2ImgRequest(GenerationRequest):
     hr_upscaler: str = Field("Latent", description="A latent mode (LATENT_UPSCALE_MODES) or an upscaler name")
     hr_second_pass_steps: int = Field(0, description="Steps of the second pass; 0 = the same as steps")
     denoising_strength: float = Field(0.7, description="How much the second pass changes the upscaled image")
+    # A1111 1.6+ hires options: None / "" = the same as the first pass
+    hr_checkpoint_name: str | None = Field(None, description="Checkpoint of the second pass")
+    hr_sampler_name: str | None = Field(None, description="Sampler of the second pass")
+    hr_scheduler: str | None = Field(None, description="Schedule type of the second pass")
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS, description="Prompt of the second pass")
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS)
+    hr_cfg: float | None = Field(None, description="CFG scale of the second pass (Forge's Hires CFG Scale)")
 
     @field_validator("hr_scale")
     @classmethod
@@ -171,6 +266,32 @@ class Txt2ImgRequest(GenerationRequest):
     @classmethod
     def _hr_strength(cls, value: float) -> float:
         return _check_finite_range(value, 0, 1)
+
+    @field_validator("hr_cfg")
+    @classmethod
+    def _hr_cfg(cls, value: float | None) -> float | None:
+        return None if value is None else _check_finite_range(value, *CFG_RANGE)
+
+    def hires_sampler(self, samplers: dict | None = None) -> tuple[str, str]:
+        """(sampler, schedule) of the second pass: the hires choices, each defaulting to the first pass's."""
+        return resolve_sampler(self.hr_sampler_name or self.sampler_name, self.hr_scheduler or self.scheduler,
+                               samplers)
+
+    @model_validator(mode="after")
+    def _hires_sampler(self, info: ValidationInfo):
+        if self.hr_sampler_name or self.hr_scheduler:
+            try:
+                self.hires_sampler((info.context or {}).get("samplers"))
+            except SamplerError as error:
+                raise ValueError(f"hr_{error}") from None  # "hr_sampler_name: ..." or "hr_scheduler: ..."
+        return self
+
+    @model_validator(mode="after")
+    def _hires_and_refiner(self):
+        if self.enable_hr and self.refiner_checkpoint:
+            raise ValueError("refiner_checkpoint: the refiner together with the hires fix is not supported by this "
+                             "version yet; turn one of them off")
+        return self
 
     @model_validator(mode="after")
     def _hires_sizes(self):
@@ -242,6 +363,55 @@ class Img2ImgRequest(GenerationRequest):
         return self
 
 
+PNG_INFO_PROPS = ("Prompt", "Negative prompt", "Seed", "CFG scale", "Sampler", "Steps", "Model hash")  # A1111's
+
+
+class Img2ImgBatchRequest(Img2ImgRequest):
+    """A1111's img2img "Batch": every image in a server folder through the same img2img settings, optionally
+    inpainted with the mask of the same name from a mask folder, optionally taking prompts/seed/... from each
+    image's own infotext ("PNG info"). Results go to `output_dir` under the input's name (or, without one, to the
+    usual img2img outputs)."""
+    init_image: bytes | None = Field(None, description="Not used: the images come from input_dir")
+    input_dir: str = Field(description="A folder on the server whose images are processed")
+    output_dir: str = Field("", description="A folder on the server for the results (created if missing); "
+                                            "empty: the usual img2img outputs")
+    inpaint_mask_dir: str = Field("", description="Masks matched by file name (one file: the mask for all)")
+    use_png_info: bool = Field(False, description="Take png_info_props from each image's infotext; prompts "
+                                                  "from it are appended to the request's")
+    png_info_props: list[str] = Field(default_factory=lambda: list(PNG_INFO_PROPS))
+
+    @field_validator("init_image", "mask")
+    @classmethod
+    def _image(cls, value: bytes | None) -> None:  # replaces the parent's image check
+        if value is not None:
+            raise ValueError("a batch takes its images from input_dir (and masks from inpaint_mask_dir)")
+        return None
+
+    @field_validator("input_dir", "inpaint_mask_dir")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        value = value.strip()
+        if value and not Path(value).is_dir():
+            raise ValueError(f"not a folder on the server: {value}")
+        return value
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_folder(cls, value: str) -> str:
+        value = value.strip()
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise ValueError(f"not a folder: {value}")
+        return value
+
+    @field_validator("png_info_props")
+    @classmethod
+    def _props(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in PNG_INFO_PROPS]
+        if unknown:
+            raise ValueError(f"unknown {unknown}; choose from {', '.join(PNG_INFO_PROPS)}")
+        return value
+
+
 IMG2IMG_RANGES = {"resize_mode": (0, 2), "mask_blur": (0, 64), "inpainting_mask_invert": (0, 1),
                   "inpainting_fill": (0, 3), "inpaint_full_res_padding": (0, 256)}
 
@@ -268,6 +438,9 @@ class ExtrasRequest(BaseModel):
     upscaler_1: str = "Lanczos"
     upscaler_2: str = "None"
     extras_upscaler_2_visibility: float = 0.0
+    gfpgan_visibility: float = Field(0.0, description="Restore faces with GFPGAN, blended by this much (0 = off)")
+    codeformer_visibility: float = Field(0.0, description="Restore faces with CodeFormer, blended by this much")
+    codeformer_weight: float = Field(0.0, description="CodeFormer weight (0 = strongest effect)")
     save_images: bool = True
 
     @field_validator("images")
@@ -307,10 +480,18 @@ class ExtrasRequest(BaseModel):
     def _target(cls, value: int) -> int:
         return _check_range(value, 1, EXTRAS_SIZE_MAX)
 
-    @field_validator("extras_upscaler_2_visibility")
+    @field_validator("extras_upscaler_2_visibility", "gfpgan_visibility", "codeformer_visibility", "codeformer_weight")
     @classmethod
     def _visibility(cls, value: float) -> float:
         return _check_finite_range(value, 0, 1)
+
+    @property
+    def restores_faces(self) -> bool:
+        return self.gfpgan_visibility > 0 or self.codeformer_visibility > 0
+
+    @property
+    def upscales(self) -> bool:
+        return self.upscaler_1 != "None"
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -340,6 +521,7 @@ class ImageResult(BaseModel):
     png: bytes  # encoded once, infotext included; the saved file holds the same bytes
     path: str | None  # None when the request asked not to save
     seed: int  # upscaled images: the source's seed when its infotext has one, else -1
+    subseed: int = -1  # the variation seed of the image's noise (-1: none)
     prompt: str
     negative_prompt: str
     infotext: str  # A1111's "parameters" (upscaled images: the source's, kept; "" when it had none)
@@ -355,4 +537,5 @@ class GenerationResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)  # what was ignored (unknown LoRA, unbalanced bracket, ...)
 
 
-JobRequest = Txt2ImgRequest | Img2ImgRequest | ExtrasRequest  # what the job queue runs: one request type per kind
+# what the job queue runs: one request type per kind
+JobRequest = Txt2ImgRequest | Img2ImgRequest | Img2ImgBatchRequest | ExtrasRequest

@@ -1,7 +1,7 @@
 """Server-wide settings, built once from the command line by app.py and passed to every service."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.core.speed_settings import SpeedOptions
@@ -24,10 +24,10 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda | mps
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     xformers: bool = False
-    max_models_in_memory: int = 2  # checkpoints kept loaded (GPU + CPU tiers together)
+    max_models_in_memory: int | None = 2  # checkpoints kept loaded (GPU + CPU tiers); None: option sd_checkpoints_limit
     max_cache_gb: float = 16.0  # byte limit of that cache
     max_models_on_gpu: int = 1  # the rest of the cache waits in CPU RAM
-    preview_every: int = 5  # live preview every N sampling steps; 0 turns previews off
+    preview_every: int | None = None  # live preview every N steps (0: off); None: the live preview options decide
     offline: bool = False  # True: a hub repo id is only looked up in the local Hugging Face cache
     upscale_tile_size: int = 192  # upscaler models see tiles of this many pixels; 0 = the whole image at once
     upscale_tile_overlap: int = 16  # pixels shared by neighbouring tiles, blended so no seams show
@@ -37,12 +37,38 @@ class Settings:
     compile_unet: bool = False  # --compile: torch.compile the UNet (first job after a load pays the compile)
     vae_tiling: str = "auto"  # auto | always | never: decode large images in tiles (--tiled-vae)
     compile_cache_dir: Path | None = None  # compiled kernels kept across restarts; None: <cache_dir>/torch-compile
+    command_flags: dict = field(default_factory=dict)  # every flag's value as started (GET /sdapi/v1/cmd-flags)
 
     @property
     def speed(self):
         """The speed/memory options as backend.models.speed_options applies them."""
         return SpeedOptions(offload=self.offload, compile=self.compile_unet, vae_tiling=self.vae_tiling,
                             compile_cache_dir=self.compile_cache_dir or self.cache_dir / "torch-compile")
+
+    @property
+    def options_file(self) -> Path:
+        """A1111's user options, config.json, in the data folder (beside the models folder)."""
+        return self.models_dir.parent / "config.json"
+
+    @property
+    def ui_defaults_file(self) -> Path:
+        """A1111's ui-config.json: the values the txt2img/img2img forms open with."""
+        return self.models_dir.parent / "ui-config.json"
+
+    @property
+    def option_overrides(self) -> dict:
+        """Options that command-line flags set: they win over config.json."""
+        overrides: dict = {}
+        if self.max_models_in_memory is not None:
+            overrides["sd_checkpoints_limit"] = min(max(self.max_models_in_memory, 1), 10)
+        if self.preview_every is not None:
+            overrides |= {"show_progress_every_n_steps": min(self.preview_every, 32),
+                          "live_previews_enable": self.preview_every > 0}
+        return overrides
+
+    @property
+    def hypernetworks_dir(self) -> Path:
+        return self.models_dir / "hypernetworks"
 
     @property
     def styles_file(self) -> Path:

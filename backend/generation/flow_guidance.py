@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from backend.core.requests import GenerationRequest
+from backend.core.requests import GenerationRequest, RequestError
 
 FLUX_DEFAULT_CFG = 1.0
 
@@ -68,3 +68,16 @@ def preview_latent(latents: torch.Tensor, width: int, height: int) -> torch.Tens
     columns, channels = tokens // rows, packed // 4
     patches = latents[0, : rows * columns].reshape(rows, columns, channels, 2, 2)
     return patches.permute(2, 0, 3, 1, 4).reshape(channels, rows * 2, columns * 2)
+
+
+def check_flow_request(request: GenerationRequest, label: str):
+    """What does not work with Flux/SD3 models yet is refused by name, never silently ignored."""
+    unsupported = {
+        "subseed_strength": request.subseed_strength > 0,
+        "seed_resize_from_w": min(request.seed_resize_from_w, request.seed_resize_from_h) > 0,
+        "tiling": request.tiling,
+        "refiner_checkpoint": bool(request.refiner_checkpoint),
+    }
+    for field, asked in unsupported.items():
+        if asked:
+            raise RequestError(field, f"does not work with {label} models yet")

@@ -6,6 +6,7 @@ its `image` (it takes 4-channel tensors as latents as they are), images are enco
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -14,8 +15,9 @@ from PIL import Image
 
 from backend.core.hires_sizes import HiresSizes, hires_sizes
 from backend.core.requests import LATENT_UPSCALE_MODES, RequestError, Txt2ImgRequest
+from backend.core.samplers import resolve_sampler
 from backend.generation.flow_guidance import guidance_arguments, is_flow
-from backend.generation.pipelines import seeded_generators
+from backend.generation.noise import BatchNoise
 from backend.generation.step_counter import steps_run
 from backend.upscale.service import Upscalers
 
@@ -25,16 +27,36 @@ class HiresPlan:
     request: Txt2ImgRequest
     sizes: HiresSizes
     upscalers: Upscalers | None
+    first_sampler: tuple[str, str] = ("", "")  # (sampler, schedule) of the first pass
+    second_sampler: tuple[str, str] = ("", "")  # of the second pass: the hires choices or the first pass's
 
     @classmethod
-    def from_request(cls, request: Txt2ImgRequest, upscalers: Upscalers | None) -> HiresPlan:
+    def from_request(cls, request: Txt2ImgRequest, upscalers: Upscalers | None,
+                     extra_samplers: dict | None = None) -> HiresPlan:
         sizes = hires_sizes(request.width, request.height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
         if request.hr_upscaler not in LATENT_UPSCALE_MODES:
             if upscalers is None:
                 raise RequestError("hr_upscaler", f"only latent modes are available here: "
                                                   f"{', '.join(LATENT_UPSCALE_MODES)}")
             upscalers.resolve(request.hr_upscaler, "hr_upscaler")  # fail before the first pass, not after
-        return cls(request=request, sizes=sizes, upscalers=upscalers)
+        return cls(request=request, sizes=sizes, upscalers=upscalers,
+                   first_sampler=resolve_sampler(request.sampler_name, request.scheduler, extra_samplers),
+                   second_sampler=request.hires_sampler(extra_samplers))
+
+    @property
+    def second_cfg(self) -> float:
+        return self.request.hr_cfg if self.request.hr_cfg is not None else self.request.cfg_scale
+
+    def second_prompts(self, prompts, count: int, networks=None):
+        """The second pass's conditioning: the hires prompts where given (each defaults to the image's own),
+        encoded by `networks` (the hires checkpoint's prompt context) when the pass runs on another model."""
+        request = self.request
+        if not (request.hr_prompt or request.hr_negative_prompt) and networks is None:
+            return prompts
+        job = networks or getattr(prompts, "job", prompts)  # a batch with per-image prompts holds the job's
+        written = [(request.hr_prompt or prompt, request.hr_negative_prompt or negative)
+                   for prompt, negative in getattr(prompts, "texts", None) or [job.written] * count]
+        return job.for_images(written)
 
     @property
     def latent_mode(self) -> tuple[str, bool] | None:
@@ -60,10 +82,23 @@ class HiresPlan:
         if request.hr_second_pass_steps:
             parameters["Hires steps"] = request.hr_second_pass_steps
         parameters["Hires upscaler"] = request.hr_upscaler
+        if self.second_sampler[0] != self.first_sampler[0]:
+            parameters["Hires sampler"] = self.second_sampler[0]
+        if self.second_sampler[1] != self.first_sampler[1]:
+            parameters["Hires schedule type"] = self.second_sampler[1]
+        if request.hr_prompt and request.hr_prompt != request.prompt:
+            parameters["Hires prompt"] = request.hr_prompt
+        if request.hr_negative_prompt and request.hr_negative_prompt != request.negative_prompt:
+            parameters["Hires negative prompt"] = request.hr_negative_prompt
+        if self.second_cfg != request.cfg_scale:
+            parameters["Hires CFG Scale"] = self.second_cfg
         return parameters
 
     # --- the two passes ----------------------------------------------------------------------------
-    def make_batch(self, pipeline_for, seeds: list[int], on_step, prompts) -> list[Image.Image]:
+    def make_batch(self, pipeline_for, noise: BatchNoise, on_step, prompts, second=None) -> list[Image.Image]:
+        """`second`: the job's SecondModels; its hires checkpoint, when set, runs the second pass (a refiner is
+        refused with the hires fix)."""
+        hires = second.hires if second is not None else None
         request = self.request
         first_pipeline = pipeline_for("txt2img")
         flow = is_flow(first_pipeline)
@@ -72,10 +107,12 @@ class HiresPlan:
                                               "SD3 models yet; choose an image upscaler such as Lanczos")
         first = first_pipeline(
             num_inference_steps=request.steps, width=request.width, height=request.height,
-            **guidance_arguments(request, first_pipeline), generator=seeded_generators(seeds),
+            **guidance_arguments(request, first_pipeline),
+            **({"generator": noise.sampler_generators(first_pipeline._execution_device)} if flow else
+               noise.first_pass_arguments(first_pipeline, request.width, request.height)),
             output_type="latent" if self.latent_mode else "pil",
-            **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
-        second = pipeline_for("img2img")
+            **prompts.pipeline_arguments(request.steps, len(noise), on_step))
+        second = pipeline_for("img2img", self.second_sampler, hires)
         if first_pipeline.interrupt:  # interrupted in the first pass: its images are the result (as in A1111)
             return decode_latents(second, first.images) if self.latent_mode else first.images
         if self.latent_mode:
@@ -87,11 +124,15 @@ class HiresPlan:
             if request.denoising_strength == 0:
                 return upscaled
         final_size = dict(zip(("width", "height"), self.sizes.final)) if flow else {}  # they default to 1024
-        return second(image=upscaled, strength=request.denoising_strength, num_inference_steps=self.second_pass_steps,
-                      **guidance_arguments(request, second), **final_size, generator=seeded_generators(seeds),
-                      output_type="pil",
-                      **prompts.pipeline_arguments(request.steps, len(seeds), on_step,
-                                                   hires_steps=self.second_pass_steps)).images
+        # the second pass's noise comes from the same seeds (and variation), at the final size, as in A1111
+        with (nullcontext() if flow else noise.replacing_pipeline_noise(second, second.vae_scale_factor)):
+            return second(image=upscaled, strength=request.denoising_strength,
+                          num_inference_steps=self.second_pass_steps,
+                          **guidance_arguments(request, second, None if self.second_cfg == request.cfg_scale
+                                               else self.second_cfg), **final_size,
+                          generator=noise.sampler_generators(second._execution_device), output_type="pil",
+                          **self.second_prompts(prompts, len(noise), hires and hires.prompts).pipeline_arguments(
+                              request.steps, len(noise), on_step, hires_steps=self.second_pass_steps)).images
 
     def _upscale_latents(self, latents: torch.Tensor, vae_scale: int) -> torch.Tensor:
         mode, antialias = self.latent_mode

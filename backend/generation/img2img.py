@@ -3,6 +3,8 @@ results, with A1111's meaning for every option."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +25,9 @@ from backend.generation.image_ops import (
     outpaint_canvas,
     resize_image,
 )
+from backend.generation.noise import BatchNoise
 from backend.generation.pipelines import seeded_generators
+from backend.generation.refiner import refined
 from backend.generation.step_counter import steps_run
 
 log = logging.getLogger(__name__)
@@ -99,7 +103,10 @@ class Img2ImgPlan:
         return parameters
 
     # --- denoising ---------------------------------------------------------------------------------
-    def make_batch(self, pipeline, seeds: list[int], on_step, prompts) -> list[Image.Image]:
+    def make_batch(self, pipeline, noise: BatchNoise, on_step, prompts, refiner=None,
+                   restore: Callable[[Image.Image], Image.Image] | None = None) -> list[Image.Image]:
+        """`restore`: face restoration, applied before the input is composited back (as A1111 does), so an
+        inpainting job changes nothing outside its mask."""
         request = self.request
         work_image, work_mask = self.base, self.mask
         if self.crop is not None:
@@ -109,17 +116,28 @@ class Img2ImgPlan:
         if work_mask is not None and request.inpainting_fill == FILL:
             work_image = fill_masked_area(work_image, work_mask)
         if request.denoising_strength == 0:
-            generated = [work_image.copy() for _ in seeds]  # no denoising: the (prepared) input itself
+            generated = [work_image.copy() for _ in noise.seeds]  # no denoising: the (prepared) input itself
         else:
-            generated = self._denoise(pipeline, work_image, work_mask, seeds, on_step, prompts)
-        return [self._finish(image) for image in generated]
+            # flow schedulers noise the image themselves (scale_noise), from the seeds' generators
+            with (nullcontext() if is_flow(pipeline) else
+                  noise.replacing_pipeline_noise(pipeline, pipeline.vae_scale_factor)):
+                generated = self._denoise(pipeline, work_image, work_mask, noise, on_step, prompts, refiner)
+        return [self._finish(restore(image) if restore else image) for image in generated]
 
-    def _denoise(self, pipeline, image: Image.Image, mask: Image.Image | None, seeds, on_step,
-                 prompts) -> list[Image.Image]:
+    def _denoise(self, pipeline, image: Image.Image, mask: Image.Image | None, noise: BatchNoise, on_step,
+                 prompts, refiner=None) -> list[Image.Image]:
         request = self.request
+        arguments = prompts.pipeline_arguments(request.steps, len(noise), on_step)
+        with refined(refiner)(pipeline, arguments, request.steps, len(noise)) as arguments:
+            return self._denoise_with(pipeline, image, mask, noise, arguments)
+
+    def _denoise_with(self, pipeline, image: Image.Image, mask: Image.Image | None, noise: BatchNoise,
+                      arguments: dict) -> list[Image.Image]:
+        request = self.request
+        seeds = noise.seeds
         common = dict(num_inference_steps=request.steps, **guidance_arguments(request, pipeline),
-                      generator=seeded_generators(seeds), output_type="pil", strength=request.denoising_strength,
-                      **prompts.pipeline_arguments(request.steps, len(seeds), on_step))
+                      generator=noise.sampler_generators(pipeline._execution_device), output_type="pil",
+                      strength=request.denoising_strength, **arguments)
         if mask is None:
             if is_flow(pipeline):  # they size to their default (1024) unless told; at strength 1 noise is all there is
                 return pipeline(image=image, width=image.width, height=image.height, **common).images
@@ -138,6 +156,10 @@ class Img2ImgPlan:
         else:
             latents = latents.expand(len(seeds), -1, -1, -1)
         masked_pixels = Image.composite(Image.new("RGB", image.size, (127, 127, 127)), image, mask)
+        if request.denoising_strength == 1 and noise.options.changes_initial_noise:
+            # at full strength the inpaint pipeline starts from its noise as it is, not through add_noise
+            common |= noise.first_pass_arguments(pipeline, image.width, image.height)
+            common["latents"] = common["latents"].to(latents.dtype)
         return pipeline(image=latents, mask_image=mask, masked_image_latents=self._encode(pipeline, masked_pixels),
                         width=image.width, height=image.height, **common).images
 

@@ -29,7 +29,8 @@ from backend.services import Services
 from backend.upscale.extras import check_request
 
 log = logging.getLogger(__name__)
-SUPPORTED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
+SUPPORTED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "face_restoration_model",
+                       "code_former_weight", "eta_noise_seed_delta", "randn_source")
 # reported in info.extra_generation_params, as A1111 (and Forge, for its flow-model keys)
 EXTRA_GENERATION_KEYS = ("Lora hashes", "TI hashes", "Distilled CFG Scale", "Shift")
 
@@ -59,19 +60,9 @@ def decode_image(data: str, field: str) -> Image.Image:
 def _unsupported_fields(body: GenerationBody) -> list[str]:
     """Fields set to ask for something this version cannot do (never silently ignored)."""
     asked = {
-        "restore_faces": body.restore_faces, "tiling": body.tiling,
-        "styles": body.styles, "subseed_strength": body.subseed_strength, "refiner_checkpoint": body.refiner_checkpoint,
-        "script_name": body.script_name,
     }
     if isinstance(body, Txt2ImgBody) and body.enable_hr:
-        asked |= {
-            "firstphase_width": body.firstphase_width, "firstphase_height": body.firstphase_height,
-            "hr_checkpoint_name": body.hr_checkpoint_name not in HIRES_SAME,
-            "hr_sampler_name": body.hr_sampler_name not in HIRES_SAME,
-            "hr_scheduler": body.hr_scheduler not in HIRES_SAME,
-            "hr_prompt": body.hr_prompt not in ("", body.prompt),
-            "hr_negative_prompt": body.hr_negative_prompt not in ("", body.negative_prompt or ""),
-        }
+        asked |= {"firstphase_width": body.firstphase_width, "firstphase_height": body.firstphase_height}
     return [name for name, value in asked.items() if value]
 
 
@@ -89,6 +80,10 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
     checkpoint = overrides.pop("sd_model_checkpoint", None)
     vae = overrides.pop("sd_vae", "Automatic")
     clip_skip = overrides.pop("CLIP_stop_at_last_layers", 1)
+    faces = {name: overrides.pop(name) for name in ("face_restoration_model", "code_former_weight")
+             if name in overrides}
+    noise_options = {name: overrides.pop(name) for name in ("eta_noise_seed_delta", "randn_source")
+                     if name in overrides}
     if overrides:
         raise HTTPException(status_code=422, detail=f"override_settings: unsupported option(s) {sorted(overrides)}; "
                                                     f"supported: {', '.join(SUPPORTED_OVERRIDES)}")
@@ -105,17 +100,34 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         except CheckpointError as error:
             raise HTTPException(status_code=422,
                                 detail=f"override_settings.sd_model_checkpoint: {checkpoint_problem(error)}") from None
+    refiner = _checkpoint_title(body.refiner_checkpoint, "refiner_checkpoint", services)
     return {
         "extension_args": _extension_args(body, services),
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "",
         "sampler_name": body.sampler_name or body.sampler_index, "scheduler": body.scheduler or "Automatic",
         "steps": body.steps, "width": body.width, "height": body.height,
         "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
-        "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip,
+        "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip, "styles": body.styles or [],
+        "script_name": body.script_name or None, "script_args": body.script_args,
+        "restore_faces": bool(body.restore_faces), **faces,
+        "subseed": body.subseed, "subseed_strength": body.subseed_strength,
+        "seed_resize_from_w": body.seed_resize_from_w, "seed_resize_from_h": body.seed_resize_from_h,
+        "tiling": bool(body.tiling), **noise_options, "refiner_checkpoint": refiner,
+        **({"refiner_switch_at": body.refiner_switch_at} if body.refiner_switch_at is not None else {}),
         "distilled_cfg_scale": body.distilled_cfg_scale, "shift": body.shift,
         # left unset when the client sent none, so a Flux model can use its own default (1)
         **({"cfg_scale": body.cfg_scale} if "cfg_scale" in body.model_fields_set else {}),
     }
+
+
+def _checkpoint_title(name: str | None, field: str, services: Services) -> str | None:
+    """A second checkpoint named in a body (refiner, hires): its title; None for A1111's "none" / "same" values."""
+    if name in HIRES_SAME or name == "None":
+        return None
+    try:
+        return services.models.resolve(name).title
+    except CheckpointError as error:
+        raise HTTPException(status_code=422, detail=f"{field}: {checkpoint_problem(error)}") from None
 
 
 def _extension_args(body: GenerationBody, services: Services) -> dict[str, Any]:
@@ -135,9 +147,12 @@ def _extension_args(body: GenerationBody, services: Services) -> dict[str, Any]:
 
 def _build(request_class, fields: dict[str, Any], services: Services):
     try:
-        return services.build_request(request_class, fields)
+        request = services.build_request(request_class, fields)
     except RequestError as error:
         raise HTTPException(status_code=422, detail=str(error)) from None
+    if getattr(request, "restore_faces", False):  # a missing face model answers 422 before the job is queued
+        _check(lambda: services.faces.model_path(request.face_restoration_model, "restore_faces"))
+    return request
 
 
 def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
@@ -148,7 +163,11 @@ def txt2img_request(body: Txt2ImgBody, services: Services) -> Txt2ImgRequest:
             _check(lambda: services.upscalers.resolve(upscaler, "hr_upscaler"))
         fields |= {"enable_hr": True, "hr_scale": body.hr_scale, "hr_resize_x": body.hr_resize_x,
                    "hr_resize_y": body.hr_resize_y, "hr_upscaler": upscaler,
-                   "hr_second_pass_steps": body.hr_second_pass_steps, "denoising_strength": body.denoising_strength}
+                   "hr_second_pass_steps": body.hr_second_pass_steps, "denoising_strength": body.denoising_strength,
+                   "hr_sampler_name": None if body.hr_sampler_name in HIRES_SAME else body.hr_sampler_name,
+                   "hr_scheduler": None if body.hr_scheduler in HIRES_SAME else body.hr_scheduler,
+                   "hr_prompt": body.hr_prompt, "hr_negative_prompt": body.hr_negative_prompt, "hr_cfg": body.hr_cfg,
+                   "hr_checkpoint_name": _checkpoint_title(body.hr_checkpoint_name, "hr_checkpoint_name", services)}
     return _build(Txt2ImgRequest, fields, services)
 
 
@@ -163,16 +182,15 @@ def _check(action):
 def extras_request(body: ExtrasBaseBody, images: list[bytes], services: Services) -> ExtrasRequest:
     """An A1111 extras body -> our request, checked (names, sizes) before it is queued. Not saved, as A1111's
     API does not save extras results."""
-    if body.gfpgan_visibility or body.codeformer_visibility:
-        raise HTTPException(status_code=422, detail="gfpgan_visibility/codeformer_visibility: face restoration is "
-                                                    "not supported by this version yet")
     request = _build(ExtrasRequest, {
         "images": images, "resize_mode": body.resize_mode, "upscaling_resize": body.upscaling_resize,
         "upscaling_resize_w": body.upscaling_resize_w, "upscaling_resize_h": body.upscaling_resize_h,
         "upscaling_crop": body.upscaling_crop, "upscaler_1": body.upscaler_1, "upscaler_2": body.upscaler_2,
-        "extras_upscaler_2_visibility": body.extras_upscaler_2_visibility, "save_images": False,
+        "extras_upscaler_2_visibility": body.extras_upscaler_2_visibility, "gfpgan_visibility": body.gfpgan_visibility,
+        "codeformer_visibility": body.codeformer_visibility, "codeformer_weight": body.codeformer_weight,
+        "save_images": False,
     }, services)
-    _check(lambda: check_request(request, services.upscalers))
+    _check(lambda: check_request(request, services.upscalers, services.faces))
     return request
 
 
@@ -217,18 +235,20 @@ def generation_info(job: Job, services: Services) -> dict[str, Any]:
         "negative_prompt": images[0].negative_prompt if images else request.negative_prompt,
         "all_negative_prompts": [image.negative_prompt for image in images],
         "seed": images[0].seed if images else request.seed, "all_seeds": [image.seed for image in images],
-        "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0,
+        "subseed": images[0].subseed if images else request.subseed,
+        "all_subseeds": [image.subseed for image in images], "subseed_strength": request.subseed_strength,
         "width": request.width, "height": request.height, "sampler_name": parsed.get("Sampler", request.sampler_name),
         "scheduler": parsed.get("Schedule type", request.scheduler),
         "cfg_scale": float(parsed.get("CFG scale", request.cfg_scale)),  # Flux's default is decided at run time
-        "steps": request.steps, "batch_size": request.batch_size, "restore_faces": False,
+        "steps": request.steps, "batch_size": request.batch_size, "restore_faces": request.restore_faces,
         "sd_model_name": entry.model_name, "sd_model_hash": entry.short_hash, "sd_vae_name": parsed.get("VAE"),
-        "sd_vae_hash": parsed.get("VAE hash"), "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "sd_vae_hash": parsed.get("VAE hash"), "seed_resize_from_w": request.seed_resize_from_w,
+        "seed_resize_from_h": request.seed_resize_from_h,
         "denoising_strength": request.denoising_strength if isinstance(request, Img2ImgRequest) or (
             getattr(request, "enable_hr", False)) else None,
         "extra_generation_params": {key: parsed[key] for key in EXTRA_GENERATION_KEYS if key in parsed},
         "index_of_first_image": 0, "warnings": job.result.warnings,
-        "infotexts": [image.infotext for image in images], "styles": [],
+        "infotexts": [image.infotext for image in images], "styles": list(request.styles),
         "job_timestamp": datetime.datetime.fromtimestamp(job.created_at).strftime("%Y%m%d%H%M%S"),
         "clip_skip": int(parsed.get("Clip skip", 1)),
         "is_using_inpainting_conditioning": job.result.model_label.endswith("inpainting"), "task_id": job.id,

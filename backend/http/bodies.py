@@ -18,6 +18,8 @@ class GenerationBody(BaseModel):
     seed: int = -1
     subseed: int = -1
     subseed_strength: float = 0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
     sampler_name: str | None = None
     sampler_index: str = "Euler"  # A1111's older field: used when sampler_name is not given
     scheduler: str | None = None
@@ -34,6 +36,7 @@ class GenerationBody(BaseModel):
     override_settings: dict[str, Any] | None = None
     override_settings_restore_afterwards: bool = True
     refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None  # A1111: None with a refiner is its UI default, 0.8
     script_name: str | None = None
     script_args: list[Any] = Field(default_factory=list)
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
@@ -64,6 +67,7 @@ class Txt2ImgBody(GenerationBody):
     hr_scheduler: str | None = None
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
+    hr_cfg: float | None = None  # Forge's Hires CFG Scale; absent: the first pass's cfg_scale
 
 
 class Img2ImgBody(GenerationBody):
@@ -154,12 +158,19 @@ class UpscalerItem(BaseModel):
     scale: float | None
 
 
+class FaceRestorerItem(BaseModel):
+    """GET /sdapi/v1/face-restorers item, as A1111 lists it."""
+    name: str
+    cmd_dir: str | None
+
+
 class LatentUpscaleModeItem(BaseModel):
     name: str
 
 
 class ExtrasBaseBody(BaseModel):
-    """A1111's extras request fields. Face restoration is not available here: asking for it is refused."""
+    """A1111's extras request fields. Face restoration runs after upscaling (A1111's order; upscale_first is kept
+    for old clients and, as in A1111 1.6+, changes nothing)."""
     model_config = ConfigDict(extra="ignore")
 
     resize_mode: int = 0

@@ -11,6 +11,8 @@ from backend.http.routes_generation import add_generation_routes
 from backend.http.routes_models import add_model_routes
 from backend.http.routes_options import add_options_routes
 from backend.http.routes_progress import add_progress_routes
+from backend.http.routes_scripts import add_script_routes
+from backend.http.routes_server import add_server_routes
 from backend.http.routes_upscaling import add_upscaling_routes
 from backend.services import Services
 
@@ -22,7 +24,7 @@ def build_api_router(services: Services, auth: list[tuple[str, str]] | None = No
                         422: {"model": ApiError, "description": "Invalid or unsupported input"},
                         429: {"model": ApiError, "description": "This client has too many jobs queued or running"}})
     for add_routes in (add_generation_routes, add_upscaling_routes, add_progress_routes, add_options_routes,
-                       add_model_routes):
+                       add_model_routes, add_script_routes, add_server_routes):
         add_routes(api, services)
     return api
 

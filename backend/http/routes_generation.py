@@ -18,6 +18,7 @@ from backend.http.bodies import (
     Txt2ImgBody,
 )
 from backend.http.jobs import finished_job_or_error, submit_job
+from backend.prompts.styles import extract_styles
 from backend.services import Services
 
 
@@ -45,4 +46,15 @@ def add_generation_routes(api: APIRouter, services: Services):
         info = read_infotext(image) or ""
         items = {key: value for key, value in image.info.items() if isinstance(value, str)}
         items.pop("parameters", None)
-        return PngInfoResponse(info=info, items=items, parameters=parse_infotext(info) if info else {})
+        return PngInfoResponse(info=info, items=items, parameters=with_styles(parse_infotext(info) if info else {}))
+
+    def with_styles(parameters: dict) -> dict:
+        """A1111 (its default "Apply if any"): styles found at the prompts' ends come out of them, named in
+        "Styles array"."""
+        if not parameters:
+            return parameters
+        found, prompt, negative_prompt = extract_styles(parameters.get("Prompt", ""),
+                                                        parameters.get("Negative prompt", ""), services.styles.all())
+        if not found:
+            return parameters
+        return {**parameters, "Prompt": prompt, "Negative prompt": negative_prompt, "Styles array": found}

@@ -13,6 +13,7 @@ from backend.http.bodies import (
     CheckpointItem,
     EmbeddingItem,
     EmbeddingsResponse,
+    FaceRestorerItem,
     LatentUpscaleModeItem,
     LoraItem,
     SamplerItem,
@@ -30,6 +31,10 @@ def add_model_routes(api: APIRouter, services: Services):
     def sd_models():
         return [CheckpointItem(title=e.title, model_name=e.model_name, hash=e.short_hash, sha256=e.sha256,
                                filename=str(e.path)) for e in services.models.list_checkpoints()]
+
+    @api.get("/face-restorers", response_model=list[FaceRestorerItem])
+    def face_restorers():
+        return [FaceRestorerItem(name=info.name, cmd_dir=str(info.folder)) for info in services.faces.available()]
 
     @api.post("/refresh-checkpoints")
     def refresh_checkpoints():

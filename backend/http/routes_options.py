@@ -1,7 +1,6 @@
 """/sdapi/v1 options, prompt-styles and memory: the server's settings and state."""
 from __future__ import annotations
 
-import csv
 import logging
 from typing import Any
 
@@ -9,6 +8,8 @@ import psutil
 import torch
 from fastapi import APIRouter, Body, HTTPException
 
+from backend.core.errors import UserError
+from backend.core.options import USED_OPTIONS
 from backend.http.a1111 import checkpoint_problem
 from backend.http.bodies import PromptStyleItem
 from backend.models.weight_files import CheckpointError
@@ -20,43 +21,34 @@ log = logging.getLogger(__name__)
 def add_options_routes(api: APIRouter, services: Services):
     @api.get("/options")
     def get_options():
+        """Every option A1111's config.json has that means something here, with the model in use."""
         selected = services.models.selected
-        settings = services.settings
-        return {
-            "sd_model_checkpoint": selected.title, "sd_checkpoint_hash": selected.sha256,
-            "samples_format": "png", "samples_save": True,
-            "outdir_txt2img_samples": str(services.outputs.root / "txt2img-images"),
-            "outdir_img2img_samples": str(services.outputs.root / "img2img-images"),
-            "outdir_extras_samples": str(services.outputs.root / "extras-images"),
-            "sd_checkpoints_limit": settings.max_models_in_memory,
-            "live_previews_enable": settings.preview_every > 0,
-            "show_progress_every_n_steps": settings.preview_every, "CLIP_stop_at_last_layers": 1,
-            "sd_vae": "Automatic",
-        }
+        return {**services.options.as_dict(), "sd_model_checkpoint": selected.title,
+                "sd_checkpoint_hash": selected.sha256}
 
     @api.post("/options")
     def set_options(options: dict[str, Any] = Body(...)):
-        """Only sd_model_checkpoint can be set (other settings travel in each request); the rest are reported."""
-        if "sd_model_checkpoint" in options:
-            try:
-                services.models.select(str(options["sd_model_checkpoint"]))
-            except CheckpointError as error:
-                raise HTTPException(status_code=422,
-                                    detail=f"sd_model_checkpoint: {checkpoint_problem(error)}") from None
-        ignored = sorted(key for key in options if key != "sd_model_checkpoint")
-        if ignored:
-            log.info("POST /sdapi/v1/options: ignored read-only or unknown options %s", ignored)
-        return {"ignored": ignored}
+        """Sets any options (saved to config.json); a wrong type or range answers 422 naming the key and changes
+        nothing. A1111 answers null; this answer says what changed, which of the keys this server keeps but does
+        not act on, and which are fixed by a command-line flag for now."""
+        options = {key: value for key, value in options.items() if key != "sd_checkpoint_hash"}  # read-only
+        try:
+            changed = services.set_options(options)
+        except CheckpointError as error:
+            raise HTTPException(status_code=422, detail=f"sd_model_checkpoint: {checkpoint_problem(error)}") from None
+        except UserError as error:
+            raise HTTPException(status_code=error.status, detail=str(error)) from None
+        unused = sorted(key for key in options if key not in USED_OPTIONS)
+        if unused:
+            log.info("POST /sdapi/v1/options: stored, not used by this server: %s", unused)
+        return {"changed": changed, "unused": unused,
+                "overridden": sorted(key for key in options if key in services.options.overrides)}
 
     @api.get("/prompt-styles", response_model=list[PromptStyleItem])
     def prompt_styles():
-        """A1111's styles.csv (name, prompt, negative_prompt) from the data folder, if present."""
-        path = services.settings.styles_file
-        if not path.is_file():
-            return []
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            return [PromptStyleItem(name=row.get("name", ""), prompt=row.get("prompt"),
-                                    negative_prompt=row.get("negative_prompt")) for row in csv.DictReader(handle)]
+        """A1111's styles.csv (name, prompt, negative_prompt) beside the models folder; [] when there is none."""
+        return [PromptStyleItem(name=style.name, prompt=style.prompt, negative_prompt=style.negative_prompt)
+                for style in services.styles.all()]
 
     @api.get("/memory")
     def memory():

@@ -12,7 +12,7 @@ length of a `from_pretrained`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -21,6 +21,16 @@ class ModelConstruction:
         self._lock = threading.RLock()  # re-entrant: a loader may build a part through another loader
         self._count_lock = threading.Lock()
         self._waiting = 0
+        self._once_lock = threading.Lock()
+        self._done: set[str] = set()
+
+    def once(self, name: str, run: Callable[[], None]):
+        """Run `run` the first time `name` is asked for; a thread asking meanwhile waits until it has finished
+        (the model libraries are imported this way: two threads importing them at once fail half-initialised)."""
+        with self._once_lock:
+            if name not in self._done:
+                run()
+                self._done.add(name)
 
     @contextmanager
     def building(self) -> Iterator[None]:

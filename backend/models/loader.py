@@ -105,6 +105,9 @@ def _sidecar_parameterization(path: Path) -> str | None:
     return "v_prediction" if params["parameterization"] == "v" else "epsilon"
 
 
+MODEL_LIBRARIES = "model libraries"
+
+
 def import_model_libraries():
     """Import, once and from one thread, everything loading and running models needs. These libraries are not
     safe to import from two threads at once (lazy modules and circular imports fail half-initialised), so app.py
@@ -148,6 +151,7 @@ class CheckpointLoader:
              components: dict[str, Path] | None = None) -> LoadedModel:
         """`components`: for Flux/SD3 files, the separate files chosen for what the checkpoint lacks
         ("clip_l", "clip_g", "t5xxl", "vae" -> path)."""
+        self.construction.once(MODEL_LIBRARIES, import_model_libraries)  # a model switched while the app starts
         path = Path(source)
         if path.is_dir():
             return self.load_diffusers(str(path), dtype, local_files_only=True)

@@ -73,6 +73,8 @@ class ModelManager:
         self.default_chosen = threading.Event()  # set once load_default has run (the page waits for it)
         self._failures: dict[str, str] = {}  # title -> why the file cannot be loaded (reported once, kept listed)
         self.runtime_status = ""  # attention backend, placement (offload) and compile, as last logged
+        self.max_models = settings.max_models_in_memory or 1  # checkpoints kept loaded (the user option can change it)
+        self.startup_checkpoint = settings.startup_checkpoint  # --ckpt, else the one the user chose last time
 
     # --- which model ------------------------------------------------------------------------------
     def list_checkpoints(self) -> tuple[CheckpointEntry, ...]:
@@ -105,7 +107,7 @@ class ModelManager:
 
     def _startup_choice(self) -> str | None:
         """--ckpt, until it turned out not to load."""
-        choice = self.settings.startup_checkpoint
+        choice = self.startup_checkpoint
         if choice is None:
             return None
         entry = self.registry.find(choice)
@@ -135,9 +137,9 @@ class ModelManager:
             return self.selected if self._selected is not None else None
         self._default_tried = True
         candidates = [entry for entry in self.registry.entries if self.failure(entry.title) is None]
-        if self.settings.startup_checkpoint is not None:
+        if self.startup_checkpoint is not None:
             try:
-                candidates.insert(0, self.resolve(self.settings.startup_checkpoint))
+                candidates.insert(0, self.resolve(self.startup_checkpoint))
             except ModelNotFoundError as error:
                 log.error("--ckpt: %s", str(error).removeprefix("checkpoint: "))
         for entry in candidates:
@@ -146,7 +148,11 @@ class ModelManager:
             if self.failure(entry.title):
                 continue  # --ckpt, tried first, is also in the list
             try:
-                return self.select(entry.title)
+                # a model the user chose while this one loaded stays chosen
+                with self.lease(entry.title) as (loaded, _), self._lock:
+                    if self._selected is None:
+                        self._selected = loaded.title
+                return self.selected
             except CheckpointError:
                 continue  # recorded and logged by _load
         log.error("none of the %d checkpoint(s) in %s can be loaded", len(self.registry.entries),
@@ -289,7 +295,7 @@ class ModelManager:
         limit_bytes = self.settings.max_cache_gb * 1e9
         while True:
             total = sum(c.size_bytes for c in self._cache.values())
-            if len(self._cache) <= self.settings.max_models_in_memory and total <= limit_bytes:
+            if len(self._cache) <= self.max_models and total <= limit_bytes:
                 return
             victim_key = next((k for k, c in self._cache.items() if c.leases == 0 and k != keep), None)
             if victim_key is None:

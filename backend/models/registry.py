@@ -37,7 +37,10 @@ class CheckpointEntry:
         return f"{self.title} ({BUILTIN_LABEL})" if self.builtin else self.title
 
     def matches(self, query: str) -> bool:
-        return query in (self.title, self.name, self.model_name, self.short_hash, self.sha256, str(self.path))
+        # A1111's short title ("name [hash]") is how its infotext names a refiner or hires checkpoint
+        short_title = f"{self.model_name} [{self.short_hash}]" if self.short_hash else None
+        return query in (self.title, self.name, self.model_name, self.short_hash, self.sha256, str(self.path),
+                         short_title)
 
 
 class ModelRegistry:

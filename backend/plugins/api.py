@@ -16,10 +16,12 @@ from typing import Any
 from backend.core.errors import BatchSkipped, JobInterrupted
 from backend.core.requests import MAX_PROMPT_CHARACTERS, RequestError, build_request
 from backend.core.samplers import SamplerSpec, check_sampler_spec
+from backend.core.scripts import Script, ScriptArg
 from backend.models.construction import ModelConstruction
 
 log = logging.getLogger(__name__)
-API_VERSION = "1.1"  # 1.1 added on_image_prompt, SaveInfo.prompt / negative_prompt and building_models
+API_VERSION = "1.2"  # 1.1 added on_image_prompt, SaveInfo.prompt / negative_prompt and building_models;
+# 1.2 added add_script (the Script menu) and ScriptArg
 FORM_TABS = ("txt2img", "img2img")
 
 
@@ -90,6 +92,7 @@ class ExtensionHooks:
     upscalers: dict[str, Registered] = field(default_factory=dict)
     samplers: dict[str, Registered] = field(default_factory=dict)
     routes: list[Registered] = field(default_factory=list)
+    scripts: list[Registered] = field(default_factory=list)  # Script menu entries (Registered.value: Script)
     hook_errors: dict[str, list[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -214,6 +217,7 @@ class ExtensionAPI:
     """The object an extension's `register(api)` receives. See extensions/README.md for examples."""
     version = API_VERSION
     InputError = InputError  # raise api.InputError("extension_args.<name>.<argument>: what is wrong")
+    ScriptArg = ScriptArg  # an argument of a Script menu script (API 1.2)
 
     def __init__(self, name: str, hooks: ExtensionHooks, outputs_dir=None,
                  construction: ModelConstruction | None = None):
@@ -262,6 +266,18 @@ class ExtensionAPI:
     def wrap_generation(self, wrapper: Callable[[Any, Callable], Any]):
         """wrapper(request, run) -> GenerationResult; `run(request)` generates (and saves) as usual."""
         self._hooks.generation_wrappers.append(Registered(self.name, wrapper))
+
+    def add_script(self, title: str, args: list[ScriptArg], run: Callable[[Any], Any],
+                   tabs: tuple[str, ...] = FORM_TABS):
+        """A Script menu entry (API 1.2): `args` in the order A1111 clients pass script_args; `run(job)` gets a
+        ScriptJob (job.request, job.args checked against `args`, job.generate(request) -> result, job.build,
+        job.grid_result, job.image_result) and returns the GenerationResult."""
+        unknown = set(tabs) - set(FORM_TABS)
+        if unknown:
+            raise ValueError(f"add_script: tabs must be among {FORM_TABS}; got {sorted(unknown)}")
+        if any(registered.value.name == title.lower() for registered in self._hooks.scripts):
+            raise ValueError(f"script {title!r} is already registered")
+        self._hooks.scripts.append(Registered(self.name, Script(title, tuple(args), run, tuple(tabs), self.name)))
 
     # --- registries -------------------------------------------------------------------------------------
     def register_upscaler(self, name: str, upscale: Callable[[Any, tuple[int, int]], Any]):

@@ -14,14 +14,10 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from backend.core.errors import UserError
 
-
-class PromptSyntaxError(UserError):
-    """A prompt that cannot be turned into conditioning; the message names the offending part."""
-
-    def __init__(self, message: str):
-        super().__init__(None, message)
+class PromptSyntaxError(ValueError):
+    """A prompt that cannot be turned into conditioning; the message names the offending part. (Not a UserError:
+    this module imports nothing of ours; the prompt context turns it into a RequestError naming the field.)"""
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The upscale ("Extras") job: every source image upscaled with Upscaler 1 (optionally blended with
-Upscaler 2), saved to outputs/extras-images/YYYY-MM-DD/ with the source's infotext kept, as A1111 does.
+Upscaler 2), then its faces restored when GFPGAN visibility is set (A1111's order), saved to
+outputs/extras-images/YYYY-MM-DD/ with the source's infotext kept, as A1111 does.
 
 All sources are opened and their result sizes checked before the first image is upscaled, so a bad file
 or an oversized target fails the job at once instead of half way through a folder.
@@ -19,6 +20,7 @@ from backend.core.infotext import format_number, parse_infotext, quote
 from backend.core.requests import ExtrasRequest, GenerationResult, ImageResult, RequestError
 from backend.jobs.outputs import OutputStore, encode_png
 from backend.jobs.queue import JobProgress
+from backend.upscale.face_restoration import FaceRestorers
 from backend.upscale.service import Upscalers
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
@@ -85,15 +87,17 @@ def target_for(request: ExtrasRequest, size: tuple[int, int]) -> Target:
     return Target(cover, (left, top, left + target_width, top + target_height), info)
 
 
-def check_request(request: ExtrasRequest, upscalers: Upscalers) -> list[Source]:
-    """Everything that can be checked before upscaling: names, sources, result sizes. Returns the sources."""
-    if request.upscaler_1 == "None":
-        raise RequestError("upscaler_1", "choose an upscaler ('None' would leave the images unchanged); "
-                                         f"available: {', '.join(upscalers.names())}")
-    upscalers.resolve(request.upscaler_1, "upscaler_1")
-    if request.upscaler_2 != "None":
+def check_request(request: ExtrasRequest, upscalers: Upscalers, faces: FaceRestorers | None = None) -> list[Source]:
+    """Everything that can be checked before upscaling: names, face models, sources, result sizes. Returns the
+    sources. Upscaler "None" (A1111's default) without face restoration leaves the images as they are."""
+    if request.upscales:
+        upscalers.resolve(request.upscaler_1, "upscaler_1")
+    if request.upscales and request.upscaler_2 != "None":
         upscalers.resolve(request.upscaler_2, "upscaler_2")
+    _check_face_models(request, faces)
     found = sources(request)
+    if not request.upscales:
+        return found
     limit = upscalers.settings.max_upscale_size
     field = "upscaling_resize" if request.resize_mode == 0 else "upscaling_resize_w"
     for source in found:
@@ -104,20 +108,31 @@ def check_request(request: ExtrasRequest, upscalers: Upscalers) -> list[Source]:
     return found
 
 
+def _check_face_models(request: ExtrasRequest, faces: FaceRestorers | None):
+    if not request.restores_faces:
+        return
+    if faces is None:
+        raise RequestError("gfpgan_visibility", "face restoration is not available in this server")
+    if request.codeformer_visibility > 0:
+        faces.model_path("CodeFormer", "codeformer_visibility")
+    if request.gfpgan_visibility > 0:
+        faces.model_path("GFPGAN", "gfpgan_visibility")
+
+
 def postprocessing_text(info: dict) -> str:
     return ", ".join(f"{key}: {quote(format_number(value))}" for key, value in info.items())
 
 
 def run_extras(request: ExtrasRequest, upscalers: Upscalers, outputs: OutputStore,
-               progress: JobProgress) -> GenerationResult:
-    found = check_request(request, upscalers)
+               progress: JobProgress, faces: FaceRestorers | None = None) -> GenerationResult:
+    found = check_request(request, upscalers, faces)
     progress.batches, progress.steps_per_batch = len(found), 1
     results: list[ImageResult] = []
     for number, source in enumerate(found):
         progress.batch, progress.step = number, 0
         try:
             progress.check_interrupt()  # the built-in resamplers have no tiles to check between
-            results.append(_upscale_one(request, source, upscalers, outputs, progress.check_interrupt))
+            results.append(_upscale_one(request, source, upscalers, faces, outputs, progress.check_interrupt))
         except BatchSkipped:
             continue
         except JobInterrupted:
@@ -128,10 +143,22 @@ def run_extras(request: ExtrasRequest, upscalers: Upscalers, outputs: OutputStor
     return GenerationResult(images=results)
 
 
-def _upscale_one(request: ExtrasRequest, source: Source, upscalers: Upscalers, outputs: OutputStore,
-                 check: Callable) -> ImageResult:
+def _upscale_one(request: ExtrasRequest, source: Source, upscalers: Upscalers, faces: FaceRestorers | None,
+                 outputs: OutputStore, check: Callable) -> ImageResult:
     image = source.load()
     parameters = read_infotext(image) or ""  # before any conversion: it lives in the source's metadata
+    if not request.upscales and not request.gfpgan_visibility > 0:  # as A1111: the image comes back unchanged
+        return _unchanged(request, image, parameters, outputs)
+    result, info = _upscaled(request, image, upscalers, check) if request.upscales else (image.convert("RGB"), {})
+    if request.gfpgan_visibility > 0:
+        result = faces.restore(result, "GFPGAN", request.gfpgan_visibility, "gfpgan_visibility", check)
+        info["GFPGAN visibility"] = round(request.gfpgan_visibility, 3)
+    text = postprocessing_text(info)
+    return _finish(request, result, parameters, text, outputs)
+
+
+def _upscaled(request: ExtrasRequest, image: Image.Image, upscalers: Upscalers,
+              check: Callable) -> tuple[Image.Image, dict]:
     target = target_for(request, image.size)
     info = dict(target.info)
     result = upscalers.upscale(image, request.upscaler_1, target.upscale_to, "upscaler_1", check)
@@ -142,9 +169,14 @@ def _upscale_one(request: ExtrasRequest, source: Source, upscalers: Upscalers, o
         info["Postprocess upscaler 2"] = request.upscaler_2
     if target.crop is not None:
         result = result.crop(target.crop)
-    text = postprocessing_text(info)
-    png = encode_png(result, parameters, {"postprocessing": text, "extras": text})
-    path = outputs.save_png(png, "extras", None) if request.save_images else None
+    return result, info
+
+
+def _finish(request: ExtrasRequest, result: Image.Image, parameters: str, text: str,
+            outputs: OutputStore) -> ImageResult:
+    chunks = {"postprocessing": text, "extras": text}
+    png = encode_png(result, parameters, chunks)
+    path = outputs.save_image(result, "extras", parameters or None, extra_text=chunks) if request.save_images else None
     parsed = parse_infotext(parameters) if parameters else {}
     try:
         seed = int(parsed.get("Seed", -1))
@@ -153,3 +185,13 @@ def _upscale_one(request: ExtrasRequest, source: Source, upscalers: Upscalers, o
     return ImageResult(png=png, path=path and str(path), seed=seed, prompt=parsed.get("Prompt", ""),
                        negative_prompt=parsed.get("Negative prompt", ""), infotext=parameters,
                        postprocessing=text)
+
+
+def _unchanged(request: ExtrasRequest, image: Image.Image, parameters: str, outputs: OutputStore) -> ImageResult:
+    png = encode_png(image, parameters)
+    path = outputs.save_image(image, "extras", parameters or None) if request.save_images else None
+    parsed = parse_infotext(parameters) if parameters else {}
+    seed = parsed.get("Seed", "")
+    return ImageResult(png=png, path=path and str(path), seed=int(seed) if seed.isdigit() else -1,
+                       prompt=parsed.get("Prompt", ""),
+                       negative_prompt=parsed.get("Negative prompt", ""), infotext=parameters, postprocessing="")

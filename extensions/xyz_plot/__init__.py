@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import io
 
-from .axes import AXIS_TYPE_NAMES, plan_plot
+from .axes import ARGUMENTS, AXIS_TYPE_NAMES, plan_plot
 from .grid import draw_grid, encode_png, save_grid
 
-__version__ = "1.0"
+__version__ = "1.1"
 TITLE = "X/Y/Z plot"
 
 
@@ -71,9 +71,32 @@ def run_plot(api, request, run):
     return first_result.model_copy(update={"images": images, "warnings": warnings})
 
 
+def script_args(api) -> list:
+    """The Script menu's arguments, in ARGUMENTS order (axis types by name)."""
+    arg = api.ScriptArg
+    axes = []
+    for letter in ("X", "Y", "Z"):
+        axes += [arg(f"{letter} type", "Nothing", "dropdown", choices=AXIS_TYPE_NAMES), arg(f"{letter} values", "")]
+    return [*axes, arg("Draw legend", True, "checkbox"), arg("Include Sub Images", True, "checkbox")]
+
+
+def run_from_menu(api, job):
+    """The Script menu's "X/Y/Z plot": the same plot, its arguments given positionally (job.args)."""
+    request = job.request.model_copy(update={"extension_args": {**job.request.extension_args,
+                                                                api.name: dict(zip(ARGUMENTS, job.args))}})
+
+    def run_cell(cell):  # each cell is a plain generation: without the plot's own arguments
+        others = {name: value for name, value in cell.extension_args.items() if name != api.name}
+        return job.generate(cell.model_copy(update={"extension_args": others}))
+
+    return run_plot(api, request, run_cell)
+
+
 def register(api):
-    major, _minor = map(int, api.version.split("."))
+    major, minor = map(int, api.version.split("."))
     if major != 1:
         raise RuntimeError(f"{TITLE} needs extension API 1.x; this app has {api.version}")
     api.add_section(TITLE, build_section)
     api.wrap_generation(lambda request, run: run_plot(api, request, run))
+    if minor >= 2:  # the Script menu (API 1.2): one implementation, selectable there too
+        api.add_script(TITLE, script_args(api), lambda job: run_from_menu(api, job))

@@ -30,11 +30,16 @@ class AxisType:
 AXIS_TYPES = {axis.name: axis for axis in (
     AxisType("Nothing", "none", None),
     AxisType("Seed", "int", "seed"),
+    AxisType("Var. seed", "int", "subseed"),
+    AxisType("Var. strength", "float", "subseed_strength"),
     AxisType("Steps", "int", "steps"),
     AxisType("CFG Scale", "float", "cfg_scale"),
     AxisType("Sampler", "text", "sampler_name"),
     AxisType("Checkpoint name", "text", "checkpoint"),
     AxisType("Denoising", "float", "denoising_strength"),  # txt2img: takes effect with the hires fix only
+    AxisType("Hires sampler", "text", "hr_sampler_name"),  # txt2img with the hires fix
+    AxisType("Refiner checkpoint", "text", "refiner_checkpoint"),
+    AxisType("Refiner switch at", "float", "refiner_switch_at"),
     AxisType("Prompt S/R", "prompt_sr", None),
 )}
 AXIS_TYPE_NAMES = tuple(AXIS_TYPES)
@@ -144,7 +149,8 @@ def parse_axis(type_name: Any, values: Any, request, prefix: str, letter: str) -
     if axis_type.kind == "none":
         return Axis(axis_type, ("",))
     parsed = parse_values(axis_type.kind, values, values_argument)
-    if axis_type.field == "seed":  # A1111 fixes random seeds up front, so the grid's labels show the real seeds
+    # A1111 fixes random seeds up front, so the grid's labels show the real seeds
+    if axis_type.field in ("seed", "subseed"):
         parsed = [secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed for seed in parsed]
     if axis_type.kind == "prompt_sr" and parsed[0] not in request.prompt and parsed[0] not in request.negative_prompt:
         raise ValueError(f"{values_argument}: '{parsed[0]}' (the first value, the text to replace) is in neither "

@@ -1,0 +1,25 @@
+"""/sdapi/v1 scripts and script-info: the Script menu's scripts (built in and from extensions), as A1111 lists
+them."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from backend.core.scripts import FORM_TABS
+from backend.services import Services
+
+
+def add_script_routes(api: APIRouter, services: Services):
+    @api.get("/scripts")
+    def scripts() -> dict[str, list[str]]:
+        """The script names (A1111's lower-case titles) each tab's script_name accepts."""
+        available = services.generator.scripts()
+        return {tab: [script.name for script in available if tab in script.tabs] for tab in FORM_TABS}
+
+    @api.get("/script-info")
+    def script_info() -> list[dict[str, Any]]:
+        """Each script once per tab, with its arguments in script_args order (label, value, minimum, maximum, step,
+        choices)."""
+        available = services.generator.scripts()
+        return [script.info(tab) for tab in FORM_TABS for script in available if tab in script.tabs]
