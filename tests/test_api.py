@@ -97,13 +97,35 @@ def test_bad_fields_get_422_naming_the_field(client, payload, field):
 
 
 def test_unsupported_features_answer_422_never_pretend(client):
-    response = client.post("/txt2img", json={**FAST, "enable_hr": True, "firstphase_width": 128})
-    assert response.status_code == 422 and "firstphase_width" in response.json()["detail"]
+    response = client.post("/img2img", json={**FAST, "init_images": [png_b64(Image.new("RGB", (64, 64)))] * 2})
+    assert response.status_code == 422 and "init_images" in response.json()["detail"]
     assert "not supported by this version" in response.json()["detail"]
     response = client.post("/extra-single-image", json={"image": png_b64(Image.new("RGB", (8, 8))),
                                                         "upscaler_1": "Lanczos", "codeformer_visibility": 1})
     detail = response.json()["detail"]
     assert response.status_code == 422 and detail.startswith("codeformer_visibility: ") and "S-Lab" in detail
+
+
+def test_legacy_firstphase_fields_are_accepted_and_ignored_as_a1111_does(client):
+    plain = client.post("/txt2img", json={**FAST, "seed": 9, "enable_hr": True, "hr_scale": 1.5})
+    legacy = client.post("/txt2img", json={**FAST, "seed": 9, "enable_hr": True, "hr_scale": 1.5,
+                                           "firstphase_width": 128, "firstphase_height": 128})
+    assert plain.status_code == legacy.status_code == 200
+    assert plain.json()["images"] == legacy.json()["images"]
+
+
+def test_separate_horizontal_and_vertical_mask_blur(client):
+    picture = Image.new("RGB", (64, 64), (200, 40, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (24, 24, 40, 40))
+    body = {**FAST, "seed": 3, "init_images": [png_b64(picture)], "mask": png_b64(mask), "denoising_strength": 1}
+    answers = [client.post("/img2img", json={**body, "mask_blur_x": x, "mask_blur_y": y})
+               for x, y in ((8, 8), (0, 12), (12, 0))]
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    images = [answer.json()["images"][0] for answer in answers]
+    assert len(set(images)) == 3  # each blur shape blends the repainted square differently
+    infotexts = [json.loads(answer.json()["info"])["infotexts"][0] for answer in answers]
+    assert "Mask blur: 8" in infotexts[0] and "Mask blur" not in infotexts[1]
 
 
 def test_png_info_reads_ours_a1111_and_jpeg_exif(client):

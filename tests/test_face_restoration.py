@@ -272,3 +272,13 @@ def test_inpainting_restores_faces_before_pasting_the_input_back(services, with_
     result = np.asarray(Image.open(io.BytesIO(job.result.images[0].png)).convert("RGB"), np.int16)
     assert np.array_equal(result[:440], np.asarray(source, np.int16)[:440])
     assert "Face restoration: GFPGAN" in job.result.images[0].infotext
+
+
+def test_xyz_plot_face_restore_axis():
+    from backend.core.requests import Txt2ImgRequest
+    from extensions.xyz_plot import axes
+
+    request = Txt2ImgRequest(steps=2, width=64, height=64, seed=1, extension_args={"xyz_plot": {
+        "x_type": "Face restore", "x_values": "True, False"}})
+    cells = [cell.request for cell in axes.plan_plot(request, "xyz_plot").cells]
+    assert [cell.restore_faces for cell in cells] == [True, False]

@@ -199,3 +199,15 @@ def test_resize_modes():
     assert filled.shape == (64, 64, 3)
     assert np.array_equal(filled[0, 40], filled[20, 40])  # top band repeats the image's first row
     assert binary_mask(Image.new("L", (4, 4), 200), invert=True).getbbox() is None
+
+
+def test_mask_blur_can_differ_horizontally_and_vertically():
+    from backend.generation.image_ops import blur_mask
+
+    mask = Image.new("L", (41, 41), 0)
+    mask.putpixel((20, 20), 255)
+    vertical = np.asarray(blur_mask(mask, 0, 4), dtype=np.float32)
+    horizontal = np.asarray(blur_mask(mask, 4, 0), dtype=np.float32)
+    assert vertical[16, 20] > 0 and vertical[20, 16] == 0  # spread along the column only
+    assert horizontal[20, 16] > 0 and horizontal[16, 20] == 0
+    assert np.array_equal(vertical, horizontal.T)

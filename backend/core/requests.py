@@ -316,7 +316,8 @@ class Img2ImgRequest(GenerationRequest):
     mask: bytes | None = None
     denoising_strength: float = 0.75
     resize_mode: int = Field(0, description="0 Just resize, 1 Crop and resize, 2 Resize and fill")
-    mask_blur: int = 4
+    mask_blur: int = Field(4, description="Mask blur radius (horizontal, and vertical unless mask_blur_y is set)")
+    mask_blur_y: int | None = Field(None, description="A1111's mask_blur_y: a different vertical blur radius")
     inpainting_mask_invert: int = Field(0, description="0 inpaint masked, 1 inpaint not masked")
     inpainting_fill: int = Field(1, description="masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing")
     inpaint_full_res: bool = Field(False, description="Inpaint area: only masked (True) or whole picture")
@@ -341,6 +342,11 @@ class Img2ImgRequest(GenerationRequest):
     @classmethod
     def _option_range(cls, value: int, info: ValidationInfo) -> int:
         return _check_range(value, *IMG2IMG_RANGES[info.field_name])
+
+    @field_validator("mask_blur_y")
+    @classmethod
+    def _vertical_blur(cls, value: int | None) -> int | None:
+        return None if value is None else _check_range(value, *IMG2IMG_RANGES["mask_blur"])
 
     @field_validator("outpaint_left", "outpaint_right", "outpaint_up", "outpaint_down")
     @classmethod

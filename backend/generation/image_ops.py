@@ -58,8 +58,12 @@ def binary_mask(mask: Image.Image, invert: bool) -> Image.Image:
     return Image.fromarray((result * 255).astype(np.uint8), "L")
 
 
-def blur_mask(mask: Image.Image, radius: int) -> Image.Image:
-    return mask.filter(ImageFilter.GaussianBlur(radius)) if radius > 0 else mask
+def blur_mask(mask: Image.Image, radius: int, radius_y: int | None = None) -> Image.Image:
+    """Gaussian blur of the mask; `radius_y`: a different vertical radius (A1111's mask_blur_x / mask_blur_y)."""
+    radius_y = radius if radius_y is None else radius_y
+    if radius <= 0 and radius_y <= 0:
+        return mask
+    return mask.filter(ImageFilter.GaussianBlur(radius if radius == radius_y else (radius, radius_y)))
 
 
 FILL_PASSES = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))  # (blur radius, times composited), as A1111

@@ -74,7 +74,7 @@ class Img2ImgPlan:
                                          request.outpaint_up, request.outpaint_down, request.mask_blur)
         alpha = None
         if mask is not None:
-            alpha = blur_mask(mask, request.mask_blur)
+            alpha = blur_mask(mask, request.mask_blur, request.mask_blur_y)
         crop = None
         if mask is not None and request.inpaint_full_res and not request.outpaints:
             crop = mask_crop_region(alpha, request.inpaint_full_res_padding, request.width, request.height)
@@ -89,7 +89,8 @@ class Img2ImgPlan:
         if request.resize_mode:
             parameters["Resize mode"] = ("Just resize", "Crop and resize", "Resize and fill")[request.resize_mode]
         if self.mask is not None:
-            parameters["Mask blur"] = request.mask_blur
+            if request.mask_blur_y in (None, request.mask_blur):  # A1111 writes it only when x == y
+                parameters["Mask blur"] = request.mask_blur
             if request.inpainting_mask_invert:
                 parameters["Mask mode"] = MASK_MODES[1]
             if request.inpainting_fill != ORIGINAL:

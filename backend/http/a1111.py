@@ -57,15 +57,6 @@ def decode_image(data: str, field: str) -> Image.Image:
         raise HTTPException(status_code=422, detail=f"{field}: {error}") from None
 
 
-def _unsupported_fields(body: GenerationBody) -> list[str]:
-    """Fields set to ask for something this version cannot do (never silently ignored)."""
-    asked = {
-    }
-    if isinstance(body, Txt2ImgBody) and body.enable_hr:
-        asked |= {"firstphase_width": body.firstphase_width, "firstphase_height": body.firstphase_height}
-    return [name for name, value in asked.items() if value]
-
-
 def checkpoint_problem(error: CheckpointError) -> str:
     """The error without the "checkpoint: " a lookup failure starts with (the caller names its own field)."""
     return str(error).removeprefix("checkpoint: ")
@@ -73,9 +64,6 @@ def checkpoint_problem(error: CheckpointError) -> str:
 
 def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
     """The request fields txt2img and img2img share, from an A1111 body."""
-    unsupported = _unsupported_fields(body)
-    if unsupported:
-        raise HTTPException(status_code=422, detail=f"{', '.join(unsupported)}: not supported by this version yet")
     overrides = dict(body.override_settings or {})
     checkpoint = overrides.pop("sd_model_checkpoint", None)
     vae = overrides.pop("sd_vae", "Automatic")
@@ -211,14 +199,13 @@ def img2img_request(body: Img2ImgBody, services: Services) -> Img2ImgRequest:
     if len(body.init_images) > 1:
         raise HTTPException(status_code=422, detail="init_images: more than one init image per request is not "
                                                     "supported by this version; give one")
-    if body.mask_blur is None and body.mask_blur_x != body.mask_blur_y:
-        raise HTTPException(status_code=422, detail="mask_blur_x/mask_blur_y: different blurs are not supported "
-                                                    "by this version; give mask_blur")
     return _build(Img2ImgRequest, {
         **_common_fields(body, services), "init_image": image_bytes(body.init_images[0], "init_images[0]"),
         "mask": image_bytes(body.mask, "mask") if body.mask else None,
         "denoising_strength": body.denoising_strength, "resize_mode": body.resize_mode,
+        # A1111: mask_blur, when given, sets both; else mask_blur_x and mask_blur_y blur each direction
         "mask_blur": body.mask_blur if body.mask_blur is not None else body.mask_blur_x,
+        "mask_blur_y": None if body.mask_blur is not None or body.mask_blur_y == body.mask_blur_x else body.mask_blur_y,
         "inpainting_fill": body.inpainting_fill, "inpaint_full_res": body.inpaint_full_res,
         "inpaint_full_res_padding": body.inpaint_full_res_padding,
         "inpainting_mask_invert": body.inpainting_mask_invert,

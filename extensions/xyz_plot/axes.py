@@ -40,6 +40,7 @@ AXIS_TYPES = {axis.name: axis for axis in (
     AxisType("Hires sampler", "text", "hr_sampler_name"),  # txt2img with the hires fix
     AxisType("Refiner checkpoint", "text", "refiner_checkpoint"),
     AxisType("Refiner switch at", "float", "refiner_switch_at"),
+    AxisType("Face restore", "text", "restore_faces"),  # values such as "True, False"
     AxisType("Prompt S/R", "prompt_sr", None),
 )}
 AXIS_TYPE_NAMES = tuple(AXIS_TYPES)
