@@ -73,7 +73,21 @@ def edge_colours(element) -> tuple[tuple, tuple]:
     return (reds[0] if reds else None), (blues[-1] if blues else None)
 
 
+# Resolves once the browser has decoded the image: right after a result arrives its <img> may still be loading,
+# when naturalWidth/naturalHeight read 0.
+IMAGE_LOADED = """img => img.complete && img.naturalWidth > 0 ? true : new Promise((resolve, reject) => {
+    img.addEventListener('load', () => resolve(true), {once: true});
+    img.addEventListener('error', () => reject(new Error('the image failed to load: ' + img.src)), {once: true});
+})"""
+
+
+def natural_size(locator) -> list[int]:
+    locator.evaluate(IMAGE_LOADED)
+    return locator.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+
+
 def assert_whole(page, selector: str):
+    page.locator(selector).evaluate_all(f"images => Promise.all(images.map({IMAGE_LOADED}))")
     for share in page.locator(selector).evaluate_all(f"images => images.map({VISIBLE_SHARE})"):
         assert share["width"] == 1 and share["height"] == 1, f"{selector} crops its image: {share}"
 
@@ -86,7 +100,7 @@ def test_every_gallery_shows_the_whole_image_and_a_full_view_on_click(server, pa
     page.locator("#upscale_generate").click()
     wait_until_done(page, "upscale")
     thumbnail = page.locator("#upscale_gallery img").first
-    assert thumbnail.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [256, 128]
+    assert natural_size(thumbnail) == [256, 128]
     assert_whole(page, "#upscale_gallery img")
     red, blue = edge_colours(thumbnail)
     assert red and blue, "the thumbnail lost the image's left or right edge"
@@ -110,7 +124,8 @@ def test_every_gallery_shows_the_whole_image_and_a_full_view_on_click(server, pa
         set_slider(page, elem_id, value)
     page.get_by_role("button", name="Generate").click()
     wait_until_done(page, "txt2img")
-    assert page.locator("#txt2img_gallery img").first.evaluate("img => img.naturalWidth / img.naturalHeight") == 2
+    width, height = natural_size(page.locator("#txt2img_gallery img").first)
+    assert width / height == 2
     assert_whole(page, "#txt2img_gallery img")
     page.get_by_role("tab", name="img2img").first.click()
     page.locator("#img2img_image input[type=file]").set_input_files(str(tmp_path / "wide.png"))
