@@ -15,6 +15,19 @@ from backend.core.settings import Settings  # noqa: E402
 from backend.services import build_services  # noqa: E402
 from tools.tiny_models import write_tiny_checkpoint  # noqa: E402
 
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the cores, and so do the server processes it starts
+    (they inherit OMP_NUM_THREADS): more threads than cores would only make the workers wait for each other."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 FAST = dict(steps=3, width=64, height=64, cfg_scale=5.0)
 
 
