@@ -175,7 +175,8 @@ class Generator:
 
     def txt2img(self, request: Txt2ImgRequest, progress: JobProgress) -> GenerationResult:
         if request.enable_hr:
-            plan = HiresPlan.from_request(request, self.upscalers, self.hooks.sampler_specs())
+            plan = HiresPlan.from_request(request, self.upscalers, self.hooks.sampler_specs(),
+                                          self.options().hires_fix_refiner_pass)
             return self._run(request, progress, "txt2img", self._restoring(request, plan.make_batch),
                              plan.infotext_parameters(), plan.pass_steps)
 
