@@ -26,7 +26,7 @@ DISTILLED_CFG_RANGE = (0.0, 30.0)  # Forge's slider
 INTEGER_RANGES = {"steps": STEPS_RANGE, "seed": (-1, MAX_SEED), "batch_size": BATCH_SIZE_RANGE,
                   "n_iter": BATCH_COUNT_RANGE, "clip_skip": CLIP_SKIP_RANGE, "subseed": (-1, MAX_SEED),
                   "eta_noise_seed_delta": (0, MAX_SEED)}
-RANDN_SOURCES = ("CPU", "GPU")  # A1111's "Random number generator source" (its "NV" is not offered)
+RANDN_SOURCES = ("CPU", "GPU", "NV")  # A1111's "Random number generator source"
 TILING_AXES = ("XY", "X", "Y")
 HIRES_REFINER_PASSES = ("first pass", "second pass", "both passes")  # A1111's option hires_fix_refiner_pass
 
@@ -125,7 +125,8 @@ class GenerationRequest(BaseModel):
     seed_resize_from_w: int = Field(-1, description="Make the noise as at this width (-1 or 0: off)")
     seed_resize_from_h: int = Field(-1, description="Make the noise as at this height (-1 or 0: off)")
     eta_noise_seed_delta: int = Field(0, description="ENSD: the sampler's later noise is seeded with seed + this")
-    randn_source: str = Field("CPU", description="CPU: the same noise on every device; GPU: drawn on the device")
+    randn_source: str = Field("CPU", description="CPU: the same noise on every device; GPU: drawn on the device; "
+                                                 "NV: an NVIDIA GPU's noise, made on any device")
     tiling: bool = Field(False, description="Seamless images: the edges continue each other")
     tiling_axes: str = Field("XY", description="Which edges tile: XY (both), X (left/right) or Y (top/bottom)")
     refiner_checkpoint: str | None = Field(None, description="A1111's refiner: the checkpoint that continues")
