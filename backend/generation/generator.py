@@ -159,9 +159,11 @@ class Generator:
         items = plan_batch(request)
         samplers = self.hooks.sampler_specs()
         images, warnings, label = [], [], ""
-        for item in items:
+        progress.parts = len(items)  # one progress over the folder: image k of N
+        for number, item in enumerate(items):
             if progress.interrupt_requested:
                 break
+            progress.part = number
             result = self.generate(item_request(request, item, samplers, self._checkpoint_title), progress)
             images += write_results(result, item, self.outputs)
             warnings += [warning for warning in result.warnings if warning not in warnings]
