@@ -235,3 +235,7 @@ def test_hires_refiner_pass_over_rest(services):
         assert "Hires refiner: both passes" in json.loads(response.json()["info"])["infotexts"][0]
         wrong = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"hires_fix_refiner_pass": "x"}})
         assert wrong.status_code == 422 and "hires_fix_refiner_pass" in wrong.json()["detail"]
+        # without an override, the saved option (A1111's Settings) decides
+        assert client.post("/sdapi/v1/options", json={"hires_fix_refiner_pass": "first pass"}).status_code == 200
+        saved = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {}})
+        assert "Hires refiner: first pass" in json.loads(saved.json()["info"])["infotexts"][0]
