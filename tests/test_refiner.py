@@ -174,6 +174,14 @@ def test_sdxl_base_then_the_sdxl_refiner(make_services, checkpoint_files, tmp_pa
     assert not torch.allclose(refined_steps[-1], base_steps[-1])
     assert np.abs(refined - base).mean() > 0.5
     assert parse_infotext(infotext)["Refiner"].startswith("refiner [")
+    # with the hires fix, the SDXL refiner that took over the first pass makes the whole hires pass (its own
+    # img2img pipeline: OpenCLIP-G only, aesthetic-score time ids)
+    for refiner_pass in ("first pass", "second pass"):  # second pass: it switches in during the hires pass
+        hires = run_txt2img(services, **dict(fields, steps=2), refiner_checkpoint="refiner.safetensors",
+                            refiner_switch_at=0.5, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent",
+                            denoising_strength=1.0, hires_fix_refiner_pass=refiner_pass)
+        assert hires.status == "done", hires.error
+        assert pixels(hires.result.images[0].path).shape[:2] == (96, 96)
     # the refiner cannot start a txt2img job, and as the job's checkpoint it takes no refiner
     as_base = run_txt2img(services, **dict(fields, checkpoint="refiner.safetensors"),
                           refiner_checkpoint="base.safetensors", refiner_switch_at=0.5)
