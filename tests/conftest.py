@@ -112,3 +112,25 @@ def run_txt2img(services, **fields):
 
 def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture(scope="session")
+def gfpgan_file(tmp_path_factory) -> Path:
+    """GFPGANv1.4.pth as published ({"params_ema": state dict}), the network built by spandrel, random weights."""
+    import torch
+    from spandrel.architectures.GFPGAN import GFPGAN
+
+    torch.manual_seed(0)
+    network = GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None,
+                     fix_decoder=False, num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True)
+    path = tmp_path_factory.mktemp("gfpgan") / "GFPGANv1.4.pth"
+    torch.save({"params_ema": network.state_dict()}, path)
+    return path
+
+
+@pytest.fixture
+def with_gfpgan(models_dir, gfpgan_file) -> Path:
+    folder = models_dir / "GFPGAN"
+    folder.mkdir(exist_ok=True)
+    os.link(gfpgan_file, folder / gfpgan_file.name)
+    return folder / gfpgan_file.name

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import pathlib
 
 import numpy as np
@@ -26,27 +25,6 @@ from backend.upscale.retinaface import RETINAFACE_FILE, RetinaFace, anchors, dec
 from tests.conftest import run_txt2img
 
 skimage_data = pytest.importorskip("skimage.data")
-
-
-@pytest.fixture(scope="session")
-def gfpgan_file(tmp_path_factory) -> pathlib.Path:
-    """GFPGANv1.4.pth as published ({"params_ema": state dict}), the network built by spandrel, random weights."""
-    from spandrel.architectures.GFPGAN import GFPGAN
-
-    torch.manual_seed(0)
-    network = GFPGAN(out_size=512, num_style_feat=512, channel_multiplier=2, decoder_load_path=None,
-                     fix_decoder=False, num_mlp=8, input_is_latent=True, different_w=True, narrow=1, sft_half=True)
-    path = tmp_path_factory.mktemp("gfpgan") / "GFPGANv1.4.pth"
-    torch.save({"params_ema": network.state_dict()}, path)
-    return path
-
-
-@pytest.fixture
-def with_gfpgan(models_dir, gfpgan_file) -> pathlib.Path:
-    folder = models_dir / "GFPGAN"
-    folder.mkdir(exist_ok=True)
-    os.link(gfpgan_file, folder / gfpgan_file.name)
-    return folder / gfpgan_file.name
 
 
 @pytest.fixture

@@ -179,3 +179,29 @@ def test_hires_fix_with_an_image_upscaler(flow_services):
     job = flow_services.jobs.run_and_wait(Txt2ImgRequest(**{**FLOW_FAST, "checkpoint": "sd3-tiny", "enable_hr": True,
                                                             "hr_upscaler": "Latent"}), timeout=300)
     assert job.status == "failed" and job.error_field == "hr_upscaler" and "Lanczos" in job.error
+
+
+def test_the_page_defaults_to_cfg_1_and_counts_t5_tokens_for_flux(flow_server):
+    """In the browser, on the server above: the CFG sliders follow the loaded Flux model (1, as the API's default),
+    Distilled CFG Scale shows, and the prompt counter adds T5's count and limit."""
+    import shutil
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(flow_server.url + "/")
+            page.wait_for_function("() => document.querySelector('#txt2img_cfg_scale input[type=number]')"
+                                   "?.value === '1'", timeout=60_000)
+            assert page.locator("#distilled_cfg_scale").is_visible()
+            page.fill("#txt2img_prompt textarea", "a red cat")
+            page.wait_for_function("() => /T5 \\d+\\/511/.test(document.querySelector('#txt2img_token_counter')"
+                                   ".innerText)", timeout=30_000)
+            page.get_by_role("tab", name="img2img").click()  # rendered when first shown, with the value it got
+            page.wait_for_function("() => document.querySelector('#img2img_cfg_scale input[type=number]')"
+                                   "?.value === '1'", timeout=30_000)
+        finally:
+            browser.close()

@@ -147,3 +147,35 @@ def test_an_unreadable_file_in_the_folder_fails_before_any_image_is_made(service
                                      timeout=300)
     assert job.status == "failed" and job.error_field == "input_dir" and "notes.png" in job.error
     assert not outputs.exists()
+
+
+def test_progress_runs_once_over_the_whole_folder(services, folders):
+    """Image k of N: the progress climbs from 0 to 1 over all the inputs (before: it went back to 0 for each)."""
+    from backend.jobs.queue import JobProgress
+    from ui.progress_view import render_progress
+
+    inputs, outputs, _ = folders
+    save(picture((90, 90, 200)), inputs / "blue.png")
+    seen = []
+
+    class Recording(JobProgress):
+        def note_step(self):
+            super().note_step()
+            seen.append((self.part, self.parts, self.fraction))
+
+    progress = Recording()
+    request = build_request(Img2ImgBatchRequest, {**FAST, "input_dir": str(inputs), "output_dir": str(outputs)})
+    services.generator.img2img_batch(request, progress)
+    fractions = [fraction for _, _, fraction in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert sorted({part for part, _, _ in seen}) == [0, 1, 2] and {parts for _, parts, _ in seen} == {3}
+    # the first image's steps take the bar to a third, not to the end
+    assert max(fraction for part, _, fraction in seen if part == 0) == pytest.approx(1 / 3)
+
+    class Running:
+        status = "running"
+
+    job = Running()
+    job.progress = progress
+    progress.part = 1
+    assert "image 2/3" in render_progress(job)

@@ -87,3 +87,28 @@ def test_mcp_tools_work_with_auth_on(tmp_path, models_dir):
     (saved,) = list((tmp_path / "outputs" / "txt2img-images").rglob("*-41.png"))
     assert Image.open(saved).info["parameters"].startswith("a locked robot\n")
     assert anonymous.status_code == 401 and wrong.status_code == 401
+
+
+def test_mcp_tools_offer_restore_faces_as_the_other_fields(services, with_gfpgan):
+    """In process (no server): the tool schema lists restore_faces and the face model (an enum), and a call with
+    restore_faces runs the job with A1111's Restore faces (its infotext key)."""
+    import gradio as gr
+    from gradio.mcp import GradioMCPServer
+
+    from ui.mcp_tools import register_mcp_tools
+
+    with gr.Blocks() as page:
+        register_mcp_tools(services)
+    server = GradioMCPServer(page)
+    for tool in ("txt2img", "img2img"):
+        description, parameters = server.get_fn_description(server.get_block_fn_from_endpoint_name(
+            server.tool_to_endpoint[tool]), tool)
+        properties = server.get_input_schema(tool, parameters)[0]["properties"]
+        assert properties["restore_faces"]["type"] == "boolean"
+        assert properties["face_restoration_model"]["enum"] == ["GFPGAN", "CodeFormer"]
+        assert "models/GFPGAN" in properties["restore_faces"]["description"]
+    txt2img = next(block.fn for block in page.fns.values() if block.api_name == "txt2img")
+    (path,) = txt2img("a face", steps=1, width=64, height=64, seed=7, sampler_name="Euler", restore_faces=True)
+    assert "Face restoration: GFPGAN" in Image.open(path).info["parameters"]
+    (plain,) = txt2img("a face", steps=1, width=64, height=64, seed=7, sampler_name="Euler")
+    assert "Face restoration" not in Image.open(plain).info["parameters"]

@@ -121,7 +121,8 @@ def test_errors_name_the_refiner_fields(services):
     missing = run_txt2img(services, **JOB, refiner_checkpoint="nope.safetensors", refiner_switch_at=0.5)
     assert missing.status == "failed" and missing.error.startswith("refiner_checkpoint")
     for fields, field in (({"refiner_switch_at": 0}, "refiner_switch_at"),
-                          ({"refiner_checkpoint": OTHER, "enable_hr": True}, "refiner_checkpoint")):
+                          ({"refiner_checkpoint": OTHER, "enable_hr": True, "hires_fix_refiner_pass": "third pass"},
+                           "hires_fix_refiner_pass")):
         with pytest.raises(RequestError) as error:
             build_request(Txt2ImgRequest, fields)
         assert error.value.field == field
@@ -173,7 +174,76 @@ def test_sdxl_base_then_the_sdxl_refiner(make_services, checkpoint_files, tmp_pa
     assert not torch.allclose(refined_steps[-1], base_steps[-1])
     assert np.abs(refined - base).mean() > 0.5
     assert parse_infotext(infotext)["Refiner"].startswith("refiner [")
+    # with the hires fix, the SDXL refiner that took over the first pass makes the whole hires pass (its own
+    # img2img pipeline: OpenCLIP-G only, aesthetic-score time ids)
+    for refiner_pass in ("first pass", "second pass"):  # second pass: it switches in during the hires pass
+        hires = run_txt2img(services, **dict(fields, steps=2), refiner_checkpoint="refiner.safetensors",
+                            refiner_switch_at=0.5, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent",
+                            denoising_strength=1.0, hires_fix_refiner_pass=refiner_pass)
+        assert hires.status == "done", hires.error
+        assert pixels(hires.result.images[0].path).shape[:2] == (96, 96)
     # the refiner cannot start a txt2img job, and as the job's checkpoint it takes no refiner
     as_base = run_txt2img(services, **dict(fields, checkpoint="refiner.safetensors"),
                           refiner_checkpoint="base.safetensors", refiner_switch_at=0.5)
     assert as_base.status == "failed" and "refiner" in as_base.error.lower()
+
+
+def unet_calls(services, **fields) -> tuple[dict[str, int], np.ndarray, str]:
+    """How many times each checkpoint's UNet ran for one txt2img job, its image and infotext."""
+    calls = {JOB["checkpoint"]: 0, OTHER: 0}
+    handles = []
+    for name in calls:
+        with services.models.lease(services.models.resolve(name).title) as (_entry, model):
+            handles.append(model.pipeline.unet.register_forward_hook(
+                lambda *_args, name=name: calls.__setitem__(name, calls[name] + 1)))
+    try:
+        image_pixels, infotext = image(services, **fields)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls, image_pixels, infotext
+
+
+HIRES = dict(steps=4, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent", denoising_strength=1.0,
+             refiner_checkpoint=OTHER, refiner_switch_at=0.5)
+
+
+def test_refiner_with_the_hires_fix_switches_in_the_pass_a1111_chooses(services):
+    """A1111's "Hires fix: which pass to enable refiner for": 4 first-pass steps, 4 hires steps, switch at 0.5
+    (2 steps on the base). Second pass (the default): the base makes the first pass and half the second. First
+    pass: the refiner takes over the first pass and, still loaded, makes the whole hires pass."""
+    calls, second_pass, info = unet_calls(services, **HIRES)
+    assert calls == {JOB["checkpoint"]: 4 + 2, OTHER: 2}
+    assert "Refiner switch at: 0.5" in info and "Hires refiner" not in info
+    calls, first_pass, info = unet_calls(services, **HIRES, hires_fix_refiner_pass="first pass")
+    assert calls == {JOB["checkpoint"]: 2, OTHER: 2 + 4}
+    assert parse_infotext(info)["Hires refiner"] == "first pass"
+    assert request_fields(parse_infotext(info))["hires_fix_refiner_pass"] == "first pass"
+    calls, both, _ = unet_calls(services, **HIRES, hires_fix_refiner_pass="both passes")
+    assert calls == {JOB["checkpoint"]: 2, OTHER: 2 + 4}
+    assert np.array_equal(both, first_pass)  # the refiner, already in, has nothing to switch in the second pass
+    plain, _ = image(services, **{**HIRES, "refiner_checkpoint": None})
+    assert np.abs(second_pass - plain).mean() > 0.2 and np.abs(first_pass - second_pass).mean() > 0.2
+    # a hires checkpoint runs the second pass; the refiner then switches in during it again
+    calls, _, _ = unet_calls(services, **HIRES, hires_fix_refiner_pass="both passes",
+                             hr_checkpoint_name=JOB["checkpoint"])
+    assert calls == {JOB["checkpoint"]: 2 + 2, OTHER: 2 + 2}
+
+
+def test_hires_refiner_pass_over_rest(services):
+    app = FastAPI()
+    app.include_router(build_api_router(services))
+    body = {"prompt": "p", "steps": 2, "width": 64, "height": 64, "seed": 3, "sampler_name": "Euler",
+            "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.5,
+            "refiner_checkpoint": OTHER, "refiner_switch_at": 0.5,
+            "override_settings": {"hires_fix_refiner_pass": "both passes"}}
+    with TestClient(app) as client:
+        response = client.post("/sdapi/v1/txt2img", json=body)
+        assert response.status_code == 200, response.text
+        assert "Hires refiner: both passes" in json.loads(response.json()["info"])["infotexts"][0]
+        wrong = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"hires_fix_refiner_pass": "x"}})
+        assert wrong.status_code == 422 and "hires_fix_refiner_pass" in wrong.json()["detail"]
+        # without an override, the saved option (A1111's Settings) decides
+        assert client.post("/sdapi/v1/options", json={"hires_fix_refiner_pass": "first pass"}).status_code == 200
+        saved = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {}})
+        assert "Hires refiner: first pass" in json.loads(saved.json()["info"])["infotexts"][0]

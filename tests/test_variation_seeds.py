@@ -118,7 +118,7 @@ def test_variation_in_hires_fix_and_img2img(services):
 
 @pytest.mark.parametrize("fields, field", [
     ({"subseed_strength": 1.5}, "subseed_strength"), ({"subseed": -2}, "subseed"),
-    ({"seed_resize_from_w": 32}, "seed_resize_from_w"), ({"randn_source": "NV"}, "randn_source"),
+    ({"seed_resize_from_w": 32}, "seed_resize_from_w"), ({"randn_source": "XPU"}, "randn_source"),
     ({"eta_noise_seed_delta": -1}, "eta_noise_seed_delta"), ({"tiling_axes": "Z"}, "tiling_axes"),
 ])
 def test_bad_noise_fields_name_the_field(fields, field):

@@ -135,8 +135,17 @@ def build_prompt_row(prefix: str, under_generate: Callable[[], object] | None = 
                 token_counter=token_counter, negative_token_counter=negative_counter, styles=styles)
 
 
-def render_token_count(used: int, limit: int) -> str:
-    return f'<div class="token-counter" style="text-align:right;opacity:0.8">{used}/{limit}</div>'
+def render_token_count(used: int, limit: int, t5: tuple[int, int] | None = None) -> str:
+    """A1111's CLIP count; with `t5` (Flux/SD3) T5's count and room too, as Forge shows it."""
+    t5_count = f" · T5 {t5[0]}/{t5[1]}" if t5 else ""
+    return f'<div class="token-counter" style="text-align:right;opacity:0.8">{used}/{limit}{t5_count}</div>'
+
+
+def prompt_token_counts(services: Services, text: str | None, steps) -> str:
+    """The counter beside a prompt box for the selected model (T5's count only once a Flux/SD3 model is loaded)."""
+    text, steps = text or "", int(steps or 1)
+    return render_token_count(*services.networks.token_counter(text, steps),
+                              t5=services.networks.t5_token_counter(text, steps, services.models.loaded(None)))
 
 
 
@@ -302,7 +311,7 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
     form.random_seed.click(lambda: -1, outputs=form.seed, **PRIVATE)
 
     def count(text: str | None, steps) -> str:
-        return render_token_count(*services.networks.token_counter(text or "", int(steps or 1)))
+        return prompt_token_counts(services, text, steps)
 
     for box, counter in ((form.prompt, form.token_counter), (form.negative_prompt, form.negative_token_counter)):
         box.change(count, inputs=[box, form.steps], outputs=counter, trigger_mode="always_last",

@@ -14,6 +14,7 @@ from ui.generation_form import PRIVATE
 from ui.history_tab import build_history_tab
 from ui.image_upload import editor_upload_check
 from ui.img2img_tab import build_img2img_tab
+from ui.model_family import follow_model_family
 from ui.model_picker import build_model_picker, follow_startup
 from ui.png_info_tab import build_png_info_tab
 from ui.progress_view import render_queue
@@ -88,7 +89,8 @@ def build_ui(services: Services, mcp: bool = False, api_docs: bool = False) -> g
         send_to.to_img2img(txt2img.send_to_inpaint, txt2img.selected_path, txt2img.infotext, "inpaint")
         send_to.to_upscale(txt2img.send_to_upscale, txt2img.selected_path)
         send_to.to_upscale(img2img.form.send_to_upscale, img2img.form.selected_path)
-        follow_startup(page, services, model)
+        loaded = follow_startup(page, services, model)
+        follow_model_family(services, model, [txt2img, img2img.form], [model.chosen, loaded])
         editor_upload_check(page, "img2img_inpaint_editor")
         if api_docs:
             gr.HTML(render_footer(api_docs), elem_id="webui_footer")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Literal
 
 import gradio as gr
 
@@ -16,6 +17,8 @@ from backend.core.requests import ExtrasRequest, Img2ImgRequest, RequestError, T
 from backend.jobs.queue import TooManyJobs
 from backend.services import Services
 from ui.job_runner import client_address
+
+FaceRestorer = Literal["GFPGAN", "CodeFormer"]  # backend.core.requests.FACE_RESTORERS, as the tool schema's enum
 
 
 def _run(services: Services, request_class, fields: dict, http: gr.Request | None) -> list[str]:
@@ -36,9 +39,15 @@ def _decode(data: str, field: str) -> bytes:
         raise gr.Error(f"{field}: not valid base64") from None
 
 
+def _faces(restore_faces: bool, model: str) -> dict:
+    """The face restoration fields as the UI and REST send them (the model only when faces are restored)."""
+    return {"restore_faces": True, "face_restoration_model": model} if restore_faces else {}
+
+
 def register_mcp_tools(services: Services):
     def txt2img(prompt: str, negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0,
                 width: int = 512, height: int = 512, seed: int = -1, sampler_name: str = "DPM++ 2M",
+                restore_faces: bool = False, face_restoration_model: FaceRestorer = "GFPGAN",
                 http: gr.Request = None) -> list[str]:
         """Generate images from a text prompt with the selected Stable Diffusion checkpoint.
 
@@ -51,17 +60,21 @@ def register_mcp_tools(services: Services):
             height: image height in pixels, a multiple of 8 from 64 to 2048.
             seed: random seed; -1 picks one.
             sampler_name: an A1111 sampler name such as "DPM++ 2M", "Euler a" or "DDIM".
+            restore_faces: restore the faces in the images (A1111's Restore faces; needs a model in models/GFPGAN).
+            face_restoration_model: the face restoration model, "GFPGAN" or "CodeFormer".
 
         Returns:
             Paths of the saved PNG images (their generation parameters are embedded).
         """
         return _run(services, Txt2ImgRequest, dict(prompt=prompt, negative_prompt=negative_prompt, steps=steps,
                                                    cfg_scale=cfg_scale, width=width, height=height, seed=seed,
-                                                   sampler_name=sampler_name), http)
+                                                   sampler_name=sampler_name, **_faces(restore_faces,
+                                                                                       face_restoration_model)), http)
 
     def img2img(image_base64: str, prompt: str, denoising_strength: float = 0.75, mask_base64: str = "",
                 negative_prompt: str = "", steps: int = 20, cfg_scale: float = 7.0, width: int = 512,
-                height: int = 512, seed: int = -1, http: gr.Request = None) -> list[str]:
+                height: int = 512, seed: int = -1, restore_faces: bool = False,
+                face_restoration_model: FaceRestorer = "GFPGAN", http: gr.Request = None) -> list[str]:
         """Repaint an image guided by a prompt; with a mask, repaint only the white area of the mask.
 
         Args:
@@ -75,6 +88,8 @@ def register_mcp_tools(services: Services):
             width: output width in pixels, a multiple of 8.
             height: output height in pixels, a multiple of 8.
             seed: random seed; -1 picks one.
+            restore_faces: restore the faces in the results (A1111's Restore faces; needs a model in models/GFPGAN).
+            face_restoration_model: the face restoration model, "GFPGAN" or "CodeFormer".
 
         Returns:
             Paths of the saved PNG images.
@@ -83,7 +98,7 @@ def register_mcp_tools(services: Services):
             init_image=_decode(image_base64, "image_base64"),
             mask=_decode(mask_base64, "mask_base64") if mask_base64 else None, prompt=prompt,
             denoising_strength=denoising_strength, negative_prompt=negative_prompt, steps=steps, cfg_scale=cfg_scale,
-            width=width, height=height, seed=seed), http)
+            width=width, height=height, seed=seed, **_faces(restore_faces, face_restoration_model)), http)
 
     def upscale(image_base64: str, scale: float = 2.0, upscaler: str = "Lanczos", width: int = 0,
                 height: int = 0, http: gr.Request = None) -> list[str]:

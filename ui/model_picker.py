@@ -45,6 +45,7 @@ class ModelControls:
     components: gr.Dropdown | None = None
     distilled_cfg: gr.Slider | None = None
     shift: gr.Slider | None = None
+    chosen: object = None  # the event of a model chosen in the dropdown (ends once it is loaded), for .then
 
     @property
     def inputs(self) -> set:
@@ -80,7 +81,7 @@ def build_model_picker(services: Services) -> ModelControls:
         distilled_cfg = gr.Slider(label="Distilled CFG Scale", minimum=DISTILLED_CFG_RANGE[0],
                                   maximum=DISTILLED_CFG_RANGE[1], step=0.1,
                                   value=defaults["distilled_cfg_scale"].default, elem_id="distilled_cfg_scale",
-                                  scale=2, info="Flux dev")
+                                  scale=2, info="Flux dev", visible=loaded_family(services) == "flux")
         shift = gr.Slider(label="Shift", minimum=SHIFT_RANGE[0], maximum=SHIFT_RANGE[1], step=0.1,
                           value=defaults["shift"].default, elem_id="flow_shift", scale=2,
                           info="Flux / SD3; 0 = the model's own")
@@ -120,9 +121,15 @@ def build_model_picker(services: Services) -> ModelControls:
     components.input(on_components, inputs=[dropdown, components], outputs=status, api_visibility="private")
     dropdown.change(lambda title: gr.update(value=chosen_components(services, title)), inputs=dropdown,
                     outputs=components, api_visibility="private")
-    dropdown.input(on_select, inputs=dropdown, outputs=[status, dropdown], concurrency_limit=None,
-                   api_visibility="private")
-    return ModelControls(dropdown, vae, clip_skip, status, components, distilled_cfg, shift)
+    chosen = dropdown.input(on_select, inputs=dropdown, outputs=[status, dropdown], concurrency_limit=None,
+                            api_visibility="private")
+    return ModelControls(dropdown, vae, clip_skip, status, components, distilled_cfg, shift, chosen)
+
+
+def loaded_family(services: Services) -> str | None:
+    """The family of the selected model when it is loaded (None while it loads)."""
+    model = services.models.loaded(None)
+    return model.family if model is not None else None
 
 
 def component_choices(services: Services) -> list[str]:
@@ -148,5 +155,5 @@ def follow_startup(page: gr.Blocks, services: Services, controls: ModelControls)
         value = services.models.selected.title if not shown or services.models.failure(shown) else shown
         yield render_failures(services), gr.update(choices=checkpoint_choices(services), value=value)
 
-    page.load(on_load, inputs=controls.checkpoint, outputs=[controls.status, controls.checkpoint],
-              show_progress="hidden", concurrency_limit=None, api_visibility="private")
+    return page.load(on_load, inputs=controls.checkpoint, outputs=[controls.status, controls.checkpoint],
+                     show_progress="hidden", concurrency_limit=None, api_visibility="private")

@@ -14,6 +14,8 @@ def render_progress(job: Job, position: int | None = None) -> str:
     percent = round(progress.fraction * 100)
     eta = progress.eta_seconds
     batch = f" · batch {progress.batch + 1}/{progress.batches}" if progress.batches > 1 else ""
+    if progress.parts > 1:  # img2img Batch: which input image of the folder
+        batch += f" · image {progress.part + 1}/{progress.parts}"
     eta_text = f" · {eta:.1f}s left" if eta is not None else ""
     label = f"Step {progress.step}/{progress.steps_per_batch or '?'}{batch}{eta_text}"
     return (f'<div class="job-progress" style="border:1px solid #888;border-radius:4px;position:relative;height:22px">'

@@ -151,7 +151,8 @@ def _boolean(value: str) -> bool:
 NOISE_CONVERTERS = {"Variation seed": ("subseed", int), "Variation seed strength": ("subseed_strength", float),
                     "ENSD": ("eta_noise_seed_delta", int), "RNG": ("randn_source", str),
                     "Tiling": ("tiling", _boolean), "Tiling axes": ("tiling_axes", str),
-                    "Refiner": ("refiner_checkpoint", str), "Refiner switch at": ("refiner_switch_at", float)}
+                    "Refiner": ("refiner_checkpoint", str), "Refiner switch at": ("refiner_switch_at", float),
+                    "Hires refiner": ("hires_fix_refiner_pass", str)}
 
 
 def request_fields(parameters: dict[str, Any]) -> dict[str, Any]:

@@ -88,6 +88,8 @@ class Options(BaseModel):
     upcast_attn: bool = option(False, "Upcast cross attention layer to float32", SD)
     randn_source: Literal["GPU", "CPU", "NV"] = option("GPU", "Random number generator source", SD)
     tiling: bool = option(False, "Tiling", SD)
+    hires_fix_refiner_pass: Literal["first pass", "second pass", "both passes"] = option(
+        "second pass", "Hires fix: which pass to enable refiner for", SD)
     img2img_color_correction: bool = option(False, "Apply color correction to img2img results to match original "
                                                    "colors", SD)
     img2img_fix_steps: bool = option(False, "With img2img, do exactly the amount of steps the slider specifies", SD)

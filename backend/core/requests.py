@@ -26,8 +26,9 @@ DISTILLED_CFG_RANGE = (0.0, 30.0)  # Forge's slider
 INTEGER_RANGES = {"steps": STEPS_RANGE, "seed": (-1, MAX_SEED), "batch_size": BATCH_SIZE_RANGE,
                   "n_iter": BATCH_COUNT_RANGE, "clip_skip": CLIP_SKIP_RANGE, "subseed": (-1, MAX_SEED),
                   "eta_noise_seed_delta": (0, MAX_SEED)}
-RANDN_SOURCES = ("CPU", "GPU")  # A1111's "Random number generator source" (its "NV" is not offered)
+RANDN_SOURCES = ("CPU", "GPU", "NV")  # A1111's "Random number generator source"
 TILING_AXES = ("XY", "X", "Y")
+HIRES_REFINER_PASSES = ("first pass", "second pass", "both passes")  # A1111's option hires_fix_refiner_pass
 
 
 class RequestError(UserError):
@@ -124,11 +125,14 @@ class GenerationRequest(BaseModel):
     seed_resize_from_w: int = Field(-1, description="Make the noise as at this width (-1 or 0: off)")
     seed_resize_from_h: int = Field(-1, description="Make the noise as at this height (-1 or 0: off)")
     eta_noise_seed_delta: int = Field(0, description="ENSD: the sampler's later noise is seeded with seed + this")
-    randn_source: str = Field("CPU", description="CPU: the same noise on every device; GPU: drawn on the device")
+    randn_source: str = Field("CPU", description="CPU: the same noise on every device; GPU: drawn on the device; "
+                                                 "NV: an NVIDIA GPU's noise, made on any device")
     tiling: bool = Field(False, description="Seamless images: the edges continue each other")
     tiling_axes: str = Field("XY", description="Which edges tile: XY (both), X (left/right) or Y (top/bottom)")
     refiner_checkpoint: str | None = Field(None, description="A1111's refiner: the checkpoint that continues")
     refiner_switch_at: float = Field(0.8, description="Fraction of the steps the job's checkpoint samples")
+    hires_fix_refiner_pass: str | None = Field(None, description="With the hires fix: the pass the refiner switches "
+                                               "in (first pass, second pass, both passes); None: the saved option")
 
     @field_validator("width", "height")
     @classmethod
@@ -188,6 +192,13 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _switch_at(cls, value: float) -> float:
         return _check_finite_range(value, 0.01, 1.0)
+
+    @field_validator("hires_fix_refiner_pass")
+    @classmethod
+    def _hires_refiner_pass(cls, value: str | None) -> str | None:
+        if value is not None and value not in HIRES_REFINER_PASSES:
+            raise ValueError(f"must be one of {', '.join(HIRES_REFINER_PASSES)}; got {value!r}")
+        return value
 
     @field_validator("randn_source")
     @classmethod
@@ -284,13 +295,6 @@ class Txt2ImgRequest(GenerationRequest):
                 self.hires_sampler((info.context or {}).get("samplers"))
             except SamplerError as error:
                 raise ValueError(f"hr_{error}") from None  # "hr_sampler_name: ..." or "hr_scheduler: ..."
-        return self
-
-    @model_validator(mode="after")
-    def _hires_and_refiner(self):
-        if self.enable_hr and self.refiner_checkpoint:
-            raise ValueError("refiner_checkpoint: the refiner together with the hires fix is not supported by this "
-                             "version yet; turn one of them off")
         return self
 
     @model_validator(mode="after")

@@ -159,9 +159,11 @@ class Generator:
         items = plan_batch(request)
         samplers = self.hooks.sampler_specs()
         images, warnings, label = [], [], ""
-        for item in items:
+        progress.parts = len(items)  # one progress over the folder: image k of N
+        for number, item in enumerate(items):
             if progress.interrupt_requested:
                 break
+            progress.part = number
             result = self.generate(item_request(request, item, samplers, self._checkpoint_title), progress)
             images += write_results(result, item, self.outputs)
             warnings += [warning for warning in result.warnings if warning not in warnings]
@@ -175,7 +177,8 @@ class Generator:
 
     def txt2img(self, request: Txt2ImgRequest, progress: JobProgress) -> GenerationResult:
         if request.enable_hr:
-            plan = HiresPlan.from_request(request, self.upscalers, self.hooks.sampler_specs())
+            plan = HiresPlan.from_request(request, self.upscalers, self.hooks.sampler_specs(),
+                                          self.options().hires_fix_refiner_pass)
             return self._run(request, progress, "txt2img", self._restoring(request, plan.make_batch),
                              plan.infotext_parameters(), plan.pass_steps)
 

@@ -18,6 +18,7 @@ from backend.core.requests import LATENT_UPSCALE_MODES, RequestError, Txt2ImgReq
 from backend.core.samplers import resolve_sampler
 from backend.generation.flow_guidance import guidance_arguments, is_flow
 from backend.generation.noise import BatchNoise
+from backend.generation.refiner import Refiner, refined
 from backend.generation.step_counter import steps_run
 from backend.upscale.service import Upscalers
 
@@ -29,10 +30,11 @@ class HiresPlan:
     upscalers: Upscalers | None
     first_sampler: tuple[str, str] = ("", "")  # (sampler, schedule) of the first pass
     second_sampler: tuple[str, str] = ("", "")  # of the second pass: the hires choices or the first pass's
+    refiner_pass: str = "second pass"  # A1111's hires_fix_refiner_pass: where a refiner switches in
 
     @classmethod
     def from_request(cls, request: Txt2ImgRequest, upscalers: Upscalers | None,
-                     extra_samplers: dict | None = None) -> HiresPlan:
+                     extra_samplers: dict | None = None, refiner_pass: str = "second pass") -> HiresPlan:
         sizes = hires_sizes(request.width, request.height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
         if request.hr_upscaler not in LATENT_UPSCALE_MODES:
             if upscalers is None:
@@ -41,7 +43,8 @@ class HiresPlan:
             upscalers.resolve(request.hr_upscaler, "hr_upscaler")  # fail before the first pass, not after
         return cls(request=request, sizes=sizes, upscalers=upscalers,
                    first_sampler=resolve_sampler(request.sampler_name, request.scheduler, extra_samplers),
-                   second_sampler=request.hires_sampler(extra_samplers))
+                   second_sampler=request.hires_sampler(extra_samplers),
+                   refiner_pass=request.hires_fix_refiner_pass or refiner_pass)
 
     @property
     def second_cfg(self) -> float:
@@ -92,27 +95,37 @@ class HiresPlan:
             parameters["Hires negative prompt"] = request.hr_negative_prompt
         if self.second_cfg != request.cfg_scale:
             parameters["Hires CFG Scale"] = self.second_cfg
+        if request.refiner_checkpoint and request.refiner_switch_at < 1 and self.refiner_pass != "second pass":
+            parameters["Hires refiner"] = self.refiner_pass
         return parameters
 
     # --- the two passes ----------------------------------------------------------------------------
     def make_batch(self, pipeline_for, noise: BatchNoise, on_step, prompts, second=None) -> list[Image.Image]:
-        """`second`: the job's SecondModels; its hires checkpoint, when set, runs the second pass (a refiner is
-        refused with the hires fix)."""
+        """`second`: the job's SecondModels. Its refiner switches in during the pass(es) `refiner_pass` names;
+        once it took over the first pass it stays for the whole second pass, as in A1111 (which keeps the refiner
+        loaded). A hires checkpoint, when set, runs the second pass instead."""
         hires = second.hires if second is not None else None
+        refiner = second.refiner if second is not None else None
         request = self.request
         first_pipeline = pipeline_for("txt2img")
         flow = is_flow(first_pipeline)
         if flow and self.latent_mode:  # their latents are packed and shifted: only image upscalers for now
             raise RequestError("hr_upscaler", f"{request.hr_upscaler} (a latent upscaler) does not work with Flux or "
                                               "SD3 models yet; choose an image upscaler such as Lanczos")
-        first = first_pipeline(
-            num_inference_steps=request.steps, width=request.width, height=request.height,
-            **guidance_arguments(request, first_pipeline),
-            **({"generator": noise.sampler_generators(first_pipeline._execution_device)} if flow else
-               noise.first_pass_arguments(first_pipeline, request.width, request.height)),
-            output_type="latent" if self.latent_mode else "pil",
-            **prompts.pipeline_arguments(request.steps, len(noise), on_step))
-        second = pipeline_for("img2img", self.second_sampler, hires)
+        switched: list[bool] = []
+        first_refiner = refiner if self.refiner_pass in ("first pass", "both passes") else None
+        arguments = prompts.pipeline_arguments(request.steps, len(noise), on_step)
+        with refined(first_refiner)(first_pipeline, arguments, request.steps, len(noise),
+                                    on_switch=lambda: switched.append(True)) as arguments:
+            first = first_pipeline(
+                num_inference_steps=request.steps, width=request.width, height=request.height,
+                **guidance_arguments(request, first_pipeline),
+                **({"generator": noise.sampler_generators(first_pipeline._execution_device)} if flow else
+                   noise.first_pass_arguments(first_pipeline, request.width, request.height)),
+                output_type="latent" if self.latent_mode else "pil", **arguments)
+        # a hires checkpoint is loaded for the second pass even when it is the job's own (A1111 reloads it)
+        second_model = hires or (refiner.leased if switched and not request.hr_checkpoint_name else None)
+        second = pipeline_for("img2img", self.second_sampler, second_model)
         if first_pipeline.interrupt:  # interrupted in the first pass: its images are the result (as in A1111)
             return decode_latents(second, first.images) if self.latent_mode else first.images
         if self.latent_mode:
@@ -123,16 +136,33 @@ class HiresPlan:
             upscaled = [self._upscale_image(image) for image in first.images]
             if request.denoising_strength == 0:
                 return upscaled
+        on_refiner = refiner is not None and second_model is not None and second_model.entry.title == \
+            refiner.entry.title
+        second_refiner = refiner if self.refiner_pass != "first pass" and not on_refiner else None
         final_size = dict(zip(("width", "height"), self.sizes.final)) if flow else {}  # they default to 1024
+        arguments = self.second_prompts(prompts, len(noise), second_model and second_model.prompts).pipeline_arguments(
+            request.steps, len(noise), on_step, hires_steps=self.second_pass_steps)
         # the second pass's noise comes from the same seeds (and variation), at the final size, as in A1111
-        with (nullcontext() if flow else noise.replacing_pipeline_noise(second, second.vae_scale_factor)):
+        with (nullcontext() if flow else noise.replacing_pipeline_noise(second, second.vae_scale_factor),
+              refined(second_refiner)(second, arguments, request.steps, len(noise),
+                                      self._refiner_conditioning(second_refiner)) as arguments):
             return second(image=upscaled, strength=request.denoising_strength,
                           num_inference_steps=self.second_pass_steps,
                           **guidance_arguments(request, second, None if self.second_cfg == request.cfg_scale
                                                else self.second_cfg), **final_size,
                           generator=noise.sampler_generators(second._execution_device), output_type="pil",
-                          **self.second_prompts(prompts, len(noise), hires and hires.prompts).pipeline_arguments(
-                              request.steps, len(noise), on_step, hires_steps=self.second_pass_steps)).images
+                          **arguments).images
+
+    def _refiner_conditioning(self, refiner: Refiner | None):
+        """The refiner's encoding of the second pass's prompts (the hires prompts where given)."""
+        if refiner is None:
+            return None
+        request, networks = self.request, refiner.prompts
+        if not (request.hr_prompt or request.hr_negative_prompt):
+            return networks.conditioning(request.steps, self.second_pass_steps)
+        prompt, negative = networks.written
+        texts = (request.hr_prompt or prompt, request.hr_negative_prompt or negative)
+        return networks.image_conditioning(*networks.clean(*texts), request.steps, self.second_pass_steps)
 
     def _upscale_latents(self, latents: torch.Tensor, vae_scale: int) -> torch.Tensor:
         mode, antialias = self.latent_mode

@@ -17,7 +17,7 @@ from backend.generation.flow_guidance import effective_cfg, preview_latent
 from backend.generation.noise import BatchNoise, NoiseOptions
 from backend.generation.pipelines import job_pipeline
 from backend.generation.previews import PreviewRenderer
-from backend.generation.refiner import Refiner
+from backend.generation.refiner import LeasedModel, Refiner
 from backend.generation.step_counter import StepCounter
 from backend.jobs.file_names import ImageFacts
 from backend.jobs.outputs import OutputStore, encode_png
@@ -30,14 +30,6 @@ from backend.prompts.context import JobNetworks
 # make_batch(pipeline_for, noise, on_step, prompts, second) -> the batch's PIL images (noise: the batch's seeds and
 # noise; second: the job's other models, SecondModels)
 MakeBatch = Callable[[Callable[[str], object], BatchNoise, Callable, object, object], list]
-
-
-@dataclass(frozen=True)
-class LeasedModel:
-    """Another checkpoint a job uses, leased for the whole job, with its own prompt context."""
-    entry: CheckpointEntry
-    model: LoadedModel
-    prompts: JobNetworks
 
 
 @dataclass(frozen=True)

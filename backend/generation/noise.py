@@ -4,7 +4,9 @@ generators the sampler draws its later noise from (reseeded with seed + ENSD whe
 
 Each image has its own generator, so an image's noise never depends on its batch. With randn_source "CPU" the
 numbers come from a CPU generator and are moved to the device: the same seed gives the same noise everywhere.
-"GPU" draws on the execution device (faster, but its numbers differ between device kinds and vendors).
+"GPU" draws on the execution device (faster, but its numbers differ between device kinds and vendors). "NV" makes
+the seeds' noise as an NVIDIA GPU's torch.randn does, on any device (A1111's NV, backend.generation.philox); the
+noise a sampler draws later (ancestral and SDE samplers) then comes from CPU generators.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+
+from backend.generation.philox import nv_randn
 
 
 def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -78,7 +82,7 @@ class BatchNoise:
         return len(self.seeds)
 
     def _generator(self, seed: int, device: torch.device) -> torch.Generator:
-        where = "cpu" if self.options.randn_source == "CPU" else device
+        where = device if self.options.randn_source == "GPU" else "cpu"
         return torch.Generator(where).manual_seed(seed)
 
     def initial(self, shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype,
@@ -93,14 +97,14 @@ class BatchNoise:
         for seed, subseed in zip(self.seeds, self.subseeds):
             generator = self._generator(seed, device)
             if resized_shape is not None:
-                noise = self._draw(self._generator(seed, device), resized_shape)
+                noise = self._seed_noise(seed, self._generator(seed, device), resized_shape)
             else:
-                noise = self._draw(generator, shape)
+                noise = self._seed_noise(seed, generator, shape)
             if options.subseed_strength > 0:
-                subnoise = self._draw(self._generator(subseed, device), resized_shape or shape)
+                subnoise = self._seed_noise(subseed, self._generator(subseed, device), resized_shape or shape)
                 noise = slerp(options.subseed_strength, noise, subnoise)
             if resized_shape is not None:
-                noise = centred_into(noise, self._draw(generator, shape))
+                noise = centred_into(noise, self._seed_noise(seed, generator, shape))
             images.append(noise)
             generators.append(generator)
         return torch.stack(images).to(device=device, dtype=dtype), self._step_generators(generators, device)
@@ -116,6 +120,12 @@ class BatchNoise:
         if not delta:
             return continued
         return [self._generator(seed + delta, device) for seed in self.seeds]
+
+    def _seed_noise(self, seed: int, generator: torch.Generator, shape) -> torch.Tensor:
+        """A seed's first draw of `shape`, from `generator` (fresh, seeded with `seed`) or, for NV, from Philox."""
+        if self.options.randn_source == "NV":
+            return nv_randn(seed, shape).to(generator.device)
+        return self._draw(generator, shape)
 
     @staticmethod
     def _draw(generator: torch.Generator, shape) -> torch.Tensor:

@@ -8,7 +8,7 @@ the VAE that decodes is the refiner's unless the job chose one.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,6 +33,14 @@ def check_compatible(base: LoadedModel, other: LoadedModel, other_title: str, fi
                                   "for the job")
 
 
+@dataclass(frozen=True)
+class LeasedModel:
+    """Another checkpoint a job uses, leased for the whole job, with its own prompt context (JobNetworks)."""
+    entry: CheckpointEntry
+    model: LoadedModel
+    prompts: object
+
+
 @dataclass
 class Refiner:
     entry: CheckpointEntry
@@ -40,6 +48,11 @@ class Refiner:
     prompts: object  # the refiner's JobNetworks: its own encoder for the job's prompts
     switch_at: float
     keep_vae: bool  # the job chose a VAE: it decodes, whichever model finishes
+
+    @property
+    def leased(self) -> LeasedModel:
+        """The refiner as the model of a whole pass (the hires pass after it took over the first)."""
+        return LeasedModel(entry=self.entry, model=self.model, prompts=self.prompts)
 
     @property
     def infotext(self) -> dict:
@@ -51,11 +64,13 @@ class Refiner:
         return int(steps * self.switch_at)
 
     @contextmanager
-    def applied(self, pipeline, arguments: dict, steps: int, batch: int) -> Iterator[dict]:
+    def applied(self, pipeline, arguments: dict, steps: int, batch: int, conditioning=None,
+                on_switch: Callable[[], None] | None = None) -> Iterator[dict]:
         """`arguments` for `pipeline` with the step callback extended by the switch; the pipeline's own modules
-        are put back when the block ends."""
+        are put back when the block ends. `conditioning`: the refiner's encoding of the pass's prompts (default:
+        the job's prompts for a pass of `steps`); `on_switch` is called when the refiner takes over."""
         base_unet, base_vae = pipeline.unet, pipeline.vae
-        conditioning = self.prompts.conditioning(steps)
+        conditioning = conditioning or self.prompts.conditioning(steps)
         inner = arguments["callback_on_step_end"]
         time_ids = self.model.family == "sdxl-refiner"  # its UNet wants 5 time ids: sizes, crop, aesthetic score
         inputs = list(dict.fromkeys([*arguments["callback_on_step_end_tensor_inputs"], "prompt_embeds",
@@ -69,6 +84,8 @@ class Refiner:
                 pipe.unet = self.model.pipeline.unet
                 if not self.keep_vae:
                     pipe.vae = self.model.pipeline.vae
+                if on_switch is not None:
+                    on_switch()
             if pipe.unet is not base_unet:  # the refiner's conditioning from here on (prompt editing included)
                 tensors.update(conditioning._step_tensors(pipe, step + 1, batch, tensors["prompt_embeds"]))
                 if time_ids:
@@ -83,7 +100,8 @@ class Refiner:
 
 
 @contextmanager
-def no_refiner(pipeline, arguments: dict, steps: int, batch: int) -> Iterator[dict]:
+def no_refiner(pipeline, arguments: dict, steps: int, batch: int, conditioning=None,
+               on_switch: Callable[[], None] | None = None) -> Iterator[dict]:
     yield arguments
 
 

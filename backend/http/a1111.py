@@ -30,7 +30,8 @@ from backend.upscale.extras import check_request
 
 log = logging.getLogger(__name__)
 SUPPORTED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "face_restoration_model",
-                       "code_former_weight", "eta_noise_seed_delta", "randn_source")
+                       "code_former_weight", "eta_noise_seed_delta", "randn_source",
+                       "hires_fix_refiner_pass")
 # reported in info.extra_generation_params, as A1111 (and Forge, for its flow-model keys)
 EXTRA_GENERATION_KEYS = ("Lora hashes", "TI hashes", "Distilled CFG Scale", "Shift")
 
@@ -70,8 +71,8 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
     clip_skip = overrides.pop("CLIP_stop_at_last_layers", 1)
     faces = {name: overrides.pop(name) for name in ("face_restoration_model", "code_former_weight")
              if name in overrides}
-    noise_options = {name: overrides.pop(name) for name in ("eta_noise_seed_delta", "randn_source")
-                     if name in overrides}
+    option_fields = {name: overrides.pop(name) for name in ("eta_noise_seed_delta", "randn_source",
+                                                            "hires_fix_refiner_pass") if name in overrides}
     if overrides:
         raise HTTPException(status_code=422, detail=f"override_settings: unsupported option(s) {sorted(overrides)}; "
                                                     f"supported: {', '.join(SUPPORTED_OVERRIDES)}")
@@ -100,7 +101,7 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "restore_faces": bool(body.restore_faces), **faces,
         "subseed": body.subseed, "subseed_strength": body.subseed_strength,
         "seed_resize_from_w": body.seed_resize_from_w, "seed_resize_from_h": body.seed_resize_from_h,
-        "tiling": bool(body.tiling), **noise_options, "refiner_checkpoint": refiner,
+        "tiling": bool(body.tiling), **option_fields, "refiner_checkpoint": refiner,
         **({"refiner_switch_at": body.refiner_switch_at} if body.refiner_switch_at is not None else {}),
         "distilled_cfg_scale": body.distilled_cfg_scale, "shift": body.shift,
         # left unset when the client sent none, so a Flux model can use its own default (1)

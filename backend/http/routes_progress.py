@@ -29,7 +29,8 @@ def add_progress_routes(api: APIRouter, services: Services):
             state={"skipped": p.skip_requested, "interrupted": p.interrupt_requested, "job": job.id,
                    "job_count": len(services.jobs.pending()),
                    "job_timestamp": datetime.datetime.fromtimestamp(job.created_at).strftime("%Y%m%d%H%M%S"),
-                   "job_no": p.batch, "sampling_step": p.step, "sampling_steps": p.steps_per_batch})
+                   "job_no": p.part * p.batches + p.batch,  # img2img Batch: counted over all its images
+                   "sampling_step": p.step, "sampling_steps": p.steps_per_batch})
 
     @api.post("/interrupt")
     def interrupt(id_task: str | None = Query(None)):

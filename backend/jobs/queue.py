@@ -41,6 +41,8 @@ class JobProgress:
     steps_per_batch: int = 0
     batch: int = 0
     batches: int = 1
+    part: int = 0  # a job of several generations (img2img Batch: one per input image): the one running, 0-based
+    parts: int = 1
     started_at: float | None = None
     preview: Any = None  # a PIL image of the current latents, refreshed every few steps
     preview_step: int = 0
@@ -54,13 +56,18 @@ class JobProgress:
 
     @property
     def steps_done(self) -> int:
-        return self.batch * self.steps_per_batch + self.step
+        """Over the whole job: the parts before this one count as the same number of steps as this one."""
+        return (self.part * self.batches + self.batch) * self.steps_per_batch + self.step
+
+    @property
+    def steps_total(self) -> int:
+        return self.parts * self.batches * self.steps_per_batch
 
     @property
     def fraction(self) -> float:
         if not self.steps_per_batch:
             return 0.0
-        return min(1.0, self.steps_done / (self.batches * self.steps_per_batch))
+        return min(1.0, self.steps_done / self.steps_total)
 
     def note_step(self):
         """Record that `step` advanced: the time-left estimate is made from these measurements."""
@@ -77,12 +84,12 @@ class JobProgress:
             return None
         (first_time, first_done), (last_time, last_done) = self._first_step, self._last_step
         seconds_per_step = (last_time - first_time) / (last_done - first_done)
-        remaining = self.batches * self.steps_per_batch - last_done
+        remaining = self.steps_total - last_done
         return max(0.0, seconds_per_step * remaining - (self.clock() - last_time))
 
     def restart(self):
         """Back to the first step of the first batch, for a retry; interrupt requests are kept."""
-        self.step = self.batch = 0
+        self.step = self.batch = self.part = 0
         self.skip_requested = False
         self._first_step = self._last_step = None
 

@@ -179,6 +179,16 @@ class ModelManager:
             self._selected = entry.title
         return entry
 
+    def loaded(self, query: str | None) -> LoadedModel | None:
+        """The model if the cache holds it now, else None: never loads (for the page's defaults and counters)."""
+        try:
+            entry = self.resolve(query)
+        except CheckpointError:
+            return None
+        with self._lock:
+            cached = self._cache.get(str(entry.path))
+            return cached.model if cached is not None else None
+
     # --- cache --------------------------------------------------------------------------------------
     @contextmanager
     def lease(self, query: str | None):

@@ -23,7 +23,7 @@ from backend.prompts.batch_conditioning import BatchConditioning
 from backend.prompts.conditioning import PassConditioning
 from backend.prompts.embeddings import EmbeddingLibrary
 from backend.prompts.encoding import CHUNK_LENGTH, PromptChunker, PromptEncoder
-from backend.prompts.flow_encoding import FlowPromptEncoder
+from backend.prompts.flow_encoding import T5_LENGTH, FlowPromptEncoder, plain_text, t5_tokenizer
 from backend.prompts.lora import LORA_EXTENSIONS, LoraUse, applied_loras
 from backend.prompts.parser import (
     PromptSyntaxError,
@@ -170,6 +170,27 @@ class Networks:
         except PromptSyntaxError:  # the job will say what is wrong; count the tokens as typed meanwhile
             used = len(chunker.tokenize(text))
             return used, max(CHUNK_LENGTH, -(-used // CHUNK_LENGTH) * CHUNK_LENGTH)
+
+    def t5_token_counter(self, text: str, steps: int, model) -> tuple[int, int] | None:
+        """Forge's T5 count for a Flux or SD3 `model` (a LoadedModel; None for other families): the tokens of the
+        plain words T5 reads (the longest scheduled variant), and how many fit (its sequence less the end token;
+        the rest is cut off)."""
+        if model is None or model.family not in FLOW_FAMILIES:
+            return None
+        text = (text or "")[:MAX_PROMPT_CHARACTERS]
+        steps = min(max(int(steps), STEPS_RANGE[0]), STEPS_RANGE[1])
+        try:
+            text, _ = extract_extra_networks(text)
+        except PromptSyntaxError:
+            pass
+        chunker = PromptChunker(self.tokenizer, self.embeddings.all()[0])
+        tokenizer = t5_tokenizer(model.pipeline, model.family)
+        try:
+            texts = {plain_text(chunker.weighted(variant)) for _, variant in prompt_schedule(text, steps)}
+        except PromptSyntaxError:
+            texts = {text}
+        used = max(len(tokenizer(words, add_special_tokens=False).input_ids) for words in texts)
+        return used, T5_LENGTH[model.family] - 1
 
     def lora_short_hash(self, path: Path) -> str:
         """A1111's `Lora hashes` value: the addnet hash (tensor data only), first 12 hex digits."""

@@ -43,6 +43,11 @@ class FlowEncodedPrompt:
         return FlowEncodedPrompt(torch.cat([self.clip, empty.clip.repeat(1, missing, 1)], dim=1), self.t5, self.pooled)
 
 
+def t5_tokenizer(pipeline, family: str):
+    """The T5 tokenizer of a Flux or SD3 pipeline."""
+    return pipeline.tokenizer_3 if family == "sd3" else pipeline.tokenizer_2
+
+
 def plain_text(runs: list[tuple[str, float]]) -> str:
     """The prompt's words without A1111's syntax: brackets and weights gone, BREAK left out."""
     return "".join(" " if (text == "BREAK" and weight == -1) else text for text, weight in runs).strip()
@@ -63,7 +68,7 @@ class FlowPromptEncoder:
         self.clip = PromptEncoder(clip_view, "sdxl" if sd3 else "sd1", clip_skip, embeddings, parsed,
                                   pool_every_encoder=True)
         self.t5 = pipeline.text_encoder_3 if sd3 else pipeline.text_encoder_2
-        self.t5_tokenizer = pipeline.tokenizer_3 if sd3 else pipeline.tokenizer_2
+        self.t5_tokenizer = t5_tokenizer(pipeline, family)
         self.sd3 = sd3
         self.separate_negative = not sd3  # Flux's true CFG runs the negative prompt in a pass of its own
         self.max_length = T5_LENGTH[family]
