@@ -84,6 +84,18 @@ def test_rest_hires_options(services):
         assert bad.status_code == 422 and bad.json()["detail"].startswith("hr_sampler_name:")
 
 
+def test_naming_the_jobs_own_checkpoint_for_the_hires_pass_applies_its_lora_once(make_services, models_dir):
+    from tests.tiny_networks import write_kohya_lora
+
+    write_kohya_lora(models_dir / "Lora" / "style.safetensors", seed=1, scale=2.0)
+    services = make_services()
+    fields = dict(checkpoint="tiny-sd1.safetensors", prompt="a red circle <lora:style:1>")
+    with_lora, _ = result(services, **fields)
+    assert np.abs(with_lora - result(services, checkpoint="tiny-sd1.safetensors")[0]).mean() > 0.5
+    same, _ = result(services, **fields, hr_checkpoint_name="tiny-sd1.safetensors")
+    assert np.array_equal(same, with_lora)
+
+
 def test_hires_checkpoint_runs_the_second_pass(services):
     fields = dict(checkpoint="tiny-sd1.safetensors")
     base, _ = result(services, **fields)

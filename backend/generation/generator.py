@@ -257,19 +257,22 @@ class Generator:
                 refiner = Refiner(entry=leased.entry, model=leased.model, prompts=leased.prompts,
                                   switch_at=request.refiner_switch_at, keep_vae=prompts.vae is not None)
             hires_name = getattr(request, "hr_checkpoint_name", None) if getattr(request, "enable_hr", False) else None
-            if hires_name:
+            # The job's own checkpoint is not leased twice: preparing its networks again would apply its LoRAs twice.
+            if hires_name and self._resolve(hires_name, "hr_checkpoint_name").title != entry.title:
                 leased = stack.enter_context(self._leased(request, hires_name, "hr_checkpoint_name"))
-                if leased.entry.title != entry.title:
-                    check_compatible(model, leased.model, leased.entry.title, "hr_checkpoint_name")
-                    hires = leased
+                check_compatible(model, leased.model, leased.entry.title, "hr_checkpoint_name")
+                hires = leased
             yield SecondModels(refiner=refiner, hires=hires)
+
+    def _resolve(self, name: str, field_name: str):
+        try:
+            return self.models.resolve(name)
+        except CheckpointError as error:
+            raise RequestError(field_name, str(error).removeprefix("checkpoint: ")) from None
 
     @contextmanager
     def _leased(self, request: GenerationRequest, name: str, field_name: str) -> Iterator[LeasedModel]:
-        try:
-            found = self.models.resolve(name)
-        except CheckpointError as error:
-            raise RequestError(field_name, str(error).removeprefix("checkpoint: ")) from None
+        found = self._resolve(name, field_name)
         with (self.models.lease(found.title) as (entry, model),
               self._networks.prepare(request, model, entry.path) as prompts):
             yield LeasedModel(entry=entry, model=model, prompts=prompts)
