@@ -16,14 +16,19 @@ class WeightedPreprocessor:
     files: tuple[str, ...]  # "<annotator folder>/<file name>"
     label: str = ""
     tags: tuple[str, ...] = ()
+    priority: int = 0
 
     @property
     def public_name(self) -> str:
         return self.label or self.name
 
 
+# listed first in the extension's dropdown (its "priority" 100)
+FIRST_LISTED = {"depth", "normal_bae", "openpose_full", "pidinet_scribble", "oneformer_ade20k", "pidinet"}
+
+
 def weighted(name, *files, label="", tags=()):
-    return WeightedPreprocessor(name, files, label, tags)
+    return WeightedPreprocessor(name, files, label, tags, 100 if name in FIRST_LISTED else 0)
 
 
 MIDAS = "midas/dpt_hybrid-midas-501f0c75.pt"

@@ -20,12 +20,26 @@ class PreprocessorCatalog:
             names[preprocessor.public_name] = preprocessor
         return names
 
+    def sorted(self) -> list[Preprocessor | WeightedPreprocessor]:
+        """'none' first, then by priority and label, highest first: the extension's dropdown and API order."""
+        others = sorted((p for p in (*WEIGHT_FREE, *WEIGHTED) if p.name != "none"),
+                        key=lambda p: str(p.priority).zfill(8) + p.public_name, reverse=True)
+        return [WEIGHT_FREE[0], *others]
+
     def public_names(self) -> list[str]:
-        """'none' first, then by priority and name, highest first (the extension's dropdown order); the ones
-        needing weights after them."""
-        free = sorted((p for p in WEIGHT_FREE if p.name != "none"),
-                      key=lambda p: (p.priority, p.public_name), reverse=True)
-        return ["none", *(p.public_name for p in free), *sorted(p.public_name for p in WEIGHTED)]
+        """The labels (what the extension's UI shows; "alias names" in its API)."""
+        return [p.public_name for p in self.sorted()]
+
+    def internal_names(self) -> list[str]:
+        """The extension's internal keys ("depth" for depth_midas): its /controlnet/module_list default."""
+        return [p.name for p in self.sorted()]
+
+    def tags(self) -> list[str]:
+        return ["All", *sorted({tag for p in (*WEIGHT_FREE, *WEIGHTED) for tag in p.tags})]
+
+    def with_tag(self, tag: str) -> list[Preprocessor | WeightedPreprocessor]:
+        """'none' and the preprocessors tagged `tag` ("All": every one), in the listed order."""
+        return [p for p in self.sorted() if tag == "All" or p.name == "none" or tag in p.tags]
 
     def get(self, module: str | None, field: str = "module") -> Preprocessor:
         """The runnable preprocessor named `module` (None/"" mean none). One that needs weights is refused with the

@@ -55,6 +55,9 @@ def parse_mode(enum: type[Enum], value, field: str, aliases: dict | None = None)
 
 
 def parse_resize_mode(value, field: str = "resize_mode") -> ResizeMode:
+    """As the extension reads it: 3 (A1111's "Just Resize (latent upscale)") and larger ints mean Just Resize."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= len(ResizeMode):
+        return ResizeMode.JUST_RESIZE
     return parse_mode(ResizeMode, value, field, RESIZE_MODE_ALIASES)
 
 
