@@ -117,7 +117,8 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     styles = StyleStore(settings.styles_file)
     controlnets = ControlNets(settings.controlnet_dir, settings.controlnet_preprocessor_dir)
     generator = Generator(models, outputs, previews, lambda: options.current, upscalers, networks, extensions.hooks,
-                          server_folders_refused=settings.server_folders_refused, styles=styles, faces=faces)
+                          server_folders_refused=settings.server_folders_refused, styles=styles, faces=faces,
+                          controlnets=controlnets)
     history = JobHistory(settings.outputs_dir / "history.sqlite3")
     interrupted = history.mark_unfinished_interrupted()
     if interrupted:
