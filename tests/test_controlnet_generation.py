@@ -4,6 +4,7 @@ the per-unit infotext in sd-webui-controlnet's format."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 
 import numpy as np
@@ -125,3 +126,13 @@ def test_wrong_family_and_unknown_names_fail_the_job_with_the_field(services):
     request = services.build_request(Txt2ImgRequest, {**FAST, "controlnet_units": [unit(module="depth_midas")]})
     job = services.jobs.run_and_wait(request, timeout=300)
     assert job.status == "failed" and "dpt_hybrid-midas-501f0c75.pt" in job.error
+
+
+def test_an_sdxl_controlnet_steers_an_sdxl_checkpoint(services, models_dir, checkpoint_files):
+    os.link(checkpoint_files["sdxl"], models_dir / "Stable-diffusion" / checkpoint_files["sdxl"].name)
+    services.models.refresh()
+    xl = {"checkpoint": checkpoint_files["sdxl"].name, "prompt": "a cat"}
+    plain = pixels(generate(services, **xl))
+    steered = generate(services, **xl, controlnet_units=[unit(model="controlnet_xl_canny", control_mode=1)])
+    assert np.abs(pixels(steered) - plain).mean() > 1
+    assert "Control Mode: My prompt is more important" in steered.images[0].infotext
