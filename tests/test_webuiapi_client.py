@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -68,8 +69,10 @@ def test_listing_calls_of_the_client(client):
     assert extras.image.size == (24, 16) and extras.image.convert("RGB").getpixel((3, 3)) == (10, 200, 30)
 
 
-def test_controlnet_calls_of_the_client(client):
-    """webuiapi's controlnet_* helpers and its ControlNetUnit, as sd-webui-controlnet answers them."""
+def test_controlnet_calls_of_the_client(client, server):
+    """webuiapi's controlnet_* helpers and its ControlNetUnit, as sd-webui-controlnet answers them; the routes
+    are behind the API's credentials like /sdapi/v1."""
+    assert httpx.get(server.url + "/controlnet/model_list").status_code == 401
     assert client.controlnet_version() == 3
     (title,) = client.controlnet_model_list()
     assert title.startswith("control_v11p_sd15_canny [")
