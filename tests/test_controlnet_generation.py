@@ -136,3 +136,18 @@ def test_an_sdxl_controlnet_steers_an_sdxl_checkpoint(services, models_dir, chec
     steered = generate(services, **xl, controlnet_units=[unit(model="controlnet_xl_canny", control_mode=1)])
     assert np.abs(pixels(steered) - plain).mean() > 1
     assert "Control Mode: My prompt is more important" in steered.images[0].infotext
+
+
+def test_hires_fix_applies_units_by_hr_option(services):
+    hires = {"prompt": "a cat", "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "denoising_strength": 0.9,
+             "hr_second_pass_steps": 3}
+    plain = pixels(generate(services, **hires))
+    results = {option: generate(services, **hires, controlnet_units=[unit(hr_option=option)])
+               for option in ("Both", "Low res only", "High res only")}
+    images = {option: pixels(result) for option, result in results.items()}
+    assert plain.shape == (128, 128, 3) and all(image.shape == plain.shape for image in images.values())
+    for option, image in images.items():
+        assert np.abs(image - plain).mean() > 0.5, option
+    assert np.abs(images["Low res only"] - images["High res only"]).mean() > 0.5
+    sizes = [Image.open(io.BytesIO(png)).size for png in results["Both"].detected_maps]
+    assert sizes == [(128, 128), (64, 64)]  # the hires pass's map, then the first pass's

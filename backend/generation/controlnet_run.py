@@ -20,8 +20,9 @@ from PIL import Image
 from backend.controlnet.control_map import fit_map, pixel_perfect_resolution
 from backend.controlnet.preprocessors import resolve_parameters, run_preprocessor
 from backend.controlnet.service import ControlNets
-from backend.core.control_modes import ControlMode
+from backend.core.control_modes import ControlMode, HiresOption
 from backend.core.controlnet_units import ControlNetUnit, unit_infotext
+from backend.core.hires_sizes import hires_sizes
 from backend.core.model_family import FLOW_FAMILIES
 from backend.core.requests import GenerationRequest, RequestError
 
@@ -42,6 +43,13 @@ class PreparedUnit:
     detected: np.ndarray  # the fitted map, shown to the user
     infotext: str
     model: torch.nn.Module
+    hires_control: torch.Tensor | None = None  # the map at the hires fix's size (txt2img with the hires fix)
+    hires_detected: np.ndarray | None = None
+
+    def applies(self, second_pass: bool) -> bool:
+        """A1111's hr_option: which passes of the hires fix the unit steers (a job without it has one pass)."""
+        wanted = HiresOption.HIGH_RES_ONLY if second_pass else HiresOption.LOW_RES_ONLY
+        return self.unit.hr_option in (HiresOption.BOTH, wanted)
 
 
 def decode(png: bytes, mode: str) -> np.ndarray:
@@ -84,38 +92,40 @@ class JobControls:
     units: list[PreparedUnit] = field(default_factory=list)
     _pipelines: dict = field(default_factory=dict)
 
-    @property
-    def active(self) -> list[PreparedUnit]:
-        """The units that steer sampling: weight 0, or a start at the end (no step controlled), leaves the job
+    def active(self, second_pass: bool = False) -> list[PreparedUnit]:
+        """The units that steer this pass: weight 0, or a start at the end (no step controlled), leaves the job
         exactly as without the unit."""
-        return [prepared for prepared in self.units
-                if prepared.unit.weight > 0 and prepared.unit.guidance_start < prepared.unit.guidance_end]
+        return [prepared for prepared in self.units if prepared.applies(second_pass) and prepared.unit.weight > 0
+                and prepared.unit.guidance_start < prepared.unit.guidance_end]
 
     @property
     def infotext(self) -> dict[str, str]:
         return {f"ControlNet {prepared.index}": prepared.infotext for prepared in self.units}
 
     def detected_maps(self) -> list[bytes]:
+        """Each unit's map (with the hires fix: its hires map first, then the first pass's, as the extension)."""
         maps = []
         for prepared in self.units:
             if prepared.unit.save_detected_map:
-                buffer = io.BytesIO()
-                Image.fromarray(prepared.detected).save(buffer, format="PNG")
-                maps.append(buffer.getvalue())
+                for shown in (prepared.hires_detected, prepared.detected):
+                    if shown is not None:
+                        buffer = io.BytesIO()
+                        Image.fromarray(shown).save(buffer, format="PNG")
+                        maps.append(buffer.getvalue())
         return maps
 
-    def wrap(self, pipeline, task: str, family: str):
-        """`pipeline` itself without active units; else a ControlNet pipeline sharing its modules, called with the
-        units' maps, weights and start/end added."""
-        active = self.active
+    def wrap(self, pipeline, task: str, family: str, second_pass: bool = False):
+        """`pipeline` itself when no unit steers this pass; else a ControlNet pipeline sharing its modules, called
+        with the units' maps, weights and start/end added. `second_pass`: the hires fix's second pass."""
+        active = self.active(second_pass)
         if not active:
             return pipeline
         if task not in ("txt2img", "img2img"):
             raise RequestError("controlnet_units", "ControlNet together with an inpainting mask is not supported yet")
-        key = id(pipeline)
+        key = (id(pipeline), second_pass)
         if key not in self._pipelines:
             self._pipelines[key] = ControlledPipeline(controlnet_pipeline(pipeline, task, family, active),
-                                                      call_arguments(active, task))
+                                                      call_arguments(active, task, second_pass))
         return self._pipelines[key]
 
 
@@ -152,8 +162,8 @@ def controlnet_pipeline(base, task: str, family: str, units: list[PreparedUnit])
     return pipeline
 
 
-def call_arguments(units: list[PreparedUnit], task: str) -> dict:
-    controls = [prepared.control for prepared in units]
+def call_arguments(units: list[PreparedUnit], task: str, second_pass: bool = False) -> dict:
+    controls = [prepared.hires_control if second_pass else prepared.control for prepared in units]
     single = len(units) == 1
     return {
         ("image" if task == "txt2img" else "control_image"): controls[0] if single else controls,
@@ -167,8 +177,6 @@ def check_supported(request: GenerationRequest, family: str):
     if family in FLOW_FAMILIES or family == "sdxl-refiner":
         raise RequestError("controlnet_units", f"ControlNet with {family} checkpoints is not supported yet; use an "
                                                "SD1.x, SD2.x or SDXL checkpoint")
-    if getattr(request, "enable_hr", False):
-        raise RequestError("controlnet_units", "ControlNet together with the hires fix is not supported yet")
     if request.refiner_checkpoint:
         raise RequestError("controlnet_units", "ControlNet together with a refiner is not supported yet")
 
@@ -202,6 +210,11 @@ def prepared_controls(request: GenerationRequest, controlnets: ControlNets | Non
             parameters = resolve_parameters(preprocessor, processor_res, unit.threshold_a, unit.threshold_b)
             detected = run_preprocessor(preprocessor, image, parameters, mask=mask, seed=request.seed)
             fitted = fit_map(detected, unit.resize_mode, request.width, request.height)
+            hires = None
+            if getattr(request, "enable_hr", False):  # the second pass works at the upscaled size
+                hires = fit_map(detected, unit.resize_mode, *hires_sizes(
+                    request.width, request.height, request.hr_scale, request.hr_resize_x,
+                    request.hr_resize_y).upscaled)
             if unit.model in ("", "None"):
                 raise RequestError(f"{field_name}.model", "choose a ControlNet model for the unit")
             entry, controlnet = stack.enter_context(controlnets.cache.lease(
@@ -214,7 +227,8 @@ def prepared_controls(request: GenerationRequest, controlnets: ControlNets | Non
                 stack.callback(handle.remove)
             infotext = unit_infotext(preprocessor.public_name, entry.title, unit, parameters.resolution,
                                      parameters.threshold_a, parameters.threshold_b)
-            shown = fitted if fitted.shape[2] == 3 else fitted[:, :, :3]
             slot = unit.slot if unit.slot is not None else index
-            prepared.append(PreparedUnit(slot, unit, control_tensor(fitted), shown, infotext, controlnet))
+            prepared.append(PreparedUnit(slot, unit, control_tensor(fitted), fitted[:, :, :3], infotext, controlnet,
+                                         None if hires is None else control_tensor(hires),
+                                         None if hires is None else hires[:, :, :3]))
         yield JobControls(prepared)

@@ -229,7 +229,7 @@ class Generator:
               prepared_controls(request, self.controlnets, model, entry.title,
                                 getattr(request, "init_image", None)) as controls):
             if controls.units:  # the job's pipelines become ControlNet pipelines; each unit has its infotext
-                make_batch = with_controls(make_batch, controls, model.family)
+                make_batch = with_controls(make_batch, controls, model.family, getattr(request, "enable_hr", False))
                 extra_parameters = {**extra_parameters, **controls.infotext}
             if model.family in FLOW_FAMILIES:  # their own samplers; Forge's guidance and shift keys
                 check_flow_request(request, model.label)
@@ -312,9 +312,12 @@ class Generator:
         return self.faces
 
 
-def with_controls(make_batch: MakeBatch, controls, family: str) -> MakeBatch:
-    """`make_batch` whose pipelines carry the job's ControlNet units."""
+def with_controls(make_batch: MakeBatch, controls, family: str, hires_fix: bool) -> MakeBatch:
+    """`make_batch` whose pipelines carry the job's ControlNet units (with the hires fix, its img2img pipeline is
+    the second pass)."""
     def make(pipeline_for, *arguments):
-        return make_batch(lambda task, *rest, **named: controls.wrap(pipeline_for(task, *rest, **named), task, family),
-                          *arguments)
+        def controlled(task, *rest, **named):
+            second_pass = hires_fix and task == "img2img"
+            return controls.wrap(pipeline_for(task, *rest, **named), task, family, second_pass)
+        return make_batch(controlled, *arguments)
     return make
