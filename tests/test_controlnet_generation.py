@@ -151,3 +151,18 @@ def test_hires_fix_applies_units_by_hr_option(services):
     assert np.abs(images["Low res only"] - images["High res only"]).mean() > 0.5
     sizes = [Image.open(io.BytesIO(png)).size for png in results["Both"].detected_maps]
     assert sizes == [(128, 128), (64, 64)]  # the hires pass's map, then the first pass's
+
+
+def test_a_units_control_mode_stays_with_that_unit(services):
+    """Two units of one model file, Balanced and ControlNet is more important: the hook that makes the second's
+    mode acts on its own view of the shared weights, never on the cached model the first unit uses."""
+    from backend.generation.controlnet_run import prepared_controls
+
+    request = services.build_request(Txt2ImgRequest, {**FAST, "seed": 1, "controlnet_units": [
+        unit(), unit(control_mode=2)]})
+    with (services.models.lease(None) as (entry, model),
+          prepared_controls(request, services.controlnets, model, entry.title) as controls):
+        balanced, injected = (prepared.model for prepared in controls.units)
+        assert not balanced._forward_hooks_with_kwargs and len(injected._forward_hooks_with_kwargs) == 1
+        assert balanced is not injected
+        assert balanced.conv_in.weight.data_ptr() == injected.conv_in.weight.data_ptr()  # nothing copied

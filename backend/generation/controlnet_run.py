@@ -8,8 +8,10 @@ the control to the conditional half of the batch only (cfg injection), so the pr
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import io
+from collections import OrderedDict
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -84,6 +86,19 @@ def mode_hook(mode: ControlMode, images_per_batch: int):
             residuals = [residual * keep.view(-1, 1, 1, 1) for residual in residuals]
         return residuals[:-1], residuals[-1]
     return hook
+
+
+HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs")
+
+
+def unit_view(model: torch.nn.Module) -> torch.nn.Module:
+    """The same ControlNet (its weights shared, nothing copied) as a module of its own with empty hook tables, so a
+    unit's hook never acts on the cached model nor on another unit that uses the same file."""
+    view = copy.copy(model)
+    for table in HOOK_TABLES:
+        setattr(view, table, OrderedDict())
+    return view
 
 
 @dataclass
@@ -222,9 +237,8 @@ def prepared_controls(request: GenerationRequest, controlnets: ControlNets | Non
             controlnet.to(unet.device)
             stack.callback(controlnet.to, "cpu")
             if unit.control_mode != ControlMode.BALANCED:
-                handle = controlnet.register_forward_hook(mode_hook(unit.control_mode, request.batch_size),
-                                                          with_kwargs=True)
-                stack.callback(handle.remove)
+                controlnet = unit_view(controlnet)  # its hook must not reach another unit of the same model
+                controlnet.register_forward_hook(mode_hook(unit.control_mode, request.batch_size), with_kwargs=True)
             infotext = unit_infotext(preprocessor.public_name, entry.title, unit, parameters.resolution,
                                      parameters.threshold_a, parameters.threshold_b)
             slot = unit.slot if unit.slot is not None else index
