@@ -385,9 +385,10 @@ def app_kwargs(args: argparse.Namespace, services, access: Access, policy) -> di
 
     routes = []
     if args.api:
-        from backend.http.routes import build_api_router
+        from backend.http.routes import build_api_router, build_controlnet_router
 
         routes += build_api_router(services, list(access.api) or None).routes
+        routes += build_controlnet_router(services, list(access.api) or None).routes
         logging.info("REST API at /sdapi/v1, documentation at /docs")
     if services.extensions.hooks.routes:
         from backend.http.routes import build_extension_router

@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from backend.controlnet.service import ControlNets
 from backend.core.errors import is_out_of_memory
 from backend.core.options import Options
 from backend.core.options_store import OptionsStore
@@ -51,6 +52,7 @@ class Services:
     styles: StyleStore
     options: OptionsStore
     ui_defaults: UiDefaults
+    controlnets: ControlNets
 
     def build_request(self, request_class: type[JobRequest], values: dict[str, Any]) -> JobRequest:
         """The one way form values, an API body or an MCP call become a typed request: validated, with the samplers
@@ -113,15 +115,17 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     extensions.load_all()  # a broken extension is recorded and skipped; the app starts regardless
     upscalers.from_extensions = extensions.hooks.upscalers
     styles = StyleStore(settings.styles_file)
+    controlnets = ControlNets(settings.controlnet_dir, settings.controlnet_preprocessor_dir)
     generator = Generator(models, outputs, previews, lambda: options.current, upscalers, networks, extensions.hooks,
-                          server_folders_refused=settings.server_folders_refused, styles=styles, faces=faces)
+                          server_folders_refused=settings.server_folders_refused, styles=styles, faces=faces,
+                          controlnets=controlnets)
     history = JobHistory(settings.outputs_dir / "history.sqlite3")
     interrupted = history.mark_unfinished_interrupted()
     if interrupted:
         log.warning("%d job(s) were still queued or running when the server last stopped; marked interrupted",
                     interrupted)
     jobs = JobQueue(_attempt_runner(generator, outputs), history,
-                    on_out_of_memory=lambda: _free_model_caches(models, upscalers, faces))
+                    on_out_of_memory=lambda: _free_model_caches(models, upscalers, faces, controlnets))
     if start_worker:
         jobs.start()
     return Services(settings=settings, construction=construction, models=models, outputs=outputs,
@@ -130,7 +134,7 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
                     extension_installer=ExtensionInstaller(settings.extensions_dir,
                                                            settings.extension_install_refused,
                                                            local=not settings.reachable_from_network),
-                    options=options, ui_defaults=UiDefaults(settings.ui_defaults_file))
+                    options=options, ui_defaults=UiDefaults(settings.ui_defaults_file), controlnets=controlnets)
 
 
 def _apply_options(options: Options, settings: Settings, models: ModelManager):
@@ -147,9 +151,10 @@ def _attempt_runner(generator: Generator, outputs: OutputStore):
     return run
 
 
-def _free_model_caches(models: ModelManager, upscalers: Upscalers, faces: FaceRestorers):
-    """Out of memory: drop every model no job holds (checkpoints, upscalers, face restoration), then let the GPU
-    allocator give the memory back."""
+def _free_model_caches(models: ModelManager, upscalers: Upscalers, faces: FaceRestorers, controlnets: ControlNets):
+    """Out of memory: drop every model no job holds (checkpoints, upscalers, face restoration, ControlNets), then let
+    the GPU allocator give the memory back."""
     upscalers.models.clear()
     faces.clear()
+    controlnets.clear()
     models.free_unused()

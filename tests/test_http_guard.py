@@ -60,6 +60,7 @@ def stand_in_app(policy: HttpPolicy, calls: list) -> Starlette:
 
     routes = [Route("/", record), Route("/favicon.ico", record), Route("/login", login, methods=["POST"]),
               Route("/logout", logout, methods=["GET"]), Route("/sdapi/v1/sd-models", record),
+              Route("/controlnet/model_list", record),
               Route("/gradio_api/queue/join", record, methods=["POST"]),
               Route("/gradio_api/file={path:path}", file_route),
               Route("/gradio_api/upload", upload, methods=["POST"])]
@@ -190,6 +191,16 @@ def test_cors_allow_origins_refuses_a_wildcard(tmp_path):
         args = app_module.parse_args(["--cors-allow-origins", value])
         with pytest.raises(SystemExit, match="--cors-allow-origins"):
             app_module.http_policy(args, app_module.access_from_args(args), tmp_path, tmp_path)
+
+
+def test_controlnet_routes_take_the_api_credentials(guarded):
+    """sd-webui-controlnet's /controlnet/* routes are API routes: API clients' credentials open them, the UI's
+    do not."""
+    client, calls = guarded(ui_credentials=(("ui-user", "ui-pw"),), api_credentials=((USER, PASSWORD),))
+    assert client.get("/controlnet/model_list").status_code == 401
+    assert client.get("/controlnet/model_list", headers=basic("ui-user", "ui-pw")).status_code == 401
+    assert client.get("/controlnet/model_list", headers=basic(USER, PASSWORD)).status_code == 200
+    assert len(calls) == 1
 
 
 # --- 2. login throttle -------------------------------------------------------------------------------------------

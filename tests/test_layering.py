@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # Each backend package may import itself and the packages listed before it (lower layers), never one after it.
-LAYERS = ["core", "jobs", "models", ("prompts", "upscale", "plugins"), "generation", "services", "http"]
+LAYERS = ["core", "jobs", "models", ("prompts", "upscale", "plugins", "controlnet"), "generation", "services", "http"]
 
 
 def layer_of(package: str) -> int:

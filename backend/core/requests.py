@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from backend.core.controlnet_units import MAX_UNITS, ControlNetUnit
 from backend.core.errors import UserError
 from backend.core.flow_samplers import SHIFT_RANGE
 from backend.core.hires_sizes import hires_sizes
@@ -79,6 +80,8 @@ def _check_nesting(value: Any, limit: int) -> Any:
 class GenerationRequest(BaseModel):
     """Fields every generation job has. Field names follow A1111's /sdapi/v1 API."""
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+    # the history keeps no images (the outputs do)
+    HISTORY_EXCLUDE: ClassVar[dict] = {"controlnet_units": {"__all__": {"image", "mask"}}}
 
     # long enough for any real prompt (hundreds of 75-token chunks); a megabyte of text is refused, not encoded
     prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS)
@@ -102,6 +105,8 @@ class GenerationRequest(BaseModel):
     distilled_cfg_scale: float = Field(3.5, description="Flux dev's distilled guidance (Forge's Distilled CFG Scale)")
     shift: float = Field(0.0, description="Flow models' (Flux, SD3) timestep shift; 0 keeps the model's own")
     extension_args: dict[str, Any] = Field(default_factory=dict)
+    controlnet_units: list[ControlNetUnit] = Field(default_factory=list, max_length=MAX_UNITS,
+                                                   description="The enabled ControlNet units (sd-webui-controlnet's)")
     styles: list[str] = Field(default_factory=list, max_length=MAX_STYLES,
                               description="Names of styles.csv rows, applied to the prompts in this order")
 
@@ -314,7 +319,8 @@ OUTPAINT_RANGE = (0, 1024)
 class Img2ImgRequest(GenerationRequest):
     """One img2img / inpaint / outpaint job. With a mask it inpaints; with outpaint margins it extends
     the canvas and inpaints the new area."""
-    HISTORY_EXCLUDE: ClassVar[set[str]] = {"init_image", "mask"}  # the images are large; the outputs keep them
+    HISTORY_EXCLUDE: ClassVar[dict] = {"init_image": True, "mask": True,  # large; the outputs keep them
+                                       **GenerationRequest.HISTORY_EXCLUDE}
 
     init_image: bytes
     mask: bytes | None = None
@@ -545,6 +551,7 @@ class GenerationResult(BaseModel):
     interrupted: bool = False
     model_label: str = ""  # e.g. "SD1.x inpainting"
     warnings: list[str] = Field(default_factory=list)  # what was ignored (unknown LoRA, unbalanced bracket, ...)
+    detected_maps: list[bytes] = Field(default_factory=list)  # ControlNet units' maps (PNG), shown after the images
 
 
 # what the job queue runs: one request type per kind

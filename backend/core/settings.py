@@ -106,3 +106,14 @@ class Settings:
     @property
     def checkpoints_dir(self) -> Path:
         return self.ckpt_dir or self.models_dir / "Stable-diffusion"
+
+    @property
+    def controlnet_dir(self) -> Path:
+        """ControlNet models, A1111's and Forge's models/ControlNet."""
+        return self.models_dir / "ControlNet"
+
+    @property
+    def controlnet_preprocessor_dir(self) -> Path:
+        """Weights of the preprocessors that need them (depth, pose...), in sd-webui-controlnet's
+        annotator/downloads layout (<folder>/<file>) or flat."""
+        return self.models_dir / "ControlNetPreprocessor"

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
+from backend.controlnet.service import ControlNets
 from backend.core.flow_samplers import resolve_flow_sampler
 from backend.core.hires_sizes import hires_sizes
 from backend.core.model_family import FLOW_FAMILIES
@@ -26,6 +27,7 @@ from backend.core.requests import (
 )
 from backend.core.samplers import resolve_sampler
 from backend.core.scripts import Script, find_script
+from backend.generation.controlnet_run import prepared_controls
 from backend.generation.flow_guidance import (
     check_flow_request,
     flow_infotext,
@@ -86,6 +88,7 @@ class Generator:
     server_folders_refused: str | None = None  # why an Extras job may not read a server folder, or None
     styles: StyleStore | None = None  # styles.csv: the styles a request names are applied from it
     faces: FaceRestorers | None = None  # face restoration (Restore faces, Extras' GFPGAN visibility)
+    controlnets: ControlNets | None = None  # ControlNet models and preprocessors, for requests with units
 
     def generate(self, request, progress: JobProgress) -> GenerationResult:
         if isinstance(request, ExtrasRequest):
@@ -225,7 +228,12 @@ class Generator:
                          self.models.settings.speed.tiles_vae(*output_size(request))) as tiled_vae,
               seamless([module for module in (getattr(model.pipeline, "unet", None), prompts.vae or model.pipeline.vae)
                         if module is not None],
-                       request.tiling_axes if request.tiling else None)):  # the cached model restored after
+                       request.tiling_axes if request.tiling else None),  # the cached model restored after
+              prepared_controls(request, self.controlnets, model, entry.title,
+                                getattr(request, "init_image", None)) as controls):
+            if controls.units:  # the job's pipelines become ControlNet pipelines; each unit has its infotext
+                make_batch = with_controls(make_batch, controls, model.family, getattr(request, "enable_hr", False))
+                extra_parameters = {**extra_parameters, **controls.infotext}
             if model.family in FLOW_FAMILIES:  # their own samplers; Forge's guidance and shift keys
                 check_flow_request(request, model.label)
                 sampler, schedule = resolve_flow_sampler(request.sampler_name, request.scheduler, model.label)
@@ -244,7 +252,7 @@ class Generator:
                 previews=self.previews, preview_every=preview_every, second=second)
             run.run_batches(make_batch, seed, subseed)
         return GenerationResult(images=run.images, interrupted=progress.interrupt_requested, model_label=model.label,
-                                warnings=prompts.warnings)
+                                warnings=prompts.warnings, detected_maps=controls.detected_maps())
 
     @contextmanager
     def _second_models(self, request: GenerationRequest, entry, model, prompts) -> Iterator[SecondModels]:
@@ -308,3 +316,14 @@ class Generator:
         if self.faces is None:
             raise RequestError("restore_faces", "face restoration is not available in this server")
         return self.faces
+
+
+def with_controls(make_batch: MakeBatch, controls, family: str, hires_fix: bool) -> MakeBatch:
+    """`make_batch` whose pipelines carry the job's ControlNet units (with the hires fix, its img2img pipeline is
+    the second pass)."""
+    def make(pipeline_for, *arguments):
+        def controlled(task, *rest, **named):
+            second_pass = hires_fix and task == "img2img"
+            return controls.wrap(pipeline_for(task, *rest, **named), task, family, second_pass)
+        return make_batch(controlled, *arguments)
+    return make

@@ -23,6 +23,7 @@ from backend.core.requests import (
     Txt2ImgRequest,
 )
 from backend.http.bodies import HIRES_SAME, ExtrasBaseBody, GenerationBody, Img2ImgBody, Txt2ImgBody
+from backend.http.controlnet_units import controlnet_script_args, translate_units
 from backend.jobs.queue import Job
 from backend.models.weight_files import CheckpointError, read_safetensors_metadata, sniff_format
 from backend.services import Services
@@ -90,8 +91,10 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
             raise HTTPException(status_code=422,
                                 detail=f"override_settings.sd_model_checkpoint: {checkpoint_problem(error)}") from None
     refiner = _checkpoint_title(body.refiner_checkpoint, "refiner_checkpoint", services)
+    units, _ = controlnet_script_args(body.alwayson_scripts)
     return {
         "extension_args": _extension_args(body, services),
+        "controlnet_units": translate_units(units or [], services),
         "prompt": body.prompt, "negative_prompt": body.negative_prompt or "",
         "sampler_name": body.sampler_name or body.sampler_index, "scheduler": body.scheduler or "Automatic",
         "steps": body.steps, "width": body.width, "height": body.height,
@@ -124,7 +127,8 @@ def _extension_args(body: GenerationBody, services: Services) -> dict[str, Any]:
     its name; a name no loaded extension has is refused, not ignored."""
     loaded = {record.name.lower(): record.name for record in services.extensions.records if record.loaded}
     result: dict[str, Any] = {}
-    for source, values in (("extension_args", body.extension_args), ("alwayson_scripts", body.alwayson_scripts)):
+    _, always_on = controlnet_script_args(body.alwayson_scripts)  # ControlNet is built in (see controlnet_units)
+    for source, values in (("extension_args", body.extension_args), ("alwayson_scripts", always_on)):
         for name, value in values.items():
             extension = loaded.get(str(name).lower())
             if extension is None:

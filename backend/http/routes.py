@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends
 from backend.http.auth import basic_auth
 from backend.http.bodies import ApiError
 from backend.http.json_guard import refuse_unanswerable_json
+from backend.http.routes_controlnet import add_controlnet_routes
 from backend.http.routes_generation import add_generation_routes
 from backend.http.routes_models import add_model_routes
 from backend.http.routes_options import add_options_routes
@@ -27,6 +28,14 @@ def build_api_router(services: Services, auth: list[tuple[str, str]] | None = No
                        add_model_routes, add_script_routes, add_server_routes):
         add_routes(api, services)
     return api
+
+
+def build_controlnet_router(services: Services, auth: list[tuple[str, str]] | None = None) -> APIRouter:
+    """sd-webui-controlnet's routes, at the root as the extension serves them, behind the API's credentials."""
+    router = APIRouter(prefix="/controlnet", dependencies=[*basic_auth(auth), Depends(refuse_unanswerable_json)],
+                       tags=["controlnet"], responses={422: {"model": ApiError, "description": "Invalid input"}})
+    add_controlnet_routes(router, services)
+    return router
 
 
 def build_extension_router(services: Services, auth: list[tuple[str, str]] | None = None) -> APIRouter:

@@ -25,7 +25,9 @@ from backend.services import Services
 def add_generation_routes(api: APIRouter, services: Services):
     def run(request, body: GenerationBody, http: Request) -> GenerationResponse:
         job = finished_job_or_error(submit_job(services, request, http, body.force_task_id))
-        images = [base64.b64encode(image.png).decode() for image in job.result.images] if body.send_images else []
+        # ControlNet's detected maps follow the images, as sd-webui-controlnet appends them
+        pngs = [image.png for image in job.result.images] + list(job.result.detected_maps)
+        images = [base64.b64encode(png).decode() for png in pngs] if body.send_images else []
         parameters = body.model_dump()
         if isinstance(body, Img2ImgBody) and not body.include_init_images:
             parameters["init_images"], parameters["mask"] = None, None  # as A1111: not echoed unless asked

@@ -33,7 +33,7 @@ PUBLIC_PREFIXES = ("/assets/", "/static/", "/svelte/", "/gradio_api/static/", "/
 PUBLIC_PATHS = {"/", "/login", "/login/", "/logout", "/favicon.ico", "/robots.txt", "/manifest.json", "/theme.css",
                 "/gradio_api/theme.css", "/login_check", "/login_check/", "/gradio_api/login_check",
                 "/gradio_api/login_check/", "/config", "/config/", "/gradio_api/startup-events"}
-API_PREFIXES = ("/sdapi/", "/extensions/", "/docs", "/redoc", "/openapi.json")
+API_PREFIXES = ("/sdapi/", "/extensions/", "/controlnet/", "/docs", "/redoc", "/openapi.json")
 FILE_ROUTE_PREFIXES = ("/gradio_api/file=", "/file=", "/gradio_api/file/", "/file/")
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 LOGIN_PATHS = {"/login", "/login/"}

@@ -1,0 +1,113 @@
+"""A ControlNetModel for the checkpoint in use, built from a ControlNet file, and a small cache of the built ones.
+
+The weights decide the widths and layout; what weights cannot show (attention head counts, the size/crop
+embedding width of SDXL) comes from the checkpoint's UNet, which the ControlNet must match anyway."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from backend.controlnet.model_files import ControlNetEntry, ControlNetFolder, ControlNetWeights, read_controlnet
+from backend.core.errors import UserError
+from backend.core.model_family import FAMILY_LABELS
+from backend.models.loader import materialise
+
+# UNet config values a ControlNet shares with its base model and cannot be read from its weights
+FROM_UNET = ("attention_head_dim", "num_attention_heads", "addition_time_embed_dim", "upcast_attention",
+             "flip_sin_to_cos", "freq_shift", "norm_num_groups", "norm_eps", "act_fn", "resnet_time_scale_shift",
+             "class_embed_type", "addition_embed_type_num_heads", "only_cross_attention", "downsample_padding",
+             "mid_block_scale_factor")
+
+
+class ControlNetFamilyMismatch(UserError):
+    """A ControlNet made for another model family than the checkpoint in use."""
+
+
+def controlnet_config(weights: ControlNetWeights, unet_config: dict, global_pooling: bool) -> dict:
+    config = {key: unet_config[key] for key in FROM_UNET if key in unet_config}
+    config.update(weights.config, global_pool_conditions=global_pooling)
+    heads = config.get("attention_head_dim")
+    if isinstance(heads, list | tuple) and len(heads) != len(config["block_out_channels"]):
+        config["attention_head_dim"] = heads[0]
+    return config
+
+
+def check_family(entry: ControlNetEntry, weights: ControlNetWeights, checkpoint_family: str, checkpoint: str,
+                 field: str):
+    if weights.family != checkpoint_family:
+        raise ControlNetFamilyMismatch(field, f"ControlNet '{entry.title}' is a {weights.family_label} ControlNet but "
+                                              f"the checkpoint '{checkpoint}' is "
+                                              f"{FAMILY_LABELS.get(checkpoint_family, checkpoint_family)}; pick a "
+                                              f"{FAMILY_LABELS.get(checkpoint_family, checkpoint_family)} ControlNet")
+
+
+def build_controlnet(entry: ControlNetEntry, unet_config: dict, checkpoint_family: str, checkpoint: str,
+                     dtype: torch.dtype, field: str = "model"):
+    """The ControlNetModel of `entry` on the CPU in `dtype`; a family other than the checkpoint's is a UserError
+    naming both, a cross-attention width other than the UNet's too (a ControlNet of another model size)."""
+    from accelerate import init_empty_weights
+    from diffusers import ControlNetModel
+
+    weights = read_controlnet(entry)
+    check_family(entry, weights, checkpoint_family, checkpoint, field)
+    if weights.config["cross_attention_dim"] != unet_config.get("cross_attention_dim"):
+        raise ControlNetFamilyMismatch(field, f"ControlNet '{entry.title}' expects text features of width "
+                                              f"{weights.config['cross_attention_dim']} but the checkpoint "
+                                              f"'{checkpoint}' gives {unet_config.get('cross_attention_dim')}")
+    # sd-webui-controlnet's rule: the v1.1 shuffle model pools its control globally, known by its name
+    config = controlnet_config(weights, unet_config, global_pooling="shuffle" in Path(entry.name).name.lower())
+    with init_empty_weights():
+        model = ControlNetModel.from_config(config)
+    return materialise(model, weights.state, dtype, f"ControlNet {entry.name}")
+
+
+class ControlNetCache:
+    """Built ControlNets by (file, checkpoint UNet, dtype), least recently used dropped first; one in use by a job
+    (leased) is never dropped."""
+
+    def __init__(self, folder: ControlNetFolder, max_models: int = 4):
+        self.folder = folder
+        self.max_models = max_models
+        self._cache: OrderedDict[tuple, list] = OrderedDict()  # key -> [model, leases]
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+
+    @contextmanager
+    def lease(self, query: str, unet_config: dict, checkpoint_family: str, checkpoint: str, dtype: torch.dtype,
+              field: str = "model"):
+        entry = self.folder.find(query, field)
+        key = (str(entry.path), entry.short_hash, checkpoint, str(dtype))
+        with self._load_lock:
+            with self._lock:
+                slot = self._cache.get(key)
+            if slot is None:
+                slot = [build_controlnet(entry, unet_config, checkpoint_family, checkpoint, dtype, field), 0]
+            with self._lock:
+                self._cache[key] = slot
+                self._cache.move_to_end(key)
+                slot[1] += 1
+                self._evict()
+        try:
+            yield entry, slot[0]
+        finally:
+            with self._lock:
+                slot[1] -= 1
+                self._evict()
+
+    def _evict(self):
+        for key in [key for key, slot in self._cache.items() if slot[1] == 0][:max(0, len(self._cache) -
+                                                                                  self.max_models)]:
+            del self._cache[key]
+
+    def clear_unused(self):
+        with self._lock:
+            for key in [key for key, slot in self._cache.items() if slot[1] == 0]:
+                del self._cache[key]
+
+    def cached_count(self) -> int:
+        with self._lock:
+            return len(self._cache)

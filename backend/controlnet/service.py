@@ -1,0 +1,37 @@
+"""The ControlNet service app.py builds once: the models folder, the preprocessors, the cache of built models."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from backend.controlnet.catalog import PreprocessorCatalog
+from backend.controlnet.loading import ControlNetCache
+from backend.controlnet.model_files import ControlNetFolder
+from backend.controlnet.preprocessors import resolve_parameters, run_preprocessor
+
+DEFAULT_UNIT_COUNT = 3  # sd-webui-controlnet's control_net_unit_count default
+
+
+class ControlNets:
+    def __init__(self, models_dir: Path, preprocessors_dir: Path, max_models: int = 4):
+        self.folder = ControlNetFolder(models_dir)
+        self.preprocessors = PreprocessorCatalog(preprocessors_dir)
+        self.cache = ControlNetCache(self.folder, max_models)
+
+    def model_titles(self, refresh: bool = False) -> list[str]:
+        if refresh:
+            self.folder.refresh()
+        return self.folder.titles()
+
+    def detect(self, module: str, image: np.ndarray, processor_res: float | None = None,
+               threshold_a: float | None = None, threshold_b: float | None = None, mask: np.ndarray | None = None,
+               seed: int = 0, field: str = "module") -> np.ndarray:
+        """The detected map of `image` by the preprocessor `module` (UserError: unknown, or needs weights)."""
+        preprocessor = self.preprocessors.get(module, field)
+        parameters = resolve_parameters(preprocessor, processor_res, threshold_a, threshold_b)
+        return run_preprocessor(preprocessor, image, parameters, mask=mask, seed=seed)
+
+    def clear(self):
+        """Out of memory: drop every built ControlNet no job holds."""
+        self.cache.clear_unused()

@@ -1,0 +1,248 @@
+"""A job's ControlNet units: each unit's control map (preprocessed, fitted to the job's size), its model leased for
+the job, the diffusers ControlNet pipeline the job's pipelines become, and what the job reports (infotext per unit
+in sd-webui-controlnet's format, the detected maps).
+
+Control modes as the extension implements them: "My prompt is more important" scales the residuals by
+0.825^(12-i) (soft injection, deepest layers strongest); "ControlNet is more important" does that and applies
+the control to the conditional half of the batch only (cfg injection), so the prompt's guidance works against it.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+from collections import OrderedDict
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from backend.controlnet.control_map import fit_map, pixel_perfect_resolution
+from backend.controlnet.preprocessors import resolve_parameters, run_preprocessor
+from backend.controlnet.service import ControlNets
+from backend.core.control_modes import ControlMode, HiresOption
+from backend.core.controlnet_units import ControlNetUnit, unit_infotext
+from backend.core.hires_sizes import hires_sizes
+from backend.core.model_family import FLOW_FAMILIES
+from backend.core.requests import GenerationRequest, RequestError
+
+CONTROLNET_PIPELINES = {
+    ("sd", "txt2img"): "StableDiffusionControlNetPipeline",
+    ("sd", "img2img"): "StableDiffusionControlNetImg2ImgPipeline",
+    ("sdxl", "txt2img"): "StableDiffusionXLControlNetPipeline",
+    ("sdxl", "img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
+}
+SOFT_BASE = 0.825  # the extension's soft-injection factor per layer
+
+
+@dataclass
+class PreparedUnit:
+    index: int  # the unit's place in the request ("ControlNet <index>" in the infotext)
+    unit: ControlNetUnit
+    control: torch.Tensor  # (1, 3, H, W) in [0, 1]; inpaint units: -1 where the mask says repaint
+    detected: np.ndarray  # the fitted map, shown to the user
+    infotext: str
+    model: torch.nn.Module
+    hires_control: torch.Tensor | None = None  # the map at the hires fix's size (txt2img with the hires fix)
+    hires_detected: np.ndarray | None = None
+
+    def applies(self, second_pass: bool) -> bool:
+        """A1111's hr_option: which passes of the hires fix the unit steers (a job without it has one pass)."""
+        wanted = HiresOption.HIGH_RES_ONLY if second_pass else HiresOption.LOW_RES_ONLY
+        return self.unit.hr_option in (HiresOption.BOTH, wanted)
+
+
+def decode(png: bytes, mode: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert(mode), dtype=np.uint8)
+
+
+def control_tensor(fitted: np.ndarray) -> torch.Tensor:
+    """The map as the ControlNet reads it; for inpaint maps (RGBA) the repainted area is -1 (the extension's
+    inpaint protocol)."""
+    pixels = torch.from_numpy(fitted.astype(np.float32) / 255.0).permute(2, 0, 1)[None]
+    if pixels.shape[1] == 4:
+        colour, repaint = pixels[:, :3], (pixels[:, 3:4] > 0.5).float()
+        pixels = colour * (1 - repaint) - repaint
+    return pixels
+
+
+def soft_scales(count: int) -> list[float]:
+    return [SOFT_BASE ** float(12 - index) for index in range(count)]
+
+
+def mode_hook(mode: ControlMode, images_per_batch: int):
+    """A forward hook on a ControlNetModel applying the unit's control mode to its residuals."""
+    def hook(_module, args, kwargs, output):
+        down, mid = output
+        residuals = [*down, mid]
+        sample = args[0] if args else kwargs["sample"]
+        scales = soft_scales(len(residuals))
+        residuals = [residual * scale for residual, scale in zip(residuals, scales, strict=True)]
+        if mode == ControlMode.CONTROLNET_MORE_IMPORTANT and sample.shape[0] == 2 * images_per_batch:
+            # the unconditional half (diffusers puts it first) gets no control
+            keep = torch.cat([torch.zeros(images_per_batch), torch.ones(images_per_batch)]).to(sample)
+            residuals = [residual * keep.view(-1, 1, 1, 1) for residual in residuals]
+        return residuals[:-1], residuals[-1]
+    return hook
+
+
+HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs")
+
+
+def unit_view(model: torch.nn.Module) -> torch.nn.Module:
+    """The same ControlNet (its weights shared, nothing copied) as a module of its own with empty hook tables, so a
+    unit's hook never acts on the cached model nor on another unit that uses the same file."""
+    view = copy.copy(model)
+    for table in HOOK_TABLES:
+        setattr(view, table, OrderedDict())
+    return view
+
+
+@dataclass
+class JobControls:
+    """What the generator needs of a job's units; empty when the request has none (nothing changes then)."""
+    units: list[PreparedUnit] = field(default_factory=list)
+    _pipelines: dict = field(default_factory=dict)
+
+    def active(self, second_pass: bool = False) -> list[PreparedUnit]:
+        """The units that steer this pass: weight 0, or a start at the end (no step controlled), leaves the job
+        exactly as without the unit."""
+        return [prepared for prepared in self.units if prepared.applies(second_pass) and prepared.unit.weight > 0
+                and prepared.unit.guidance_start < prepared.unit.guidance_end]
+
+    @property
+    def infotext(self) -> dict[str, str]:
+        return {f"ControlNet {prepared.index}": prepared.infotext for prepared in self.units}
+
+    def detected_maps(self) -> list[bytes]:
+        """Each unit's map (with the hires fix: its hires map first, then the first pass's, as the extension)."""
+        maps = []
+        for prepared in self.units:
+            if prepared.unit.save_detected_map:
+                for shown in (prepared.hires_detected, prepared.detected):
+                    if shown is not None:
+                        buffer = io.BytesIO()
+                        Image.fromarray(shown).save(buffer, format="PNG")
+                        maps.append(buffer.getvalue())
+        return maps
+
+    def wrap(self, pipeline, task: str, family: str, second_pass: bool = False):
+        """`pipeline` itself when no unit steers this pass; else a ControlNet pipeline sharing its modules, called
+        with the units' maps, weights and start/end added. `second_pass`: the hires fix's second pass."""
+        active = self.active(second_pass)
+        if not active:
+            return pipeline
+        if task not in ("txt2img", "img2img"):
+            raise RequestError("controlnet_units", "ControlNet together with an inpainting mask is not supported yet")
+        key = (id(pipeline), second_pass)
+        if key not in self._pipelines:
+            self._pipelines[key] = ControlledPipeline(controlnet_pipeline(pipeline, task, family, active),
+                                                      call_arguments(active, task, second_pass))
+        return self._pipelines[key]
+
+
+class ControlledPipeline:
+    """A ControlNet pipeline that adds the units' arguments to each call (the job's code calls it like any)."""
+
+    def __init__(self, pipeline, arguments: dict):
+        self._pipeline = pipeline
+        self._arguments = arguments
+
+    def __call__(self, *args, **kwargs):
+        return self._pipeline(*args, **kwargs, **self._arguments)
+
+    def __getattr__(self, name):
+        return getattr(self._pipeline, name)
+
+
+def controlnet_pipeline(base, task: str, family: str, units: list[PreparedUnit]):
+    import diffusers
+
+    kind = "sdxl" if family.startswith("sdxl") else "sd"
+    cls = getattr(diffusers, CONTROLNET_PIPELINES[(kind, task)])
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {name: module for name, module in base.components.items() if name in accepted}
+    kwargs.update({key: value for key, value in base.config.items()
+                   if key in accepted and key not in kwargs and not key.startswith("_")})
+    models = [prepared.model for prepared in units]
+    kwargs["controlnet"] = models[0] if len(models) == 1 else diffusers.MultiControlNetModel(models)
+    for name, parameter in accepted.items():
+        if name not in kwargs and name != "self" and parameter.default is inspect.Parameter.empty:
+            kwargs[name] = None
+    pipeline = cls(**kwargs)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def call_arguments(units: list[PreparedUnit], task: str, second_pass: bool = False) -> dict:
+    controls = [prepared.hires_control if second_pass else prepared.control for prepared in units]
+    single = len(units) == 1
+    return {
+        ("image" if task == "txt2img" else "control_image"): controls[0] if single else controls,
+        "controlnet_conditioning_scale": units[0].unit.weight if single else [p.unit.weight for p in units],
+        "control_guidance_start": [p.unit.guidance_start for p in units],
+        "control_guidance_end": [p.unit.guidance_end for p in units],
+    }
+
+
+def check_supported(request: GenerationRequest, family: str):
+    if family in FLOW_FAMILIES or family == "sdxl-refiner":
+        raise RequestError("controlnet_units", f"ControlNet with {family} checkpoints is not supported yet; use an "
+                                               "SD1.x, SD2.x or SDXL checkpoint")
+    if request.refiner_checkpoint:
+        raise RequestError("controlnet_units", "ControlNet together with a refiner is not supported yet")
+
+
+@contextmanager
+def prepared_controls(request: GenerationRequest, controlnets: ControlNets | None, model, checkpoint_title: str,
+                      init_image: bytes | None = None):
+    """The job's units made ready (maps detected and fitted, models leased and on the UNet's device) for the whole
+    job; the models go back to the CPU afterwards."""
+    if not request.controlnet_units:
+        yield JobControls()
+        return
+    if controlnets is None:
+        raise RequestError("controlnet_units", "this server was built without ControlNet")
+    check_supported(request, model.family)
+    unet = model.pipeline.unet
+    with ExitStack() as stack:
+        prepared = []
+        for index, unit in enumerate(request.controlnet_units):
+            field_name = f"controlnet_units.{index}"
+            png = unit.image or init_image
+            if png is None:
+                raise RequestError(f"{field_name}.image", "give the unit an image (txt2img has no input image to use)")
+            image = decode(png, "RGB")
+            mask = decode(unit.mask, "L") if unit.mask else None
+            preprocessor = controlnets.preprocessors.get(unit.module, f"{field_name}.module")
+            processor_res = unit.processor_res
+            if unit.pixel_perfect:
+                processor_res = pixel_perfect_resolution(image.shape[0], image.shape[1], request.height,
+                                                         request.width, unit.resize_mode)
+            parameters = resolve_parameters(preprocessor, processor_res, unit.threshold_a, unit.threshold_b)
+            detected = run_preprocessor(preprocessor, image, parameters, mask=mask, seed=request.seed)
+            fitted = fit_map(detected, unit.resize_mode, request.width, request.height)
+            hires = None
+            if getattr(request, "enable_hr", False):  # the second pass works at the upscaled size
+                hires = fit_map(detected, unit.resize_mode, *hires_sizes(
+                    request.width, request.height, request.hr_scale, request.hr_resize_x,
+                    request.hr_resize_y).upscaled)
+            if unit.model in ("", "None"):
+                raise RequestError(f"{field_name}.model", "choose a ControlNet model for the unit")
+            entry, controlnet = stack.enter_context(controlnets.cache.lease(
+                unit.model, dict(unet.config), model.family, checkpoint_title, unet.dtype, f"{field_name}.model"))
+            controlnet.to(unet.device)
+            stack.callback(controlnet.to, "cpu")
+            if unit.control_mode != ControlMode.BALANCED:
+                controlnet = unit_view(controlnet)  # its hook must not reach another unit of the same model
+                controlnet.register_forward_hook(mode_hook(unit.control_mode, request.batch_size), with_kwargs=True)
+            infotext = unit_infotext(preprocessor.public_name, entry.title, unit, parameters.resolution,
+                                     parameters.threshold_a, parameters.threshold_b)
+            slot = unit.slot if unit.slot is not None else index
+            prepared.append(PreparedUnit(slot, unit, control_tensor(fitted), fitted[:, :, :3], infotext, controlnet,
+                                         None if hires is None else control_tensor(hires),
+                                         None if hires is None else hires[:, :, :3]))
+        yield JobControls(prepared)
