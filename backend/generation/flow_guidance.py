@@ -3,6 +3,7 @@
 prompt unused) unless the user sets it. SD3/SD3.5 use CFG as SD does."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -32,6 +33,11 @@ def guidance_arguments(request: GenerationRequest, pipeline, cfg_scale: float | 
     """The pipeline call's guidance keywords. `cfg_scale`: the scale of this pass (the request's by default)."""
     if is_flux(pipeline):
         cfg = effective_cfg(request, "flux") if cfg_scale is None else cfg_scale
+        if "true_cfg_scale" not in inspect.signature(pipeline.__call__).parameters:  # FluxFillPipeline
+            if cfg > 1:
+                raise RequestError("cfg_scale", f"{cfg} needs a negative pass, which Flux Fill has not: set CFG scale "
+                                                "to 1 and guide with Distilled CFG Scale")
+            return {"guidance_scale": request.distilled_cfg_scale}
         return {"guidance_scale": request.distilled_cfg_scale, "true_cfg_scale": cfg}
     return {"guidance_scale": request.cfg_scale if cfg_scale is None else cfg_scale}
 
