@@ -122,7 +122,7 @@ def tiny_flow_pipeline(family: str, seed: int = 0, variant: str = "dev"):
     if family == "flux":
         flux_class = FluxFillPipeline if variant == "fill" else FluxPipeline
         return flux_class(**components, scheduler=scheduler, tokenizer=build_clip_tokenizer(),
-                            tokenizer_2=tiny_t5_tokenizer())
+                          tokenizer_2=tiny_t5_tokenizer())
     return StableDiffusion3Pipeline(**components, scheduler=scheduler, tokenizer=build_clip_tokenizer(),
                                     tokenizer_2=build_clip_tokenizer(pad_token="!"), tokenizer_3=tiny_t5_tokenizer())
 

@@ -28,6 +28,7 @@ from backend.core.samplers import resolve_sampler
 from backend.core.scripts import Script, find_script
 from backend.generation.flow_guidance import (
     check_flow_request,
+    check_skip_layer_guidance,
     flow_infotext,
     flow_warnings,
     guidance_arguments,
@@ -223,6 +224,7 @@ class Generator:
               seamless([module for module in (getattr(model.pipeline, "unet", None), prompts.vae or model.pipeline.vae)
                         if module is not None],
                        request.tiling_axes if request.tiling else None)):  # the cached model restored after
+            check_skip_layer_guidance(request, model)
             if model.family in FLOW_FAMILIES:  # their own samplers; Forge's guidance and shift keys
                 check_flow_request(request, model.label)
                 sampler, schedule = resolve_flow_sampler(request.sampler_name, request.scheduler, model.label)

@@ -323,6 +323,11 @@ class ModelManager:
         self.free_unused()  # outside the except block: the failed attempt's tensors are released first
         return action()
 
+    def loaded_family(self, title: str) -> str | None:
+        """The family of a checkpoint in the cache; None while it is not loaded (detection needs its weights)."""
+        with self._lock:
+            return next((c.model.family for c in self._cache.values() if c.entry.title == title), None)
+
     def cached_titles(self) -> list[str]:
         with self._lock:
             return [c.entry.title for c in self._cache.values()]
