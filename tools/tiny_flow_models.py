@@ -198,3 +198,42 @@ def write_sd3_single_file(path: Path, seed: int = 0, with_text_encoders: bool = 
         state.update({"text_encoders.t5xxl.transformer." + k: v
                       for k, v in _t5_original(parts["text_encoder_3"], True).items()})
     return _save(state, path)
+
+
+def write_transformer_gguf(path: Path, family: str, seed: int = 0, quantization: str = "Q8_0",
+                           variant: str = "dev") -> Path:
+    """The transformer alone in the original key layout as a GGUF file, as city96's Flux/SD3 quantizations are:
+    2-D weights whose rows split into 32-value blocks in `quantization` ("Q8_0" or "F16"), the rest in F32."""
+    import gguf
+    import numpy as np
+
+    parts = tiny_flow_components(family, seed, variant)
+    state = transformer_original_state(family, parts["transformer"])
+    kind = gguf.GGMLQuantizationType[quantization]
+    block = gguf.GGML_QUANT_SIZES[kind][0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), arch=family)
+    for name, tensor in state.items():
+        values = tensor.detach().float().numpy()
+        if values.ndim == 2 and values.shape[-1] % block == 0 and kind != gguf.GGMLQuantizationType.F32:
+            data = values.astype(np.float16) if kind == gguf.GGMLQuantizationType.F16 else \
+                gguf.quants.quantize(values, kind)
+            writer.add_tensor(name, data, raw_dtype=kind)
+        else:
+            writer.add_tensor(name, values.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_sd3_parts(folder: Path, seed: int = 0) -> dict[str, Path]:
+    """The tiny SD3 model's text encoders (Forge's models/text_encoder) and VAE (`sd3_vae.safetensors`, for
+    models/VAE) as separate files, for a transformer-only file (a GGUF) to run with."""
+    parts = tiny_flow_components("sd3", seed)
+    vae = {k.removeprefix(VAE_PREFIX): v for k, v in vae_to_original(parts["vae"]).items()}
+    return {"vae": _save(vae, folder / "sd3_vae.safetensors"),
+            "clip_l": _save(_clip_original(parts["text_encoder"]), folder / "clip_l.safetensors"),
+            "clip_g": _save(_clip_original(parts["text_encoder_2"]), folder / "clip_g.safetensors"),
+            "t5xxl": _save(_t5_original(parts["text_encoder_3"], True), folder / "t5xxl_fp16.safetensors")}

@@ -16,9 +16,10 @@ from backend.models.construction import ModelConstruction
 from backend.models.detection import FAMILY_LABELS, SDXL_REFINER_OPENCLIP_PREFIX, DetectedModel, detect
 from backend.models.flow_detection import flow_file, is_flux_fill
 from backend.models.flow_loader import ComponentFolders, FlowLoader, tie_and_eval
+from backend.models.gguf_weights import has_quantized
 from backend.models.original_layout import SD2_OPENCLIP_PREFIX, SDXL_OPENCLIP_PREFIX
 from backend.models.tokenizer import build_clip_tokenizer
-from backend.models.weight_files import CheckpointError, declared_resolution, load_state_dict
+from backend.models.weight_files import CheckpointError, declared_resolution, load_state_dict, sniff_format
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline, UNet2DConditionModel
@@ -204,6 +205,9 @@ class CheckpointLoader:
                                       f"needs: {error}") from error
             return LoadedModel(pipeline=pipeline, family=found.family, sources=parts.sources,
                                inpainting=is_flux_fill(pipeline.transformer.config))
+        if has_quantized(state) or sniff_format(path) == "gguf":
+            raise CheckpointError(f"{path.name} is a GGUF file but not a Flux or SD3 transformer; GGUF is read for "
+                                  "those only")
         detected = detect(state)
         resolution = declared_resolution(path)
         if resolution:  # the UNet's default size follows what the file says it was trained at
