@@ -23,7 +23,7 @@ from backend.models.component_choices import ComponentChoices
 from backend.models.devices import attention_backend, free_accelerator_memory
 from backend.models.loader import CheckpointLoader, LoadedModel
 from backend.models.registry import CheckpointEntry, ModelRegistry
-from backend.models.speed_options import compile_unet, place
+from backend.models.speed_options import compile_unet, component_placement, place
 from backend.models.weight_files import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -333,7 +333,9 @@ class ModelManager:
             return [c.entry.title for c in self._cache.values()]
 
     def cache_report(self) -> list[dict]:
-        """What the cache holds now, least recently used first: title, size, where, in use, load time."""
+        """What the cache holds now, least recently used first: title, size, where, in use, load time, and where
+        each of its models (transformer or UNet, text encoders, VAE) sits."""
         with self._lock:
             return [{"title": c.entry.title, "size_bytes": c.size_bytes, "on_device": c.on_device,
-                     "in_use": c.leases > 0, "load_seconds": c.load_seconds} for c in self._cache.values()]
+                     "in_use": c.leases > 0, "load_seconds": c.load_seconds,
+                     "components": component_placement(c.model.pipeline)} for c in self._cache.values()]
