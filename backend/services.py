@@ -91,7 +91,7 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     device = choose_device(settings.device)
     dtype = choose_dtype(settings.precision, device)
     hashes = HashCache(settings.cache_dir / "hashes.json")
-    registry = ModelRegistry(settings.checkpoints_dir, hashes)
+    registry = ModelRegistry(settings.checkpoints_dir, hashes, settings.unet_dir)
     registry.refresh()  # scan (and hash) once, before any thread asks for the list
     construction = ModelConstruction()  # every loader builds its modules under this one lock
     components = ComponentFolders(settings.text_encoder_dir, settings.vae_dir)  # Flux/SD3 separate parts

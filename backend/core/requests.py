@@ -7,7 +7,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+<<<<<<< HEAD
 from backend.core.controlnet_units import MAX_UNITS, ControlNetUnit
+=======
+from backend.core import skip_layer_guidance as slg
+>>>>>>> issue-31c
 from backend.core.errors import UserError
 from backend.core.flow_samplers import SHIFT_RANGE
 from backend.core.hires_sizes import hires_sizes
@@ -104,6 +108,11 @@ class GenerationRequest(BaseModel):
     code_former_weight: float = Field(0.5, description="A1111's option: CodeFormer weight (0 = strongest effect)")
     distilled_cfg_scale: float = Field(3.5, description="Flux dev's distilled guidance (Forge's Distilled CFG Scale)")
     shift: float = Field(0.0, description="Flow models' (Flux, SD3) timestep shift; 0 keeps the model's own")
+    skip_guidance_layers: list[int] = Field(default_factory=list, description="SD3/SD3.5 skip-layer guidance: the "
+                                            "transformer layers its extra pass leaves out (empty: off), e.g. 7, 8, 9")
+    skip_layer_guidance_scale: float = Field(slg.DEFAULT_SCALE, description="Skip-layer guidance strength")
+    skip_layer_guidance_start: float = Field(slg.DEFAULT_START, description="Fraction of the steps it starts at")
+    skip_layer_guidance_stop: float = Field(slg.DEFAULT_STOP, description="Fraction of the steps it stops at")
     extension_args: dict[str, Any] = Field(default_factory=dict)
     controlnet_units: list[ControlNetUnit] = Field(default_factory=list, max_length=MAX_UNITS,
                                                    description="The enabled ControlNet units (sd-webui-controlnet's)")
@@ -162,6 +171,28 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _shift(cls, value: float) -> float:
         return _check_finite_range(value, *SHIFT_RANGE)
+
+    @field_validator("skip_guidance_layers", mode="before")
+    @classmethod
+    def _skip_layers(cls, value) -> list[int]:
+        return slg.parse_layers(value)
+
+    @field_validator("skip_layer_guidance_scale")
+    @classmethod
+    def _skip_layer_scale(cls, value: float) -> float:
+        return _check_finite_range(value, *slg.SCALE_RANGE)
+
+    @field_validator("skip_layer_guidance_start", "skip_layer_guidance_stop")
+    @classmethod
+    def _skip_layer_fraction(cls, value: float) -> float:
+        return _check_finite_range(value, 0.0, 1.0)
+
+    @model_validator(mode="after")
+    def _skip_layer_window(self):
+        if self.skip_guidance_layers and self.skip_layer_guidance_start >= self.skip_layer_guidance_stop:
+            raise ValueError(f"skip_layer_guidance_stop: must be above the start ({self.skip_layer_guidance_start});"
+                             f" got {self.skip_layer_guidance_stop}")
+        return self
 
     @field_validator("steps", "seed", "batch_size", "n_iter", "clip_skip", "subseed", "eta_noise_seed_delta")
     @classmethod

@@ -107,6 +107,9 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "tiling": bool(body.tiling), **option_fields, "refiner_checkpoint": refiner,
         **({"refiner_switch_at": body.refiner_switch_at} if body.refiner_switch_at is not None else {}),
         "distilled_cfg_scale": body.distilled_cfg_scale, "shift": body.shift,
+        "skip_guidance_layers": body.skip_guidance_layers, "skip_layer_guidance_scale": body.skip_layer_guidance_scale,
+        "skip_layer_guidance_start": body.skip_layer_guidance_start,
+        "skip_layer_guidance_stop": body.skip_layer_guidance_stop,
         # left unset when the client sent none, so a Flux model can use its own default (1)
         **({"cfg_scale": body.cfg_scale} if "cfg_scale" in body.model_fields_set else {}),
     }
