@@ -176,37 +176,6 @@ def test_hires_fix_with_an_image_upscaler(flow_services):
     result = run(flow_services, checkpoint="flux-tiny", prompt="a cat", enable_hr=True, hr_scale=2.0,
                  hr_upscaler="Lanczos", denoising_strength=0.5)
     assert Image.open(io.BytesIO(result.images[0].png)).size == (128, 128)
-<<<<<<< HEAD
-    job = flow_services.jobs.run_and_wait(Txt2ImgRequest(**{**FLOW_FAST, "checkpoint": "sd3-tiny", "enable_hr": True,
-                                                            "hr_upscaler": "Latent"}), timeout=300)
-    assert job.status == "failed" and job.error_field == "hr_upscaler" and "Lanczos" in job.error
-
-
-def test_the_page_defaults_to_cfg_1_and_counts_t5_tokens_for_flux(flow_server):
-    """In the browser, on the server above: the CFG sliders follow the loaded Flux model (1, as the API's default),
-    Distilled CFG Scale shows, and the prompt counter adds T5's count and limit."""
-    import shutil
-
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(flow_server.url + "/")
-            page.wait_for_function("() => document.querySelector('#txt2img_cfg_scale input[type=number]')"
-                                   "?.value === '1'", timeout=60_000)
-            assert page.locator("#distilled_cfg_scale").is_visible()
-            page.fill("#txt2img_prompt textarea", "a red cat")
-            page.wait_for_function("() => /T5 \\d+\\/511/.test(document.querySelector('#txt2img_token_counter')"
-                                   ".innerText)", timeout=30_000)
-            page.get_by_role("tab", name="img2img").click()  # rendered when first shown, with the value it got
-            page.wait_for_function("() => document.querySelector('#img2img_cfg_scale input[type=number]')"
-                                   "?.value === '1'", timeout=30_000)
-        finally:
-            browser.close()
-=======
 
 
 def test_latent_hires_fix_on_flux_upscales_unpacked_latents(flow_services, flow_files):
@@ -239,4 +208,29 @@ def test_latent_hires_fix_second_pass_on_flow_models(flow_services, checkpoint):
                                                             "hr_upscaler": "Latent", "hr_resize_x": 72,
                                                             "hr_resize_y": 64}), timeout=300)
     assert job.status == "failed" and job.error_field == "hr_scale" and "16" in job.error
->>>>>>> issue-31c
+
+
+def test_the_page_defaults_to_cfg_1_and_counts_t5_tokens_for_flux(flow_server):
+    """In the browser, on the server above: the CFG sliders follow the loaded Flux model (1, as the API's default),
+    Distilled CFG Scale shows, and the prompt counter adds T5's count and limit."""
+    import shutil
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(flow_server.url + "/")
+            page.wait_for_function("() => document.querySelector('#txt2img_cfg_scale input[type=number]')"
+                                   "?.value === '1'", timeout=60_000)
+            assert page.locator("#distilled_cfg_scale").is_visible()
+            page.fill("#txt2img_prompt textarea", "a red cat")
+            page.wait_for_function("() => /T5 \\d+\\/511/.test(document.querySelector('#txt2img_token_counter')"
+                                   ".innerText)", timeout=30_000)
+            page.get_by_role("tab", name="img2img").click()  # rendered when first shown, with the value it got
+            page.wait_for_function("() => document.querySelector('#img2img_cfg_scale input[type=number]')"
+                                   "?.value === '1'", timeout=30_000)
+        finally:
+            browser.close()

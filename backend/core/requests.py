@@ -7,11 +7,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-<<<<<<< HEAD
-from backend.core.controlnet_units import MAX_UNITS, ControlNetUnit
-=======
 from backend.core import skip_layer_guidance as slg
->>>>>>> issue-31c
+from backend.core.controlnet_units import MAX_UNITS, ControlNetUnit
 from backend.core.errors import UserError
 from backend.core.flow_samplers import SHIFT_RANGE
 from backend.core.hires_sizes import hires_sizes

@@ -229,17 +229,13 @@ class Generator:
                          self.models.settings.speed.tiles_vae(*output_size(request))) as tiled_vae,
               seamless([module for module in (getattr(model.pipeline, "unet", None), prompts.vae or model.pipeline.vae)
                         if module is not None],
-<<<<<<< HEAD
                        request.tiling_axes if request.tiling else None),  # the cached model restored after
               prepared_controls(request, self.controlnets, model, entry.title,
                                 getattr(request, "init_image", None)) as controls):
+            check_skip_layer_guidance(request, model)
             if controls.units:  # the job's pipelines become ControlNet pipelines; each unit has its infotext
                 make_batch = with_controls(make_batch, controls, model.family, getattr(request, "enable_hr", False))
                 extra_parameters = {**extra_parameters, **controls.infotext}
-=======
-                       request.tiling_axes if request.tiling else None)):  # the cached model restored after
-            check_skip_layer_guidance(request, model)
->>>>>>> issue-31c
             if model.family in FLOW_FAMILIES:  # their own samplers; Forge's guidance and shift keys
                 check_flow_request(request, model.label)
                 sampler, schedule = resolve_flow_sampler(request.sampler_name, request.scheduler, model.label)

@@ -110,10 +110,8 @@ class HiresPlan:
         request = self.request
         first_pipeline = pipeline_for("txt2img")
         flow = is_flow(first_pipeline)
-<<<<<<< HEAD
-        if flow and self.latent_mode:  # their latents are packed and shifted: only image upscalers for now
-            raise RequestError("hr_upscaler", f"{request.hr_upscaler} (a latent upscaler) does not work with Flux or "
-                                              "SD3 models yet; choose an image upscaler such as Lanczos")
+        if flow and self.latent_mode and is_flux(first_pipeline):
+            self._check_flux_latent_size()
         switched: list[bool] = []
         first_refiner = refiner if self.refiner_pass in ("first pass", "both passes") else None
         arguments = prompts.pipeline_arguments(request.steps, len(noise), on_step)
@@ -128,22 +126,10 @@ class HiresPlan:
         # a hires checkpoint is loaded for the second pass even when it is the job's own (A1111 reloads it)
         second_model = hires or (refiner.leased if switched and not request.hr_checkpoint_name else None)
         second = pipeline_for("img2img", self.second_sampler, second_model)
-=======
-        if flow and self.latent_mode and is_flux(first_pipeline):
-            self._check_flux_latent_size()
-        first = first_pipeline(
-            num_inference_steps=request.steps, width=request.width, height=request.height,
-            **guidance_arguments(request, first_pipeline),
-            **({"generator": noise.sampler_generators(first_pipeline._execution_device)} if flow else
-               noise.first_pass_arguments(first_pipeline, request.width, request.height)),
-            output_type="latent" if self.latent_mode else "pil",
-            **prompts.pipeline_arguments(request.steps, len(noise), on_step))
-        second = pipeline_for("img2img", self.second_sampler, hires)
         first_images = first.images
         if self.latent_mode and first_images.ndim == 3:  # Flux's packed tokens -> (batch, 16, h, w)
             first_images = first_pipeline._unpack_latents(first_images, request.height, request.width,
                                                           first_pipeline.vae_scale_factor)
->>>>>>> issue-31c
         if first_pipeline.interrupt:  # interrupted in the first pass: its images are the result (as in A1111)
             return decode_latents(second, first_images) if self.latent_mode else first_images
         if self.latent_mode:
