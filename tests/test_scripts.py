@@ -69,8 +69,8 @@ def test_prompt_matrix_makes_every_combination_and_a_labelled_grid(client, servi
     assert response.status_code == 200, response.text
     body = response.json()
     info = json.loads(body["info"])
-    assert info["all_prompts"] == ["a cat", "a cat", "a cat, red", "a cat, blue", "a cat, red, blue"]
-    assert info["all_seeds"] == [7] * 5  # the grid first, with the first image's seed and infotext
+    assert info["all_prompts"] == ["a cat", "a cat, red", "a cat, blue", "a cat, red, blue"]
+    assert info["all_seeds"] == [7] * 4 and info["index_of_first_image"] == 1  # the grid first, not in all_*
     images = [decode(data) for data in body["images"]]
     # 2 x 2 cells of 64 px; labels: top = 1 line * (8 + 4) + 2 * 4 = 20 px, left = 64 * 3 // 4 = 48 px
     assert images[0].size == (48 + 128, 20 + 128)
@@ -88,8 +88,8 @@ def test_prompt_matrix_different_seeds_and_negative_prompt(client):
         "script_args": [True, True, "negative", "space", 4]})
     assert response.status_code == 200, response.text
     info = json.loads(response.json()["info"])
-    assert info["all_negative_prompts"][1:] == ["ugly", "blurry ugly"]  # variable parts first, joined by a space
-    assert info["all_seeds"][1:] == [3, 4]
+    assert info["all_negative_prompts"] == ["ugly", "blurry ugly"]  # variable parts first, joined by a space
+    assert info["all_seeds"] == [3, 4]
     assert decode(response.json()["images"][0]).size == (2 * 64 + 4, 20 + 64)  # one row, no row labels, 4 px margin
 
 
@@ -167,7 +167,7 @@ def test_loopback_feeds_each_image_back_and_draws_a_row(client, services):
     body = response.json()
     info = json.loads(body["info"])
     assert len(body["images"]) == 4 and decode(body["images"][0]).size == (192, 64)
-    assert info["all_seeds"][1:] == [20, 21, 22]
+    assert info["all_seeds"] == [20, 21, 22] and info["index_of_first_image"] == 1
     strengths = [parse_infotext(text)["Denoising strength"] for text in info["infotexts"][1:]]
     assert strengths == ["0.5", "0.75", "1"]
     assert len(list((services.outputs.root / "img2img-images").rglob("*.png"))) == 3
@@ -220,7 +220,7 @@ def test_xyz_plot_is_in_the_menu_with_the_extensions_implementation(make_service
             "script_args": ["Seed", "1, 2", "Steps", "1, 2", "Nothing", "", False, True]})
         assert response.status_code == 200, response.text
         info = json.loads(response.json()["info"])
-        assert info["all_seeds"] == [1, 1, 2, 1, 2]  # the grid, then the cells x inner
+        assert info["all_seeds"] == [1, 2, 1, 2] and info["index_of_first_image"] == 1  # the grid is not in all_*
         assert decode(response.json()["images"][0]).size == (128, 128)  # no legend: 2 x 2 cells
         assert len(list((services.outputs.root / "txt2img-grids").rglob("grid-*.png"))) == 1
         refused = client.post("/sdapi/v1/txt2img", json={

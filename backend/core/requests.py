@@ -11,6 +11,7 @@ from backend.core.errors import UserError
 from backend.core.flow_samplers import SHIFT_RANGE
 from backend.core.hires_sizes import hires_sizes
 from backend.core.image_input import clean_png
+from backend.core.options import OPTION_NAMES, OptionError, validate_options
 from backend.core.samplers import SamplerError, resolve_sampler
 
 MAX_SEED = 2**32 - 1
@@ -104,6 +105,9 @@ class GenerationRequest(BaseModel):
     styles: list[str] = Field(default_factory=list, max_length=MAX_STYLES,
                               description="Names of styles.csv rows, applied to the prompts in this order")
 
+    override_settings: dict[str, Any] = Field(
+        default_factory=dict, description="User options (config.json keys) for this job only; keys that are not "
+                                          "options are dropped, as A1111 ignores them")
     script_name: str | None = Field(None, description="A Script menu script (A1111's lower-case title), or None")
     script_args: list[Any] = Field(default_factory=list, description="The script's arguments, in A1111's order")
 
@@ -111,6 +115,16 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _script_args(cls, value: list[Any]) -> list[Any]:
         return _check_nesting(value, MAX_EXTENSION_ARGS_DEPTH)
+
+    @field_validator("override_settings")
+    @classmethod
+    def _override_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        known = {key: item for key, item in value.items() if key in OPTION_NAMES}
+        try:
+            validate_options(known)
+        except OptionError as error:
+            raise ValueError(str(error)) from None
+        return known
 
     @field_validator("styles")
     @classmethod
@@ -532,6 +546,7 @@ class ImageResult(BaseModel):
     negative_prompt: str
     infotext: str  # A1111's "parameters" (upscaled images: the source's, kept; "" when it had none)
     postprocessing: str = ""  # upscaled images: what the upscale did ("Postprocess upscaler: ...")
+    is_grid: bool = False  # a grid of the job's other images (A1111's return_grid), shown first
 
 
 class GenerationResult(BaseModel):

@@ -26,6 +26,7 @@ from backend.core.requests import (
 )
 from backend.core.samplers import resolve_sampler
 from backend.core.scripts import Script, find_script
+from backend.generation.batch_grid import with_batch_grid
 from backend.generation.flow_guidance import (
     check_flow_request,
     flow_infotext,
@@ -94,8 +95,21 @@ class Generator:
             return self.img2img_batch(request, progress)
         if not isinstance(request, (Txt2ImgRequest, Img2ImgRequest)):
             raise RequestError("request", f"unsupported job kind {type(request).__name__}")
-        if request.script_name:  # the script calls generate again for each request it makes (without a script)
+        if request.script_name:  # the script makes its images through generate_images and draws its own grids
             return self._run_script(request, progress)
+        result = self.generate_images(request, progress)
+        return with_batch_grid(request, result, self.job_options(request), self.outputs,
+                               "img2img" if isinstance(request, Img2ImgRequest) else "txt2img")
+
+    def job_options(self, request) -> Options:
+        """The user options a job runs with: those in effect, with the request's override_settings."""
+        overrides = getattr(request, "override_settings", None)
+        return self.options().model_copy(update=overrides) if overrides else self.options()
+
+    def generate_images(self, request, progress: JobProgress) -> GenerationResult:
+        """One txt2img or img2img request (no script) made into its images: styles, extension hooks, batches,
+        saving; no batch grid (scripts and img2img Batch call this for each request they make, as A1111's
+        do_not_save_grid)."""
         for name in ("seed", "subseed"):  # fixed first, so extensions (wildcards, grids) see the seeds images get
             if getattr(request, name) == -1:
                 request = request.model_copy(update={name: secrets.randbelow(2**32)})
@@ -127,7 +141,8 @@ class Generator:
         script = find_script(self.scripts(), request.script_name, tab)
         job = ScriptJob(request=request.model_copy(update={"script_name": None, "script_args": []}),
                         args=script.check_args(request.script_args), tab=tab,
-                        generate=lambda sub_request: self.generate(sub_request, progress), outputs=self.outputs,
+                        generate=lambda sub_request: self.generate_images(sub_request, progress),
+                        outputs=self.outputs, options=self.job_options(request),
                         progress=progress, samplers=self.hooks.sampler_specs(),
                         upscaler=lambda image, name, size: self.upscalers.upscale(image, name, size,
                                                                                   "script_args[2]"))
@@ -162,7 +177,7 @@ class Generator:
         for item in items:
             if progress.interrupt_requested:
                 break
-            result = self.generate(item_request(request, item, samplers, self._checkpoint_title), progress)
+            result = self.generate_images(item_request(request, item, samplers, self._checkpoint_title), progress)
             images += write_results(result, item, self.outputs)
             warnings += [warning for warning in result.warnings if warning not in warnings]
             label = result.model_label
@@ -213,7 +228,8 @@ class Generator:
         seed = request.seed if request.seed != -1 else secrets.randbelow(2**32)
         subseed = request.subseed if request.subseed != -1 else secrets.randbelow(2**32)
         steps = StepCounter(pass_steps)
-        preview_every = preview_period(self.options(), steps.per_batch)
+        options = self.job_options(request)
+        preview_every = preview_period(options, steps.per_batch)
         progress.batches, progress.steps_per_batch = request.n_iter, steps.per_batch or 1
         with (self.models.lease(request.checkpoint) as (entry, model),  # never evicted while the job runs
               self._networks.prepare(request, model, entry.path) as prompts,  # LoRAs removed afterwards
@@ -238,7 +254,7 @@ class Generator:
                 schedule=schedule, extra_samplers=extra_samplers, steps=steps, outputs=self.outputs,
                 hooks=self.hooks, output_kind=output_kind, infotext_parameters=extra_parameters,
                 image_prompts=lambda seeds, first: self._image_prompts(request, seeds, first),
-                previews=self.previews, preview_every=preview_every, second=second)
+                previews=self.previews, preview_every=preview_every, second=second, options=options)
             run.run_batches(make_batch, seed, subseed)
         return GenerationResult(images=run.images, interrupted=progress.interrupt_requested, model_label=model.label,
                                 warnings=prompts.warnings)

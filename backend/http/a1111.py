@@ -15,22 +15,23 @@ from PIL import Image
 
 from backend.core.image_input import ImageInputError, open_image
 from backend.core.infotext import parse_infotext
+from backend.core.options import Options
 from backend.core.requests import (
     LATENT_UPSCALE_MODES,
     ExtrasRequest,
+    ImageResult,
     Img2ImgRequest,
     RequestError,
     Txt2ImgRequest,
 )
 from backend.http.bodies import HIRES_SAME, ExtrasBaseBody, GenerationBody, Img2ImgBody, Txt2ImgBody
+from backend.jobs.outputs import encode_image
 from backend.jobs.queue import Job
 from backend.models.weight_files import CheckpointError, read_safetensors_metadata, sniff_format
 from backend.services import Services
 from backend.upscale.extras import check_request
 
 log = logging.getLogger(__name__)
-SUPPORTED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "face_restoration_model",
-                       "code_former_weight", "eta_noise_seed_delta", "randn_source")
 # reported in info.extra_generation_params, as A1111 (and Forge, for its flow-model keys)
 EXTRA_GENERATION_KEYS = ("Lora hashes", "TI hashes", "Distilled CFG Scale", "Shift")
 
@@ -72,9 +73,7 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
              if name in overrides}
     noise_options = {name: overrides.pop(name) for name in ("eta_noise_seed_delta", "randn_source")
                      if name in overrides}
-    if overrides:
-        raise HTTPException(status_code=422, detail=f"override_settings: unsupported option(s) {sorted(overrides)}; "
-                                                    f"supported: {', '.join(SUPPORTED_OVERRIDES)}")
+    # the other options apply to this job only (request.override_settings); keys that are not options are ignored
     try:
         services.networks.check_vae(str(vae))
     except RequestError as error:
@@ -96,7 +95,7 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "steps": body.steps, "width": body.width, "height": body.height,
         "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
         "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip, "styles": body.styles or [],
-        "script_name": body.script_name or None, "script_args": body.script_args,
+        "script_name": body.script_name or None, "script_args": body.script_args, "override_settings": overrides,
         "restore_faces": bool(body.restore_faces), **faces,
         "subseed": body.subseed, "subseed_strength": body.subseed_strength,
         "seed_resize_from_w": body.seed_resize_from_w, "seed_resize_from_h": body.seed_resize_from_h,
@@ -213,7 +212,8 @@ def img2img_request(body: Img2ImgBody, services: Services) -> Img2ImgRequest:
 
 
 def generation_info(job: Job, services: Services) -> dict[str, Any]:
-    request, images = job.request, job.result.images
+    request, shown = job.request, job.result.images
+    images = [image for image in shown if not image.is_grid]  # A1111's all_* lists: the images, not their grids
     entry = services.models.resolve(request.checkpoint)
     parsed = parse_infotext(images[0].infotext) if images else {}
     return {
@@ -234,13 +234,25 @@ def generation_info(job: Job, services: Services) -> dict[str, Any]:
         "denoising_strength": request.denoising_strength if isinstance(request, Img2ImgRequest) or (
             getattr(request, "enable_hr", False)) else None,
         "extra_generation_params": {key: parsed[key] for key in EXTRA_GENERATION_KEYS if key in parsed},
-        "index_of_first_image": 0, "warnings": job.result.warnings,
-        "infotexts": [image.infotext for image in images], "styles": list(request.styles),
+        "index_of_first_image": len(shown) - len(images) if images else 0, "warnings": job.result.warnings,
+        "infotexts": [image.infotext for image in shown], "styles": list(request.styles),
         "job_timestamp": datetime.datetime.fromtimestamp(job.created_at).strftime("%Y%m%d%H%M%S"),
         "clip_skip": int(parsed.get("Clip skip", 1)),
         "is_using_inpainting_conditioning": job.result.model_label.endswith("inpainting"), "task_id": job.id,
         "interrupted": job.status == "interrupted",
     }
+
+
+def api_image_base64(image: ImageResult, options: Options) -> str:
+    """An image as A1111's API encodes it (encode_pil_to_base64): in samples_format, the infotext (when
+    enable_pnginfo) in a PNG `parameters` chunk or, for JPEG and WEBP, the EXIF UserComment; quality jpeg_quality."""
+    extension = "jpg" if options.samples_format == "jpeg" else options.samples_format
+    if extension == "png" and options.enable_pnginfo:
+        data = image.png  # encoded once by the job, infotext included
+    else:
+        data = encode_image(Image.open(io.BytesIO(image.png)), extension,
+                            image.infotext if options.enable_pnginfo else None, options.jpeg_quality)
+    return base64.b64encode(data).decode()
 
 
 def png_base64(image: Image.Image) -> str:

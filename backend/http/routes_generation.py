@@ -1,14 +1,13 @@
 """/sdapi/v1 txt2img, img2img and png-info."""
 from __future__ import annotations
 
-import base64
 import json
 
 from fastapi import APIRouter, Request
 
 from backend.core.image_metadata import read_infotext
 from backend.core.infotext import parse_infotext
-from backend.http.a1111 import decode_image, generation_info, img2img_request, txt2img_request
+from backend.http.a1111 import api_image_base64, decode_image, generation_info, img2img_request, txt2img_request
 from backend.http.bodies import (
     GenerationBody,
     GenerationResponse,
@@ -24,8 +23,13 @@ from backend.services import Services
 
 def add_generation_routes(api: APIRouter, services: Services):
     def run(request, body: GenerationBody, http: Request) -> GenerationResponse:
-        job = finished_job_or_error(submit_job(services, request, http, body.force_task_id))
-        images = [base64.b64encode(image.png).decode() for image in job.result.images] if body.send_images else []
+        try:
+            job = finished_job_or_error(submit_job(services, request, http, body.force_task_id))
+        finally:
+            if request.override_settings and not body.override_settings_restore_afterwards:
+                services.set_options(request.override_settings)  # A1111: the overrides stay set after the job
+        options = services.generator.job_options(request)
+        images = [api_image_base64(image, options) for image in job.result.images] if body.send_images else []
         parameters = body.model_dump()
         if isinstance(body, Img2ImgBody) and not body.include_init_images:
             parameters["init_images"], parameters["mask"] = None, None  # as A1111: not echoed unless asked
