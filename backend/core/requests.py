@@ -324,9 +324,12 @@ OUTPAINT_RANGE = (0, 1024)
 class Img2ImgRequest(GenerationRequest):
     """One img2img / inpaint / outpaint job. With a mask it inpaints; with outpaint margins it extends
     the canvas and inpaints the new area."""
-    HISTORY_EXCLUDE: ClassVar[set[str]] = {"init_image", "mask"}  # the images are large; the outputs keep them
+    HISTORY_EXCLUDE: ClassVar[set[str]] = {"init_image", "extra_init_images", "mask"}  # large; the outputs keep them
 
     init_image: bytes
+    extra_init_images: list[bytes] = Field(
+        default_factory=list, max_length=BATCH_SIZE_RANGE[1] - 1,
+        description="A1111's further init_images: image i of each batch starts from [init_image, *these][i % count]")
     mask: bytes | None = None
     denoising_strength: float = 0.75
     resize_mode: int = Field(0, description="0 Just resize, 1 Crop and resize, 2 Resize and fill")
@@ -345,6 +348,11 @@ class Img2ImgRequest(GenerationRequest):
     @classmethod
     def _image(cls, value: bytes | None) -> bytes | None:
         return None if value is None else clean_png(value)  # decoded, checked and re-encoded once, here
+
+    @field_validator("extra_init_images")
+    @classmethod
+    def _images(cls, value: list[bytes]) -> list[bytes]:
+        return [clean_png(image) for image in value]
 
     @field_validator("denoising_strength")
     @classmethod

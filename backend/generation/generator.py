@@ -37,6 +37,7 @@ from backend.generation.flow_guidance import (
 from backend.generation.hires_fix import HiresPlan
 from backend.generation.img2img import Img2ImgPlan
 from backend.generation.img2img_batch import item_request, plan_batch, write_results
+from backend.generation.init_images import generate_per_init_image
 from backend.generation.job_run import GenerationRun, LeasedModel, MakeBatch, SecondModels
 from backend.generation.previews import PreviewRenderer
 from backend.generation.refiner import Refiner, check_compatible, refined
@@ -113,6 +114,9 @@ class Generator:
         for name in ("seed", "subseed"):  # fixed first, so extensions (wildcards, grids) see the seeds images get
             if getattr(request, name) == -1:
                 request = request.model_copy(update={name: secrets.randbelow(2**32)})
+        if isinstance(request, Img2ImgRequest) and request.extra_init_images:  # seeds fixed above: each image's own
+            return generate_per_init_image(request, lambda one: self.generate_images(one, progress),
+                                           self.hooks.sampler_specs())
         if request.styles:  # applied once, first: extensions and X/Y/Z cells see the styled prompts, as in A1111
             request = self._apply_styles(request)
         request = self.hooks.run_before_generate(request)

@@ -195,11 +195,17 @@ def image_bytes(data: str, field: str) -> bytes:
 def img2img_request(body: Img2ImgBody, services: Services) -> Img2ImgRequest:
     if not body.init_images:
         raise HTTPException(status_code=422, detail="init_images: give one base64 image")
-    if len(body.init_images) > 1:
-        raise HTTPException(status_code=422, detail="init_images: more than one init image per request is not "
-                                                    "supported by this version; give one")
+    count = len(body.init_images)
+    if count > body.batch_size:  # A1111: "bad number of images passed"
+        raise HTTPException(status_code=422, detail=f"init_images: {count} images for batch_size {body.batch_size}; "
+                                                    f"give {body.batch_size} or fewer, or raise batch_size")
+    fields = _common_fields(body, services)
+    if count > 1:  # as A1111: the batch is one image per init image, image i from init_images[i]
+        fields["batch_size"] = count
     return _build(Img2ImgRequest, {
-        **_common_fields(body, services), "init_image": image_bytes(body.init_images[0], "init_images[0]"),
+        **fields, "init_image": image_bytes(body.init_images[0], "init_images[0]"),
+        "extra_init_images": [image_bytes(data, f"init_images[{index}]")
+                              for index, data in enumerate(body.init_images[1:], start=1)],
         "mask": image_bytes(body.mask, "mask") if body.mask else None,
         "denoising_strength": body.denoising_strength, "resize_mode": body.resize_mode,
         # A1111: mask_blur, when given, sets both; else mask_blur_x and mask_blur_y blur each direction
