@@ -93,6 +93,23 @@ def test_prompt_matrix_different_seeds_and_negative_prompt(client):
     assert decode(response.json()["images"][0]).size == (2 * 64 + 4, 20 + 64)  # one row, no row labels, 4 px margin
 
 
+def test_prompt_matrix_runs_in_batches_of_batch_size(client):
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat|red|blue", "seed": 7, **FAST, "batch_size": 2,
+                                                      "n_iter": 3, "script_name": "prompt matrix"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    info = json.loads(body["info"])
+    assert info["all_prompts"] == ["a cat", "a cat, red", "a cat, blue", "a cat, red, blue"]  # batch count ignored
+    assert info["all_seeds"] == [7] * 4
+    batch_keys = [(parsed.get("Batch size"), parsed.get("Batch pos"))
+                  for parsed in map(parse_infotext, info["infotexts"][1:])]
+    assert batch_keys == [("2", "0"), ("2", "1"), ("2", "0"), ("2", "1")]  # two batches of two
+    alone = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat, red", "seed": 7, **FAST}).json()
+    batched, single = (np.asarray(decode(data), dtype=int) for data in (body["images"][2], alone["images"][0]))
+    assert np.abs(batched - single).max() <= 2  # its own prompt and seed (batched arithmetic: rounding only)
+    assert np.abs(np.asarray(decode(body["images"][3]), dtype=int) - single).mean() > 2  # another prompt differs
+
+
 def test_prompts_from_file_runs_one_generation_per_line(client):
     lines = 'a red circle\n\n--prompt "a blue square" --steps 3 --seed 11 --negative_prompt blurry\n'
     response = client.post("/sdapi/v1/txt2img", json={
@@ -170,6 +187,8 @@ def test_loopback_feeds_each_image_back_and_draws_a_row(client, services):
     assert info["all_seeds"] == [20, 21, 22] and info["index_of_first_image"] == 1
     strengths = [parse_infotext(text)["Denoising strength"] for text in info["infotexts"][1:]]
     assert strengths == ["0.5", "0.75", "1"]
+    last = parse_infotext(info["infotexts"][-1])
+    assert (last["Final denoising strength"], last["Denoising curve"]) == ("1", "Linear")  # A1111's keys
     assert len(list((services.outputs.root / "img2img-images").rglob("*.png"))) == 3
     assert len(list((services.outputs.root / "img2img-grids").rglob("grid-*.png"))) == 1
     refused = client.post("/sdapi/v1/img2img", json={

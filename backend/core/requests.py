@@ -57,6 +57,7 @@ def _check_face_restorer(value: str) -> str:
 
 
 MAX_PROMPT_CHARACTERS = 20_000
+MAX_SCRIPT_IMAGES = BATCH_SIZE_RANGE[1]
 # Extension arguments are JSON values; nesting this deep is no argument (and past ~250 levels the job could not
 # be recorded: pydantic refuses to serialise it).
 MAX_EXTENSION_ARGS_DEPTH = 32
@@ -108,6 +109,15 @@ class GenerationRequest(BaseModel):
     override_settings: dict[str, Any] = Field(
         default_factory=dict, description="User options (config.json keys) for this job only; keys that are not "
                                           "options are dropped, as A1111 ignores them")
+    # what a script sets for a batch of different images (A1111's prompt and seed lists): image i of the job
+    image_prompts: list[tuple[str, str]] = Field(
+        default_factory=list, max_length=MAX_SCRIPT_IMAGES,
+        description="Scripts: (prompt, negative prompt) of each image of the job, instead of the request's")
+    image_seeds: list[int] = Field(default_factory=list, max_length=MAX_SCRIPT_IMAGES,
+                                   description="Scripts: the seed of each image of the job, instead of seed + index")
+    infotext_extra: dict[str, str | int | float] = Field(
+        default_factory=dict, max_length=16, description="Scripts: more infotext keys for every image (A1111's "
+                                                         "extra_generation_params, e.g. Loopback's)")
     script_name: str | None = Field(None, description="A Script menu script (A1111's lower-case title), or None")
     script_args: list[Any] = Field(default_factory=list, description="The script's arguments, in A1111's order")
 
@@ -125,6 +135,21 @@ class GenerationRequest(BaseModel):
         except OptionError as error:
             raise ValueError(str(error)) from None
         return known
+
+    @field_validator("image_prompts")
+    @classmethod
+    def _image_prompts(cls, value: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        if any(len(text) > MAX_PROMPT_CHARACTERS for pair in value for text in pair):
+            raise ValueError(f"a prompt has at most {MAX_PROMPT_CHARACTERS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _image_lists(self):
+        for name in ("image_prompts", "image_seeds"):
+            given = len(getattr(self, name))
+            if given and given != self.batch_size * self.n_iter:
+                raise ValueError(f"{name}: {given} entries for {self.batch_size * self.n_iter} images")
+        return self
 
     @field_validator("styles")
     @classmethod

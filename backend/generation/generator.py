@@ -155,9 +155,11 @@ class Generator:
     def _apply_styles(self, request: GenerationRequest) -> GenerationRequest:
         if self.styles is None:
             raise RequestError("styles", "this server has no styles file")
-        prompt, negative_prompt = apply_styles(request.prompt, request.negative_prompt,
-                                               self.styles.resolve(request.styles))
-        return request.model_copy(update={"prompt": prompt, "negative_prompt": negative_prompt, "styles": []})
+        styles = self.styles.resolve(request.styles)
+        prompt, negative_prompt = apply_styles(request.prompt, request.negative_prompt, styles)
+        image_prompts = [apply_styles(*pair, styles) for pair in request.image_prompts]
+        return request.model_copy(update={"prompt": prompt, "negative_prompt": negative_prompt, "styles": [],
+                                          "image_prompts": image_prompts})
 
     def _generate_one(self, request, progress: JobProgress) -> GenerationResult:
         return self.txt2img(request, progress) if isinstance(request, Txt2ImgRequest) \
@@ -293,6 +295,8 @@ class Generator:
 
     def _image_prompts(self, request: GenerationRequest, seeds: list[int], first_index: int) -> list[tuple[str, str]]:
         """Each image's prompt and negative prompt: the request's, unless an extension chooses per image."""
+        if request.image_prompts:  # a script's batch of different prompts (the prompt matrix)
+            return [tuple(pair) for pair in request.image_prompts[first_index:first_index + len(seeds)]]
         if not self.hooks.image_prompt:
             return [(request.prompt, request.negative_prompt)] * len(seeds)
         return [self.hooks.run_image_prompt(request, image_seed, first_index + i) for i, image_seed in enumerate(seeds)]

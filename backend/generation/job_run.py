@@ -125,7 +125,9 @@ class GenerationRun:
         request = self.request
         indices = range(first_index, first_index + request.batch_size)
         varies = request.subseed_strength > 0
-        return BatchNoise(seeds=[seed if varies else seed + index for index in indices],
+        seeds = [request.image_seeds[index] for index in indices] if request.image_seeds else \
+            [seed if varies else seed + index for index in indices]
+        return BatchNoise(seeds=seeds,
                           subseeds=[subseed + index for index in indices],
                           options=NoiseOptions.from_request(request))
 
@@ -177,7 +179,7 @@ class GenerationRun:
             "Size": f"{image.width}x{image.height}",
             "Model hash": self.entry.short_hash, "Model": self.entry.model_name,
             **noise_infotext(request, subseed), **self.infotext_parameters, **self.prompts.infotext,
-            **self.second.infotext,
+            **self.second.infotext, **request.infotext_extra,
             "Batch size": request.batch_size if request.batch_size > 1 else None,
             "Batch pos": position if request.batch_size > 1 else None,
         }
