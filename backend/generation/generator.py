@@ -24,7 +24,7 @@ from backend.core.requests import (
     RequestError,
     Txt2ImgRequest,
 )
-from backend.core.samplers import resolve_sampler
+from backend.core.samplers import SCHEDULE_NAMES, resolve_sampler, sampler_table
 from backend.core.scripts import Script, find_script
 from backend.generation.batch_grid import with_batch_grid
 from backend.generation.flow_guidance import (
@@ -41,6 +41,7 @@ from backend.generation.init_images import generate_per_init_image
 from backend.generation.job_run import GenerationRun, LeasedModel, MakeBatch, SecondModels
 from backend.generation.previews import PreviewRenderer
 from backend.generation.refiner import Refiner, check_compatible, refined
+from backend.generation.scripts.always_on import always_on_scripts
 from backend.generation.scripts.job import ScriptJob
 from backend.generation.scripts.menu import builtin_scripts
 from backend.generation.seamless import seamless
@@ -129,6 +130,11 @@ class Generator:
         """The Script menu: the built-in scripts, then those extensions added."""
         return [*builtin_scripts(self.upscalers.names() if self.upscalers else []),
                 *(registered.value for registered in self.hooks.scripts)]
+
+    def always_on_scripts(self) -> list[Script]:
+        """A1111's always-on scripts this server has the features of (Sampler, Seed, Refiner)."""
+        return always_on_scripts(list(sampler_table(self.hooks.sampler_specs())), list(SCHEDULE_NAMES),
+                                 [entry.title for entry in self.models.registry.entries])
 
     def check_script(self, request):
         """The request with its script's arguments checked (defaults filled in), or RequestError naming

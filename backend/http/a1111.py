@@ -24,6 +24,7 @@ from backend.core.requests import (
     RequestError,
     Txt2ImgRequest,
 )
+from backend.generation.scripts.always_on import always_on_fields
 from backend.http.bodies import HIRES_SAME, ExtrasBaseBody, GenerationBody, Img2ImgBody, Txt2ImgBody
 from backend.jobs.outputs import encode_image
 from backend.jobs.queue import Job
@@ -104,6 +105,7 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "distilled_cfg_scale": body.distilled_cfg_scale, "shift": body.shift,
         # left unset when the client sent none, so a Flux model can use its own default (1)
         **({"cfg_scale": body.cfg_scale} if "cfg_scale" in body.model_fields_set else {}),
+        **_always_on_fields(body, services),
     }
 
 
@@ -117,13 +119,37 @@ def _checkpoint_title(name: str | None, field: str, services: Services) -> str |
         raise HTTPException(status_code=422, detail=f"{field}: {checkpoint_problem(error)}") from None
 
 
+def _always_on_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
+    """A1111's built-in always-on scripts in `alwayson_scripts` ({"Seed": {"args": [...]}}): the fields their args
+    set, which win over the body's, as their setup() runs after the body is read."""
+    fields: dict[str, Any] = {}
+    for script in services.generator.always_on_scripts():
+        for name, value in body.alwayson_scripts.items():
+            if str(name).lower() != script.name:
+                continue
+            values = value.get("args", []) if isinstance(value, dict) else value
+            if not isinstance(values, list):
+                raise HTTPException(status_code=422, detail=f"alwayson_scripts.{name}.args: must be a list")
+            try:
+                fields |= always_on_fields(script, values)
+            except RequestError as error:
+                raise HTTPException(status_code=422, detail=f"alwayson_scripts.{name}.{error}") from None
+    if fields.get("refiner_checkpoint"):
+        fields["refiner_checkpoint"] = _checkpoint_title(fields["refiner_checkpoint"], "alwayson_scripts.Refiner",
+                                                         services)
+    return fields
+
+
 def _extension_args(body: GenerationBody, services: Services) -> dict[str, Any]:
     """`extension_args`, plus A1111's `alwayson_scripts` ({name: {"args": [...]}}) addressed to an extension by
     its name; a name no loaded extension has is refused, not ignored."""
     loaded = {record.name.lower(): record.name for record in services.extensions.records if record.loaded}
+    built_in = {script.name for script in services.generator.always_on_scripts()}
     result: dict[str, Any] = {}
     for source, values in (("extension_args", body.extension_args), ("alwayson_scripts", body.alwayson_scripts)):
         for name, value in values.items():
+            if source == "alwayson_scripts" and str(name).lower() in built_in:
+                continue  # Sampler, Seed, Refiner: request fields (_always_on_fields)
             extension = loaded.get(str(name).lower())
             if extension is None:
                 raise HTTPException(status_code=422, detail=f"{source}.{name}: no loaded extension of that name; "
