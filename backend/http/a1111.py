@@ -277,13 +277,15 @@ def generation_info(job: Job, services: Services) -> dict[str, Any]:
 
 def api_image_base64(image: ImageResult, options: Options) -> str:
     """An image as A1111's API encodes it (encode_pil_to_base64): in samples_format, the infotext (when
-    enable_pnginfo) in a PNG `parameters` chunk or, for JPEG and WEBP, the EXIF UserComment; quality jpeg_quality."""
+    enable_pnginfo) in a PNG `parameters` chunk or, for JPEG and WEBP, the EXIF UserComment; quality jpeg_quality.
+    (webp_lossless is honoured too, unlike A1111's API: the client gets the pixels the saved file has.)"""
     extension = "jpg" if options.samples_format == "jpeg" else options.samples_format
     if extension == "png" and options.enable_pnginfo:
         data = image.png  # encoded once by the job, infotext included
     else:
         data = encode_image(Image.open(io.BytesIO(image.png)), extension,
-                            image.infotext if options.enable_pnginfo else None, options.jpeg_quality)
+                            image.infotext if options.enable_pnginfo else None, options.jpeg_quality,
+                            options.webp_lossless)
     return base64.b64encode(data).decode()
 
 
