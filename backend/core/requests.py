@@ -589,6 +589,12 @@ class GenerationResult(BaseModel):
     interrupted: bool = False
     model_label: str = ""  # e.g. "SD1.x inpainting"
     warnings: list[str] = Field(default_factory=list)  # what was ignored (unknown LoRA, unbalanced bracket, ...)
+    grid: ImageResult | None = None  # the grid of a job's several images (A1111's return_grid), shown first
+
+    @property
+    def shown_images(self) -> list[ImageResult]:
+        """What the gallery shows and the API returns: the grid (when there is one), then the images."""
+        return [self.grid, *self.images] if self.grid else list(self.images)
 
 
 # what the job queue runs: one request type per kind

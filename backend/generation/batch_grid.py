@@ -1,7 +1,7 @@
 """A1111's grid of a job's images: when a job makes more than one image (batch count x batch size), the grid is
-saved (grid_save, in grid_format, to outdir_grids / outdir_<kind>_grids) and, with return_grid, shown first in the
-gallery and the API's images. A1111 makes it only where images may be saved (its API's save_images), and scripts
-draw their own grids instead."""
+saved (grid_save, in grid_format, to outdir_grids / outdir_<kind>_grids) and, with return_grid, kept as the
+result's `grid`: shown first in the gallery and the API's images (the result's `images` stay the job's images).
+A1111 makes it only where images may be saved (its API's save_images); scripts draw their own grids instead."""
 from __future__ import annotations
 
 import io
@@ -28,4 +28,4 @@ def with_batch_grid(request: GenerationRequest, result: GenerationResult, option
         return result
     grid_result = first.model_copy(update={"png": encode_png(grid, first.infotext), "path": path and str(path),
                                            "is_grid": True})
-    return result.model_copy(update={"images": [grid_result, *images]})
+    return result.model_copy(update={"grid": grid_result})

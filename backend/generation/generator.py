@@ -100,6 +100,8 @@ class Generator:
         if request.script_name:  # the script makes its images through generate_images and draws its own grids
             return self._run_script(request, progress)
         result = self.generate_images(request, progress)
+        if not progress.keep_partial:  # stopping the server: nothing more is written
+            return result
         return with_batch_grid(request, result, self.job_options(request), self.outputs,
                                "img2img" if isinstance(request, Img2ImgRequest) else "txt2img")
 

@@ -244,7 +244,7 @@ def img2img_request(body: Img2ImgBody, services: Services) -> Img2ImgRequest:
 
 
 def generation_info(job: Job, services: Services) -> dict[str, Any]:
-    request, shown = job.request, job.result.images
+    request, shown = job.request, job.result.shown_images
     images = [image for image in shown if not image.is_grid]  # A1111's all_* lists: the images, not their grids
     entry = services.models.resolve(request.checkpoint)
     parsed = parse_infotext(images[0].infotext) if images else {}

@@ -29,7 +29,7 @@ def add_generation_routes(api: APIRouter, services: Services):
             if request.override_settings and not body.override_settings_restore_afterwards:
                 services.set_options(request.override_settings)  # A1111: the overrides stay set after the job
         options = services.generator.job_options(request)
-        images = [api_image_base64(image, options) for image in job.result.images] if body.send_images else []
+        images = [api_image_base64(image, options) for image in job.result.shown_images] if body.send_images else []
         parameters = body.model_dump()
         if isinstance(body, Img2ImgBody) and not body.include_init_images:
             parameters["init_images"], parameters["mask"] = None, None  # as A1111: not echoed unless asked
