@@ -268,7 +268,7 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
 
     def finished(job) -> dict:
         previews_shown.pop(job.id, None)
-        images = job.result.images
+        images = job.result.shown_images
         return {
             form.job_id: None, form.gallery: [(shown_image(services, image), f"Seed {image.seed}") for image in images],
             form.results: [(served_path(services, image), image.seed, image.infotext, image.subseed)
