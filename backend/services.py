@@ -9,7 +9,7 @@ from backend.controlnet.service import ControlNets
 from backend.core.errors import UserError, is_out_of_memory
 from backend.core.options import Options
 from backend.core.options_store import OptionsStore
-from backend.core.requests import GenerationRequest, JobRequest, RequestError, build_request
+from backend.core.requests import GenerationRequest, Img2ImgRequest, JobRequest, RequestError, build_request
 from backend.core.settings import Settings
 from backend.core.ui_defaults import UiDefaults
 from backend.generation.generator import Generator
@@ -119,8 +119,15 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     faces = FaceRestorers(settings.models_dir, device, construction)  # a model file is loaded on first use
     networks = Networks(settings.lora_dir, settings.embeddings_dir, settings.vae_dir, settings.checkpoints_dir, hashes,
                         construction)
+    def save_extension_grid(image, request, infotext: str):  # api.save_grid; `generator` is bound below
+        job_options = generator.job_options(request)
+        if not (request.save_images and job_options.grid_save):
+            return None
+        kind = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+        return outputs.save_grid(image, kind, infotext, "grid", job_options)
+
     extensions = Extensions(settings.extensions_dir, settings.extensions_state_file, settings.outputs_dir,
-                            construction)
+                            construction, save_extension_grid)
     extensions.load_all()  # a broken extension is recorded and skipped; the app starts regardless
     upscalers.from_extensions = extensions.hooks.upscalers
     styles = StyleStore(settings.styles_file)

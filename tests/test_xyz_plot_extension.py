@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from backend.core.image_metadata import read_infotext
 from backend.core.infotext import parse_infotext
 from backend.core.requests import Img2ImgRequest, Txt2ImgRequest
 from extensions.xyz_plot import axes, grid
@@ -166,17 +167,6 @@ def test_long_labels_are_wrapped_inside_their_strip():
     assert (np.asarray(canvas.crop((64, 50, 128, 114))) == (4, 5, 6)).all()
 
 
-def test_grids_are_numbered_and_written_atomically(tmp_path):
-    day = datetime.date(2024, 5, 6)
-    first = grid.save_grid(b"one", tmp_path, "txt2img", day)
-    second = grid.save_grid(b"two", tmp_path, "txt2img", day)
-    folder = tmp_path / "txt2img-grids" / "2024-05-06"
-    assert (first.name, second.name) == ("grid-00000.png", "grid-00001.png") and first.parent == folder
-    assert sorted(p.name for p in folder.iterdir()) == ["grid-00000.png", "grid-00001.png"]  # no temp files left
-    img2img = grid.save_grid(b"x", tmp_path, "img2img", day)
-    assert img2img == tmp_path / "img2img-grids" / "2024-05-06" / "grid-00000.png"
-
-
 def test_section_components_have_the_documented_ids():
     gr = pytest.importorskip("gradio")
     from extensions.xyz_plot import build_section
@@ -266,6 +256,23 @@ def test_img2img_denoising_axis_saves_an_img2img_grid(xyz_services, tmp_path):
     grid_image, *lone = generate(xyz_services, request).images
     assert [parse_infotext(image.infotext)["Denoising strength"] for image in lone] == ["0.5", "1"]
     assert Path(grid_image.path).parent.parent.name == "img2img-grids"
+
+
+def test_the_grid_follows_the_grid_options(xyz_services, tmp_path):
+    """Saved by the app (api.save_grid) as its own grids: grid_format, outdir_txt2img_grids, grid_save; numbered."""
+    plot = plot_args(x_type="Seed", x_values="1,2", include_lone_images=False)
+    jpg = generate(xyz_services, Txt2ImgRequest(**TINY, **plot, override_settings={
+        "grid_format": "jpg", "outdir_txt2img_grids": str(tmp_path / "outputs" / "plots")}))
+    again = generate(xyz_services, Txt2ImgRequest(**TINY, **plot, override_settings={"grid_format": "jpg"}))
+    first, second = Path(jpg.images[0].path), Path(again.images[0].path)
+    assert first.suffix == ".jpg" and first.parent.parent == tmp_path / "outputs" / "plots"
+    assert Image.open(first).format == "JPEG"
+    assert read_infotext(Image.open(first)) == jpg.images[0].infotext  # in EXIF, as A1111 writes JPEG infotext
+    assert second.name == "grid-00000.jpg" and second.parent.parent.name == "txt2img-grids"
+    third = generate(xyz_services, Txt2ImgRequest(**TINY, **plot, override_settings={"grid_format": "jpg"}))
+    assert Path(third.images[0].path).name == "grid-00001.jpg"
+    unsaved = generate(xyz_services, Txt2ImgRequest(**TINY, **plot, override_settings={"grid_save": False}))
+    assert unsaved.images[0].path is None and unsaved.images[0].is_grid
 
 
 def test_a_bad_value_fails_the_job_with_its_message(xyz_services):

@@ -20,8 +20,8 @@ from backend.core.scripts import Script, ScriptArg
 from backend.models.construction import ModelConstruction
 
 log = logging.getLogger(__name__)
-API_VERSION = "1.2"  # 1.1 added on_image_prompt, SaveInfo.prompt / negative_prompt and building_models;
-# 1.2 added add_script (the Script menu) and ScriptArg
+API_VERSION = "1.3"  # 1.1 added on_image_prompt, SaveInfo.prompt / negative_prompt and building_models;
+# 1.2 added add_script (the Script menu) and ScriptArg; 1.3 added save_grid
 FORM_TABS = ("txt2img", "img2img")
 
 
@@ -220,11 +220,19 @@ class ExtensionAPI:
     ScriptArg = ScriptArg  # an argument of a Script menu script (API 1.2)
 
     def __init__(self, name: str, hooks: ExtensionHooks, outputs_dir=None,
-                 construction: ModelConstruction | None = None):
+                 construction: ModelConstruction | None = None, grid_saver: Callable | None = None):
         self.name = name
         self._hooks = hooks
-        self.outputs_dir = outputs_dir  # where the app saves images (extensions saving grids use a sub-folder)
+        self.outputs_dir = outputs_dir  # where the app saves images
         self._construction = construction or ModelConstruction()
+        self._grid_saver = grid_saver
+
+    def save_grid(self, image, request, infotext: str):
+        """(API 1.3) Save a grid the extension drew (a PIL image) as the app saves its own: only when `request`
+        saves images and the grid_save option is on (with the request's override_settings), in grid_format with
+        the infotext, in the grid folder of the request's tab (outdir_grids, outdir_<tab>_grids or
+        <outputs>/<tab>-grids). Returns the saved file's path, or None when nothing was saved."""
+        return self._grid_saver(image, request, infotext) if self._grid_saver else None
 
     def building_models(self):
         """A context manager to hold while building torch modules (or calling a loader such as

@@ -76,11 +76,12 @@ class ExtensionState:
 
 class Extensions:
     def __init__(self, folder: Path | None, state_file: Path, outputs_dir: Path | None = None,
-                 construction: ModelConstruction | None = None):
+                 construction: ModelConstruction | None = None, grid_saver=None):
         self.folder = Path(folder) if folder else None
         self.construction = construction or ModelConstruction()  # passed to each extension's api
         self.state = ExtensionState(state_file)
         self.outputs_dir = outputs_dir
+        self.grid_saver = grid_saver  # api.save_grid: grid(image, request, infotext) -> path | None
         self.hooks = ExtensionHooks()
         self.records: list[ExtensionRecord] = []
 
@@ -107,7 +108,7 @@ class Extensions:
             if not callable(register):
                 raise TypeError("the package has no register(api) function")
             record.version = str(getattr(module, "__version__", "") or record.version)
-            register(ExtensionAPI(record.name, self.hooks, self.outputs_dir, self.construction))
+            register(ExtensionAPI(record.name, self.hooks, self.outputs_dir, self.construction, self.grid_saver))
             record.loaded = True
         except Exception as error:  # any failure of foreign code is reported, never fatal
             record.error = f"{type(error).__name__}: {error}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 
 from .axes import ARGUMENTS, AXIS_TYPE_NAMES, plan_plot
-from .grid import draw_grid, encode_png, save_grid
+from .grid import draw_grid, encode_png
 
 __version__ = "1.1"
 TITLE = "X/Y/Z plot"
@@ -62,9 +62,7 @@ def run_plot(api, request, run):
     canvas, _ = draw_grid(plot, cell_images, plot.draw_legend)
     source = next(iter(firsts.values()))  # the first cell's infotext describes the grid, as in A1111
     png = encode_png(canvas, source.infotext)
-    path = None
-    if request.save_images and api.outputs_dir is not None:
-        path = save_grid(png, api.outputs_dir, "img2img" if hasattr(request, "init_image") else "txt2img")
+    path = api.save_grid(canvas, request, source.infotext)  # grid_save, grid_format and the grid folders apply
     grid_image = type(source)(png=png, path=path and str(path), seed=source.seed, prompt=source.prompt,
                               negative_prompt=source.negative_prompt, infotext=source.infotext, is_grid=True)
     images = [grid_image] + (lone if plot.include_lone_images else [])
@@ -94,9 +92,8 @@ def run_from_menu(api, job):
 
 def register(api):
     major, minor = map(int, api.version.split("."))
-    if major != 1:
-        raise RuntimeError(f"{TITLE} needs extension API 1.x; this app has {api.version}")
+    if major != 1 or minor < 3:  # api.save_grid
+        raise RuntimeError(f"{TITLE} needs extension API 1.3 or a later 1.x; this app has {api.version}")
     api.add_section(TITLE, build_section)
     api.wrap_generation(lambda request, run: run_plot(api, request, run))
-    if minor >= 2:  # the Script menu (API 1.2): one implementation, selectable there too
-        api.add_script(TITLE, script_args(api), lambda job: run_from_menu(api, job))
+    api.add_script(TITLE, script_args(api), lambda job: run_from_menu(api, job))

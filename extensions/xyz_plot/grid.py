@@ -1,4 +1,4 @@
-"""Drawing the plot's grid and saving it as A1111 does (<outputs>/<tab>-grids/YYYY-MM-DD/grid-NNNNN.png).
+"""Drawing the plot's grid (the app saves it: api.save_grid, as it saves its own grids).
 
 Layout (every number in pixels; W x H is the size of the first cell's image, every cell is drawn at that size):
 
@@ -19,22 +19,14 @@ pixels are exactly its image's.
 """
 from __future__ import annotations
 
-import datetime
 import io
-import os
-import re
-import tempfile
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 PAD = 4
 Z_GAP = 16
 MIN_LEFT = 96
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
-GRID_FILE = re.compile(r"^grid-(\d+)\.png$")
-_save_lock = threading.Lock()  # one numbering sequence per folder within this process
 
 
 @dataclass(frozen=True)
@@ -162,24 +154,3 @@ def encode_png(image, infotext: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
-
-
-def save_grid(png: bytes, outputs_dir, tab: str, today: datetime.date | None = None) -> Path:
-    """Write grid-NNNNN.png (the next free number) in <outputs>/<tab>-grids/<date>/. The bytes go to a temporary
-    file in the same folder first and are renamed into place, so a crash never leaves a half-written grid."""
-    folder = Path(outputs_dir) / f"{tab}-grids" / (today or datetime.date.today()).isoformat()
-    folder.mkdir(parents=True, exist_ok=True)
-    with _save_lock:
-        numbers = [int(match.group(1)) for name in os.listdir(folder) if (match := GRID_FILE.match(name))]
-        path = folder / f"grid-{max(numbers, default=-1) + 1:05d}.png"
-        handle, temp_name = tempfile.mkstemp(dir=folder, prefix=".partial-grid-", suffix=".png")
-        try:
-            with os.fdopen(handle, "wb") as temp_file:
-                temp_file.write(png)
-                temp_file.flush()
-                os.fsync(temp_file.fileno())
-            os.replace(temp_name, path)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-    return path
