@@ -14,7 +14,7 @@ from backend.controlnet.preprocessors import Slider
 from backend.core.control_modes import ControlMode, ResizeMode
 from backend.core.controlnet_units import MAX_UNITS, parse_unit_infotext
 from backend.core.errors import UserError
-from backend.core.image_input import ImageInputError, open_image
+from backend.core.image_input import open_image
 from backend.core.requests import RequestError
 from backend.services import Services
 from ui.image_upload import image_upload
@@ -132,7 +132,7 @@ def module_updates(services: Services, module: str | None) -> tuple:
     try:
         preprocessor = services.controlnets.preprocessors.get(module)
     except UserError as error:
-        return hidden, hidden, hidden, render_message(str(error))
+        return hidden, hidden, hidden, render_message(error.message)  # shown under the dropdown: no field name
     return (slider_update(preprocessor.resolution), slider_update(preprocessor.slider_1),
             slider_update(preprocessor.slider_2), "")
 
@@ -152,8 +152,9 @@ def build_unit(services: Services, prefix: str, index: int, img2img: bool) -> Un
     modules = preprocessor_labels(services)
     with gr.Tab(f"ControlNet Unit {index}", elem_id=f"{key}_tab"):
         with gr.Row():
-            image = image_upload("Image", f"{key}_image", sources=["upload", "clipboard"], height=260)
-            with gr.Column(visible=False, elem_id=f"{key}_preview_column") as preview_column:
+            with gr.Column(min_width=160):
+                image = image_upload("Image", f"{key}_image", sources=["upload", "clipboard"], height=260)
+            with gr.Column(visible=False, min_width=160, elem_id=f"{key}_preview_column") as preview_column:
                 preview = gr.Image(label="Preprocessor Preview", type="numpy", interactive=False, height=260,
                                    elem_id=f"{key}_preview", format="png")
                 send_map = gr.Button("Use the detected map as the image", size="sm", elem_id=f"{key}_send_map")
@@ -169,12 +170,13 @@ def build_unit(services: Services, prefix: str, index: int, img2img: bool) -> Un
                                         min_width=110)
         with gr.Row(equal_height=True):
             module = gr.Dropdown(label="Preprocessor", choices=modules, value="none", elem_id=f"{key}_module",
-                                 scale=4)
+                                 scale=4, min_width=120)
             run_preview = gr.Button("💥", elem_id=f"{key}_run_preview", scale=0, min_width=50)
+        message = gr.HTML(elem_id=f"{key}_message", elem_classes="controlnet-message-line")
+        with gr.Row(equal_height=True):
             model = gr.Dropdown(label="Model", choices=model_choices(services), value=NO_MODEL,
-                                elem_id=f"{key}_model", scale=4)
+                                elem_id=f"{key}_model", scale=4, min_width=120)
             refresh = gr.Button("🔄", elem_id=f"{key}_refresh_models", scale=0, min_width=50)
-        message = gr.HTML(elem_id=f"{key}_message")
         with gr.Row():
             weight = gr.Slider(label="Control Weight", minimum=0, maximum=2, step=0.05, value=1.0,
                                elem_id=f"{key}_weight")
@@ -206,8 +208,9 @@ def build_unit(services: Services, prefix: str, index: int, img2img: bool) -> Un
             pixels = read_rgb(path, "a control image")
             mask_pixels = np.asarray(open_image(Path(mask_path).read_bytes()).convert("L")) if mask_path else None
             detected = services.controlnets.detect(name, pixels, res, first, second, mask=mask_pixels)
-        except (UserError, ImageInputError, OSError) as error:
-            return gr.update(), gr.Column(visible=True), True, render_message(str(error))
+        except (UserError, OSError) as error:
+            text = error.message if isinstance(error, UserError) else f"the image cannot be read: {error}"
+            return gr.update(), gr.Column(visible=True), True, render_message(text)
         return detected, gr.Column(visible=True), True, ""
 
     run_preview.click(detect, inputs=[image, mask, module, resolution, threshold_a, threshold_b],
@@ -267,7 +270,7 @@ def paste_updates(services: Services, parameters: dict, controls: ControlNetCont
             updates[unit.model] = services.controlnets.folder.find(str(fields.get("model", ""))).title
         except UserError as error:  # a model this server lacks: the unit says which
             updates[unit.model] = NO_MODEL
-            updates[unit.message] = render_message(str(error))
+            updates[unit.message] = render_message(error.message)
         for name, component in (("processor_res", unit.processor_res), ("threshold_a", unit.threshold_a),
                                 ("threshold_b", unit.threshold_b)):
             update = sliders[name]

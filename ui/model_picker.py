@@ -152,8 +152,12 @@ def follow_startup(page: gr.Blocks, services: Services, controls: ModelControls)
             deadline = time.monotonic() + STARTUP_WAIT_SECONDS
             while not services.models.default_chosen.is_set() and time.monotonic() < deadline:
                 await asyncio.sleep(STARTUP_POLL_SECONDS)
-        value = services.models.selected.title if not shown or services.models.failure(shown) else shown
-        yield render_failures(services), gr.update(choices=checkpoint_choices(services), value=value)
+        # a title that loads stays as it is: the user (or pasted infotext) may have chosen another one meanwhile
+        if not shown or services.models.failure(shown):
+            yield render_failures(services), gr.update(choices=checkpoint_choices(services),
+                                                       value=services.models.selected.title)
+        else:
+            yield render_failures(services), gr.update(choices=checkpoint_choices(services))
 
     return page.load(on_load, inputs=controls.checkpoint, outputs=[controls.status, controls.checkpoint],
                      show_progress="hidden", concurrency_limit=None, api_visibility="private")
