@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from backend.controlnet.service import ControlNets
-from backend.core.errors import is_out_of_memory
+from backend.core.errors import UserError, is_out_of_memory
 from backend.core.options import Options
 from backend.core.options_store import OptionsStore
-from backend.core.requests import JobRequest, build_request
+from backend.core.requests import GenerationRequest, JobRequest, RequestError, build_request
 from backend.core.settings import Settings
 from backend.core.ui_defaults import UiDefaults
 from backend.generation.generator import Generator
@@ -57,7 +57,16 @@ class Services:
     def build_request(self, request_class: type[JobRequest], values: dict[str, Any]) -> JobRequest:
         """The one way form values, an API body or an MCP call become a typed request: validated, with the samplers
         extensions registered accepted besides the built-in ones. A RequestError names the field."""
+        if issubclass(request_class, GenerationRequest):  # config.json's noise options, unless the values set them
+            stored = self.options.current
+            values = {"eta_noise_seed_delta": stored.eta_noise_seed_delta, "randn_source": stored.randn_source,
+                      **values}
         request = build_request(request_class, values, self.extensions.hooks.sampler_specs())
+        if getattr(request, "override_settings", None):  # an outdir_* override may not leave the outputs root
+            try:
+                self.outputs.check_folders(self.generator.job_options(request))
+            except UserError as error:
+                raise RequestError(f"override_settings.{error.field}", error.message) from None
         if getattr(request, "styles", None):
             self.styles.resolve(request.styles)  # an unknown style is refused before the job is queued
         return self.generator.check_script(request)  # so is an unknown script or a bad script argument
@@ -91,7 +100,7 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     device = choose_device(settings.device)
     dtype = choose_dtype(settings.precision, device)
     hashes = HashCache(settings.cache_dir / "hashes.json")
-    registry = ModelRegistry(settings.checkpoints_dir, hashes)
+    registry = ModelRegistry(settings.checkpoints_dir, hashes, settings.unet_dir)
     registry.refresh()  # scan (and hash) once, before any thread asks for the list
     construction = ModelConstruction()  # every loader builds its modules under this one lock
     components = ComponentFolders(settings.text_encoder_dir, settings.vae_dir)  # Flux/SD3 separate parts

@@ -220,7 +220,7 @@ REGRESSIONS = [
     pytest.param("txt2img", '{"steps": 2, "prompt": "a \\ud800 cat"}', "prompt: not valid Unicode text",
                  id="lone-surrogate-in-a-prompt"),  # was a 409 ("Error serializing to JSON") from the queue
     pytest.param("img2img", f'{{"init_images": ["{SMALL_IMAGE}", "{SMALL_IMAGE}"]}}',
-                 "not supported by this version", id="unsupported-answers-422-not-501"),
+                 "init_images: 2 images for batch_size 1", id="more-init-images-than-batch-size"),
 ]
 
 

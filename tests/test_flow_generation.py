@@ -176,9 +176,38 @@ def test_hires_fix_with_an_image_upscaler(flow_services):
     result = run(flow_services, checkpoint="flux-tiny", prompt="a cat", enable_hr=True, hr_scale=2.0,
                  hr_upscaler="Lanczos", denoising_strength=0.5)
     assert Image.open(io.BytesIO(result.images[0].png)).size == (128, 128)
-    job = flow_services.jobs.run_and_wait(Txt2ImgRequest(**{**FLOW_FAST, "checkpoint": "sd3-tiny", "enable_hr": True,
-                                                            "hr_upscaler": "Latent"}), timeout=300)
-    assert job.status == "failed" and job.error_field == "hr_upscaler" and "Lanczos" in job.error
+
+
+def test_latent_hires_fix_on_flux_upscales_unpacked_latents(flow_services, flow_files):
+    """At strength 0 the result is the first pass's latents, unpacked, upscaled (bilinear) and decoded: the same
+    pixels computed here from plain diffusers' latents."""
+    from diffusers import FluxPipeline
+
+    result = run(flow_services, checkpoint="flux-tiny", prompt="a red cat", enable_hr=True, hr_scale=2.0,
+                 hr_upscaler="Latent", denoising_strength=0.0)
+    pipeline = FluxPipeline.from_pretrained(str(flow_files["flux_folder"]))
+    pipeline.set_progress_bar_config(disable=True)
+    packed = pipeline("a red cat", num_inference_steps=3, width=64, height=64, guidance_scale=3.5, output_type="latent",
+                      generator=torch.Generator().manual_seed(FLOW_FAST["seed"])).images
+    latents = torch.nn.functional.interpolate(pipeline._unpack_latents(packed, 64, 64, 8), size=(16, 16),
+                                              mode="bilinear")
+    vae = pipeline.vae
+    with torch.no_grad():
+        pixels = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample
+    expected = np.asarray(pipeline.image_processor.postprocess(pixels, output_type="pil")[0], dtype=np.int16)
+    assert np.abs(png_pixels(result) - expected).max() <= 1
+    assert "Hires upscaler: Latent" in result.images[0].infotext
+
+
+@pytest.mark.parametrize("checkpoint", ["flux-tiny", "sd3-tiny"])
+def test_latent_hires_fix_second_pass_on_flow_models(flow_services, checkpoint):
+    result = run(flow_services, checkpoint=checkpoint, prompt="a cat", enable_hr=True, hr_scale=2.0,
+                 hr_upscaler="Latent (bicubic antialiased)", denoising_strength=0.6, cfg_scale=3.0)
+    assert Image.open(io.BytesIO(result.images[0].png)).size == (128, 128)
+    job = flow_services.jobs.run_and_wait(Txt2ImgRequest(**{**FLOW_FAST, "checkpoint": "flux-tiny", "enable_hr": True,
+                                                            "hr_upscaler": "Latent", "hr_resize_x": 72,
+                                                            "hr_resize_y": 64}), timeout=300)
+    assert job.status == "failed" and job.error_field == "hr_scale" and "16" in job.error
 
 
 def test_the_page_defaults_to_cfg_1_and_counts_t5_tokens_for_flux(flow_server):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 
 import pytest
 from PIL import Image
@@ -22,16 +23,22 @@ def server(tmp_path, models_dir):
     process.stop()
 
 
-@pytest.fixture
-def page(server):
+@contextmanager
+def open_page(url: str):
     with playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync"])
         tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.goto(server[0])
+        tab.goto(url)
         yield tab
         browser.close()
+
+
+@pytest.fixture
+def page(server):
+    with open_page(server[0]) as tab:
+        yield tab
 
 
 def wait_until_canvas_shows(canvas, rgb, timeout: float = 60):
@@ -284,7 +291,14 @@ def networks_server(tmp_path, models_dir):
     process.stop()
 
 
-def test_extra_networks_token_counter_vae_clip_skip_and_warnings(networks_server, page):
+@pytest.fixture
+def networks_page(networks_server):
+    with open_page(networks_server[0]) as tab:
+        yield tab
+
+
+def test_extra_networks_token_counter_vae_clip_skip_and_warnings(networks_page):
+    page = networks_page
     prompt = page.locator("#txt2img_prompt textarea")
     prompt.fill("a cat BREAK a dog")
     page.wait_for_function("document.querySelector('#txt2img_token_counter').innerText.trim() === '77/150'",

@@ -109,3 +109,10 @@ def test_script_menu_prompt_matrix(server, page):
     page.locator("#img2img_script input").click()
     offered = [text.split("\n")[-1] for text in page.locator("#img2img_script [role=option]").all_inner_texts()]
     assert {"Loopback", "SD upscale", "Prompt matrix"} <= set(offered)
+    assert "Outpainting mk2" in offered
+    page.get_by_role("option", name="Outpainting mk2", exact=True).click()
+    section = page.locator("#img2img_script_outpainting_mk2")
+    section.wait_for(state="visible")
+    assert section.get_by_text("Fall-off exponent (lower=higher detail)").is_visible()
+    assert page.locator("#img2img_script_outpainting_mk2_1 input[type=number]").input_value() == "128"
+    page.screenshot(path=str(outputs / "script_menu_outpainting_mk2.png"), full_page=True)

@@ -25,6 +25,9 @@ CLIP_VOCAB = 49408
 T5_WIDTH = 64
 CLIP_WIDTH = 32
 TINY_VAE_CHANNELS = (32, 32, 64, 64)
+# Flux Fill's input: its 2x2-packed latents (64), the packed masked image (64) and the mask at 8x8 per latent
+# pixel, packed (256); independent of the width
+FILL_IN_CHANNELS = 384
 COMMON_WORDS = ("a", "photo", "of", "the", "cat", "dog", "red", "blue", "green", "house", "tree", "sky", "sun",
                 "moon", "portrait", "landscape", "painting", "in", "on", "with", "and", "at", "by", "an", "old",
                 "young", "man", "woman", "city", "night", "day", "water", "mountain", "flower", "car")
@@ -71,8 +74,8 @@ def _vae(scaling: float, shift: float):
 
 
 def tiny_flow_components(family: str, seed: int = 0, variant: str = "dev") -> dict[str, torch.nn.Module]:
-    """Modules of a tiny `family` ("flux" or "sd3") model; `variant` for Flux: "dev" (guidance embedding) or
-    "schnell"."""
+    """Modules of a tiny `family` ("flux" or "sd3") model; `variant` for Flux: "dev" (guidance embedding),
+    "schnell", or "fill" (FLUX.1-Fill-dev: dev whose input also takes the masked image and the mask)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _components(family, variant)
@@ -84,9 +87,10 @@ def _components(family: str, variant: str) -> dict[str, torch.nn.Module]:
     vocab = len(tiny_t5_tokenizer())
     if family == "flux":
         transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,
+            patch_size=1, in_channels=FILL_IN_CHANNELS if variant == "fill" else 64,
+            out_channels=64 if variant == "fill" else None, num_layers=1, num_single_layers=2, attention_head_dim=16,
             num_attention_heads=2, joint_attention_dim=T5_WIDTH, pooled_projection_dim=CLIP_WIDTH,
-            guidance_embeds=variant == "dev", axes_dims_rope=(4, 6, 6))
+            guidance_embeds=variant in ("dev", "fill"), axes_dims_rope=(4, 6, 6))
         return {"transformer": transformer, "vae": _vae(0.3611, 0.1159), "text_encoder": _clip(CLIP_WIDTH, False),
                 "text_encoder_2": _t5(vocab)}
     if family == "sd3":
@@ -102,22 +106,23 @@ def _components(family: str, variant: str) -> dict[str, torch.nn.Module]:
 def _scheduler(family: str, variant: str):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    if family == "flux" and variant == "dev":
+    if family == "flux" and variant in ("dev", "fill"):
         return FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                base_image_seq_len=256, max_image_seq_len=4096)
     return FlowMatchEulerDiscreteScheduler(shift=1.0 if family == "flux" else 3.0)
 
 
 def tiny_flow_pipeline(family: str, seed: int = 0, variant: str = "dev"):
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+    from diffusers import FluxFillPipeline, FluxPipeline, StableDiffusion3Pipeline
 
     from backend.models.tokenizer import build_clip_tokenizer
 
     components = tiny_flow_components(family, seed, variant)
     scheduler = _scheduler(family, variant)
     if family == "flux":
-        return FluxPipeline(**components, scheduler=scheduler, tokenizer=build_clip_tokenizer(),
-                            tokenizer_2=tiny_t5_tokenizer())
+        flux_class = FluxFillPipeline if variant == "fill" else FluxPipeline
+        return flux_class(**components, scheduler=scheduler, tokenizer=build_clip_tokenizer(),
+                          tokenizer_2=tiny_t5_tokenizer())
     return StableDiffusion3Pipeline(**components, scheduler=scheduler, tokenizer=build_clip_tokenizer(),
                                     tokenizer_2=build_clip_tokenizer(pad_token="!"), tokenizer_3=tiny_t5_tokenizer())
 
@@ -193,3 +198,42 @@ def write_sd3_single_file(path: Path, seed: int = 0, with_text_encoders: bool = 
         state.update({"text_encoders.t5xxl.transformer." + k: v
                       for k, v in _t5_original(parts["text_encoder_3"], True).items()})
     return _save(state, path)
+
+
+def write_transformer_gguf(path: Path, family: str, seed: int = 0, quantization: str = "Q8_0",
+                           variant: str = "dev") -> Path:
+    """The transformer alone in the original key layout as a GGUF file, as city96's Flux/SD3 quantizations are:
+    2-D weights whose rows split into 32-value blocks in `quantization` ("Q8_0" or "F16"), the rest in F32."""
+    import gguf
+    import numpy as np
+
+    parts = tiny_flow_components(family, seed, variant)
+    state = transformer_original_state(family, parts["transformer"])
+    kind = gguf.GGMLQuantizationType[quantization]
+    block = gguf.GGML_QUANT_SIZES[kind][0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), arch=family)
+    for name, tensor in state.items():
+        values = tensor.detach().float().numpy()
+        if values.ndim == 2 and values.shape[-1] % block == 0 and kind != gguf.GGMLQuantizationType.F32:
+            data = values.astype(np.float16) if kind == gguf.GGMLQuantizationType.F16 else \
+                gguf.quants.quantize(values, kind)
+            writer.add_tensor(name, data, raw_dtype=kind)
+        else:
+            writer.add_tensor(name, values.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_sd3_parts(folder: Path, seed: int = 0) -> dict[str, Path]:
+    """The tiny SD3 model's text encoders (Forge's models/text_encoder) and VAE (`sd3_vae.safetensors`, for
+    models/VAE) as separate files, for a transformer-only file (a GGUF) to run with."""
+    parts = tiny_flow_components("sd3", seed)
+    vae = {k.removeprefix(VAE_PREFIX): v for k, v in vae_to_original(parts["vae"]).items()}
+    return {"vae": _save(vae, folder / "sd3_vae.safetensors"),
+            "clip_l": _save(_clip_original(parts["text_encoder"]), folder / "clip_l.safetensors"),
+            "clip_g": _save(_clip_original(parts["text_encoder_2"]), folder / "clip_g.safetensors"),
+            "t5xxl": _save(_t5_original(parts["text_encoder_3"], True), folder / "t5xxl_fp16.safetensors")}

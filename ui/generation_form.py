@@ -103,7 +103,8 @@ class GenerationForm:
                 "steps": int(values[self.steps]), "cfg_scale": float(values[self.cfg_scale]),
                 "width": int(values[self.width]), "height": int(values[self.height]),
                 "seed": -1 if seed is None else int(seed), "batch_size": int(values[self.batch_size]),
-                "n_iter": int(values[self.batch_count]), **model.request_fields(values),
+                "n_iter": int(values[self.batch_count]),
+                **model.request_fields(values, txt2img=self.prefix == "txt2img"),
                 "styles": list(values[self.styles.dropdown] or []) if self.styles else [],
                 **(self.scripts.request_fields(values) if self.scripts else {}),
                 **self.seed_extra_fields(values), **refiner_fields(values, self.refiner),
@@ -270,7 +271,7 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
 
     def finished(job) -> dict:
         previews_shown.pop(job.id, None)
-        images = job.result.images
+        images = job.result.shown_images
         # ControlNet's detected maps follow the images, as the extension shows them
         maps = [(Image.open(io.BytesIO(png)), "Detected map") for png in getattr(job.result, "detected_maps", [])]
         return {

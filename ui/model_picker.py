@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from backend.core import skip_layer_guidance as slg
 from backend.core.flow_samplers import SHIFT_RANGE
 from backend.core.requests import CLIP_SKIP_RANGE, DISTILLED_CFG_RANGE, GenerationRequest
 from backend.models.weight_files import CheckpointError
@@ -45,22 +46,62 @@ class ModelControls:
     components: gr.Dropdown | None = None
     distilled_cfg: gr.Slider | None = None
     shift: gr.Slider | None = None
+    skip_layers: SkipLayerControls | None = None
     chosen: object = None  # the event of a model chosen in the dropdown (ends once it is loaded), for .then
 
     @property
     def inputs(self) -> set:
-        return {self.checkpoint, self.vae, self.clip_skip, self.distilled_cfg, self.shift} - {None}
+        skip_layers = set(self.skip_layers.fields.values()) if self.skip_layers else set()
+        return {self.checkpoint, self.vae, self.clip_skip, self.distilled_cfg, self.shift, *skip_layers} - {None}
 
     @property
     def fields(self) -> dict:
         """Request field -> component, for filling the controls from infotext."""
         return {"sd_vae": self.vae, "clip_skip": self.clip_skip, "distilled_cfg_scale": self.distilled_cfg,
-                "shift": self.shift}
+                "shift": self.shift, **(self.skip_layers.fields if self.skip_layers else {})}
 
-    def request_fields(self, values: dict) -> dict:
-        return {"checkpoint": values[self.checkpoint], "sd_vae": values[self.vae] or "Automatic",
-                "clip_skip": int(values[self.clip_skip]), "distilled_cfg_scale": float(values[self.distilled_cfg]),
-                "shift": float(values[self.shift])}
+    def request_fields(self, values: dict, txt2img: bool = True) -> dict:
+        """`txt2img`: the skip-layer guidance fields are sent too (SD3's other pipelines have none)."""
+        fields = {"checkpoint": values[self.checkpoint], "sd_vae": values[self.vae] or "Automatic",
+                  "clip_skip": int(values[self.clip_skip]), "distilled_cfg_scale": float(values[self.distilled_cfg]),
+                  "shift": float(values[self.shift])}
+        if txt2img and self.skip_layers:
+            fields |= {name: values[component] for name, component in self.skip_layers.fields.items()}
+        return fields
+
+
+@dataclass
+class SkipLayerControls:
+    """SD3.5's skip-layer guidance, shown while an SD3 model is selected."""
+    box: gr.Accordion
+    layers: gr.Textbox
+    scale: gr.Slider
+    start: gr.Slider
+    stop: gr.Slider
+
+    @property
+    def fields(self) -> dict:
+        return {"skip_guidance_layers": self.layers, "skip_layer_guidance_scale": self.scale,
+                "skip_layer_guidance_start": self.start, "skip_layer_guidance_stop": self.stop}
+
+
+def build_skip_layer_controls(visible: bool) -> SkipLayerControls:
+    defaults = GenerationRequest.model_fields
+    with gr.Accordion("Skip layer guidance (SD3.5, txt2img)", open=False, visible=visible,
+                      elem_id="skip_layer_guidance") as box, gr.Row():
+        layers = gr.Textbox(label="Skip layers", placeholder="7, 8, 9 (empty: off)", elem_id="skip_guidance_layers",
+                            scale=2, info="transformer layers the extra pass leaves out; needs CFG scale above 1")
+        scale = gr.Slider(label="SLG scale", minimum=slg.SCALE_RANGE[0], maximum=slg.SCALE_RANGE[1], step=0.1,
+                          value=defaults["skip_layer_guidance_scale"].default, elem_id="skip_layer_guidance_scale")
+        start = gr.Slider(label="SLG start", minimum=0.0, maximum=1.0, step=0.01,
+                          value=defaults["skip_layer_guidance_start"].default, elem_id="skip_layer_guidance_start")
+        stop = gr.Slider(label="SLG stop", minimum=0.0, maximum=1.0, step=0.01,
+                         value=defaults["skip_layer_guidance_stop"].default, elem_id="skip_layer_guidance_stop")
+    return SkipLayerControls(box, layers, scale, start, stop)
+
+
+def shows_skip_layers(services: Services, title: str | None) -> bool:
+    return bool(title) and services.models.loaded_family(title) == "sd3"
 
 
 def build_model_picker(services: Services) -> ModelControls:
@@ -85,6 +126,7 @@ def build_model_picker(services: Services) -> ModelControls:
         shift = gr.Slider(label="Shift", minimum=SHIFT_RANGE[0], maximum=SHIFT_RANGE[1], step=0.1,
                           value=defaults["shift"].default, elem_id="flow_shift", scale=2,
                           info="Flux / SD3; 0 = the model's own")
+    skip_layers = build_skip_layer_controls(shows_skip_layers(services, services.models.selected.title))
     status = gr.HTML(elem_id="checkpoint_status")
 
     def on_refresh():
@@ -104,26 +146,27 @@ def build_model_picker(services: Services) -> ModelControls:
 
     def on_select(title: str):
         # A generator: the page shows "Loading" at once and stays usable while the model loads.
-        yield f'<div class="model-loading">Loading {html.escape(title)}...</div>', gr.update()
+        yield f'<div class="model-loading">Loading {html.escape(title)}...</div>', gr.update(), gr.update()
         started = time.perf_counter()
         try:
             entry = services.select_checkpoint(title)
         except CheckpointError as error:
             previous = services.models.selected.title
             yield (render_error(f"{error} (keeping {previous})") + render_failures(services, skip=title),
-                   gr.update(choices=checkpoint_choices(services), value=previous))
+                   gr.update(choices=checkpoint_choices(services), value=previous), gr.update())
             return
         seconds = time.perf_counter() - started
         yield (f'<div class="model-loaded">Loaded {html.escape(entry.title)} in {seconds:.1f}s</div>'
-               + render_failures(services), gr.update())
+               + render_failures(services), gr.update(),
+               gr.update(visible=shows_skip_layers(services, entry.title)))
 
     refresh.click(on_refresh, outputs=[dropdown, vae, status, components], api_visibility="private")
     components.input(on_components, inputs=[dropdown, components], outputs=status, api_visibility="private")
     dropdown.change(lambda title: gr.update(value=chosen_components(services, title)), inputs=dropdown,
                     outputs=components, api_visibility="private")
-    chosen = dropdown.input(on_select, inputs=dropdown, outputs=[status, dropdown], concurrency_limit=None,
-                            api_visibility="private")
-    return ModelControls(dropdown, vae, clip_skip, status, components, distilled_cfg, shift, chosen)
+    chosen = dropdown.input(on_select, inputs=dropdown, outputs=[status, dropdown, skip_layers.box],
+                            concurrency_limit=None, api_visibility="private")
+    return ModelControls(dropdown, vae, clip_skip, status, components, distilled_cfg, shift, skip_layers, chosen)
 
 
 def loaded_family(services: Services) -> str | None:
@@ -148,16 +191,19 @@ def follow_startup(page: gr.Blocks, services: Services, controls: ModelControls)
     an opened page shows that, then the model that loaded and the files that did not."""
     async def on_load(shown: str | None):  # async: a page waiting here holds no worker thread
         if not services.models.default_chosen.is_set():
-            yield '<div class="model-loading">Loading the first checkpoint...</div>', gr.update()
+            yield '<div class="model-loading">Loading the first checkpoint...</div>', gr.update(), gr.update()
             deadline = time.monotonic() + STARTUP_WAIT_SECONDS
             while not services.models.default_chosen.is_set() and time.monotonic() < deadline:
                 await asyncio.sleep(STARTUP_POLL_SECONDS)
         # a title that loads stays as it is: the user (or pasted infotext) may have chosen another one meanwhile
         if not shown or services.models.failure(shown):
-            yield render_failures(services), gr.update(choices=checkpoint_choices(services),
-                                                       value=services.models.selected.title)
+            value = services.models.selected.title
+            yield (render_failures(services), gr.update(choices=checkpoint_choices(services), value=value),
+                   gr.update(visible=shows_skip_layers(services, value)))
         else:
-            yield render_failures(services), gr.update(choices=checkpoint_choices(services))
+            yield (render_failures(services), gr.update(choices=checkpoint_choices(services)),
+                   gr.update(visible=shows_skip_layers(services, shown)))
 
-    return page.load(on_load, inputs=controls.checkpoint, outputs=[controls.status, controls.checkpoint],
+    outputs = [controls.status, controls.checkpoint, controls.skip_layers.box]
+    return page.load(on_load, inputs=controls.checkpoint, outputs=outputs,
                      show_progress="hidden", concurrency_limit=None, api_visibility="private")

@@ -38,11 +38,16 @@ def render_settings(services: Services) -> str:
     cached = "".join(
         f"<tr><td>{html.escape(item['title'])}</td><td>{item['size_bytes'] / 1e9:.2f} GB</td>"
         f"<td>{'device' if item['on_device'] else 'RAM'}</td><td>{'yes' if item['in_use'] else 'no'}</td>"
-        f"<td>{item['load_seconds']:.1f} s</td></tr>" for item in models.cache_report()) or \
-        "<tr><td colspan=5>(empty)</td></tr>"
+        f"<td>{item['load_seconds']:.1f} s</td><td>{render_components(item['components'])}</td></tr>"
+        for item in models.cache_report()) or "<tr><td colspan=6>(empty)</td></tr>"
     return (f"<h3>Speed and memory</h3><table id='settings_speed'><tr><th>Setting</th><th>Now</th><th>Flag</th></tr>"
             f"{table}</table><h3>Model cache</h3><table id='settings_cache'><tr><th>Checkpoint</th><th>Size</th>"
-            f"<th>Where</th><th>In use</th><th>Load time</th></tr>{cached}</table>")
+            f"<th>Where</th><th>In use</th><th>Load time</th><th>Components</th></tr>{cached}</table>")
+
+
+def render_components(placement: dict[str, str]) -> str:
+    """One line per model of the checkpoint: its name and where it sits (--medvram/--lowvram: moved as it runs)."""
+    return "<br>".join(f"{html.escape(name)}: {html.escape(where)}" for name, where in placement.items())
 
 
 def option_bounds(key: str) -> dict:

@@ -17,6 +17,7 @@ import re
 from typing import Any
 
 from backend.core.samplers import SamplerError, resolve_sampler
+from backend.core.skip_layer_guidance import INFOTEXT_KEYS as SLG_INFOTEXT_KEYS
 
 # A1111's pattern for one `key: value` pair. Its findall retries from every position, so a long run of words
 # without a colon costs quadratic time; `parameter_pairs` finds the same pairs in one pass.
@@ -167,7 +168,8 @@ def request_fields(parameters: dict[str, Any]) -> dict[str, Any]:
                   "Size-1": ("width", int), "Size-2": ("height", int), "Sampler": ("sampler_name", str),
                   "Schedule type": ("scheduler", str), "Model hash": ("model_hash", str), "Model": ("model_name", str),
                   "Clip skip": ("clip_skip", int), "VAE": ("sd_vae", str),
-                  "Distilled CFG Scale": ("distilled_cfg_scale", float), "Shift": ("shift", float)}
+                  "Distilled CFG Scale": ("distilled_cfg_scale", float), "Shift": ("shift", float),
+                  **{key: (name, str if key == "SLG layers" else float) for key, name in SLG_INFOTEXT_KEYS.items()}}
     converters.update(HIRES_CONVERTERS)
     converters.update(NOISE_CONVERTERS)
     for key, (name, convert) in converters.items():

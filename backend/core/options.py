@@ -86,7 +86,8 @@ class Options(BaseModel):
                                             "making a single image", SD)
     comma_padding_backtrack: int = option(20, "Prompt word wrap length limit", SD, ge=0, le=74)
     upcast_attn: bool = option(False, "Upcast cross attention layer to float32", SD)
-    randn_source: Literal["GPU", "CPU", "NV"] = option("GPU", "Random number generator source", SD)
+    # this server's default is CPU (the same noise on every device; A1111's is GPU); its NV is not offered
+    randn_source: Literal["CPU", "GPU", "NV"] = option("CPU", "Random number generator source", SD)
     tiling: bool = option(False, "Tiling", SD)
     hires_fix_refiner_pass: Literal["first pass", "second pass", "both passes"] = option(
         "second pass", "Hires fix: which pass to enable refiner for", SD)
@@ -164,6 +165,8 @@ USED_OPTIONS = frozenset({
     "jpeg_quality", "webp_lossless", "outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples",
     "outdir_extras_samples", "save_to_dirs", "directories_filename_pattern", "directories_max_prompt_words",
     "sd_model_checkpoint", "sd_checkpoints_limit", "live_previews_enable", "show_progress_every_n_steps",
+    "samples_save", "grid_save", "grid_format", "grid_only_if_multiple", "n_rows", "return_grid", "outdir_grids",
+    "outdir_txt2img_grids", "outdir_img2img_grids", "grid_save_to_dirs", "eta_noise_seed_delta", "randn_source",
     "control_net_unit_count",
 })
 

@@ -7,11 +7,13 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from backend.core import skip_layer_guidance as slg
 from backend.core.controlnet_units import MAX_UNITS, ControlNetUnit
 from backend.core.errors import UserError
 from backend.core.flow_samplers import SHIFT_RANGE
 from backend.core.hires_sizes import hires_sizes
 from backend.core.image_input import clean_png
+from backend.core.options import OPTION_NAMES, OptionError, validate_options
 from backend.core.samplers import SamplerError, resolve_sampler
 
 MAX_SEED = 2**32 - 1
@@ -58,6 +60,7 @@ def _check_face_restorer(value: str) -> str:
 
 
 MAX_PROMPT_CHARACTERS = 20_000
+MAX_SCRIPT_IMAGES = BATCH_SIZE_RANGE[1]
 # Extension arguments are JSON values; nesting this deep is no argument (and past ~250 levels the job could not
 # be recorded: pydantic refuses to serialise it).
 MAX_EXTENSION_ARGS_DEPTH = 32
@@ -104,12 +107,29 @@ class GenerationRequest(BaseModel):
     code_former_weight: float = Field(0.5, description="A1111's option: CodeFormer weight (0 = strongest effect)")
     distilled_cfg_scale: float = Field(3.5, description="Flux dev's distilled guidance (Forge's Distilled CFG Scale)")
     shift: float = Field(0.0, description="Flow models' (Flux, SD3) timestep shift; 0 keeps the model's own")
+    skip_guidance_layers: list[int] = Field(default_factory=list, description="SD3/SD3.5 skip-layer guidance: the "
+                                            "transformer layers its extra pass leaves out (empty: off), e.g. 7, 8, 9")
+    skip_layer_guidance_scale: float = Field(slg.DEFAULT_SCALE, description="Skip-layer guidance strength")
+    skip_layer_guidance_start: float = Field(slg.DEFAULT_START, description="Fraction of the steps it starts at")
+    skip_layer_guidance_stop: float = Field(slg.DEFAULT_STOP, description="Fraction of the steps it stops at")
     extension_args: dict[str, Any] = Field(default_factory=dict)
     controlnet_units: list[ControlNetUnit] = Field(default_factory=list, max_length=MAX_UNITS,
                                                    description="The enabled ControlNet units (sd-webui-controlnet's)")
     styles: list[str] = Field(default_factory=list, max_length=MAX_STYLES,
                               description="Names of styles.csv rows, applied to the prompts in this order")
 
+    override_settings: dict[str, Any] = Field(
+        default_factory=dict, description="User options (config.json keys) for this job only; keys that are not "
+                                          "options are dropped, as A1111 ignores them")
+    # what a script sets for a batch of different images (A1111's prompt and seed lists): image i of the job
+    image_prompts: list[tuple[str, str]] = Field(
+        default_factory=list, max_length=MAX_SCRIPT_IMAGES,
+        description="Scripts: (prompt, negative prompt) of each image of the job, instead of the request's")
+    image_seeds: list[int] = Field(default_factory=list, max_length=MAX_SCRIPT_IMAGES,
+                                   description="Scripts: the seed of each image of the job, instead of seed + index")
+    infotext_extra: dict[str, str | int | float] = Field(
+        default_factory=dict, max_length=16, description="Scripts: more infotext keys for every image (A1111's "
+                                                         "extra_generation_params, e.g. Loopback's)")
     script_name: str | None = Field(None, description="A Script menu script (A1111's lower-case title), or None")
     script_args: list[Any] = Field(default_factory=list, description="The script's arguments, in A1111's order")
 
@@ -117,6 +137,31 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _script_args(cls, value: list[Any]) -> list[Any]:
         return _check_nesting(value, MAX_EXTENSION_ARGS_DEPTH)
+
+    @field_validator("override_settings")
+    @classmethod
+    def _override_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        known = {key: item for key, item in value.items() if key in OPTION_NAMES}
+        try:
+            validate_options(known)
+        except OptionError as error:
+            raise ValueError(str(error)) from None
+        return known
+
+    @field_validator("image_prompts")
+    @classmethod
+    def _image_prompts(cls, value: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        if any(len(text) > MAX_PROMPT_CHARACTERS for pair in value for text in pair):
+            raise ValueError(f"a prompt has at most {MAX_PROMPT_CHARACTERS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _image_lists(self):
+        for name in ("image_prompts", "image_seeds"):
+            given = len(getattr(self, name))
+            if given and given != self.batch_size * self.n_iter:
+                raise ValueError(f"{name}: {given} entries for {self.batch_size * self.n_iter} images")
+        return self
 
     @field_validator("styles")
     @classmethod
@@ -162,6 +207,28 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _shift(cls, value: float) -> float:
         return _check_finite_range(value, *SHIFT_RANGE)
+
+    @field_validator("skip_guidance_layers", mode="before")
+    @classmethod
+    def _skip_layers(cls, value) -> list[int]:
+        return slg.parse_layers(value)
+
+    @field_validator("skip_layer_guidance_scale")
+    @classmethod
+    def _skip_layer_scale(cls, value: float) -> float:
+        return _check_finite_range(value, *slg.SCALE_RANGE)
+
+    @field_validator("skip_layer_guidance_start", "skip_layer_guidance_stop")
+    @classmethod
+    def _skip_layer_fraction(cls, value: float) -> float:
+        return _check_finite_range(value, 0.0, 1.0)
+
+    @model_validator(mode="after")
+    def _skip_layer_window(self):
+        if self.skip_guidance_layers and self.skip_layer_guidance_start >= self.skip_layer_guidance_stop:
+            raise ValueError(f"skip_layer_guidance_stop: must be above the start ({self.skip_layer_guidance_start});"
+                             f" got {self.skip_layer_guidance_stop}")
+        return self
 
     @field_validator("steps", "seed", "batch_size", "n_iter", "clip_skip", "subseed", "eta_noise_seed_delta")
     @classmethod
@@ -319,10 +386,13 @@ OUTPAINT_RANGE = (0, 1024)
 class Img2ImgRequest(GenerationRequest):
     """One img2img / inpaint / outpaint job. With a mask it inpaints; with outpaint margins it extends
     the canvas and inpaints the new area."""
-    HISTORY_EXCLUDE: ClassVar[dict] = {"init_image": True, "mask": True,  # large; the outputs keep them
-                                       **GenerationRequest.HISTORY_EXCLUDE}
+    HISTORY_EXCLUDE: ClassVar[dict] = {"init_image": True, "extra_init_images": True, "mask": True,  # large; the
+                                       **GenerationRequest.HISTORY_EXCLUDE}  # outputs keep them
 
     init_image: bytes
+    extra_init_images: list[bytes] = Field(
+        default_factory=list, max_length=BATCH_SIZE_RANGE[1] - 1,
+        description="A1111's further init_images: image i of each batch starts from [init_image, *these][i % count]")
     mask: bytes | None = None
     denoising_strength: float = 0.75
     resize_mode: int = Field(0, description="0 Just resize, 1 Crop and resize, 2 Resize and fill")
@@ -341,6 +411,11 @@ class Img2ImgRequest(GenerationRequest):
     @classmethod
     def _image(cls, value: bytes | None) -> bytes | None:
         return None if value is None else clean_png(value)  # decoded, checked and re-encoded once, here
+
+    @field_validator("extra_init_images")
+    @classmethod
+    def _images(cls, value: list[bytes]) -> list[bytes]:
+        return [clean_png(image) for image in value]
 
     @field_validator("denoising_strength")
     @classmethod
@@ -542,6 +617,7 @@ class ImageResult(BaseModel):
     negative_prompt: str
     infotext: str  # A1111's "parameters" (upscaled images: the source's, kept; "" when it had none)
     postprocessing: str = ""  # upscaled images: what the upscale did ("Postprocess upscaler: ...")
+    is_grid: bool = False  # a grid of the job's other images (A1111's return_grid), shown first
 
 
 class GenerationResult(BaseModel):
@@ -552,6 +628,12 @@ class GenerationResult(BaseModel):
     model_label: str = ""  # e.g. "SD1.x inpainting"
     warnings: list[str] = Field(default_factory=list)  # what was ignored (unknown LoRA, unbalanced bracket, ...)
     detected_maps: list[bytes] = Field(default_factory=list)  # ControlNet units' maps (PNG), shown after the images
+    grid: ImageResult | None = None  # the grid of a job's several images (A1111's return_grid), shown first
+
+    @property
+    def shown_images(self) -> list[ImageResult]:
+        """What the gallery shows and the API returns: the grid (when there is one), then the images."""
+        return [self.grid, *self.images] if self.grid else list(self.images)
 
 
 # what the job queue runs: one request type per kind

@@ -82,6 +82,7 @@ class Script:
     run: Callable[[Any], Any]  # run(job: backend.generation.scripts.ScriptJob) -> GenerationResult
     tabs: tuple[str, ...] = FORM_TABS
     extension: str | None = None  # None: built in
+    always_on: bool = False  # runs with every job (A1111's AlwaysVisible): listed, never selected by script_name
 
     @property
     def name(self) -> str:
@@ -97,13 +98,13 @@ class Script:
 
     def info(self, tab: str) -> dict[str, Any]:
         """A1111's /script-info entry for this script on `tab` (A1111 lists a script once per tab)."""
-        return {"name": self.name, "is_alwayson": False, "is_img2img": tab == "img2img",
+        return {"name": self.name, "is_alwayson": self.always_on, "is_img2img": tab == "img2img",
                 "args": [arg.info() for arg in self.args]}
 
 
 def find_script(scripts: list[Script], name: str, tab: str) -> Script:
     """The script called `name` (its title in any case) on `tab`, or RequestError naming script_name."""
-    offered = [script for script in scripts if tab in script.tabs]
+    offered = [script for script in scripts if tab in script.tabs and not script.always_on]
     for script in offered:
         if script.name == name.strip().lower():
             return script

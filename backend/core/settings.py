@@ -104,6 +104,11 @@ class Settings:
         return self.models_dir / "text_encoder"
 
     @property
+    def unet_dir(self) -> Path:
+        """GGUF Flux/SD3 transformers, where ComfyUI keeps them (Forge reads them from Stable-diffusion too)."""
+        return self.models_dir / "unet"
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.ckpt_dir or self.models_dir / "Stable-diffusion"
 

@@ -3,11 +3,14 @@
 prompt unused) unless the user sets it. SD3/SD3.5 use CFG as SD does."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
 
-from backend.core.requests import GenerationRequest, RequestError
+from backend.core.requests import GenerationRequest, Img2ImgRequest, RequestError
+from backend.core.skip_layer_guidance import INFOTEXT_KEYS as SLG_INFOTEXT_KEYS
+from backend.core.skip_layer_guidance import layers_text
 
 FLUX_DEFAULT_CFG = 1.0
 
@@ -32,8 +35,19 @@ def guidance_arguments(request: GenerationRequest, pipeline, cfg_scale: float | 
     """The pipeline call's guidance keywords. `cfg_scale`: the scale of this pass (the request's by default)."""
     if is_flux(pipeline):
         cfg = effective_cfg(request, "flux") if cfg_scale is None else cfg_scale
+        if "true_cfg_scale" not in inspect.signature(pipeline.__call__).parameters:  # FluxFillPipeline
+            if cfg > 1:
+                raise RequestError("cfg_scale", f"{cfg} needs a negative pass, which Flux Fill has not: set CFG scale "
+                                                "to 1 and guide with Distilled CFG Scale")
+            return {"guidance_scale": request.distilled_cfg_scale}
         return {"guidance_scale": request.distilled_cfg_scale, "true_cfg_scale": cfg}
-    return {"guidance_scale": request.cfg_scale if cfg_scale is None else cfg_scale}
+    arguments = {"guidance_scale": request.cfg_scale if cfg_scale is None else cfg_scale}
+    if request.skip_guidance_layers and "skip_guidance_layers" in inspect.signature(pipeline.__call__).parameters:
+        arguments.update(skip_guidance_layers=request.skip_guidance_layers,
+                         skip_layer_guidance_scale=request.skip_layer_guidance_scale,
+                         skip_layer_guidance_start=request.skip_layer_guidance_start,
+                         skip_layer_guidance_stop=request.skip_layer_guidance_stop)
+    return arguments
 
 
 def flow_infotext(request: GenerationRequest, model) -> dict:
@@ -44,6 +58,10 @@ def flow_infotext(request: GenerationRequest, model) -> dict:
         parameters["Distilled CFG Scale"] = request.distilled_cfg_scale
     if request.shift:
         parameters["Shift"] = request.shift
+    if request.skip_guidance_layers:
+        values = (layers_text(request.skip_guidance_layers), request.skip_layer_guidance_scale,
+                  request.skip_layer_guidance_start, request.skip_layer_guidance_stop)
+        parameters.update(zip(SLG_INFOTEXT_KEYS, values))
     separate = [Path(source).stem for part, source in (model.sources or {}).items()
                 if part != "transformer" and source != "checkpoint" and Path(source).suffix]
     for number, name in enumerate(separate, start=1):  # Forge's keys for the VAE / text encoder files used
@@ -81,3 +99,22 @@ def check_flow_request(request: GenerationRequest, label: str):
     for field, asked in unsupported.items():
         if asked:
             raise RequestError(field, f"does not work with {label} models yet")
+
+
+def check_skip_layer_guidance(request: GenerationRequest, model):
+    """Skip-layer guidance runs in SD3/SD3.5 txt2img (diffusers' StableDiffusion3Pipeline; its img2img and inpaint
+    pipelines have none) with CFG on; anything else is refused by name."""
+    layers = request.skip_guidance_layers
+    if not layers:
+        return
+    if model.family != "sd3":
+        raise RequestError("skip_guidance_layers", f"skip-layer guidance works only with SD3/SD3.5 models, not "
+                                                   f"{model.label}; leave the layers empty")
+    if isinstance(request, Img2ImgRequest):
+        raise RequestError("skip_guidance_layers", "skip-layer guidance works in txt2img only (SD3's img2img and "
+                                                   "inpainting have none); leave the layers empty")
+    if request.cfg_scale <= 1:
+        raise RequestError("cfg_scale", "skip-layer guidance acts with CFG only: set CFG scale above 1")
+    count = model.pipeline.transformer.config.num_layers
+    if layers[-1] >= count:
+        raise RequestError("skip_guidance_layers", f"this model's layers are 0 to {count - 1}; got {layers[-1]}")

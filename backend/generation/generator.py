@@ -25,11 +25,13 @@ from backend.core.requests import (
     RequestError,
     Txt2ImgRequest,
 )
-from backend.core.samplers import resolve_sampler
+from backend.core.samplers import SCHEDULE_NAMES, resolve_sampler, sampler_table
 from backend.core.scripts import Script, find_script
+from backend.generation.batch_grid import with_batch_grid
 from backend.generation.controlnet_run import prepared_controls
 from backend.generation.flow_guidance import (
     check_flow_request,
+    check_skip_layer_guidance,
     flow_infotext,
     flow_warnings,
     guidance_arguments,
@@ -38,9 +40,11 @@ from backend.generation.flow_guidance import (
 from backend.generation.hires_fix import HiresPlan
 from backend.generation.img2img import Img2ImgPlan
 from backend.generation.img2img_batch import item_request, plan_batch, write_results
+from backend.generation.init_images import generate_per_init_image
 from backend.generation.job_run import GenerationRun, LeasedModel, MakeBatch, SecondModels
 from backend.generation.previews import PreviewRenderer
 from backend.generation.refiner import Refiner, check_compatible, refined
+from backend.generation.scripts.always_on import always_on_scripts
 from backend.generation.scripts.job import ScriptJob
 from backend.generation.scripts.menu import builtin_scripts
 from backend.generation.seamless import seamless
@@ -97,11 +101,29 @@ class Generator:
             return self.img2img_batch(request, progress)
         if not isinstance(request, (Txt2ImgRequest, Img2ImgRequest)):
             raise RequestError("request", f"unsupported job kind {type(request).__name__}")
-        if request.script_name:  # the script calls generate again for each request it makes (without a script)
+        if request.script_name:  # the script makes its images through generate_images and draws its own grids
             return self._run_script(request, progress)
+        result = self.generate_images(request, progress)
+        if not progress.keep_partial:  # stopping the server: nothing more is written
+            return result
+        return with_batch_grid(request, result, self.job_options(request), self.outputs,
+                               "img2img" if isinstance(request, Img2ImgRequest) else "txt2img")
+
+    def job_options(self, request) -> Options:
+        """The user options a job runs with: those in effect, with the request's override_settings."""
+        overrides = getattr(request, "override_settings", None)
+        return self.options().model_copy(update=overrides) if overrides else self.options()
+
+    def generate_images(self, request, progress: JobProgress) -> GenerationResult:
+        """One txt2img or img2img request (no script) made into its images: styles, extension hooks, batches,
+        saving; no batch grid (scripts and img2img Batch call this for each request they make, as A1111's
+        do_not_save_grid)."""
         for name in ("seed", "subseed"):  # fixed first, so extensions (wildcards, grids) see the seeds images get
             if getattr(request, name) == -1:
                 request = request.model_copy(update={name: secrets.randbelow(2**32)})
+        if isinstance(request, Img2ImgRequest) and request.extra_init_images:  # seeds fixed above: each image's own
+            return generate_per_init_image(request, lambda one: self.generate_images(one, progress),
+                                           self.hooks.sampler_specs())
         if request.styles:  # applied once, first: extensions and X/Y/Z cells see the styled prompts, as in A1111
             request = self._apply_styles(request)
         request = self.hooks.run_before_generate(request)
@@ -114,6 +136,11 @@ class Generator:
         """The Script menu: the built-in scripts, then those extensions added."""
         return [*builtin_scripts(self.upscalers.names() if self.upscalers else []),
                 *(registered.value for registered in self.hooks.scripts)]
+
+    def always_on_scripts(self) -> list[Script]:
+        """A1111's always-on scripts this server has the features of (Sampler, Seed, Refiner)."""
+        return always_on_scripts(list(sampler_table(self.hooks.sampler_specs())), list(SCHEDULE_NAMES),
+                                 [entry.title for entry in self.models.registry.entries])
 
     def check_script(self, request):
         """The request with its script's arguments checked (defaults filled in), or RequestError naming
@@ -130,7 +157,8 @@ class Generator:
         script = find_script(self.scripts(), request.script_name, tab)
         job = ScriptJob(request=request.model_copy(update={"script_name": None, "script_args": []}),
                         args=script.check_args(request.script_args), tab=tab,
-                        generate=lambda sub_request: self.generate(sub_request, progress), outputs=self.outputs,
+                        generate=lambda sub_request: self.generate_images(sub_request, progress),
+                        outputs=self.outputs, options=self.job_options(request),
                         progress=progress, samplers=self.hooks.sampler_specs(),
                         upscaler=lambda image, name, size: self.upscalers.upscale(image, name, size,
                                                                                   "script_args[2]"))
@@ -139,9 +167,11 @@ class Generator:
     def _apply_styles(self, request: GenerationRequest) -> GenerationRequest:
         if self.styles is None:
             raise RequestError("styles", "this server has no styles file")
-        prompt, negative_prompt = apply_styles(request.prompt, request.negative_prompt,
-                                               self.styles.resolve(request.styles))
-        return request.model_copy(update={"prompt": prompt, "negative_prompt": negative_prompt, "styles": []})
+        styles = self.styles.resolve(request.styles)
+        prompt, negative_prompt = apply_styles(request.prompt, request.negative_prompt, styles)
+        image_prompts = [apply_styles(*pair, styles) for pair in request.image_prompts]
+        return request.model_copy(update={"prompt": prompt, "negative_prompt": negative_prompt, "styles": [],
+                                          "image_prompts": image_prompts})
 
     def _generate_one(self, request, progress: JobProgress) -> GenerationResult:
         return self.txt2img(request, progress) if isinstance(request, Txt2ImgRequest) \
@@ -167,7 +197,7 @@ class Generator:
             if progress.interrupt_requested:
                 break
             progress.part = number
-            result = self.generate(item_request(request, item, samplers, self._checkpoint_title), progress)
+            result = self.generate_images(item_request(request, item, samplers, self._checkpoint_title), progress)
             images += write_results(result, item, self.outputs)
             warnings += [warning for warning in result.warnings if warning not in warnings]
             label = result.model_label
@@ -219,7 +249,8 @@ class Generator:
         seed = request.seed if request.seed != -1 else secrets.randbelow(2**32)
         subseed = request.subseed if request.subseed != -1 else secrets.randbelow(2**32)
         steps = StepCounter(pass_steps)
-        preview_every = preview_period(self.options(), steps.per_batch)
+        options = self.job_options(request)
+        preview_every = preview_period(options, steps.per_batch)
         progress.batches, progress.steps_per_batch = request.n_iter, steps.per_batch or 1
         with (self.models.lease(request.checkpoint) as (entry, model),  # never evicted while the job runs
               self._networks.prepare(request, model, entry.path) as prompts,  # LoRAs removed afterwards
@@ -231,6 +262,7 @@ class Generator:
                        request.tiling_axes if request.tiling else None),  # the cached model restored after
               prepared_controls(request, self.controlnets, model, entry.title,
                                 getattr(request, "init_image", None)) as controls):
+            check_skip_layer_guidance(request, model)
             if controls.units:  # the job's pipelines become ControlNet pipelines; each unit has its infotext
                 make_batch = with_controls(make_batch, controls, model.family, getattr(request, "enable_hr", False))
                 extra_parameters = {**extra_parameters, **controls.infotext}
@@ -249,7 +281,7 @@ class Generator:
                 schedule=schedule, extra_samplers=extra_samplers, steps=steps, outputs=self.outputs,
                 hooks=self.hooks, output_kind=output_kind, infotext_parameters=extra_parameters,
                 image_prompts=lambda seeds, first: self._image_prompts(request, seeds, first),
-                previews=self.previews, preview_every=preview_every, second=second)
+                previews=self.previews, preview_every=preview_every, second=second, options=options)
             run.run_batches(make_batch, seed, subseed)
         return GenerationResult(images=run.images, interrupted=progress.interrupt_requested, model_label=model.label,
                                 warnings=prompts.warnings, detected_maps=controls.detected_maps())
@@ -287,6 +319,8 @@ class Generator:
 
     def _image_prompts(self, request: GenerationRequest, seeds: list[int], first_index: int) -> list[tuple[str, str]]:
         """Each image's prompt and negative prompt: the request's, unless an extension chooses per image."""
+        if request.image_prompts:  # a script's batch of different prompts (the prompt matrix)
+            return [tuple(pair) for pair in request.image_prompts[first_index:first_index + len(seeds)]]
         if not self.hooks.image_prompt:
             return [(request.prompt, request.negative_prompt)] * len(seeds)
         return [self.hooks.run_image_prompt(request, image_seed, first_index + i) for i, image_seed in enumerate(seeds)]

@@ -2,7 +2,8 @@
 decoded image with an upscaler), then an img2img pass at the final size with the same seeds.
 
 The second pass is the ordinary diffusers img2img pipeline (the one img2img jobs use): latents go in as
-its `image` (it takes 4-channel tensors as latents as they are), images are encoded by it.
+its `image` (it takes 4-channel tensors, 16-channel for Flux/SD3, as latents as they are), images are encoded by
+it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from PIL import Image
 from backend.core.hires_sizes import HiresSizes, hires_sizes
 from backend.core.requests import LATENT_UPSCALE_MODES, RequestError, Txt2ImgRequest
 from backend.core.samplers import resolve_sampler
-from backend.generation.flow_guidance import guidance_arguments, is_flow
+from backend.generation.flow_guidance import guidance_arguments, is_flow, is_flux
 from backend.generation.noise import BatchNoise
 from backend.generation.refiner import Refiner, refined
 from backend.generation.step_counter import steps_run
@@ -109,9 +110,8 @@ class HiresPlan:
         request = self.request
         first_pipeline = pipeline_for("txt2img")
         flow = is_flow(first_pipeline)
-        if flow and self.latent_mode:  # their latents are packed and shifted: only image upscalers for now
-            raise RequestError("hr_upscaler", f"{request.hr_upscaler} (a latent upscaler) does not work with Flux or "
-                                              "SD3 models yet; choose an image upscaler such as Lanczos")
+        if flow and self.latent_mode and is_flux(first_pipeline):
+            self._check_flux_latent_size()
         switched: list[bool] = []
         first_refiner = refiner if self.refiner_pass in ("first pass", "both passes") else None
         arguments = prompts.pipeline_arguments(request.steps, len(noise), on_step)
@@ -126,14 +126,20 @@ class HiresPlan:
         # a hires checkpoint is loaded for the second pass even when it is the job's own (A1111 reloads it)
         second_model = hires or (refiner.leased if switched and not request.hr_checkpoint_name else None)
         second = pipeline_for("img2img", self.second_sampler, second_model)
+        first_images = first.images
+        if self.latent_mode and first_images.ndim == 3:  # Flux's packed tokens -> (batch, 16, h, w)
+            first_images = first_pipeline._unpack_latents(first_images, request.height, request.width,
+                                                          first_pipeline.vae_scale_factor)
         if first_pipeline.interrupt:  # interrupted in the first pass: its images are the result (as in A1111)
-            return decode_latents(second, first.images) if self.latent_mode else first.images
+            return decode_latents(second, first_images) if self.latent_mode else first_images
         if self.latent_mode:
-            upscaled = self._upscale_latents(first.images, second.vae_scale_factor)
+            # flow latents too: upscaled unpacked, as they are (shifted and scaled); the flow img2img pipelines take
+            # a 16-channel image as latents and pack them again
+            upscaled = self._upscale_latents(first_images, second.vae_scale_factor)
             if request.denoising_strength == 0:
                 return decode_latents(second, upscaled)
         else:
-            upscaled = [self._upscale_image(image) for image in first.images]
+            upscaled = [self._upscale_image(image) for image in first_images]
             if request.denoising_strength == 0:
                 return upscaled
         on_refiner = refiner is not None and second_model is not None and second_model.entry.title == \
@@ -164,6 +170,14 @@ class HiresPlan:
         texts = (request.hr_prompt or prompt, request.hr_negative_prompt or negative)
         return networks.image_conditioning(*networks.clean(*texts), request.steps, self.second_pass_steps)
 
+    def _check_flux_latent_size(self):
+        """Flux packs 2x2 latent pixels into a token: latents upscaled to the final size must split into them."""
+        width, height = self.sizes.final
+        if width % 16 or height % 16:
+            raise RequestError("hr_scale", f"the latent hires fix on Flux needs a final size in multiples of 16; "
+                                           f"got {width}x{height}: change the scale or the size, or use an image "
+                                           "upscaler such as Lanczos")
+
     def _upscale_latents(self, latents: torch.Tensor, vae_scale: int) -> torch.Tensor:
         mode, antialias = self.latent_mode
         upscaled_width, upscaled_height = self.sizes.upscaled
@@ -185,7 +199,7 @@ class HiresPlan:
 
 def decode_latents(pipeline, latents: torch.Tensor) -> list[Image.Image]:
     """Latents -> images with the pipeline's VAE (float32 for a VAE that overflows in fp16, as diffusers'
-    SDXL pipeline does)."""
+    SDXL pipeline does). Flow models' VAEs also shift their latents (Flux, SD3: `shift_factor`)."""
     vae = pipeline.vae
     upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
     dtype = vae.dtype
@@ -193,7 +207,8 @@ def decode_latents(pipeline, latents: torch.Tensor) -> list[Image.Image]:
         if upcast:
             vae.to(torch.float32)
         with torch.no_grad():
-            pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+            shift = getattr(vae.config, "shift_factor", None) or 0.0
+            pixels = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
     finally:
         if upcast:
             vae.to(dtype)

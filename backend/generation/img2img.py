@@ -14,6 +14,7 @@ from PIL import Image
 from backend.core.image_input import open_image
 from backend.core.requests import Img2ImgRequest, RequestError
 from backend.generation.flow_guidance import guidance_arguments, is_flow
+from backend.generation.flow_inpaint import flow_inpaint
 from backend.generation.image_ops import (
     MASK_MODES,
     MASKED_CONTENT,
@@ -147,6 +148,9 @@ class Img2ImgPlan:
                 latents = self._pure_noise(pipeline, image.size, seeds)
                 return pipeline(image=latents, **common).images
             return pipeline(image=image, **common).images
+        if is_flow(pipeline):
+            latent_start = {LATENT_NOISE: "noise", LATENT_NOTHING: "nothing"}.get(request.inpainting_fill)
+            return flow_inpaint(pipeline, image, mask, seeds, latent_start, common)
         latents = self._encode(pipeline, image)
         latent_mask = self._latent_mask(mask, latents)
         if request.inpainting_fill == LATENT_NOISE:

@@ -11,6 +11,7 @@ from backend.core.errors import BatchSkipped, JobInterrupted
 from backend.core.flow_samplers import build_flow_scheduler
 from backend.core.infotext import build_infotext
 from backend.core.model_family import FLOW_FAMILIES
+from backend.core.options import Options
 from backend.core.requests import GenerationRequest, ImageResult
 from backend.core.samplers import SamplerSpec, build_scheduler
 from backend.generation.flow_guidance import effective_cfg, preview_latent
@@ -64,6 +65,7 @@ class GenerationRun:
     previews: PreviewRenderer | None = None
     preview_every: int = 0
     second: SecondModels = field(default_factory=SecondModels)
+    options: Options = field(default_factory=Options)  # the job's user options (saving), override_settings applied
     images: list[ImageResult] = field(default_factory=list)
     job_timestamp: str = field(default_factory=lambda: datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
     _pipelines: dict[str, object] = field(default_factory=dict)
@@ -115,7 +117,9 @@ class GenerationRun:
         request = self.request
         indices = range(first_index, first_index + request.batch_size)
         varies = request.subseed_strength > 0
-        return BatchNoise(seeds=[seed if varies else seed + index for index in indices],
+        seeds = [request.image_seeds[index] for index in indices] if request.image_seeds else \
+            [seed if varies else seed + index for index in indices]
+        return BatchNoise(seeds=seeds,
                           subseeds=[subseed + index for index in indices],
                           options=NoiseOptions.from_request(request))
 
@@ -167,7 +171,7 @@ class GenerationRun:
             "Size": f"{image.width}x{image.height}",
             "Model hash": self.entry.short_hash, "Model": self.entry.model_name,
             **noise_infotext(request, subseed), **self.infotext_parameters, **self.prompts.infotext,
-            **self.second.infotext,
+            **self.second.infotext, **request.infotext_extra,
             "Batch size": request.batch_size if request.batch_size > 1 else None,
             "Batch pos": position if request.batch_size > 1 else None,
         }
@@ -176,8 +180,10 @@ class GenerationRun:
                                                               negative_prompt))
         infotext = build_infotext(prompt, negative_prompt, parameters)
         png = encode_png(image, infotext)
+        # samples_save off: not written, still shown and returned, as A1111
         path = self.outputs.save_image(image, self.output_kind, infotext, self.image_facts(
-            image, seed, position, prompt, negative_prompt)) if request.save_images else None
+            image, seed, position, prompt, negative_prompt), options=self.options) \
+            if request.save_images and self.options.samples_save else None
         self.images.append(ImageResult(png=png, path=path and str(path), seed=seed, subseed=subseed, prompt=prompt,
                                        negative_prompt=negative_prompt, infotext=infotext))
         self.progress.image_saved(self.images[-1])

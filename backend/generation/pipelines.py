@@ -20,12 +20,11 @@ def job_pipeline(model: LoadedModel, task: str, scheduler, checkpoint_title: str
     if model.inpainting and task != "inpaint":
         raise RequestError("checkpoint", f"{checkpoint_title} is an {model.label} model; "
                                          "use it in the inpaint tab (or img2img with a mask)")
-    if model.family in FLOW_FAMILIES and task == "inpaint":
-        raise RequestError("mask", f"inpainting with {model.label} models is not supported yet; use img2img without "
-                                   "a mask, or an SD/SDXL checkpoint")
     import diffusers
 
     kind = model.family if model.family in FLOW_FAMILIES else "sdxl" if model.family.startswith("sdxl") else "sd"
+    if kind == "flux" and model.inpainting:  # Flux Fill: the masked image and mask are its extra input
+        kind = "flux-fill"
     cls = getattr(diffusers, PIPELINE_CLASSES[(kind, task)])
     base = model.pipeline
     accepted = inspect.signature(cls.__init__).parameters

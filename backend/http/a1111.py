@@ -15,24 +15,25 @@ from PIL import Image
 
 from backend.core.image_input import ImageInputError, open_image
 from backend.core.infotext import parse_infotext
+from backend.core.options import Options
 from backend.core.requests import (
     LATENT_UPSCALE_MODES,
     ExtrasRequest,
+    ImageResult,
     Img2ImgRequest,
     RequestError,
     Txt2ImgRequest,
 )
+from backend.generation.scripts.always_on import always_on_fields
 from backend.http.bodies import HIRES_SAME, ExtrasBaseBody, GenerationBody, Img2ImgBody, Txt2ImgBody
 from backend.http.controlnet_units import controlnet_script_args, translate_units
+from backend.jobs.outputs import encode_image
 from backend.jobs.queue import Job
 from backend.models.weight_files import CheckpointError, read_safetensors_metadata, sniff_format
 from backend.services import Services
 from backend.upscale.extras import check_request
 
 log = logging.getLogger(__name__)
-SUPPORTED_OVERRIDES = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers", "face_restoration_model",
-                       "code_former_weight", "eta_noise_seed_delta", "randn_source",
-                       "hires_fix_refiner_pass")
 # reported in info.extra_generation_params, as A1111 (and Forge, for its flow-model keys)
 EXTRA_GENERATION_KEYS = ("Lora hashes", "TI hashes", "Distilled CFG Scale", "Shift")
 
@@ -74,9 +75,7 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
              if name in overrides}
     option_fields = {name: overrides.pop(name) for name in ("eta_noise_seed_delta", "randn_source",
                                                             "hires_fix_refiner_pass") if name in overrides}
-    if overrides:
-        raise HTTPException(status_code=422, detail=f"override_settings: unsupported option(s) {sorted(overrides)}; "
-                                                    f"supported: {', '.join(SUPPORTED_OVERRIDES)}")
+    # the other options apply to this job only (request.override_settings); keys that are not options are ignored
     try:
         services.networks.check_vae(str(vae))
     except RequestError as error:
@@ -100,15 +99,19 @@ def _common_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
         "steps": body.steps, "width": body.width, "height": body.height,
         "seed": body.seed, "batch_size": body.batch_size, "n_iter": body.n_iter, "checkpoint": checkpoint,
         "save_images": body.save_images, "sd_vae": str(vae), "clip_skip": clip_skip, "styles": body.styles or [],
-        "script_name": body.script_name or None, "script_args": body.script_args,
+        "script_name": body.script_name or None, "script_args": body.script_args, "override_settings": overrides,
         "restore_faces": bool(body.restore_faces), **faces,
         "subseed": body.subseed, "subseed_strength": body.subseed_strength,
         "seed_resize_from_w": body.seed_resize_from_w, "seed_resize_from_h": body.seed_resize_from_h,
         "tiling": bool(body.tiling), **option_fields, "refiner_checkpoint": refiner,
         **({"refiner_switch_at": body.refiner_switch_at} if body.refiner_switch_at is not None else {}),
         "distilled_cfg_scale": body.distilled_cfg_scale, "shift": body.shift,
+        "skip_guidance_layers": body.skip_guidance_layers, "skip_layer_guidance_scale": body.skip_layer_guidance_scale,
+        "skip_layer_guidance_start": body.skip_layer_guidance_start,
+        "skip_layer_guidance_stop": body.skip_layer_guidance_stop,
         # left unset when the client sent none, so a Flux model can use its own default (1)
         **({"cfg_scale": body.cfg_scale} if "cfg_scale" in body.model_fields_set else {}),
+        **_always_on_fields(body, services),
     }
 
 
@@ -122,14 +125,38 @@ def _checkpoint_title(name: str | None, field: str, services: Services) -> str |
         raise HTTPException(status_code=422, detail=f"{field}: {checkpoint_problem(error)}") from None
 
 
+def _always_on_fields(body: GenerationBody, services: Services) -> dict[str, Any]:
+    """A1111's built-in always-on scripts in `alwayson_scripts` ({"Seed": {"args": [...]}}): the fields their args
+    set, which win over the body's, as their setup() runs after the body is read."""
+    fields: dict[str, Any] = {}
+    for script in services.generator.always_on_scripts():
+        for name, value in body.alwayson_scripts.items():
+            if str(name).lower() != script.name:
+                continue
+            values = value.get("args", []) if isinstance(value, dict) else value
+            if not isinstance(values, list):
+                raise HTTPException(status_code=422, detail=f"alwayson_scripts.{name}.args: must be a list")
+            try:
+                fields |= always_on_fields(script, values)
+            except RequestError as error:
+                raise HTTPException(status_code=422, detail=f"alwayson_scripts.{name}.{error}") from None
+    if fields.get("refiner_checkpoint"):
+        fields["refiner_checkpoint"] = _checkpoint_title(fields["refiner_checkpoint"], "alwayson_scripts.Refiner",
+                                                         services)
+    return fields
+
+
 def _extension_args(body: GenerationBody, services: Services) -> dict[str, Any]:
     """`extension_args`, plus A1111's `alwayson_scripts` ({name: {"args": [...]}}) addressed to an extension by
     its name; a name no loaded extension has is refused, not ignored."""
     loaded = {record.name.lower(): record.name for record in services.extensions.records if record.loaded}
+    built_in = {script.name for script in services.generator.always_on_scripts()}
     result: dict[str, Any] = {}
     _, always_on = controlnet_script_args(body.alwayson_scripts)  # ControlNet is built in (see controlnet_units)
     for source, values in (("extension_args", body.extension_args), ("alwayson_scripts", always_on)):
         for name, value in values.items():
+            if source == "alwayson_scripts" and str(name).lower() in built_in:
+                continue  # Sampler, Seed, Refiner: request fields (_always_on_fields)
             extension = loaded.get(str(name).lower())
             if extension is None:
                 raise HTTPException(status_code=422, detail=f"{source}.{name}: no loaded extension of that name; "
@@ -201,11 +228,17 @@ def image_bytes(data: str, field: str) -> bytes:
 def img2img_request(body: Img2ImgBody, services: Services) -> Img2ImgRequest:
     if not body.init_images:
         raise HTTPException(status_code=422, detail="init_images: give one base64 image")
-    if len(body.init_images) > 1:
-        raise HTTPException(status_code=422, detail="init_images: more than one init image per request is not "
-                                                    "supported by this version; give one")
+    count = len(body.init_images)
+    if count > body.batch_size:  # A1111: "bad number of images passed"
+        raise HTTPException(status_code=422, detail=f"init_images: {count} images for batch_size {body.batch_size}; "
+                                                    f"give {body.batch_size} or fewer, or raise batch_size")
+    fields = _common_fields(body, services)
+    if count > 1:  # as A1111: the batch is one image per init image, image i from init_images[i]
+        fields["batch_size"] = count
     return _build(Img2ImgRequest, {
-        **_common_fields(body, services), "init_image": image_bytes(body.init_images[0], "init_images[0]"),
+        **fields, "init_image": image_bytes(body.init_images[0], "init_images[0]"),
+        "extra_init_images": [image_bytes(data, f"init_images[{index}]")
+                              for index, data in enumerate(body.init_images[1:], start=1)],
         "mask": image_bytes(body.mask, "mask") if body.mask else None,
         "denoising_strength": body.denoising_strength, "resize_mode": body.resize_mode,
         # A1111: mask_blur, when given, sets both; else mask_blur_x and mask_blur_y blur each direction
@@ -218,7 +251,8 @@ def img2img_request(body: Img2ImgBody, services: Services) -> Img2ImgRequest:
 
 
 def generation_info(job: Job, services: Services) -> dict[str, Any]:
-    request, images = job.request, job.result.images
+    request, shown = job.request, job.result.shown_images
+    images = [image for image in shown if not image.is_grid]  # A1111's all_* lists: the images, not their grids
     entry = services.models.resolve(request.checkpoint)
     parsed = parse_infotext(images[0].infotext) if images else {}
     return {
@@ -239,13 +273,27 @@ def generation_info(job: Job, services: Services) -> dict[str, Any]:
         "denoising_strength": request.denoising_strength if isinstance(request, Img2ImgRequest) or (
             getattr(request, "enable_hr", False)) else None,
         "extra_generation_params": {key: parsed[key] for key in EXTRA_GENERATION_KEYS if key in parsed},
-        "index_of_first_image": 0, "warnings": job.result.warnings,
-        "infotexts": [image.infotext for image in images], "styles": list(request.styles),
+        "index_of_first_image": len(shown) - len(images) if images else 0, "warnings": job.result.warnings,
+        "infotexts": [image.infotext for image in shown], "styles": list(request.styles),
         "job_timestamp": datetime.datetime.fromtimestamp(job.created_at).strftime("%Y%m%d%H%M%S"),
         "clip_skip": int(parsed.get("Clip skip", 1)),
         "is_using_inpainting_conditioning": job.result.model_label.endswith("inpainting"), "task_id": job.id,
         "interrupted": job.status == "interrupted",
     }
+
+
+def api_image_base64(image: ImageResult, options: Options) -> str:
+    """An image as A1111's API encodes it (encode_pil_to_base64): in samples_format, the infotext (when
+    enable_pnginfo) in a PNG `parameters` chunk or, for JPEG and WEBP, the EXIF UserComment; quality jpeg_quality.
+    (webp_lossless is honoured too, unlike A1111's API: the client gets the pixels the saved file has.)"""
+    extension = "jpg" if options.samples_format == "jpeg" else options.samples_format
+    if extension == "png" and options.enable_pnginfo:
+        data = image.png  # encoded once by the job, infotext included
+    else:
+        data = encode_image(Image.open(io.BytesIO(image.png)), extension,
+                            image.infotext if options.enable_pnginfo else None, options.jpeg_quality,
+                            options.webp_lossless)
+    return base64.b64encode(data).decode()
 
 
 def png_base64(image: Image.Image) -> str:

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.core import skip_layer_guidance as slg
+
 
 class GenerationBody(BaseModel):
     """Fields txt2img and img2img bodies share. Unknown keys are ignored, as A1111 does."""
@@ -29,6 +31,11 @@ class GenerationBody(BaseModel):
     cfg_scale: float = 7.0  # Flux: unset means 1 (its guidance is distilled; see distilled_cfg_scale)
     distilled_cfg_scale: float = 3.5  # Forge's field: Flux dev's distilled guidance
     shift: float = 0.0  # flow models' timestep shift; 0 keeps the model's own
+    # SD3.5 skip-layer guidance, with diffusers' names (layers: a list or "7, 8, 9"; empty: off)
+    skip_guidance_layers: list[int] | str | None = None
+    skip_layer_guidance_scale: float = slg.DEFAULT_SCALE
+    skip_layer_guidance_start: float = slg.DEFAULT_START
+    skip_layer_guidance_stop: float = slg.DEFAULT_STOP
     width: int = 512
     height: int = 512
     restore_faces: bool | None = None

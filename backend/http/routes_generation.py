@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 
 from backend.core.image_metadata import read_infotext
 from backend.core.infotext import parse_infotext
-from backend.http.a1111 import decode_image, generation_info, img2img_request, txt2img_request
+from backend.http.a1111 import api_image_base64, decode_image, generation_info, img2img_request, txt2img_request
 from backend.http.bodies import (
     GenerationBody,
     GenerationResponse,
@@ -24,10 +24,15 @@ from backend.services import Services
 
 def add_generation_routes(api: APIRouter, services: Services):
     def run(request, body: GenerationBody, http: Request) -> GenerationResponse:
-        job = finished_job_or_error(submit_job(services, request, http, body.force_task_id))
-        # ControlNet's detected maps follow the images, as sd-webui-controlnet appends them
-        pngs = [image.png for image in job.result.images] + list(job.result.detected_maps)
-        images = [base64.b64encode(png).decode() for png in pngs] if body.send_images else []
+        try:
+            job = finished_job_or_error(submit_job(services, request, http, body.force_task_id))
+        finally:
+            if request.override_settings and not body.override_settings_restore_afterwards:
+                services.set_options(request.override_settings)  # A1111: the overrides stay set after the job
+        options = services.generator.job_options(request)
+        images = [api_image_base64(image, options) for image in job.result.shown_images] if body.send_images else []
+        if body.send_images:  # ControlNet's detected maps follow the images, as sd-webui-controlnet appends them
+            images += [base64.b64encode(png).decode() for png in job.result.detected_maps]
         parameters = body.model_dump()
         if isinstance(body, Img2ImgBody) and not body.include_init_images:
             parameters["init_images"], parameters["mask"] = None, None  # as A1111: not echoed unless asked

@@ -57,6 +57,10 @@ class OutputStore:
         self._lock = threading.Lock()  # one numbering sequence per folder, even with several writers
         self._local = threading.local()  # per thread: lists collecting the paths saved (see saves_undone_on)
 
+    def options(self) -> Options:
+        """The user options in effect now (a job may run with its own copy: override_settings)."""
+        return self._options()
+
     def kind_folder(self, kind: str, options: Options | None = None) -> Path:
         """Where images of a kind go before any dated sub-folder: outdir_samples, else outdir_<kind>_samples, else
         <root>/<kind>-images."""
@@ -85,7 +89,7 @@ class OutputStore:
 
     @staticmethod
     def _next_number(folder: Path, prefix: str = "") -> int:
-        pattern = re.compile(rf"^{re.escape(prefix)}(\d+)(?:-|\.png$)") if prefix else NUMBERED_FILE
+        pattern = re.compile(rf"^{re.escape(prefix)}(\d+)(?:-|\.)") if prefix else NUMBERED_FILE
         numbers = [int(m.group(1)) for name in os.listdir(folder) if (m := pattern.match(name))]
         return max(numbers, default=-1) + 1
 
@@ -99,11 +103,11 @@ class OutputStore:
                            folder)
 
     def save_image(self, image: Image.Image, kind: str, infotext: str | None, facts: ImageFacts | None = None,
-                   extra_text: dict[str, str] | None = None) -> Path:
-        """Save as the options say: format (png/jpg/webp, infotext in a PNG chunk or EXIF UserComment), folder
-        (outdir_*, save_to_dirs + directories_filename_pattern), name (samples_filename_pattern; `facts` None:
-        the number only) and the save_txt sidecar."""
-        options = self._options()
+                   extra_text: dict[str, str] | None = None, options: Options | None = None) -> Path:
+        """Save as the options say (`options`: the job's, default those in effect): format (png/jpg/webp, infotext
+        in a PNG chunk or EXIF UserComment), folder (outdir_*, save_to_dirs + directories_filename_pattern), name
+        (samples_filename_pattern; `facts` None: the number only) and the save_txt sidecar."""
+        options = options or self._options()
         facts = dataclasses.replace(facts, now=datetime.datetime.combine(self._clock(), facts.now.time())) \
             if facts else None
         folder = self.kind_folder(kind, options)
@@ -135,19 +139,26 @@ class OutputStore:
             collector.append(path)
         return path
 
-    def save_grid_png(self, png: bytes, kind: str, basename: str = "grid") -> Path:
-        """A grid (the Script menu's prompt matrix, X/Y/Z plot): <outputs>/<kind>-grids/YYYY-MM-DD/
-        <basename>-NNNNN.png, as A1111 names them (it numbers per basename)."""
-        folder = self.root / f"{kind}-grids" / self._clock().isoformat()
-        try:
-            path = self._write_numbered(png, folder, "", prefix=f"{basename}-")
-        except OSError as error:
-            if error.errno in DISK_FULL_ERRNOS:
-                raise DiskFullError(folder, error) from error
-            raise
-        for collector in self._collectors():
-            collector.append(path)
-        return path
+    def grid_folder(self, kind: str, options: Options | None = None) -> Path:
+        """Where a kind's grids go: outdir_grids, else outdir_<kind>_grids, else <root>/<kind>-grids; a dated
+        sub-folder when grid_save_to_dirs is on (A1111's default directory pattern is the date)."""
+        options = options or self._options()
+        chosen = options.outdir_grids or getattr(options, f"outdir_{kind}_grids", "")
+        folder = self.resolve_folder(chosen, f"outdir_{kind}_grids") if chosen else self.root / f"{kind}-grids"
+        return folder / self._clock().isoformat() if options.grid_save_to_dirs else folder
+
+    def save_grid(self, image: Image.Image, kind: str, infotext: str | None, basename: str = "grid",
+                  options: Options | None = None) -> Path:
+        """A grid (a batch's, the Script menu's prompt matrix, loopback...): <grid folder>/<basename>-NNNNN.<ext>
+        in grid_format, with the infotext as images get it, named as A1111 names them (it numbers per
+        basename)."""
+        options = options or self._options()
+        extension = "jpg" if options.grid_format == "jpeg" else options.grid_format
+        data = encode_image(image, extension, infotext if options.enable_pnginfo else None, options.jpeg_quality,
+                            options.webp_lossless)
+        folder = self.grid_folder(kind, options)
+        return self._saved(lambda: self._write_numbered(data, folder, "", f".{extension}", prefix=f"{basename}-"),
+                           folder)
 
     def write_png_to(self, png: bytes, path: Path) -> Path:
         """`png` written atomically to exactly `path` (a folder the user chose, e.g. img2img Batch's output

@@ -66,9 +66,14 @@ def flux_transformer_config(state: dict[str, torch.Tensor]) -> dict:
         guidance_embeds="guidance_in.in_layer.weight" in state)
     if head_dim != 128:
         config["axes_dims_rope"] = rope_axes(head_dim)
-    if config["in_channels"] != config["out_channels"]:
-        raise CheckpointError("Flux Fill (inpainting) checkpoints are not supported yet; use Flux dev or schnell")
     return config
+
+
+def is_flux_fill(transformer_config) -> bool:
+    """FLUX.1-Fill: its input takes the masked image and the mask besides the latents (x_embedder 384 wide, its
+    output 64), so it only inpaints."""
+    out_channels = transformer_config.get("out_channels") or transformer_config["in_channels"]
+    return transformer_config["in_channels"] != out_channels
 
 
 def sd3_transformer_config(state: dict[str, torch.Tensor]) -> dict:

@@ -27,6 +27,7 @@ from backend.models.flow_detection import (
     vae_state,
 )
 from backend.models.flow_layouts import flux_rows, sd3_rows, to_diffusers
+from backend.models.gguf_weights import has_quantized, load_quantized, logical_view
 from backend.models.weight_files import CheckpointError, load_state_dict
 
 T5_TOKENIZER_FOLDER = "t5_tokenizer"
@@ -157,17 +158,20 @@ class FlowLoader:
                 raise CheckpointError(f"the {what} weights are incomplete: {error} is missing") from error
             except ValueError as error:
                 raise CheckpointError(f"the {what} weights do not fit together: {error}") from error
+        if has_quantized(weights):  # a GGUF file: kept quantized
+            return load_quantized(model, weights, dtype, what)
         return materialise(model, weights, dtype, what)
 
     def _transformer(self, state, found: FlowFile, dtype: torch.dtype):
         from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
         original = sub_state(state, found.prefix) if found.prefix else state
+        sizes = logical_view(original)  # a quantized tensor's shape is its bytes'; the sizes are the decoded ones
         if found.family == "flux":
-            model = self._build(FluxTransformer2DModel, flux_transformer_config(original), original, dtype,
+            model = self._build(FluxTransformer2DModel, flux_transformer_config(sizes), original, dtype,
                                 "Flux transformer", flux_rows(original.keys()))
         else:
-            model = self._build(SD3Transformer2DModel, sd3_transformer_config(original), original, dtype,
+            model = self._build(SD3Transformer2DModel, sd3_transformer_config(sizes), original, dtype,
                                 "SD3 transformer", sd3_rows(original.keys()))
         storage = fp8_storage(original)
         if storage is not None:

@@ -14,11 +14,12 @@ import yaml
 from backend.core.model_family import ModelFamily
 from backend.models.construction import ModelConstruction
 from backend.models.detection import FAMILY_LABELS, SDXL_REFINER_OPENCLIP_PREFIX, DetectedModel, detect
-from backend.models.flow_detection import flow_file
+from backend.models.flow_detection import flow_file, is_flux_fill
 from backend.models.flow_loader import ComponentFolders, FlowLoader, tie_and_eval
+from backend.models.gguf_weights import has_quantized
 from backend.models.original_layout import SD2_OPENCLIP_PREFIX, SDXL_OPENCLIP_PREFIX
 from backend.models.tokenizer import build_clip_tokenizer
-from backend.models.weight_files import CheckpointError, declared_resolution, load_state_dict
+from backend.models.weight_files import CheckpointError, declared_resolution, load_state_dict, sniff_format
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline, UNet2DConditionModel
@@ -174,14 +175,16 @@ class CheckpointLoader:
                                                              local_files_only=local_files_only, **extra)
         except (OSError, ValueError) as error:
             raise CheckpointError(f"cannot load diffusers model {folder_or_repo}: {error}") from error
-        flow_family = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}.get(type(pipeline).__name__)
+        flow_family = {"FluxPipeline": "flux", "FluxFillPipeline": "flux",
+                       "StableDiffusion3Pipeline": "sd3"}.get(type(pipeline).__name__)
         if flow_family:
             for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
                 if getattr(pipeline, name, None) is not None:
                     tie_and_eval(getattr(pipeline, name))
             sources = {name: Path(folder_or_repo).name for name, c in pipeline.components.items()
                        if isinstance(c, torch.nn.Module)}
-            return LoadedModel(pipeline=pipeline, family=flow_family, inpainting=False, sources=sources)
+            return LoadedModel(pipeline=pipeline, family=flow_family, sources=sources,
+                               inpainting=is_flux_fill(pipeline.transformer.config))
         unet = pipeline.unet
         if unet.config.addition_embed_type == "text_time":
             family = "sdxl" if getattr(pipeline, "text_encoder", None) is not None else "sdxl-refiner"
@@ -200,7 +203,11 @@ class CheckpointLoader:
             except KeyError as error:
                 raise CheckpointError(f"{path.name} is missing weights the {FAMILY_LABELS[found.family]} layout "
                                       f"needs: {error}") from error
-            return LoadedModel(pipeline=pipeline, family=found.family, inpainting=False, sources=parts.sources)
+            return LoadedModel(pipeline=pipeline, family=found.family, sources=parts.sources,
+                               inpainting=is_flux_fill(pipeline.transformer.config))
+        if has_quantized(state) or sniff_format(path) == "gguf":
+            raise CheckpointError(f"{path.name} is a GGUF file but not a Flux or SD3 transformer; GGUF is read for "
+                                  "those only")
         detected = detect(state)
         resolution = declared_resolution(path)
         if resolution:  # the UNet's default size follows what the file says it was trained at

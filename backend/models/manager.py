@@ -23,7 +23,7 @@ from backend.models.component_choices import ComponentChoices
 from backend.models.devices import attention_backend, free_accelerator_memory
 from backend.models.loader import CheckpointLoader, LoadedModel
 from backend.models.registry import CheckpointEntry, ModelRegistry
-from backend.models.speed_options import compile_unet, place
+from backend.models.speed_options import compile_unet, component_placement, place
 from backend.models.weight_files import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -333,12 +333,19 @@ class ModelManager:
         self.free_unused()  # outside the except block: the failed attempt's tensors are released first
         return action()
 
+    def loaded_family(self, title: str) -> str | None:
+        """The family of a checkpoint in the cache; None while it is not loaded (detection needs its weights)."""
+        with self._lock:
+            return next((c.model.family for c in self._cache.values() if c.entry.title == title), None)
+
     def cached_titles(self) -> list[str]:
         with self._lock:
             return [c.entry.title for c in self._cache.values()]
 
     def cache_report(self) -> list[dict]:
-        """What the cache holds now, least recently used first: title, size, where, in use, load time."""
+        """What the cache holds now, least recently used first: title, size, where, in use, load time, and where
+        each of its models (transformer or UNet, text encoders, VAE) sits."""
         with self._lock:
             return [{"title": c.entry.title, "size_bytes": c.size_bytes, "on_device": c.on_device,
-                     "in_use": c.leases > 0, "load_seconds": c.load_seconds} for c in self._cache.values()]
+                     "in_use": c.leases > 0, "load_seconds": c.load_seconds,
+                     "components": component_placement(c.model.pipeline)} for c in self._cache.values()]

@@ -7,5 +7,7 @@ PIPELINE_CLASSES = {
     ("sd", "inpaint"): "StableDiffusionInpaintPipeline", ("sdxl", "txt2img"): "StableDiffusionXLPipeline",
     ("sdxl", "img2img"): "StableDiffusionXLImg2ImgPipeline", ("sdxl", "inpaint"): "StableDiffusionXLInpaintPipeline",
     ("flux", "txt2img"): "FluxPipeline", ("flux", "img2img"): "FluxImg2ImgPipeline",
+    ("flux", "inpaint"): "FluxInpaintPipeline", ("flux-fill", "inpaint"): "FluxFillPipeline",
     ("sd3", "txt2img"): "StableDiffusion3Pipeline", ("sd3", "img2img"): "StableDiffusion3Img2ImgPipeline",
+    ("sd3", "inpaint"): "StableDiffusion3InpaintPipeline",
 }

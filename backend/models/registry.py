@@ -10,7 +10,8 @@ from backend.models.builtin_model import BUILTIN_LABEL, builtin_checkpoint
 from backend.models.hashes import HashCache
 from backend.models.weight_files import declared_resolution
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+UNET_SUFFIXES = (".gguf",)  # ComfyUI's models/unet: quantized Flux/SD3 transformers
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,10 @@ class CheckpointEntry:
 
 
 class ModelRegistry:
-    def __init__(self, checkpoints_dir: Path, hashes: HashCache):
+    def __init__(self, checkpoints_dir: Path, hashes: HashCache, unet_dir: Path | None = None):
+        """`unet_dir`: a second folder whose GGUF transformers are listed too (as "unet/<name>")."""
         self.checkpoints_dir = Path(checkpoints_dir)
+        self.unet_dir = Path(unet_dir) if unet_dir else None
         self.hashes = hashes
         self._entries: tuple[CheckpointEntry, ...] = ()
         self._lock = threading.Lock()  # the UI and the preload thread may refresh at the same time
@@ -71,6 +74,10 @@ class ModelRegistry:
                 if (path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES
                         and not any(f in path.parents for f in folders) and not path.name.startswith(".")):
                     entries.append(self._file_entry(path, path.relative_to(root).as_posix()))
+        if self.unet_dir is not None and self.unet_dir.is_dir() and self.unet_dir != root:
+            for path in sorted(self.unet_dir.rglob("*")):
+                if path.is_file() and path.suffix.lower() in UNET_SUFFIXES and not path.name.startswith("."):
+                    entries.append(self._file_entry(path, "unet/" + path.relative_to(self.unet_dir).as_posix()))
         if not entries:
             builtin = builtin_checkpoint()
             entries.append(self._file_entry(builtin, builtin.name, builtin=True))

@@ -31,6 +31,33 @@ def place(pipeline, device: torch.device, options: SpeedOptions) -> str:
     return f"placement: sequential CPU offload to {device.type} (--lowvram)"
 
 
+def component_placement(pipeline) -> dict[str, str]:
+    """Where each model of the pipeline sits now, in words: "cuda:0", "cpu", or held in RAM and moved to the GPU
+    while it works (--medvram: the whole model; --lowvram: layer by layer)."""
+    placement = {}
+    for name, component in pipeline.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        hook = getattr(component, "_hf_hook", None)
+        if type(hook).__name__ == "CpuOffload":  # enable_model_cpu_offload's hook on the model itself
+            placement[name] = f"RAM, moved to {hook.execution_device} while it runs (--medvram)"
+        elif _layer_offload_device(component) is not None:
+            placement[name] = f"RAM, each layer moved to {_layer_offload_device(component)} as it runs (--lowvram)"
+        else:
+            parameter = next(component.parameters(), None)
+            placement[name] = str(parameter.device) if parameter is not None else "no weights"
+    return placement
+
+
+def _layer_offload_device(module: torch.nn.Module):
+    """The execution device of enable_sequential_cpu_offload's per-layer hooks, or None without them."""
+    for child in module.modules():
+        hook = getattr(child, "_hf_hook", None)
+        if hook is not None and getattr(hook, "offload", False):
+            return hook.execution_device
+    return None
+
+
 def compile_unet(pipeline, device: torch.device, options: SpeedOptions) -> str:
     """torch.compile the UNet in place (the cached model's own pipeline, once per load). The first job after a
     load pays the compile time; kernels are kept in `compile_cache_dir`, so a restart compiles much faster.
@@ -44,11 +71,15 @@ def compile_unet(pipeline, device: torch.device, options: SpeedOptions) -> str:
         options.compile_cache_dir.mkdir(parents=True, exist_ok=True)
         # inductor reads this variable whenever it looks for its cache (app.py passes the operator's own, if set)
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(options.compile_cache_dir)
-    if device.type == "cuda":
+    # Flux and SD3 denoise with a transformer (4-D channels_last does not apply to its token sequences)
+    name = "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
+    channels_last = device.type == "cuda" and name == "unet"
+    if channels_last:
         pipeline.unet.to(memory_format=torch.channels_last)
-    pipeline.unet = torch.compile(pipeline.unet, mode="max-autotune-no-cudagraphs" if device.type == "cuda"
-                                  else "default")
-    return "compile: torch.compile UNet" + (" + channels_last" if device.type == "cuda" else "")
+    setattr(pipeline, name, torch.compile(getattr(pipeline, name), mode="max-autotune-no-cudagraphs"
+                                          if device.type == "cuda" else "default"))
+    return f"compile: torch.compile {'UNet' if name == 'unet' else 'transformer'}" + (
+        " + channels_last" if channels_last else "")
 
 
 @contextmanager

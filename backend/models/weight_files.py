@@ -28,7 +28,7 @@ class CheckpointError(UserError):
 
 
 def sniff_format(path: Path) -> str:
-    """Return "safetensors", "torch-zip" or "torch-pickle"; raise CheckpointError for anything else."""
+    """Return "safetensors", "torch-zip", "torch-pickle" or "gguf"; raise CheckpointError for anything else."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:
@@ -39,6 +39,8 @@ def sniff_format(path: Path) -> str:
         raise CheckpointError(f"{path.name} is empty or truncated ({size} bytes)")
     if head[:4] == b"PK\x03\x04":
         return "torch-zip"
+    if head[:4] == b"GGUF":
+        return "gguf"
     if head[0] == 0x80 and head[1] <= 5:  # pickle PROTO opcode with a known protocol number
         return "torch-pickle"
     header_length = struct.unpack("<Q", head[:8])[0]
@@ -77,6 +79,10 @@ def read_weights(path: Path):
     """The raw content of a weight file on the CPU: tensors, possibly in nested dictionaries (upscaler files
     wrap theirs in "params_ema" and the like). Never runs code from the file."""
     kind = sniff_format(path)
+    if kind == "gguf":
+        from backend.models.gguf_weights import read_gguf
+
+        return read_gguf(path)
     if kind == "safetensors":
         from safetensors.torch import load_file
 

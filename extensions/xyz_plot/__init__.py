@@ -66,7 +66,7 @@ def run_plot(api, request, run):
     if request.save_images and api.outputs_dir is not None:
         path = save_grid(png, api.outputs_dir, "img2img" if hasattr(request, "init_image") else "txt2img")
     grid_image = type(source)(png=png, path=path and str(path), seed=source.seed, prompt=source.prompt,
-                              negative_prompt=source.negative_prompt, infotext=source.infotext)
+                              negative_prompt=source.negative_prompt, infotext=source.infotext, is_grid=True)
     images = [grid_image] + (lone if plot.include_lone_images else [])
     return first_result.model_copy(update={"images": images, "warnings": warnings})
 

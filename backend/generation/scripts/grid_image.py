@@ -19,6 +19,23 @@ ACTIVE = (0, 0, 0)
 INACTIVE = (153, 153, 153)
 
 
+def grid_rows(count: int, batch_size: int, n_rows: int) -> int:
+    """A1111's image_grid row count for `count` images: the n_rows option (-1: about the square root, 0: the
+    batch size), never more rows than images."""
+    rows = n_rows if n_rows > 0 else batch_size if n_rows == 0 else round(math.sqrt(count))
+    return max(1, min(rows, count))
+
+
+def image_grid(images: list[Image.Image], rows: int) -> Image.Image:
+    """A1111's plain grid: cells of the first image's size, left to right then top to bottom, on black."""
+    width, height = images[0].size
+    cols, rows = grid_shape(len(images), rows)
+    canvas = Image.new("RGB", (cols * width, rows * height), "black")
+    for index, image in enumerate(images):
+        canvas.paste(image.convert("RGB"), (index % cols * width, index // cols * height))
+    return canvas
+
+
 def grid_shape(count: int, rows: int) -> tuple[int, int]:
     """(columns, rows) for `count` images in `rows` rows."""
     rows = max(1, min(rows, count))

@@ -1,6 +1,7 @@
 """A1111's "Loopback" (img2img): each image is fed back as the next one's input, `Loops` times, the denoising
-strength moving from the request's to the final one along a curve. Every iteration's image is saved; with more
-than one, a one-row grid of them comes first."""
+strength moving from the request's to the final one along a curve; one image per loop (A1111 sets batch size 1).
+Every iteration's image is saved; with more than one, a one-row grid of them (saved with grid_save, shown first
+with return_grid)."""
 from __future__ import annotations
 
 import io
@@ -44,9 +45,11 @@ def run_loopback(job: ScriptJob):
         init_image, strength, fill = request.init_image, request.denoising_strength, request.inpainting_fill
         last = None
         for loop in range(loops):
+            # batch size 1 and A1111's keys in every infotext, as A1111's loopback.py
             result = job.generate(job.build(request, {
                 "init_image": init_image, "seed": seed, "denoising_strength": strength, "batch_size": 1,
-                "n_iter": 1, "inpainting_fill": fill}))
+                "n_iter": 1, "inpainting_fill": fill,
+                "infotext_extra": {"Final denoising strength": final_strength, "Denoising curve": curve}}))
             warnings += result.warnings
             if result.interrupted or not result.images:
                 break
@@ -61,9 +64,11 @@ def run_loopback(job: ScriptJob):
         if result.interrupted:
             break
     images = list(history)
-    if len(history) > 1:
+    if len(history) > 1 and (job.options.return_grid or job.options.grid_save):
         pictures = [Image.open(io.BytesIO(image.png)) for image in history]
-        images.insert(0, job.grid_result(annotated_grid(pictures, 1, [], []), history[0], "grid"))
+        grid = job.grid_result(annotated_grid(pictures, 1, [], []), history[0], "grid")
+        if job.options.return_grid:
+            images.insert(0, grid)
     return result.model_copy(update={"images": images, "warnings": list(dict.fromkeys(warnings))})
 
 

@@ -1,5 +1,6 @@
 """A1111's "Prompt matrix": `a cat|in a hat|on a mat` makes every combination of the parts after the first
-(2^(n-1) images, one seed, or one more per image), drawn as a labelled grid saved as prompt_matrix-NNNNN.png."""
+(2^(n-1) images in batches of batch_size, one seed, or one more per image), drawn as a labelled grid saved as
+prompt_matrix-NNNNN.<grid_format>."""
 from __future__ import annotations
 
 import io
@@ -46,11 +47,15 @@ def run_prompt_matrix(job: ScriptJob):
                                   f"({2 ** MAX_VARIABLE_PARTS} images); got {source.count('|')}")
     prompts, variable = matrix_prompts(source, put_at_start, ", " if joining == "comma" else " ")
     seed = request.seed if request.seed != -1 else job.fixed_seed()
+    seeds = [seed + (index if different_seeds else 0) for index in range(len(prompts))]
+    pairs = [(text, request.negative_prompt) if field == "prompt" else (request.prompt, text) for text in prompts]
     images, results = [], []
-    for index, text in enumerate(prompts):
-        # one image per combination, as A1111 (its batches only group them); the grid is the script's own output
-        result = job.generate(job.build(request, {field: text, "seed": seed + (index if different_seeds else 0),
-                                                  "batch_size": 1, "n_iter": 1}))
+    for start in range(0, len(prompts), request.batch_size):
+        # as A1111: the combinations in batches of batch_size (batch count is ignored), each image its own prompt
+        chunk = slice(start, start + request.batch_size)
+        result = job.generate(job.build(request, {
+            field: prompts[start], "seed": seeds[start], "batch_size": len(prompts[chunk]), "n_iter": 1,
+            "image_prompts": pairs[chunk], "image_seeds": seeds[chunk]}))
         results.append(result)
         images += result.images
         if result.interrupted:
