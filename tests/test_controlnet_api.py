@@ -56,6 +56,8 @@ def test_listing_routes_answer_as_the_extension(client, services):
     assert title.startswith("control_v11p_sd15_canny [") and len(title.split("[")[1]) == 9
     assert client.get("/controlnet/version").json() == {"version": 3}
     assert client.get("/controlnet/settings").json() == {"control_net_unit_count": 3}
+    services.options.update({"control_net_unit_count": 5})  # the option the accordion's tab count follows
+    assert client.get("/controlnet/settings").json() == {"control_net_unit_count": 5}
     assert client.get("/controlnet/model_list").json() == {"model_list": [title]}
     modules = client.get("/controlnet/module_list").json()
     assert modules["module_list"][0] == "none" and "depth" in modules["module_list"]  # internal names

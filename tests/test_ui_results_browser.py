@@ -1,5 +1,6 @@
 """The result areas in headless Chromium: whole images in every gallery, a second Generate click queued and
-shown, progress that counts the user's steps, an interrupt that keeps its image, and History listing it."""
+shown, progress that counts the user's steps, an interrupt that keeps its image, History listing it, and a
+ControlNet unit's preview, detected map and infotext."""
 from __future__ import annotations
 
 import io
@@ -11,6 +12,7 @@ from PIL import Image
 
 from tests.server_process import ServerProcess
 from tests.test_ui_browser import CHROMIUM, set_slider, wait_until_done
+from tools.tiny_controlnets import write_tiny_controlnet
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -37,6 +39,8 @@ def server(tmp_path_factory, checkpoint_files):
     checkpoints = root / "models" / "Stable-diffusion"
     checkpoints.mkdir(parents=True)
     os.link(checkpoint_files["sd1"], checkpoints / checkpoint_files["sd1"].name)
+    write_tiny_controlnet(root / "models" / "ControlNet" / "control_sd15_canny.safetensors", "sd1", seed=1,
+                          strength=0.3)
     process = ServerProcess(root, root / "models", "--ckpt", "tiny-sd1.safetensors").start()
     yield process
     process.stop()
@@ -197,3 +201,49 @@ def test_progress_counts_the_users_steps_and_interrupt_keeps_the_image(server, p
     assert "Steps: 150" in page.locator("#txt2img_infotext textarea").input_value()
     assert page.locator("#txt2img_gallery img").count() == 1
     assert any("s left" in text for text in page.evaluate("window.progressTexts"))
+
+
+def outlined_square(path):
+    """A black square on white: its outline is where canny finds edges."""
+    image = Image.new("RGB", (64, 64), "white")
+    image.paste((0, 0, 0), (16, 16, 48, 48))
+    image.save(path)
+
+
+def test_a_controlnet_unit_previews_edges_and_generates_with_its_map_and_infotext(server, page, tmp_path):
+    outlined_square(tmp_path / "square.png")
+    page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()
+    unit = "#txt2img_controlnet_unit_0"
+    page.locator(f"{unit}_image input[type=file]").set_input_files(str(tmp_path / "square.png"))
+    page.wait_for_selector(f"{unit}_image img")
+    page.locator(f"{unit}_enable input").check()
+    page.locator(f"{unit}_module input").click()
+    page.get_by_role("option", name="canny", exact=True).click()
+    page.wait_for_function(f"document.querySelector('{unit}_threshold_a')?.innerText.includes('Low Threshold')")
+    set_slider(page, "txt2img_controlnet_unit_0_processor_res", 64)
+    page.locator(f"{unit}_run_preview").click()
+    preview = page.locator(f"{unit}_preview img")
+    preview.wait_for(timeout=60_000)
+    preview.evaluate(IMAGE_LOADED)
+    edges = Image.open(io.BytesIO(page.request.get(preview.get_attribute("src")).body())).convert("L")
+    assert edges.size == (64, 64)
+    assert edges.getpixel((16, 32)) == 255 or edges.getpixel((15, 32)) == 255  # the square's left side
+    assert edges.getpixel((32, 32)) == 0 and edges.getpixel((4, 4)) == 0  # inside and outside: no edge
+
+    page.locator(f"{unit}_model input").click()
+    page.get_by_role("option", name=re.compile(r"^control_sd15_canny \[")).click()
+    for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 2),
+                           ("txt2img_batch_count", 1)):
+        set_slider(page, elem_id, value)
+    page.locator("#txt2img_prompt textarea").fill("a square")
+    page.get_by_role("button", name="Generate").click()
+    wait_until_done(page, "txt2img")
+    shown = page.locator("#txt2img_gallery img")
+    assert shown.count() == 2  # the image, then the detected map
+    detected = Image.open(io.BytesIO(page.request.get(shown.nth(1).get_attribute("src")).body())).convert("L")
+    assert detected.size == (64, 64) and detected.getpixel((32, 32)) == 0 and max(detected.getdata()) == 255
+    infotext = page.locator("#txt2img_infotext textarea").input_value()
+    assert re.search(r'ControlNet 0: "Module: canny, Model: control_sd15_canny \[[0-9a-f]{8}\], Weight: 1\.0, '
+                     r'Resize Mode: Crop and Resize, Processor Res: 64, Threshold A: 100\.0', infotext), infotext
+    if os.environ.get("CONTROLNET_SCREENSHOT"):  # for a person looking at the accordion
+        page.screenshot(path=os.environ["CONTROLNET_SCREENSHOT"], full_page=True)

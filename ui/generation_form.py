@@ -68,6 +68,7 @@ class GenerationForm:
     random_subseed: gr.Button | None = None
     reuse_subseed: gr.Button | None = None
     refiner: dict = field(default_factory=dict)  # the "Refiner" accordion: request field -> component
+    controlnet: object | None = None  # ui.controlnet_units.ControlNetControls, the "ControlNet" accordion
 
     @property
     def inputs(self) -> set:
@@ -76,7 +77,8 @@ class GenerationForm:
                 *self.refiner.values(),
                 *([self.show_seed_extras] if self.show_seed_extras else []),
                 *(c for arguments in self.extension_inputs.values() for c in arguments.values()),
-                *([self.styles.dropdown] if self.styles else []), *(self.scripts.inputs if self.scripts else ())}
+                *([self.styles.dropdown] if self.styles else []), *(self.scripts.inputs if self.scripts else ()),
+                *(self.controlnet.inputs if self.controlnet else ())}
 
     def seed_extra_fields(self, values: dict) -> dict:
         """Variation seed, seed resize and tiling; the variation options count only while "Extra" is ticked, as
@@ -106,6 +108,7 @@ class GenerationForm:
                 "styles": list(values[self.styles.dropdown] or []) if self.styles else [],
                 **(self.scripts.request_fields(values) if self.scripts else {}),
                 **self.seed_extra_fields(values), **refiner_fields(values, self.refiner),
+                **(self.controlnet.request_fields(values) if self.controlnet else {}),
                 "extension_args": {extension: {argument: values[component] for argument, component in args.items()}
                                    for extension, args in self.extension_inputs.items()}}
 
@@ -269,8 +272,11 @@ def wire_generation(services: Services, form: GenerationForm, inputs: set,
     def finished(job) -> dict:
         previews_shown.pop(job.id, None)
         images = job.result.shown_images
+        # ControlNet's detected maps follow the images, as the extension shows them
+        maps = [(Image.open(io.BytesIO(png)), "Detected map") for png in getattr(job.result, "detected_maps", [])]
         return {
-            form.job_id: None, form.gallery: [(shown_image(services, image), f"Seed {image.seed}") for image in images],
+            form.job_id: None,
+            form.gallery: [(shown_image(services, image), f"Seed {image.seed}") for image in images] + maps,
             form.results: [(served_path(services, image), image.seed, image.infotext, image.subseed)
                            for image in images],
             form.infotext: images[0].infotext if images else "", form.selected: 0,

@@ -12,6 +12,7 @@ from PIL import Image
 from backend.core.requests import Img2ImgBatchRequest, Img2ImgRequest, RequestError
 from backend.generation.image_ops import MASK_MODES, MASKED_CONTENT, RESIZE_MODES
 from backend.services import Services
+from ui.controlnet_units import build_controlnet_accordion
 from ui.extension_sections import build_sections
 from ui.extra_networks import build_extra_networks
 from ui.generation_form import (
@@ -156,10 +157,11 @@ def build_img2img_tab(services: Services, model: ModelControls, size: tuple[int,
                     padding = gr.Slider(label="Only masked padding, pixels", minimum=0, maximum=256, step=4,
                                         value=32, elem_id="img2img_padding")
             refiner = build_refiner_controls(services, "img2img")
+            controlnet = build_controlnet_accordion(services, "img2img", img2img=True)
             sections = build_sections(services, "img2img")
             scripts = build_script_menu(services, "img2img")
         with gr.Column():
-            form = GenerationForm(prefix="img2img", **top, **sampling, refiner=refiner)
+            form = GenerationForm(prefix="img2img", **top, **sampling, refiner=refiner, controlnet=controlnet)
             form.extension_inputs = sections
             form.scripts = scripts
             form.extra_fields = {"restore_faces": restore_faces}

@@ -195,9 +195,14 @@ def follow_startup(page: gr.Blocks, services: Services, controls: ModelControls)
             deadline = time.monotonic() + STARTUP_WAIT_SECONDS
             while not services.models.default_chosen.is_set() and time.monotonic() < deadline:
                 await asyncio.sleep(STARTUP_POLL_SECONDS)
-        value = services.models.selected.title if not shown or services.models.failure(shown) else shown
-        yield (render_failures(services), gr.update(choices=checkpoint_choices(services), value=value),
-               gr.update(visible=shows_skip_layers(services, value)))
+        # a title that loads stays as it is: the user (or pasted infotext) may have chosen another one meanwhile
+        if not shown or services.models.failure(shown):
+            value = services.models.selected.title
+            yield (render_failures(services), gr.update(choices=checkpoint_choices(services), value=value),
+                   gr.update(visible=shows_skip_layers(services, value)))
+        else:
+            yield (render_failures(services), gr.update(choices=checkpoint_choices(services)),
+                   gr.update(visible=shows_skip_layers(services, shown)))
 
     outputs = [controls.status, controls.checkpoint, controls.skip_layers.box]
     return page.load(on_load, inputs=controls.checkpoint, outputs=outputs,

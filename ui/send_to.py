@@ -5,6 +5,7 @@ import gradio as gr
 
 from backend.core.infotext import parse_infotext, request_fields
 from backend.services import Services
+from ui.controlnet_units import paste_updates
 from ui.generation_form import PRIVATE, GenerationForm
 from ui.img2img_tab import editor_with_image
 from ui.model_picker import ModelControls
@@ -22,7 +23,8 @@ HIRES_OPTION_DEFAULTS = {"hr_sampler_name": "Use same sampler", "hr_scheduler": 
 def form_targets(form: GenerationForm, model: ModelControls) -> list:
     return [getattr(form, name) for name in FIELD_COMPONENTS.values()] + list(form.extra_fields.values()) + [
         model.checkpoint, *model.fields.values(), *form.seed_extras.values(), *form.refiner.values(),
-        *([form.styles.dropdown] if form.styles else [])] + (
+        *([form.styles.dropdown] if form.styles else []),
+        *(form.controlnet.paste_targets if form.controlnet else [])] + (
         [form.show_seed_extras] if form.show_seed_extras is not None else [])
 
 
@@ -30,7 +32,8 @@ def form_updates(services: Services, infotext: str | None, form: GenerationForm,
     """{component: value} for every field the infotext names, model, VAE and clip skip included."""
     if not infotext:
         return {}
-    fields = request_fields(parse_infotext(infotext))
+    parameters = parse_infotext(infotext)
+    fields = request_fields(parameters)
     if fields.get("hr_checkpoint_name"):  # A1111 names it "name [hash]"; the dropdown holds titles
         found = services.models.registry.find(fields["hr_checkpoint_name"])
         fields["hr_checkpoint_name"] = found.title if found else HIRES_OPTION_DEFAULTS["hr_checkpoint_name"]
@@ -39,6 +42,7 @@ def form_updates(services: Services, infotext: str | None, form: GenerationForm,
     updates.update({component: fields[name] for name, component in form.extra_fields.items() if name in fields})
     updates.update(seed_extra_updates(fields, form))
     updates.update(refiner_updates(services, fields, form.refiner))
+    updates.update(paste_updates(services, parameters, form.controlnet))
     if fields.get("sd_vae") and fields["sd_vae"] not in services.networks.vaes.choices():
         fields.pop("sd_vae")  # a VAE this server does not have: keep the current choice
     updates.update({component: fields[name] for name, component in model.fields.items() if name in fields})

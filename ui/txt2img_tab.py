@@ -13,6 +13,7 @@ from backend.core.requests import (
 )
 from backend.core.samplers import SAMPLERS, SCHEDULE_NAMES
 from backend.services import Services
+from ui.controlnet_units import build_controlnet_accordion
 from ui.extension_sections import build_sections
 from ui.extra_networks import build_extra_networks
 from ui.generation_form import (
@@ -112,6 +113,7 @@ def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int,
             hires = build_hires_controls(services, services.extensions.hooks.samplers)
             form.extra_fields = {**hires, "restore_faces": restore_faces}
             form.refiner = build_refiner_controls(services, "txt2img")
+            form.controlnet = build_controlnet_accordion(services, "txt2img")
             form.extension_inputs = build_sections(services, "txt2img")
             form.scripts = build_script_menu(services, "txt2img")
         with gr.Column():

@@ -10,8 +10,6 @@ from backend.controlnet.loading import ControlNetCache
 from backend.controlnet.model_files import ControlNetFolder
 from backend.controlnet.preprocessors import resolve_parameters, run_preprocessor
 
-DEFAULT_UNIT_COUNT = 3  # sd-webui-controlnet's control_net_unit_count default
-
 
 class ControlNets:
     def __init__(self, models_dir: Path, preprocessors_dir: Path, max_models: int = 4):

@@ -148,6 +148,9 @@ class Options(BaseModel):
     js_modal_lightbox: bool = option(True, "Full page image viewer: enable", UI)
     samplers_in_dropdown: bool = option(True, "Use dropdown for sampler selection instead of radio group", UI)
     quicksettings_list: list[str] = option(["sd_model_checkpoint"], "Quicksettings list", UI, max_length=64)
+    # sd-webui-controlnet's key; the page is built once, so a change shows after a restart (as there)
+    control_net_unit_count: int = option(3, "Multi-ControlNet: ControlNet unit number (requires restart)", UI,
+                                         ge=1, le=8)
     # --- Infotext
     add_model_hash_to_info: bool = option(True, "Add model hash to infotext", INFOTEXT)
     add_model_name_to_info: bool = option(True, "Add model name to infotext", INFOTEXT)
@@ -164,6 +167,7 @@ USED_OPTIONS = frozenset({
     "sd_model_checkpoint", "sd_checkpoints_limit", "live_previews_enable", "show_progress_every_n_steps",
     "samples_save", "grid_save", "grid_format", "grid_only_if_multiple", "n_rows", "return_grid", "outdir_grids",
     "outdir_txt2img_grids", "outdir_img2img_grids", "grid_save_to_dirs", "eta_noise_seed_delta", "randn_source",
+    "control_net_unit_count",
 })
 
 OPTION_NAMES = tuple(Options.model_fields)

@@ -12,7 +12,6 @@ from PIL import Image
 
 from backend.controlnet.annotator_files import WeightedPreprocessor
 from backend.controlnet.preprocessors import RESOLUTION
-from backend.controlnet.service import DEFAULT_UNIT_COUNT
 from backend.core.errors import UserError
 from backend.http.controlnet_units import decode_unit_image
 from backend.services import Services
@@ -82,7 +81,7 @@ def add_controlnet_routes(router: APIRouter, services: Services):
 
     @router.get("/settings")
     def settings():
-        return {"control_net_unit_count": DEFAULT_UNIT_COUNT}
+        return {"control_net_unit_count": services.options.current.control_net_unit_count}
 
     @router.post("/detect")
     def detect(controlnet_module: str = Body("none"), controlnet_input_images: list[str] = Body([]),
