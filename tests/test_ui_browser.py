@@ -370,7 +370,7 @@ def test_extension_section_tab_assets_errors_and_rest(extensions_server, tmp_pat
         assert infotext.startswith("a cat, probed\n") and "Probe note: change" in infotext
         browser.close()
     with httpx.Client(base_url=extensions_server.url, timeout=300) as http:
-        assert http.get("/extensions/probe/ping").json() == {"pong": True, "api_version": "1.2"}
+        assert http.get("/extensions/probe/ping").json() == {"pong": True, "api_version": "1.3"}
         body = {"prompt": "a dog", "steps": 2, "width": 64, "height": 64, "alwayson_scripts": {"Probe": {"note": "x"}}}
         info = json.loads(http.post("/sdapi/v1/txt2img", json=body).json()["info"])
         assert "Probe note: x" in info["infotexts"][0]
