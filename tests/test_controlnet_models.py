@@ -66,7 +66,7 @@ def test_each_layout_rebuilds_the_same_controlnet(folder, unet_configs, name):
         got = built(sample, 10, text, hint, return_dict=False)
     assert expected[1].abs().max() > 0  # the control signal is not zero: the comparison means something
     for ours, theirs in zip([*got[0], got[1]], [*expected[0], expected[1]], strict=True):
-        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)  # same weights; kernels may pick other paths
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)  # same weights; kernels may pick other paths
 
 
 def test_sdxl_controlnet_is_told_apart_and_rebuilt(folder, unet_configs):
