@@ -158,3 +158,18 @@ def test_an_sdxl_adapter_steers_an_sdxl_checkpoint(services, models_dir, checkpo
     adapted = generate(services, **xl, controlnet_units=[unit(module="ip-adapter_clip_sdxl",
                                                               model="ip-adapter_sdxl")])
     assert np.abs(pixels(adapted) - plain).mean() > 1
+
+
+def test_the_accordion_offers_ip_adapter_models_and_preprocessors(services):
+    import gradio as gr
+
+    from ui.controlnet_units import build_controlnet_accordion
+
+    with gr.Blocks():
+        controls = build_controlnet_accordion(services, "txt2img", img2img=False)
+    unit_controls = controls.units[0]
+    models = [choice[0] if isinstance(choice, tuple) else choice for choice in unit_controls.model.choices]
+    modules = [choice[0] if isinstance(choice, tuple) else choice for choice in unit_controls.module.choices]
+    assert any(m.startswith("ip-adapter_sd15 [") for m in models) and any(m.startswith("ip-adapter_sdxl [")
+                                                                           for m in models)
+    assert "ip-adapter_clip_sd15" in modules and "ip-adapter_clip_sdxl_plus_vith" in modules
