@@ -173,3 +173,14 @@ def test_the_accordion_offers_ip_adapter_models_and_preprocessors(services):
     assert any(m.startswith("ip-adapter_sd15 [") for m in models) and any(m.startswith("ip-adapter_sdxl [")
                                                                            for m in models)
     assert "ip-adapter_clip_sd15" in modules and "ip-adapter_clip_sdxl_plus_vith" in modules
+
+
+def test_hires_fix_passes_follow_hr_option(services):
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.9,
+             "hr_second_pass_steps": 3, "steps": 2}
+    plain = pixels(generate(services, **hires))
+    images = {option: pixels(generate(services, **hires, controlnet_units=[unit(hr_option=option)]))
+              for option in ("Low res only", "High res only")}
+    for option, image in images.items():
+        assert image.shape == plain.shape == (96, 96, 3) and np.abs(image - plain).mean() > 0.5, option
+    assert np.abs(images["Low res only"] - images["High res only"]).mean() > 0.5
