@@ -184,3 +184,38 @@ def test_hires_fix_passes_follow_hr_option(services):
     for option, image in images.items():
         assert image.shape == plain.shape == (96, 96, 3) and np.abs(image - plain).mean() > 0.5, option
     assert np.abs(images["Low res only"] - images["High res only"]).mean() > 0.5
+
+
+def test_a_batch_of_two_gets_the_reference_on_every_image(services):
+    plain = generate(services, batch_size=2)
+    adapted = generate(services, batch_size=2, controlnet_units=[unit()])
+    for index in range(2):
+        before = np.asarray(Image.open(io.BytesIO(plain.images[index].png)).convert("RGB"), dtype=np.int16)
+        after = np.asarray(Image.open(io.BytesIO(adapted.images[index].png)).convert("RGB"), dtype=np.int16)
+        assert np.abs(after - before).mean() > 1, index
+
+
+def test_without_guidance_the_unit_still_applies(services):
+    plain = pixels(generate(services, cfg_scale=1))
+    assert np.abs(pixels(generate(services, cfg_scale=1, controlnet_units=[unit()])) - plain).mean() > 1
+
+
+def test_img2img_and_inpainting_take_the_unit(services):
+    from backend.core.requests import Img2ImgRequest
+
+    def img2img(**fields):
+        request = services.build_request(Img2ImgRequest, {**FAST, "seed": 5, "save_images": False, "prompt": "a cat",
+                                                          "init_image": reference_png(), "denoising_strength": 0.8,
+                                                          **fields})
+        job = services.jobs.run_and_wait(request, timeout=300)
+        assert job.status == "done", job.error
+        return pixels(job.result)
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    for extra in ({}, {"mask": buffer.getvalue()}):
+        plain = img2img(**extra)
+        adapted = img2img(**extra, controlnet_units=[unit(image=None)])  # the img2img input is the reference
+        assert np.abs(adapted - plain).mean() > 0.5, extra
