@@ -213,3 +213,15 @@ def test_img2img_and_inpainting_take_the_unit(services):
         plain = img2img(**extra)
         adapted = img2img(**extra, controlnet_units=[unit(image=None)])  # the img2img input is the reference
         assert np.abs(adapted - plain).mean() > 0.5, extra
+
+
+def test_together_with_a_controlnet_unit(services, models_dir):
+    from tools.tiny_controlnets import write_tiny_controlnet
+
+    write_tiny_controlnet(models_dir / "ControlNet" / "control_sd15_canny.safetensors", "sd1", seed=1, strength=0.3)
+    canny = {"module": "canny", "model": "control_sd15_canny", "image": reference_png(), "processor_res": 64}
+    controlled = pixels(generate(services, controlnet_units=[canny]))
+    adapted = pixels(generate(services, controlnet_units=[unit()]))
+    both = generate(services, controlnet_units=[canny, unit()])
+    assert np.abs(pixels(both) - controlled).mean() > 0.5 and np.abs(pixels(both) - adapted).mean() > 0.5
+    assert {"ControlNet 0", "ControlNet 1"} <= set(parse_infotext(both.images[0].infotext))
