@@ -58,7 +58,7 @@ def _flat(raw, path: Path) -> dict[str, torch.Tensor]:
     return raw
 
 
-def read_ip_adapter(entry: ControlNetEntry) -> IPAdapterWeights:
+def read_ip_adapter(entry: ControlNetEntry, field: str = "model") -> IPAdapterWeights:
     path = entry.weights_file()
     state = _flat(read_weights(path), path)
     parts = {"image_proj": {}, "ip_adapter": {}}
@@ -70,7 +70,7 @@ def read_ip_adapter(entry: ControlNetEntry) -> IPAdapterWeights:
     to_k = [value for key, value in attention.items() if key.endswith(".to_k_ip.weight")]
     if not to_k or not ("proj.weight" in projection or "proj_in.weight" in projection):
         raise CheckpointError(f"{path.name} is not an IP-Adapter in the published layout (image_proj.* and "
-                              "ip_adapter.* keys); FaceID, full-face and other variants are not supported yet")
+                              "ip_adapter.* keys); FaceID, full-face and other variants are not supported yet", field)
     plus = "latents" in projection
     input_width = projection["proj_in.weight" if plus else "proj.weight"].shape[1]
     return IPAdapterWeights(parts, plus, int(input_width), int(to_k[0].shape[1]))

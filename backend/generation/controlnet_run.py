@@ -288,7 +288,7 @@ def prepare_adapter(controlnets: ControlNets, unit: ControlNetUnit, index: int, 
     if not is_ip_adapter_name(entry.name):
         raise RequestError(model_field, f"'{entry.title}' is not an IP-Adapter model; the preprocessor "
                                         f"'{unit.module}' needs one (ip-adapter_*)")
-    weights = read_ip_adapter(entry)
+    weights = read_ip_adapter(entry, model_field)
     unet = model.pipeline.unet
     check_fits(weights, entry.title, unet, checkpoint_title, model.family, model_field)
     found = find_image_encoder(controlnets.clip_vision_dir, weights, unit.module, module_field)
