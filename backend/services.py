@@ -131,7 +131,8 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     extensions.load_all()  # a broken extension is recorded and skipped; the app starts regardless
     upscalers.from_extensions = extensions.hooks.upscalers
     styles = StyleStore(settings.styles_file)
-    controlnets = ControlNets(settings.controlnet_dir, settings.controlnet_preprocessor_dir)
+    controlnets = ControlNets(settings.controlnet_dir, settings.controlnet_preprocessor_dir,
+                              ipadapter_dir=settings.ipadapter_dir, clip_vision_dir=settings.clip_vision_dir)
     generator = Generator(models, outputs, previews, lambda: options.current, upscalers, networks, extensions.hooks,
                           server_folders_refused=settings.server_folders_refused, styles=styles, faces=faces,
                           controlnets=controlnets)

@@ -21,7 +21,8 @@ def folders_read_by_default() -> set[Path]:
     settings = app.settings_from_args(app.parse_args([]))
     read = {settings.checkpoints_dir, settings.lora_dir, settings.vae_dir, settings.embeddings_dir,
             settings.extensions_dir, settings.models_dir / "VAE-approx", settings.text_encoder_dir,
-            settings.controlnet_dir, settings.controlnet_preprocessor_dir,
+            settings.controlnet_dir, settings.controlnet_preprocessor_dir, settings.ipadapter_dir,
+            settings.clip_vision_dir,
             *(settings.models_dir / name for name in UPSCALER_FOLDERS)}
     return {Path(folder).resolve() for folder in read}
 

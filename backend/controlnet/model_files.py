@@ -61,26 +61,31 @@ def _diffusers_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any((folder / name).is_file() for name in DIFFUSERS_WEIGHT_NAMES)
 
 
+def _scan(root: Path) -> list[ControlNetEntry]:
+    found = []
+    if root.is_dir():
+        folders = sorted(config.parent for config in root.rglob("config.json") if _diffusers_folder(config.parent))
+        for folder in folders:
+            weights = next(folder / name for name in DIFFUSERS_WEIGHT_NAMES if (folder / name).is_file())
+            found.append(ControlNetEntry(folder.name, folder, legacy_model_hash(weights)))
+        for path in sorted(root.rglob("*"), key=lambda p: str(p).lower()):
+            if (path.is_file() and path.suffix.lower() in MODEL_SUFFIXES and not path.name.startswith(".")
+                    and not any(folder in path.parents for folder in folders) and path.stem != "None"):
+                found.append(ControlNetEntry(path.stem, path, legacy_model_hash(path)))
+    return found
+
+
 class ControlNetFolder:
     """The ControlNet models under one folder (sub-folders included, as users sort them)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, extra_folders: tuple[Path, ...] = ()):
         self.folder = Path(folder)
+        self.extra_folders = tuple(Path(extra) for extra in extra_folders)  # models/ipadapter
         self._lock = threading.Lock()
         self._entries: tuple[ControlNetEntry, ...] | None = None
 
     def refresh(self) -> tuple[ControlNetEntry, ...]:
-        found = []
-        if self.folder.is_dir():
-            folders = sorted(config.parent for config in self.folder.rglob("config.json") if _diffusers_folder(
-                config.parent))
-            for folder in folders:
-                weights = next(folder / name for name in DIFFUSERS_WEIGHT_NAMES if (folder / name).is_file())
-                found.append(ControlNetEntry(folder.name, folder, legacy_model_hash(weights)))
-            for path in sorted(self.folder.rglob("*"), key=lambda p: str(p).lower()):
-                if (path.is_file() and path.suffix.lower() in MODEL_SUFFIXES and not path.name.startswith(".")
-                        and not any(folder in path.parents for folder in folders) and path.stem != "None"):
-                    found.append(ControlNetEntry(path.stem, path, legacy_model_hash(path)))
+        found = [entry for folder in (self.folder, *self.extra_folders) for entry in _scan(folder)]
         with self._lock:
             self._entries = tuple(found)
         return self._entries

@@ -218,6 +218,11 @@ WEIGHT_FREE = (
     Preprocessor("recolor_luminance", run_recolor_luminance, resolution=HIDDEN, slider_1=GAMMA, tags=("Recolor",),
                  priority=100),
     Preprocessor("recolor_intensity", run_recolor_intensity, resolution=HIDDEN, slider_1=GAMMA, tags=("Recolor",)),
+    # IP-Adapter: the image goes to a CLIP vision encoder as it is (the map shown is the image itself)
+    *(Preprocessor(name, run_none, resolution=HIDDEN_RESOLUTION, tags=("IP-Adapter",), priority=priority)
+      for name, priority in (("ip-adapter-auto", 100), ("ip-adapter_clip_h", 0), ("ip-adapter_clip_g", 0),
+                             ("ip-adapter_clip_sd15", 0), ("ip-adapter_clip_sdxl", 0),
+                             ("ip-adapter_clip_sdxl_plus_vith", 0))),
 )
 
 

@@ -12,8 +12,10 @@ from backend.controlnet.preprocessors import resolve_parameters, run_preprocesso
 
 
 class ControlNets:
-    def __init__(self, models_dir: Path, preprocessors_dir: Path, max_models: int = 4):
-        self.folder = ControlNetFolder(models_dir)
+    def __init__(self, models_dir: Path, preprocessors_dir: Path, max_models: int = 4,
+                 ipadapter_dir: Path | None = None, clip_vision_dir: Path | None = None):
+        self.folder = ControlNetFolder(models_dir, extra_folders=(ipadapter_dir,) if ipadapter_dir else ())
+        self.clip_vision_dir = clip_vision_dir or Path(models_dir).parent / "clip_vision"
         self.preprocessors = PreprocessorCatalog(preprocessors_dir)
         self.cache = ControlNetCache(self.folder, max_models)
 

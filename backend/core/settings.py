@@ -118,6 +118,16 @@ class Settings:
         return self.models_dir / "ControlNet"
 
     @property
+    def ipadapter_dir(self) -> Path:
+        """IP-Adapter models where ComfyUI keeps them (they are listed with the ControlNets, as in Forge)."""
+        return self.models_dir / "ipadapter"
+
+    @property
+    def clip_vision_dir(self) -> Path:
+        """CLIP vision image encoders for IP-Adapter (A1111's, Forge's and ComfyUI's models/clip_vision)."""
+        return self.models_dir / "clip_vision"
+
+    @property
     def controlnet_preprocessor_dir(self) -> Path:
         """Weights of the preprocessors that need them (depth, pose...), in sd-webui-controlnet's
         annotator/downloads layout (<folder>/<file>) or flat."""

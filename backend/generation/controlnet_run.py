@@ -20,6 +20,13 @@ import torch
 from PIL import Image
 
 from backend.controlnet.control_map import fit_map, pixel_perfect_resolution
+from backend.controlnet.ip_adapter_files import (
+    build_image_encoder,
+    find_image_encoder,
+    is_ip_adapter_module,
+    is_ip_adapter_name,
+    read_ip_adapter,
+)
 from backend.controlnet.preprocessors import resolve_parameters, run_preprocessor
 from backend.controlnet.service import ControlNets
 from backend.core.control_modes import ControlMode, HiresOption
@@ -27,6 +34,7 @@ from backend.core.controlnet_units import ControlNetUnit, unit_infotext
 from backend.core.hires_sizes import hires_sizes
 from backend.core.model_family import FLOW_FAMILIES
 from backend.core.requests import GenerationRequest, RequestError
+from backend.generation.ip_adapter_run import AdaptedPipeline, PreparedAdapter, check_fits, encode_reference, installed
 
 CONTROLNET_PIPELINES = {
     ("sd", "txt2img"): "StableDiffusionControlNetPipeline",
@@ -105,7 +113,13 @@ def unit_view(model: torch.nn.Module) -> torch.nn.Module:
 class JobControls:
     """What the generator needs of a job's units; empty when the request has none (nothing changes then)."""
     units: list[PreparedUnit] = field(default_factory=list)
+    adapters: list[PreparedAdapter] = field(default_factory=list)  # IP-Adapter units, installed on the UNet
+    adapter_processors: list = field(default_factory=list)
     _pipelines: dict = field(default_factory=dict)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.units or self.adapters)
 
     def active(self, second_pass: bool = False) -> list[PreparedUnit]:
         """The units that steer this pass: weight 0, or a start at the end (no step controlled), leaves the job
@@ -115,7 +129,8 @@ class JobControls:
 
     @property
     def infotext(self) -> dict[str, str]:
-        return {f"ControlNet {prepared.index}": prepared.infotext for prepared in self.units}
+        prepared = sorted([*self.units, *self.adapters], key=lambda unit: unit.index)
+        return {f"ControlNet {unit.index}": unit.infotext for unit in prepared}
 
     def detected_maps(self) -> list[bytes]:
         """Each unit's map (with the hires fix: its hires map first, then the first pass's, as the extension)."""
@@ -131,17 +146,21 @@ class JobControls:
 
     def wrap(self, pipeline, task: str, family: str, second_pass: bool = False):
         """`pipeline` itself when no unit steers this pass; else a ControlNet pipeline sharing its modules, called
-        with the units' maps, weights and start/end added. `second_pass`: the hires fix's second pass."""
+        with the units' maps, weights and start/end added. `second_pass`: the hires fix's second pass. IP-Adapter
+        units, once installed, are given to every call of the job (a pass they do not steer gets weight 0)."""
         active = self.active(second_pass)
-        if not active:
-            return pipeline
-        if task not in ("txt2img", "img2img"):
-            raise RequestError("controlnet_units", "ControlNet together with an inpainting mask is not supported yet")
-        key = (id(pipeline), second_pass)
-        if key not in self._pipelines:
-            self._pipelines[key] = ControlledPipeline(controlnet_pipeline(pipeline, task, family, active),
-                                                      call_arguments(active, task, second_pass))
-        return self._pipelines[key]
+        if active:
+            if task not in ("txt2img", "img2img"):
+                raise RequestError("controlnet_units", "ControlNet together with an inpainting mask is not supported "
+                                                       "yet")
+            key = (id(pipeline), second_pass)
+            if key not in self._pipelines:
+                self._pipelines[key] = ControlledPipeline(controlnet_pipeline(pipeline, task, family, active),
+                                                          call_arguments(active, task, second_pass))
+            pipeline = self._pipelines[key]
+        if self.adapters:
+            pipeline = AdaptedPipeline(pipeline, self.adapters, self.adapter_processors, second_pass)
+        return pipeline
 
 
 class ControlledPipeline:
@@ -209,13 +228,18 @@ def prepared_controls(request: GenerationRequest, controlnets: ControlNets | Non
     check_supported(request, model.family)
     unet = model.pipeline.unet
     with ExitStack() as stack:
-        prepared = []
+        prepared, adapters = [], []
         for index, unit in enumerate(request.controlnet_units):
             field_name = f"controlnet_units.{index}"
             png = unit.image or init_image
             if png is None:
                 raise RequestError(f"{field_name}.image", "give the unit an image (txt2img has no input image to use)")
             image = decode(png, "RGB")
+            if is_ip_adapter_module(unit.module) or is_ip_adapter_name(unit.model):
+                if unit.weight > 0 and unit.guidance_start < unit.guidance_end:  # else: as without the unit
+                    adapters.append(prepare_adapter(controlnets, unit, index, image, model, checkpoint_title,
+                                                    field_name))
+                continue
             mask = decode(unit.mask, "L") if unit.mask else None
             preprocessor = controlnets.preprocessors.get(unit.module, f"{field_name}.module")
             processor_res = unit.processor_res
@@ -245,4 +269,33 @@ def prepared_controls(request: GenerationRequest, controlnets: ControlNets | Non
             prepared.append(PreparedUnit(slot, unit, control_tensor(fitted), fitted[:, :, :3], infotext, controlnet,
                                          None if hires is None else control_tensor(hires),
                                          None if hires is None else hires[:, :, :3]))
-        yield JobControls(prepared)
+        processors = stack.enter_context(installed(unet, adapters))
+        yield JobControls(prepared, adapters, processors)
+
+
+def prepare_adapter(controlnets: ControlNets, unit: ControlNetUnit, index: int, image: np.ndarray, model,
+                    checkpoint_title: str, field_name: str) -> PreparedAdapter:
+    """An IP-Adapter unit read, checked against the checkpoint and its reference image encoded (the image encoder
+    is built for this and dropped after)."""
+    module_field, model_field = f"{field_name}.module", f"{field_name}.model"
+    if not is_ip_adapter_module(unit.module):
+        raise RequestError(module_field, f"the IP-Adapter model '{unit.model}' needs an ip-adapter_* preprocessor "
+                                         f"(e.g. ip-adapter_clip_sd15); got '{unit.module}'")
+    controlnets.preprocessors.get(unit.module, module_field)  # an unknown ip-adapter name lists the known ones
+    if unit.model in ("", "None"):
+        raise RequestError(model_field, "choose an IP-Adapter model for the unit")
+    entry = controlnets.folder.find(unit.model, model_field)
+    if not is_ip_adapter_name(entry.name):
+        raise RequestError(model_field, f"'{entry.title}' is not an IP-Adapter model; the preprocessor "
+                                        f"'{unit.module}' needs one (ip-adapter_*)")
+    weights = read_ip_adapter(entry, model_field)
+    unet = model.pipeline.unet
+    check_fits(weights, entry.title, unet, checkpoint_title, model.family, model_field)
+    found = find_image_encoder(controlnets.clip_vision_dir, weights, unit.module, module_field)
+    encoder = build_image_encoder(found, unet.dtype).to(unet.device)
+    embeds, negative = encode_reference(encoder, image, weights.plus)
+    del encoder
+    parameters = resolve_parameters(controlnets.preprocessors.get(unit.module, module_field), None, None, None)
+    infotext = unit_infotext(unit.module, entry.title, unit, parameters.resolution, parameters.threshold_a,
+                             parameters.threshold_b)
+    return PreparedAdapter(unit.slot if unit.slot is not None else index, unit, weights, embeds, negative, infotext)

@@ -263,7 +263,7 @@ class Generator:
               prepared_controls(request, self.controlnets, model, entry.title,
                                 getattr(request, "init_image", None)) as controls):
             check_skip_layer_guidance(request, model)
-            if controls.units:  # the job's pipelines become ControlNet pipelines; each unit has its infotext
+            if controls.any:  # the job's pipelines become ControlNet pipelines; each unit has its infotext
                 make_batch = with_controls(make_batch, controls, model.family, getattr(request, "enable_hr", False))
                 extra_parameters = {**extra_parameters, **controls.infotext}
             if model.family in FLOW_FAMILIES:  # their own samplers; Forge's guidance and shift keys
