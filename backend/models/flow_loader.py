@@ -27,11 +27,12 @@ from backend.models.flow_detection import (
     vae_state,
 )
 from backend.models.flow_layouts import flux_rows, sd3_rows, to_diffusers
-from backend.models.gguf_weights import has_quantized, load_quantized, logical_view
+from backend.models.gguf_weights import dequantized, has_quantized, load_quantized, logical_view, t5_names
 from backend.models.weight_files import CheckpointError, load_state_dict
 
 T5_TOKENIZER_FOLDER = "t5_tokenizer"
 FLUX_VAE_FILE = "ae.safetensors"
+TEXT_ENCODER_EXTENSIONS = (".safetensors", ".sft", ".gguf")  # GGUF: city96's quantized T5-XXL
 COMPONENT_LABELS = {"clip_l": "CLIP-L text encoder", "clip_g": "CLIP-G text encoder", "t5xxl": "T5-XXL text encoder",
                     "vae": "VAE"}
 _COMPONENT_PREFIXES = ("text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.",
@@ -55,8 +56,8 @@ class ComponentFolders:
         if self.text_encoder_dir is None or not self.text_encoder_dir.is_dir():
             return None
         candidates = sorted((p for p in self.text_encoder_dir.iterdir()
-                             if p.is_file() and p.suffix in (".safetensors", ".sft") and component in p.stem.lower()),
-                            key=lambda p: ("fp8" in p.stem.lower(), p.name))
+                             if p.is_file() and p.suffix in TEXT_ENCODER_EXTENSIONS and component in p.stem.lower()),
+                            key=lambda p: (p.suffix == ".gguf", "fp8" in p.stem.lower(), p.name))
         return candidates[0] if candidates else None
 
     @property
@@ -257,6 +258,9 @@ class FlowLoader:
 
         from backend.models.loader import materialise
 
+        weights = t5_names(weights)
+        if has_quantized(weights):  # a GGUF T5 (city96's): decoded to the compute precision, see dequantized()
+            weights = dequantized(weights, dtype)
         if "shared.weight" not in weights and "encoder.embed_tokens.weight" in weights:
             weights = {**weights, "shared.weight": weights["encoder.embed_tokens.weight"]}
         if "shared.weight" not in weights:
