@@ -184,7 +184,8 @@ class FlowLoader:
         path = chosen.get(component) or self.folders.default_file(component, family)
         if path is None:
             where = (f"{self.folders.vae_dir}/{FLUX_VAE_FILE}" if component == "vae"
-                     else f"{self.folders.text_encoder_dir}/ (a file named {component}*.safetensors)")
+                     else f"{self.folders.text_encoder_dir}/ (a file named {component}*.safetensors"
+                     + (" or a T5 GGUF, t5xxl*.gguf)" if component == "t5xxl" else ")"))
             raise CheckpointError(f"this {family_label(family)} checkpoint has no {COMPONENT_LABELS[component]} and "
                                   f"none was chosen or found: put it in {where}", field="text_encoders")
         parts.sources[component] = path.name
