@@ -152,9 +152,12 @@ def test_a_gguf_t5_alone_is_the_default_and_generates(make_services, t5_gguf_mod
     reference = pixels(services, "flux1-dev")
     (t5_gguf_models / "text_encoder" / "t5xxl_fp16.safetensors").unlink()
     (t5_gguf_models / "text_encoder" / "t5xxl_f16.gguf").unlink()
+    # city96's own name for it, without "t5xxl"
+    (t5_gguf_models / "text_encoder" / "t5xxl_q8_0.gguf").rename(
+        t5_gguf_models / "text_encoder" / "t5-v1_1-xxl-encoder-Q8_0.gguf")
     services = make_services(models_dir=t5_gguf_models)
     job = services.jobs.run_and_wait(Txt2ImgRequest(**FAST, checkpoint="flux1-dev"), timeout=300)
     assert job.status == "done", job.error
-    assert "t5xxl_q8_0" in parse_infotext(job.result.images[0].infotext).values()
+    assert "t5-v1_1-xxl-encoder-Q8_0" in parse_infotext(job.result.images[0].infotext).values()
     quantized = np.asarray(Image.open(io.BytesIO(job.result.images[0].png)).convert("RGB"), dtype=np.int16)
     assert np.abs(quantized - reference).mean() < 0.5 and np.abs(quantized - reference).max() <= 3

@@ -39,6 +39,12 @@ _COMPONENT_PREFIXES = ("text_encoders.clip_l.transformer.", "text_encoders.clip_
                        "text_encoders.t5xxl.transformer.", "transformer.", "first_stage_model.", "vae.")
 
 
+def names_part(path: Path, component: str) -> bool:
+    """Whether the file's name says it is `component`; city96's T5 GGUFs are named t5-v1_1-xxl-encoder-*."""
+    stem = path.stem.lower()
+    return component in stem or (component == "t5xxl" and "t5" in stem and "xxl" in stem)
+
+
 @dataclass(frozen=True)
 class ComponentFolders:
     """Where separate text encoders and VAEs live (Forge: models/text_encoder, models/VAE)."""
@@ -56,7 +62,7 @@ class ComponentFolders:
         if self.text_encoder_dir is None or not self.text_encoder_dir.is_dir():
             return None
         candidates = sorted((p for p in self.text_encoder_dir.iterdir()
-                             if p.is_file() and p.suffix in TEXT_ENCODER_EXTENSIONS and component in p.stem.lower()),
+                             if p.is_file() and p.suffix in TEXT_ENCODER_EXTENSIONS and names_part(p, component)),
                             key=lambda p: (p.suffix == ".gguf", "fp8" in p.stem.lower(), p.name))
         return candidates[0] if candidates else None
 
