@@ -1,4 +1,5 @@
-"""GPU speed: it/s of plain diffusers and of our generation path with each speed option, for SD1.5 and SDXL.
+"""GPU speed: it/s of plain diffusers and of our generation path with each speed option, for SD1.5 and SDXL;
+plain diffusers against ours for Flux.1 (bf16 and fp8) and SD3.5 medium.
 
 What it measures, per model (SD1.5 at 512x512, SDXL at 1024x1024; batch 1, CFG 7, `--steps` steps, fp16 on CUDA):
 
@@ -12,9 +13,10 @@ What it measures, per model (SD1.5 at 512x512, SDXL at 1024x1024; batch 1, CFG 7
 - ours: `Generator.generate(Txt2ImgRequest)`, the call the job queue's worker makes (called directly, so the step
   timestamps can be taken; bench/overhead.py measures the queue around it), for these variants:
     default            Settings() as shipped: PyTorch SDPA, live preview every 5 steps (the cheap latent->RGB one)
-    no previews        the same generator with preview_every=0
+    no previews        the same generator with live previews off (the live_previews_enable option)
     TAESD previews     a randomly initialised AutoencoderTiny (diffusers' TAESD architecture) rendering a live
-                       preview after every step (preview_every=1) through backend.generation.previews.PreviewRenderer
+                       preview after every step (show_progress_every_n_steps=1) through
+                       backend.generation.previews.PreviewRenderer
     channels_last      the loaded UNet in channels_last memory format          } applied to the cached model
     fused QKV          pipeline.fuse_qkv_projections() (UNet and VAE)          } through services.models.lease;
     channels_last + fused QKV                                                  } on CUDA --compile does both
@@ -27,6 +29,20 @@ What it measures, per model (SD1.5 at 512x512, SDXL at 1024x1024; batch 1, CFG 7
   changes nothing), whole and tiled (backend.models.speed_options.vae_tiling, the switch that Settings(vae_tiling=
   "always"/"never") turns), with peak memory; SDXL's VAE upcast to fp32 as the SDXL pipeline does;
 - the cost of one live preview: the cheap approximation and TAESD.
+
+Flow models (`--models flux,flux-fp8,sd35`; 1024x1024, batch 1, bf16 on CUDA): the full-size architectures from the
+bundled configs (FLUX.1 dev: 12B transformer with the guidance embedding, CLIP-L, T5-XXL, the 16-channel VAE;
+SD3.5 medium: the SD3 config with MMDiT-X dual attention in blocks 0-12, CLIP-L, CLIP-G, T5-XXL), text encoders at
+full size, random weights written as single files in the published layouts so ours loads them through the real
+loader: Flux in BFL's layout (flux1-dev.safetensors in Stable-diffusion, ae.safetensors in VAE, clip_l / t5xxl in
+text_encoder), for flux-fp8 the transformer's matrices stored as float8_e4m3fn (kept in fp8, computed in bf16);
+SD3.5 as Stability's all-in-one file (model.diffusion_model.*, first_stage_model.*, text_encoders.*). The T5
+tokenizer is the tiny offline one from tools.tiny_flow_models (T5 pads to its fixed length, so the token values
+do not change the cost). Rows: plain diffusers (FluxPipeline / StableDiffusion3Pipeline over the very same loaded
+modules, the scheduler our request maps to), ours default and ours without previews; Flux at CFG 1 with Distilled
+CFG 3.5 (one transformer pass a step, as Forge), SD3.5 at CFG 4.5 with the negative prompt. The UNet-only variants
+(TAESD, channels_last, fused QKV, --compile, UNet alone, VAE tiling, preview cost) do not apply to them.
+Peak VRAM includes the weights (Flux bf16 needs about 34 GB; writing its files needs about 35 GB of disk).
 
 How it/s is measured: the pipeline's step callback takes a timestamp at the end of every step (for ours through
 the JobProgress the Generator updates each step), after torch.cuda.synchronize() on CUDA (done the same way for
@@ -119,18 +135,27 @@ class ModelSpec:
     label: str
     size: int  # full-size benchmark resolution
     tiny_size: int
-    anchors: tuple[float, float]  # published H100 it/s: diffusers, stable-fast
+    anchors: tuple[float, float] | None  # published H100 it/s: diffusers, stable-fast
+    storage: str | None = None  # flow models: "fp8" stores the transformer's matrices in float8_e4m3fn
+
+    @property
+    def flow(self) -> bool:
+        return self.family in ("flux", "sd3")
 
 
 MODELS = {
     "sd15": ModelSpec("sd15", "sd1", "SD1.5", 512, 64, (54.5, 104.6)),
     "sdxl": ModelSpec("sdxl", "sdxl", "SDXL", 1024, 128, (14.9, 21.6)),
+    "flux": ModelSpec("flux", "flux", "Flux.1 dev bf16", 1024, 64, None),
+    "flux-fp8": ModelSpec("flux-fp8", "flux", "Flux.1 dev fp8", 1024, 64, None, storage="fp8"),
+    "sd35": ModelSpec("sd35", "sd3", "SD3.5 medium", 1024, 64, None),
 }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="sd15,sdxl", help="comma-separated: sd15, sdxl (default both)")
+    parser.add_argument("--models", default="sd15,sdxl",
+                        help="comma-separated: sd15, sdxl, flux, flux-fp8, sd35 (default sd15,sdxl)")
     parser.add_argument("--steps", type=int, help="sampling steps (default 20; 8 with --tiny)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per variant after one warm-up (default 3)")
     parser.add_argument("--sampler", default="Euler", help="A1111 sampler name, for both paths (default Euler)")
@@ -310,15 +335,29 @@ def run_plain(pipeline, request: Txt2ImgRequest, device: torch.device) -> Run:
 
 @dataclass
 class TimedProgress(JobProgress):
-    """The Generator sets `progress.step` at the end of every step: take a timestamp there."""
+    """The Generator sets `progress.step` at the end of every step: take a timestamp there (it sets the last step
+    again after the decode, which is not a step)."""
     device: torch.device | None = None
     stamps: list[float] = field(default_factory=list)
 
     def __setattr__(self, name, value):
-        if name == "step" and value and self.device is not None:
+        if name == "step" and value and self.device is not None and value != getattr(self, "step", None):
             synchronize(self.device)
             self.stamps.append(time.perf_counter())
         super().__setattr__(name, value)
+
+
+def without_previews(generator):
+    """The same generator with live previews off (A1111's option), whatever the user options say."""
+    options = generator.options
+    return dataclasses.replace(generator, options=lambda: options().model_copy(update={"live_previews_enable": False}))
+
+
+def every_step_previews(generator, previews: PreviewRenderer):
+    """The same generator rendering a live preview with `previews` after every step."""
+    options = generator.options
+    return dataclasses.replace(generator, previews=previews, options=lambda: options().model_copy(
+        update={"live_previews_enable": True, "show_progress_every_n_steps": 1}))
 
 
 def run_ours(generator, request: Txt2ImgRequest, device: torch.device) -> Run:
@@ -524,6 +563,8 @@ class ModelRun:
 
 
 def bench_model(spec: ModelSpec, args, device: torch.device, dtype: torch.dtype, workdir: Path) -> dict:
+    if spec.flow:
+        return bench_flow_model(spec, args, device, flow_dtype(device), workdir)
     size = spec.tiny_size if args.tiny else spec.size
     folder = workdir / spec.key
     checkpoint = folder / "models" / "Stable-diffusion" / f"bench-{spec.key}.safetensors"
@@ -576,12 +617,11 @@ def phase_default_settings(run: ModelRun):
             guarded(rows, run.row("ours: default", "ours", offered=True),
                     lambda row: run.measure(row, lambda: run_ours(generator, request, device)))
         if not run.skipped("no-previews"):
-            quiet = dataclasses.replace(generator, preview_every=0)
+            quiet = without_previews(generator)
             guarded(rows, run.row("ours: no previews", "ours", offered=True),
                     lambda row: run.measure(row, lambda: run_ours(quiet, request, device)))
         if not run.skipped("taesd"):
-            taesd = dataclasses.replace(generator, previews=PreviewRenderer(run.taesd_root, device, dtype),
-                                        preview_every=1)
+            taesd = every_step_previews(generator, PreviewRenderer(run.taesd_root, device, dtype))
 
             def taesd_variant(row: Row):
                 run.measure(row, lambda: run_ours(taesd, request, device))
@@ -691,6 +731,177 @@ def phase_compile(run: ModelRun):
         torch._dynamo.reset()
 
 
+# ---------------------------------------------------------------- flow models (Flux, SD3.5)
+
+FLOW_PRECISION = {"cuda": "bf16", "cpu": "fp32"}  # Settings.precision of the flow runs (auto would be fp16 on CUDA)
+
+
+def flow_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def full_flow_components(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -> dict:
+    """The full-size modules of `spec` from the bundled configs, random weights, built on `device` in `dtype`."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    family = spec.family
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in the run's precision: Flux in fp32 alone would take 48 GB
+    try:
+        with torch.device(device):
+            if family == "flux":
+                t5_component = "text_encoder_2"
+                components = {"transformer": FluxTransformer2DModel.from_config(base_config(family, "transformer")),
+                              "text_encoder": CLIPTextModel(CLIPTextConfig.from_dict(
+                                  base_config(family, "text_encoder")))}
+            else:  # SD3.5 medium: the SD3 config with MMDiT-X (dual attention) in its first 13 blocks
+                t5_component = "text_encoder_3"
+                config = {**base_config(family, "transformer"), "dual_attention_layers": list(range(13))}
+                components = {"transformer": SD3Transformer2DModel.from_config(config)}
+                for name in ("text_encoder", "text_encoder_2"):
+                    components[name] = CLIPTextModelWithProjection(CLIPTextConfig.from_dict(
+                        base_config(family, name)))
+            components["vae"] = AutoencoderKL.from_config(base_config(family, "vae"))
+            components[t5_component] = T5EncoderModel(T5Config.from_dict(base_config(family, t5_component)))
+    finally:
+        torch.set_default_dtype(previous)
+    return components
+
+
+def flow_file_states(spec: ModelSpec, components: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """File name (relative to models/) -> its tensors, in BFL's layout (Flux) or Stability's all-in-one (SD3)."""
+    from backend.models.original_layout import VAE_PREFIX, classic_clip_state_dict, vae_to_original
+    from tools.tiny_flow_models import transformer_original_state
+
+    transformer = transformer_original_state(spec.family, components["transformer"])
+    if spec.storage == "fp8":  # as the published fp8 files: matrices in fp8, norms and biases wider
+        transformer = {k: v.to(torch.float8_e4m3fn) if v.ndim >= 2 else v for k, v in transformer.items()}
+    vae = vae_to_original(components["vae"])
+    if spec.family == "flux":
+        return {"Stable-diffusion/flux1-dev.safetensors": transformer,
+                "VAE/ae.safetensors": {k.removeprefix(VAE_PREFIX): v for k, v in vae.items()},
+                "text_encoder/clip_l.safetensors": classic_clip_state_dict(components["text_encoder"]),
+                "text_encoder/t5xxl_fp16.safetensors": dict(components["text_encoder_2"].state_dict())}
+    state = {"model.diffusion_model." + k: v for k, v in transformer.items()}
+    state.update(vae)
+    for name, component in (("clip_l", "text_encoder"), ("clip_g", "text_encoder_2")):
+        state.update({f"text_encoders.{name}.transformer." + k: v
+                      for k, v in classic_clip_state_dict(components[component]).items()})
+    state.update({"text_encoders.t5xxl.transformer." + k: v
+                  for k, v in components["text_encoder_3"].state_dict().items()})
+    return {"Stable-diffusion/sd3.5_medium_incl_clips_t5xxlfp16.safetensors": state}
+
+
+def write_flow_model(spec: ModelSpec, models: Path, tiny: bool, device: torch.device, dtype: torch.dtype) -> int:
+    """The model's files under `models/` (and the T5 tokenizer in text_encoder/t5_tokenizer). Returns their bytes."""
+    from tools.tiny_flow_models import tiny_flow_components, tiny_t5_tokenizer
+
+    components = tiny_flow_components(spec.family, seed=0) if tiny else full_flow_components(spec, device, dtype)
+    files = flow_file_states(spec, components)
+    del components
+    free_memory()
+    total = 0
+    for name, state in files.items():
+        path = models / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}, str(path))
+        total += path.stat().st_size
+    del files
+    free_memory()
+    tiny_t5_tokenizer().save_pretrained(str(models / "text_encoder" / "t5_tokenizer"))
+    return total
+
+
+def flow_request(spec: ModelSpec, args, size: int) -> Txt2ImgRequest:
+    """Flux: CFG 1 (no negative pass) with Distilled CFG 3.5, as Forge's defaults; SD3.5: CFG 4.5, negative."""
+    if spec.family == "flux":
+        return Txt2ImgRequest(prompt=PROMPT, sampler_name=args.sampler, steps=args.steps, cfg_scale=1.0,
+                              distilled_cfg_scale=3.5, width=size, height=size, seed=args.seed, save_images=False)
+    return Txt2ImgRequest(prompt=PROMPT, negative_prompt=NEGATIVE_PROMPT, sampler_name=args.sampler,
+                          steps=args.steps, cfg_scale=4.5, width=size, height=size, seed=args.seed, save_images=False)
+
+
+def plain_flow_pipeline(services, request: Txt2ImgRequest):
+    """FluxPipeline / StableDiffusion3Pipeline over the cached model's modules, with our request's scheduler."""
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    from backend.core.flow_samplers import build_flow_scheduler, resolve_flow_sampler
+
+    with services.models.lease(request.checkpoint) as (_, model):
+        sampler, schedule = resolve_flow_sampler(request.sampler_name, request.scheduler, model.label)
+        scheduler = build_flow_scheduler(sampler, schedule, model.pipeline.scheduler.config, request.shift)
+        components = {**model.pipeline.components, "scheduler": scheduler}
+        pipeline = (FluxPipeline if model.family == "flux" else StableDiffusion3Pipeline)(**components)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def run_plain_flow(pipeline, request: Txt2ImgRequest, device: torch.device) -> Run:
+    stamps: list[float] = []
+
+    def on_step(pipe, step, timestep, tensors):
+        synchronize(device)
+        stamps.append(time.perf_counter())
+        return tensors
+
+    if type(pipeline).__name__ == "FluxPipeline":
+        guidance = {"guidance_scale": request.distilled_cfg_scale, "true_cfg_scale": request.cfg_scale}
+    else:
+        guidance = {"guidance_scale": request.cfg_scale, "negative_prompt": request.negative_prompt}
+    synchronize(device)
+    started = time.perf_counter()
+    output = pipeline(prompt=request.prompt, num_inference_steps=request.steps, width=request.width,
+                      height=request.height, generator=torch.Generator("cpu").manual_seed(request.seed),
+                      output_type="pil", callback_on_step_end=on_step, **guidance)
+    synchronize(device)
+    end = time.perf_counter()
+    if len(output.images) != 1 or len(stamps) != request.steps:
+        raise RuntimeError(f"plain diffusers gave {len(output.images)} images and {len(stamps)} steps")
+    return Run(end - started, stamps, end)
+
+
+def bench_flow_model(spec: ModelSpec, args, device: torch.device, dtype: torch.dtype, workdir: Path) -> dict:
+    size = spec.tiny_size if args.tiny else spec.size
+    folder = workdir / spec.key
+    print(f"\n{spec.label}: writing {'tiny' if args.tiny else 'full-size'} files with random weights ...", flush=True)
+    started = time.perf_counter()
+    written = write_flow_model(spec, folder / "models", args.tiny, device, dtype)
+    write_s = time.perf_counter() - started
+    print(f"  {written / GIB:.2f} GiB in {write_s:.1f}s", flush=True)
+    run = ModelRun(spec, args, device, dtype, folder, flow_request(spec, args, size),
+                   extra={"size": size, "checkpoint_bytes": written, "write_s": round(write_s, 2)})
+    services = build_services(run.settings(precision=FLOW_PRECISION[device.type]))
+    try:
+        title = services.models.list_checkpoints()[0].title
+        started = time.perf_counter()
+        services.models.select(title)
+        run.extra["load_s"] = round(time.perf_counter() - started, 2)
+        run.extra["dtype"] = str(dtype).removeprefix("torch.") + (" computed, transformer stored in float8_e4m3fn"
+                                                                   if spec.storage == "fp8" else "")
+        run.extra["guidance"] = (f"CFG {run.request.cfg_scale:g}" + (
+            f", Distilled CFG {run.request.distilled_cfg_scale:g}" if spec.family == "flux" else ""))
+        run.extra["cached_bytes"] = sum(row["size_bytes"] for row in services.models.cache_report())
+        print(f"  loaded through our loader in {run.extra['load_s']:.1f}s, {run.extra['cached_bytes'] / GIB:.2f} GiB "
+              f"held ({services.models.runtime_status})", flush=True)
+        plain = plain_flow_pipeline(services, run.request)
+        guarded(run.rows, run.row("plain diffusers", "plain"),
+                lambda row: run.measure(row, lambda: run_plain_flow(plain, run.request, device)))
+        if not run.skipped("default"):
+            guarded(run.rows, run.row("ours: default", "ours", offered=True),
+                    lambda row: run.measure(row, lambda: run_ours(services.generator, run.request, device)))
+        if not run.skipped("no-previews"):
+            quiet = without_previews(services.generator)
+            guarded(run.rows, run.row("ours: no previews", "ours", offered=True),
+                    lambda row: run.measure(row, lambda: run_ours(quiet, run.request, device)))
+    finally:
+        services.close()
+        shutil.rmtree(folder, ignore_errors=True)  # full-size Flux files take ~35 GB of disk
+        free_memory()
+    return {"model": spec.label, "key": spec.key, **run.extra, "rows": run.rows}
+
+
 # ---------------------------------------------------------------- report
 
 def fmt(value, spec: str, missing: str = "-") -> str:
@@ -730,7 +941,9 @@ def print_report(results: list[dict], meta: dict):
         plain = next((r for r in rows if r.kind == "plain" and r.its), None)
         print(f"\n{result['model']} {result['size']}x{result['size']} "
               f"(checkpoint {result['checkpoint_bytes'] / GIB:.2f} GiB, written in {result['write_s']:.1f}s, "
-              f"loaded in {result.get('load_s', 0):.1f}s)")
+              f"loaded in {result.get('load_s', 0):.1f}s"
+              + (f", {result['cached_bytes'] / 2**20:.1f} MiB held in the model cache, {result['dtype']}, "
+                 f"{result['guidance']}" if "cached_bytes" in result else "") + ")")
         print(f"{'variant':<44} {'it/s':>8} {'x plain':>8} {'job s':>7} {'decode s':>8} {memory_label:>13} "
               f"{'warm-up s':>9}  note")
         for r in rows:
@@ -739,7 +952,7 @@ def print_report(results: list[dict], meta: dict):
             print(f"{r.variant:<44} {fmt(r.its, '8.2f', 'n/a'):>8} {fmt(ratio, '8.2f'):>8} {fmt(r.job_s, '7.3f'):>7} "
                   f"{fmt(r.decode_s, '8.3f'):>8} {fmt(r.peak_bytes and r.peak_bytes / GIB, '13.2f'):>13} "
                   f"{fmt(r.warmup_s, '9.2f'):>9}  {note}")
-        if on_gpu and not meta["tiny"]:
+        if on_gpu and not meta["tiny"] and MODELS[result["key"]].anchors:
             diffusers_anchor, fast_anchor = MODELS[result["key"]].anchors
             print(f"published H100 anchors: diffusers {diffusers_anchor} it/s, stable-fast {fast_anchor} it/s"
                   + (f"; our plain diffusers here {plain.its:.1f} it/s" if plain else ""))

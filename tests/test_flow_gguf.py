@@ -1,15 +1,19 @@
 """GGUF Flux/SD3 transformers (city96's layout, as Forge and ComfyUI read them) written here with the gguf package's
 writer: found in models/Stable-diffusion and models/unet, sized from the decoded tensor shapes (not FLUX.1's width),
-kept quantized in memory, and giving pixels close to the unquantized model's for the same seed."""
+kept quantized in memory, and giving pixels close to the unquantized model's for the same seed; city96's T5-XXL
+GGUFs (llama.cpp tensor names) listed as text encoders and loaded close to the unquantized T5."""
 from __future__ import annotations
 
 import io
 import os
+import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from backend.core.infotext import parse_infotext
 from backend.core.requests import Txt2ImgRequest
 
 pytest.importorskip("gguf")
@@ -102,3 +106,58 @@ def test_sd3_gguf_transformer_runs_close_to_the_single_file(make_services, tmp_p
                                          dtype=np.int16)
     difference = np.abs(results["sd3-full"] - results["sd3-q8"])
     assert difference.mean() < 0.5 and difference.max() <= 3
+
+
+@pytest.fixture
+def t5_gguf_models(tmp_path, flow_files):
+    """BFL's Flux file with its text encoders, plus city96-style T5 GGUFs (Q8_0, F16) of the same T5 (seed 1)."""
+    from tools.tiny_flow_models import write_t5_gguf
+
+    models = tmp_path / "t5-gguf-models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    os.link(flow_files["flux_bfl"], models / "Stable-diffusion" / "flux1-dev.safetensors")
+    shutil.copytree(flow_files["text_encoder"], models / "text_encoder")
+    (models / "VAE").symlink_to(flow_files["VAE"])
+    for quantization in ("Q8_0", "F16"):
+        write_t5_gguf(models / "text_encoder" / f"t5xxl_{quantization.lower()}.gguf", "flux", seed=1,
+                      quantization=quantization)
+    return models
+
+
+def t5_output(services) -> torch.Tensor:
+    with services.models.lease("flux1-dev") as (_, model):
+        encoder = model.pipeline.text_encoder_2
+        tokens = torch.arange(3, 40).remainder(encoder.config.vocab_size).unsqueeze(0)
+        with torch.no_grad():
+            return encoder(tokens).last_hidden_state.float()
+
+
+def test_gguf_t5_encoders_are_listed_and_load_close_to_the_full_one(make_services, t5_gguf_models):
+    services = make_services(models_dir=t5_gguf_models)
+    available = services.models.components.available()
+    assert {"t5xxl_q8_0.gguf", "t5xxl_f16.gguf", "t5xxl_fp16.safetensors"} <= set(available)
+    full = t5_output(services)  # the default T5 is the safetensors file, before any GGUF
+    outputs = {}
+    for name in ("t5xxl_f16.gguf", "t5xxl_q8_0.gguf"):
+        services.models.choose_components("flux1-dev", [name])
+        outputs[name] = t5_output(services)
+    scale = full.abs().mean()
+    assert (outputs["t5xxl_f16.gguf"] - full).abs().max() < 1e-2 * scale  # fp16-rounded weights
+    q8_error = (outputs["t5xxl_q8_0.gguf"] - full).abs().mean()
+    assert 0 < q8_error < 2e-2 * scale  # 8-bit blocks: close, and really the quantized file's weights
+
+
+def test_a_gguf_t5_alone_is_the_default_and_generates(make_services, t5_gguf_models):
+    services = make_services(models_dir=t5_gguf_models)
+    reference = pixels(services, "flux1-dev")
+    (t5_gguf_models / "text_encoder" / "t5xxl_fp16.safetensors").unlink()
+    (t5_gguf_models / "text_encoder" / "t5xxl_f16.gguf").unlink()
+    # city96's own name for it, without "t5xxl"
+    (t5_gguf_models / "text_encoder" / "t5xxl_q8_0.gguf").rename(
+        t5_gguf_models / "text_encoder" / "t5-v1_1-xxl-encoder-Q8_0.gguf")
+    services = make_services(models_dir=t5_gguf_models)
+    job = services.jobs.run_and_wait(Txt2ImgRequest(**FAST, checkpoint="flux1-dev"), timeout=300)
+    assert job.status == "done", job.error
+    assert "t5-v1_1-xxl-encoder-Q8_0" in parse_infotext(job.result.images[0].infotext).values()
+    quantized = np.asarray(Image.open(io.BytesIO(job.result.images[0].png)).convert("RGB"), dtype=np.int16)
+    assert np.abs(quantized - reference).mean() < 0.5 and np.abs(quantized - reference).max() <= 3

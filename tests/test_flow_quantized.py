@@ -1,5 +1,6 @@
 """Quantized Flux files: fp8 transformers stay in fp8 in memory (counted as such) and compute in the job's dtype,
-close to the full-precision model; bitsandbytes NF4 files are refused with a clear message where CUDA is absent."""
+close to the full-precision model; the model cache reports the bytes fp8 and GGUF models really hold;
+bitsandbytes NF4 files are refused with a clear message where CUDA is absent."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,3 +51,42 @@ def test_nf4_file_refused_with_a_clear_message(loader, flow_files, tmp_path):
     save_file(state, str(path))
     with pytest.raises(CheckpointError, match="bitsandbytes.*CUDA"):
         loader.load(path, torch.float32)
+
+
+def held_bytes(pipeline) -> int:
+    """The bytes of every distinct storage the pipeline's modules hold (a GGUF weight: its quantized blocks)."""
+    storages = {}
+    for component in pipeline.components.values():
+        if isinstance(component, torch.nn.Module):
+            for tensor in (*component.parameters(), *component.buffers()):
+                storage = tensor.data.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def test_model_cache_counts_the_bytes_fp8_and_gguf_models_hold(make_services, tmp_path, flow_files):
+    import os
+
+    pytest.importorskip("gguf")
+    from tools.tiny_flow_models import tiny_flow_components, write_transformer_gguf
+
+    models = tmp_path / "quantized-models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    os.link(flow_files["flux_comfy"], models / "Stable-diffusion" / "flux-full.safetensors")
+    write_flux_comfy(models / "Stable-diffusion" / "flux-fp8.safetensors", seed=1, dtype=torch.float8_e4m3fn)
+    write_transformer_gguf(models / "Stable-diffusion" / "flux-q8.gguf", "flux", seed=1)
+    (models / "text_encoder").symlink_to(flow_files["text_encoder"])
+    (models / "VAE").symlink_to(flow_files["VAE"])
+    services = make_services(models_dir=models, max_models_in_memory=3)
+    reported = {}
+    for title in ("flux-full", "flux-fp8", "flux-q8"):
+        services.models.select(title)
+        with services.models.lease(title) as (entry, model):
+            held = held_bytes(model.pipeline)
+        reported[title] = next(row["size_bytes"] for row in services.models.cache_report()
+                               if row["title"] == entry.title)
+        assert reported[title] == held, title
+    transformer = sum(p.numel() for p in tiny_flow_components("flux", seed=1)["transformer"].parameters())
+    # fp8: one byte a weight instead of four; Q8_0: 34 bytes a 32-value block
+    assert reported["flux-full"] - reported["flux-fp8"] > 0.5 * 3 * transformer
+    assert reported["flux-full"] - reported["flux-q8"] > 0.5 * 3 * transformer

@@ -228,6 +228,43 @@ def write_transformer_gguf(path: Path, family: str, seed: int = 0, quantization:
     return path
 
 
+# transformers' T5 names -> llama.cpp's, as city96's t5xxl GGUFs store them (the reverse of the loader's mapping)
+_T5_TO_LLAMA_CPP = (("encoder.final_layer_norm", "enc.output_norm"), ("encoder.block.", "enc.blk."),
+                    ("shared", "token_embd"), ("layer.0.SelfAttention.relative_attention_bias", "attn_rel_b"),
+                    ("layer.0.SelfAttention.", "attn_"), ("layer.0.layer_norm", "attn_norm"),
+                    ("layer.1.DenseReluDense.wi_0", "ffn_gate"), ("layer.1.DenseReluDense.wi_1", "ffn_up"),
+                    ("layer.1.DenseReluDense.wo", "ffn_down"), ("layer.1.layer_norm", "ffn_norm"))
+
+
+def write_t5_gguf(path: Path, family: str = "flux", seed: int = 0, quantization: str = "Q8_0") -> Path:
+    """The tiny model's T5 encoder as city96's t5xxl GGUFs are (arch "t5encoder", llama.cpp tensor names, no
+    separate encoder.embed_tokens): matrices whose rows split into 32-value blocks in `quantization` ("Q8_0" or
+    "F16"), the rest (norms, the relative attention bias) in F32."""
+    import gguf
+    import numpy as np
+
+    encoder = tiny_flow_components(family, seed)["text_encoder_3" if family == "sd3" else "text_encoder_2"]
+    kind = gguf.GGMLQuantizationType[quantization]
+    block = gguf.GGML_QUANT_SIZES[kind][0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), arch="t5encoder")
+    for name, tensor in _t5_original(encoder, with_embed_tokens=False).items():
+        for old, new in _T5_TO_LLAMA_CPP:
+            name = name.replace(old, new)
+        values = tensor.detach().float().numpy()
+        if values.ndim == 2 and values.shape[-1] % block == 0 and "attn_rel_b" not in name:
+            data = values.astype(np.float16) if kind == gguf.GGMLQuantizationType.F16 else \
+                gguf.quants.quantize(values, kind)
+            writer.add_tensor(name, data, raw_dtype=kind)
+        else:
+            writer.add_tensor(name, values.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def write_sd3_parts(folder: Path, seed: int = 0) -> dict[str, Path]:
     """The tiny SD3 model's text encoders (Forge's models/text_encoder) and VAE (`sd3_vae.safetensors`, for
     models/VAE) as separate files, for a transformer-only file (a GGUF) to run with."""

@@ -8,10 +8,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-from backend.models.flow_loader import ComponentFolders
+from backend.models.flow_loader import TEXT_ENCODER_EXTENSIONS, ComponentFolders
 from backend.models.weight_files import CheckpointError
 
-COMPONENT_EXTENSIONS = (".safetensors", ".sft")
+VAE_EXTENSIONS = (".safetensors", ".sft")
 TEXT_ENCODER_KINDS = ("clip_l", "clip_g", "t5xxl")
 
 
@@ -24,9 +24,10 @@ class ComponentChoices:
     def available(self) -> list[str]:
         """The files one can choose: text encoders, then VAEs, by file name."""
         names: list[str] = []
-        for folder in (self.folders.text_encoder_dir, self.folders.vae_dir):
+        for folder, extensions in ((self.folders.text_encoder_dir, TEXT_ENCODER_EXTENSIONS),
+                                   (self.folders.vae_dir, VAE_EXTENSIONS)):
             if folder is not None and folder.is_dir():
-                names += sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in COMPONENT_EXTENSIONS)
+                names += sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in extensions)
         return names
 
     def chosen(self, title: str) -> list[str]:

@@ -27,15 +27,22 @@ from backend.models.flow_detection import (
     vae_state,
 )
 from backend.models.flow_layouts import flux_rows, sd3_rows, to_diffusers
-from backend.models.gguf_weights import has_quantized, load_quantized, logical_view
+from backend.models.gguf_weights import dequantized, has_quantized, load_quantized, logical_view, t5_names
 from backend.models.weight_files import CheckpointError, load_state_dict
 
 T5_TOKENIZER_FOLDER = "t5_tokenizer"
 FLUX_VAE_FILE = "ae.safetensors"
+TEXT_ENCODER_EXTENSIONS = (".safetensors", ".sft", ".gguf")  # GGUF: city96's quantized T5-XXL
 COMPONENT_LABELS = {"clip_l": "CLIP-L text encoder", "clip_g": "CLIP-G text encoder", "t5xxl": "T5-XXL text encoder",
                     "vae": "VAE"}
 _COMPONENT_PREFIXES = ("text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.",
                        "text_encoders.t5xxl.transformer.", "transformer.", "first_stage_model.", "vae.")
+
+
+def names_part(path: Path, component: str) -> bool:
+    """Whether the file's name says it is `component`; city96's T5 GGUFs are named t5-v1_1-xxl-encoder-*."""
+    stem = path.stem.lower()
+    return component in stem or (component == "t5xxl" and "t5" in stem and "xxl" in stem)
 
 
 @dataclass(frozen=True)
@@ -55,8 +62,8 @@ class ComponentFolders:
         if self.text_encoder_dir is None or not self.text_encoder_dir.is_dir():
             return None
         candidates = sorted((p for p in self.text_encoder_dir.iterdir()
-                             if p.is_file() and p.suffix in (".safetensors", ".sft") and component in p.stem.lower()),
-                            key=lambda p: ("fp8" in p.stem.lower(), p.name))
+                             if p.is_file() and p.suffix in TEXT_ENCODER_EXTENSIONS and names_part(p, component)),
+                            key=lambda p: (p.suffix == ".gguf", "fp8" in p.stem.lower(), p.name))
         return candidates[0] if candidates else None
 
     @property
@@ -183,7 +190,8 @@ class FlowLoader:
         path = chosen.get(component) or self.folders.default_file(component, family)
         if path is None:
             where = (f"{self.folders.vae_dir}/{FLUX_VAE_FILE}" if component == "vae"
-                     else f"{self.folders.text_encoder_dir}/ (a file named {component}*.safetensors)")
+                     else f"{self.folders.text_encoder_dir}/ (a file named {component}*.safetensors"
+                     + (" or a T5 GGUF, t5xxl*.gguf)" if component == "t5xxl" else ")"))
             raise CheckpointError(f"this {family_label(family)} checkpoint has no {COMPONENT_LABELS[component]} and "
                                   f"none was chosen or found: put it in {where}", field="text_encoders")
         parts.sources[component] = path.name
@@ -257,6 +265,9 @@ class FlowLoader:
 
         from backend.models.loader import materialise
 
+        weights = t5_names(weights)
+        if has_quantized(weights):  # a GGUF T5 (city96's): decoded to the compute precision, see dequantized()
+            weights = dequantized(weights, dtype)
         if "shared.weight" not in weights and "encoder.embed_tokens.weight" in weights:
             weights = {**weights, "shared.weight": weights["encoder.embed_tokens.weight"]}
         if "shared.weight" not in weights:

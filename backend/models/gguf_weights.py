@@ -71,3 +71,37 @@ def load_quantized(model: torch.nn.Module, weights: dict[str, torch.Tensor], dty
     quantizer.postprocess_model(model)
     model.hf_quantizer = quantizer
     return model.eval().requires_grad_(False)
+
+
+# city96's T5 encoder GGUFs name tensors as llama.cpp does; Forge and ComfyUI-GGUF map them back to T5's own names.
+# Applied in order, each a plain substring replacement (none creates text a later one matches).
+_T5_LLAMA_CPP_NAMES = (
+    ("enc.", "encoder."), (".blk.", ".block."), ("token_embd", "shared"), ("output_norm", "final_layer_norm"),
+    ("attn_rel_b", "layer.0.SelfAttention.relative_attention_bias"), ("attn_norm", "layer.0.layer_norm"),
+    ("attn_q", "layer.0.SelfAttention.q"), ("attn_k", "layer.0.SelfAttention.k"),
+    ("attn_v", "layer.0.SelfAttention.v"), ("attn_o", "layer.0.SelfAttention.o"),
+    ("ffn_gate", "layer.1.DenseReluDense.wi_0"), ("ffn_up", "layer.1.DenseReluDense.wi_1"),
+    ("ffn_down", "layer.1.DenseReluDense.wo"), ("ffn_norm", "layer.1.layer_norm"),
+)
+
+
+def t5_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A T5 encoder's tensors under transformers' names, from llama.cpp's (city96's t5xxl GGUFs) or as they were."""
+    if "token_embd.weight" not in state:
+        return state
+    renamed = {}
+    for key, tensor in state.items():
+        for old, new in _T5_LLAMA_CPP_NAMES:
+            key = key.replace(old, new)
+        renamed[key] = tensor
+    return renamed
+
+
+def dequantized(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Every quantized tensor decoded to `dtype`, one at a time (the file's bytes are not kept). Used for T5: neither
+    diffusers' GGUF quantizer (diffusers models only) nor transformers (it dequantizes GGUF too) keeps a T5 quantized,
+    and its token embedding is no linear layer."""
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+    return {key: dequantize_gguf_tensor(tensor).to(dtype) if is_quantized(tensor) else tensor
+            for key, tensor in state.items()}
