@@ -19,7 +19,7 @@ from backend.jobs.outputs import OutputStore
 from backend.jobs.queue import JobQueue
 from backend.models.component_choices import ComponentChoices
 from backend.models.construction import ModelConstruction
-from backend.models.devices import choose_device, choose_dtype
+from backend.models.devices import choose_device, choose_dtype, choose_flow_dtype
 from backend.models.flow_loader import ComponentFolders
 from backend.models.hashes import HashCache
 from backend.models.loader import CheckpointLoader
@@ -104,7 +104,8 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     registry.refresh()  # scan (and hash) once, before any thread asks for the list
     construction = ModelConstruction()  # every loader builds its modules under this one lock
     components = ComponentFolders(settings.text_encoder_dir, settings.vae_dir)  # Flux/SD3 separate parts
-    models = ModelManager(settings, registry, CheckpointLoader(construction, components), device, dtype,
+    loader = CheckpointLoader(construction, components, choose_flow_dtype(settings.precision, device, dtype))
+    models = ModelManager(settings, registry, loader, device, dtype,
                           ComponentChoices(settings.cache_dir / "components.json", components))
     options = OptionsStore(settings.options_file, settings.option_overrides)
     models.startup_checkpoint = settings.startup_checkpoint or options.current.sd_model_checkpoint

@@ -121,3 +121,22 @@ def test_tiny_flux_width_loads_where_diffusers_converter_fails(flow_files):
 
     with pytest.raises(Exception):  # noqa: B017 (torch.split's own error type)
         convert_flux_transformer_checkpoint_to_diffusers(load_file(str(flow_files["flux_bfl"])))
+
+
+def test_flow_models_take_bf16_where_auto_would_give_fp16(flow_files, checkpoint_files):
+    """--precision auto on a GPU gives fp16, in which Flux's and SD3's T5 and transformer overflow: they are loaded
+    in bf16 instead (where the GPU has it); SD checkpoints and a precision the user chose keep theirs."""
+    from backend.models.devices import choose_flow_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert choose_flow_dtype("auto", cuda, torch.float16, bf16_supported=True) == torch.bfloat16
+    assert choose_flow_dtype("auto", cuda, torch.float16, bf16_supported=False) == torch.float16
+    assert choose_flow_dtype("fp16", cuda, torch.float16, bf16_supported=True) == torch.float16
+    assert choose_flow_dtype("auto", cpu, torch.float32) == torch.float32
+    loader = CheckpointLoader(components=ComponentFolders(flow_files["text_encoder"], flow_files["VAE"]),
+                              flow_dtype=torch.bfloat16)
+    for name in ("flux_bfl", "flux_folder", "sd3"):
+        pipeline = loader.load(flow_files[name], torch.float32).pipeline
+        assert pipeline.transformer.dtype == torch.bfloat16 and pipeline.vae.dtype == torch.bfloat16, name
+        assert pipeline.text_encoder_2.dtype == torch.bfloat16, name
+    assert loader.load(checkpoint_files["sd1"], torch.float32).pipeline.unet.dtype == torch.float32

@@ -38,6 +38,18 @@ def choose_dtype(precision: str, device: torch.device) -> torch.dtype:
     return DTYPES[precision]
 
 
+def choose_flow_dtype(precision: str, device: torch.device, dtype: torch.dtype,
+                      bf16_supported: bool | None = None) -> torch.dtype:
+    """Flux and SD3 under --precision auto: bf16 where the GPU has it, instead of fp16, because their T5 encoder
+    and transformer overflow in fp16 (black or noisy images); Forge and diffusers run them in bf16. A precision
+    the user chose is kept."""
+    if precision != "auto" or dtype != torch.float16 or device.type != "cuda":
+        return dtype
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if bf16_supported else dtype
+
+
 def attention_backend(pipeline, want_xformers: bool, device: torch.device) -> str:
     """PyTorch SDPA is diffusers' default; xformers only when asked for and usable. Returns a status line."""
     if not want_xformers:

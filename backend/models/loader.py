@@ -128,13 +128,18 @@ def import_model_libraries():
         getattr(diffusers, name)
 
 
+FLOW_PIPELINE_FAMILIES = {"FluxPipeline": "flux", "FluxFillPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
+
+
 class CheckpointLoader:
     """Builds pipelines; holds the offline CLIP tokenizers so they are built once per app. `construction`: the app's
     ModelConstruction (a loader built alone, in a tool or a test, has a lock of its own)."""
 
-    def __init__(self, construction: ModelConstruction | None = None, components: ComponentFolders | None = None):
+    def __init__(self, construction: ModelConstruction | None = None, components: ComponentFolders | None = None,
+                 flow_dtype: torch.dtype | None = None):
         self.construction = construction or ModelConstruction()
         self.components = components or ComponentFolders()  # separate text encoders and VAEs (Flux, SD3)
+        self.flow_dtype = flow_dtype  # Flux/SD3's compute dtype when it differs from the app's (devices.py)
 
     @cached_property
     def tokenizer(self):
@@ -167,16 +172,18 @@ class CheckpointLoader:
 
         extra = {}
         index = Path(folder_or_repo) / "model_index.json"
-        if index.is_file() and "safety_checker" in json.loads(index.read_text()):
+        facts = json.loads(index.read_text()) if index.is_file() else {}
+        if "safety_checker" in facts:
             extra = {"safety_checker": None, "requires_safety_checker": False}
+        if self.flow_dtype is not None and facts.get("_class_name") in FLOW_PIPELINE_FAMILIES:
+            dtype = self.flow_dtype
         try:
             with self.construction.building():  # from_pretrained builds under accelerate's process-wide patch
                 pipeline = DiffusionPipeline.from_pretrained(folder_or_repo, dtype=dtype,
                                                              local_files_only=local_files_only, **extra)
         except (OSError, ValueError) as error:
             raise CheckpointError(f"cannot load diffusers model {folder_or_repo}: {error}") from error
-        flow_family = {"FluxPipeline": "flux", "FluxFillPipeline": "flux",
-                       "StableDiffusion3Pipeline": "sd3"}.get(type(pipeline).__name__)
+        flow_family = FLOW_PIPELINE_FAMILIES.get(type(pipeline).__name__)
         if flow_family:
             for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
                 if getattr(pipeline, name, None) is not None:
@@ -199,7 +206,7 @@ class CheckpointLoader:
         found = flow_file(state)
         if found is not None:
             try:
-                pipeline, parts = self.flow.load(path, state, found, dtype, components)
+                pipeline, parts = self.flow.load(path, state, found, self.flow_dtype or dtype, components)
             except KeyError as error:
                 raise CheckpointError(f"{path.name} is missing weights the {FAMILY_LABELS[found.family]} layout "
                                       f"needs: {error}") from error
