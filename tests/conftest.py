@@ -121,6 +121,20 @@ def services(make_services):
     return make_services()
 
 
+@pytest.fixture
+def client(services):
+    """The REST API over `services`, in-process (no server)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from backend.http.routes import build_api_router
+
+    app = FastAPI()
+    app.include_router(build_api_router(services))
+    with TestClient(app) as http:
+        yield http
+
+
 def run_txt2img(services, **fields):
     job = services.jobs.run_and_wait(Txt2ImgRequest(**{**FAST, **fields}), timeout=300)
     assert job.done, "job did not finish"

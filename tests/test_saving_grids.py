@@ -19,19 +19,6 @@ from backend.http.routes import build_api_router
 FAST = {"prompt": "a red circle", "steps": 2, "width": 64, "height": 64, "seed": 5, "save_images": True}
 
 
-@pytest.fixture
-def services(make_services):
-    return make_services()
-
-
-@pytest.fixture
-def client(services):
-    app = FastAPI()
-    app.include_router(build_api_router(services))
-    with TestClient(app) as http:
-        yield http
-
-
 def decode(data: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(data)))
 

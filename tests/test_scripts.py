@@ -7,7 +7,6 @@ import io
 import json
 
 import numpy as np
-import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -18,19 +17,6 @@ from backend.generation.scripts.sd_upscale import combine_tiles, split_tiles, ti
 from backend.http.routes import build_api_router
 
 FAST = {"steps": 2, "width": 64, "height": 64, "save_images": True}
-
-
-@pytest.fixture
-def services(make_services):
-    return make_services()
-
-
-@pytest.fixture
-def client(services):
-    app = FastAPI()
-    app.include_router(build_api_router(services))
-    with TestClient(app) as http:
-        yield http
 
 
 def decode(data: str) -> Image.Image:
