@@ -39,7 +39,10 @@ def test_auto_tiles_only_large_images(make_services):
         SpeedOptions(offload="sometimes")
 
 
-def test_compile_gives_the_same_image_and_keeps_its_kernels(make_services, tmp_path):
+def test_compile_gives_the_same_image_and_keeps_its_kernels(make_services, tmp_path, monkeypatch):
+    # inductor's kernels built at -O0: this checks the wiring and the numbers, not the kernels' speed, and a cold
+    # -O3 build of every kernel is the slowest part of the suite on a CI machine
+    monkeypatch.setenv("TORCHINDUCTOR_DEBUG_COMPILE", "1")
     plain = run_txt2img(make_services(), seed=3, steps=2)
     compiled_services = make_services(compile_unet=True, cache_dir=tmp_path / "compile-cache")
     compiled = run_txt2img(compiled_services, seed=3, steps=2)
