@@ -8,10 +8,9 @@ import pytest
 from PIL import Image
 
 from backend.core.image_metadata import read_infotext
+from tests.browser import open_page
 from tests.server_process import ServerProcess
-from tests.test_ui_browser import CHROMIUM, set_slider, wait_until_done
-
-playwright = pytest.importorskip("playwright.sync_api")
+from tests.test_ui_browser import set_slider, wait_until_done
 
 
 @pytest.fixture
@@ -23,14 +22,8 @@ def server(tmp_path, models_dir):
 
 @pytest.fixture
 def page(server):
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.goto(server.url + "/")
+    with open_page(server.url + "/") as tab:
         yield tab
-        browser.close()
 
 
 def open_settings(page):

@@ -3,16 +3,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from contextlib import contextmanager
 
 import pytest
 from PIL import Image
 
+from tests.browser import CHROMIUM, open_page, playwright  # noqa: F401 (shared with other modules)
 from tests.server_process import ServerProcess, SharedServer, shared_models_dir
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-playwright = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
@@ -29,18 +25,6 @@ def shared_server(tmp_path_factory, checkpoint_files):
 @pytest.fixture
 def server(shared_server) -> SharedServer:
     return shared_server.mark()
-
-
-@contextmanager
-def open_page(url: str):
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.goto(url)
-        yield tab
-        browser.close()
 
 
 @pytest.fixture

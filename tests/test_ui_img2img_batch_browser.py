@@ -8,10 +8,10 @@ from PIL import Image, PngImagePlugin
 
 from backend.core.image_metadata import read_infotext
 from backend.core.infotext import parse_infotext
+from tests.browser import open_page
 from tests.server_process import ServerProcess, SharedServer, shared_models_dir
-from tests.test_ui_browser import CHROMIUM, set_slider, wait_until_done
+from tests.test_ui_browser import set_slider, wait_until_done
 
-playwright = pytest.importorskip("playwright.sync_api")
 SCREENSHOTS = os.environ.get("UI_SCREENSHOTS")  # a folder: save what the tests saw, for a person to look at
 
 
@@ -31,14 +31,8 @@ def server(shared_server) -> SharedServer:
 
 @pytest.fixture
 def page(server):
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.goto(server.url + "/")
+    with open_page(server.url + "/") as tab:
         yield tab
-        browser.close()
 
 
 def shoot(page, name: str):

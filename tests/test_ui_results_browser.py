@@ -10,11 +10,10 @@ import re
 import pytest
 from PIL import Image
 
+from tests.browser import open_page
 from tests.server_process import ServerProcess
-from tests.test_ui_browser import CHROMIUM, set_slider, wait_until_done
+from tests.test_ui_browser import set_slider, wait_until_done
 from tools.tiny_controlnets import write_tiny_controlnet
-
-playwright = pytest.importorskip("playwright.sync_api")
 
 # What the browser shows of an <img>: the share of the image's width and height inside its box (1 = all of it).
 VISIBLE_SHARE = """img => {
@@ -48,14 +47,8 @@ def server(tmp_path_factory, checkpoint_files):
 
 @pytest.fixture
 def page(server):
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.goto(server.url + "/")
+    with open_page(server.url + "/") as tab:
         yield tab
-        browser.close()
 
 
 def stripes(width: int, height: int) -> Image.Image:

@@ -3,15 +3,11 @@ headless Chromium: hidden until asked for, their values reach the image's infote
 back."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from PIL import Image, PngImagePlugin
 
+from tests.browser import open_page
 from tests.server_process import ServerProcess, shared_models_dir
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-playwright = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +20,9 @@ def server(tmp_path_factory, checkpoint_files):
 
 @pytest.fixture
 def page(server):
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.goto(server)
+    with open_page(server) as tab:
         tab.wait_for_selector("#txt2img_seed", timeout=120_000)
         yield tab
-        browser.close()
 
 
 def set_number(page, elem_id: str, value):

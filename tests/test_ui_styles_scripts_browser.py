@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from tests.browser import open_page, playwright
 from tests.server_process import ServerProcess, SharedServer, shared_models_dir
-from tests.test_ui_browser import CHROMIUM, set_slider, wait_until_done
+from tests.test_ui_browser import set_slider, wait_until_done
 
-playwright = pytest.importorskip("playwright.sync_api")
 STYLES = 'name,prompt,negative_prompt\nCinematic,"{prompt}, film grain",blurry\nOil,oil painting,"photo, 3d"\n'
 
 
@@ -31,14 +31,8 @@ def server(shared_server):
 
 @pytest.fixture
 def page(server):
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"])
-        tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-        tab.goto(server[0])
+    with open_page(server[0]) as tab:
         yield tab
-        browser.close()
 
 
 def choose_style(page, tab: str, name: str):
