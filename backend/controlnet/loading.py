@@ -11,7 +11,14 @@ from pathlib import Path
 
 import torch
 
-from backend.controlnet.model_files import ControlNetEntry, ControlNetFolder, ControlNetWeights, read_controlnet
+from backend.controlnet.model_files import (
+    ControlNetEntry,
+    ControlNetFolder,
+    ControlNetWeights,
+    read_controlnet,
+    read_state,
+)
+from backend.controlnet.t2i_adapter_files import build_adapter, is_t2i_adapter
 from backend.core.errors import UserError
 from backend.core.model_family import FAMILY_LABELS
 from backend.models.loader import materialise
@@ -47,12 +54,16 @@ def check_family(entry: ControlNetEntry, weights: ControlNetWeights, checkpoint_
 
 def build_controlnet(entry: ControlNetEntry, unet_config: dict, checkpoint_family: str, checkpoint: str,
                      dtype: torch.dtype, field: str = "model"):
-    """The ControlNetModel of `entry` on the CPU in `dtype`; a family other than the checkpoint's is a UserError
-    naming both, a cross-attention width other than the UNet's too (a ControlNet of another model size)."""
+    """The ControlNetModel (or T2IAdapter) of `entry` on the CPU in `dtype`; a family other than the checkpoint's is
+    a UserError naming both, a cross-attention width other than the UNet's too (a ControlNet of another model
+    size)."""
     from accelerate import init_empty_weights
     from diffusers import ControlNetModel
 
-    weights = read_controlnet(entry)
+    state, declared = read_state(entry)
+    if is_t2i_adapter(state, declared):  # served by the same units (diffusers' T2IAdapter)
+        return build_adapter(entry, state, declared, unet_config, checkpoint_family, checkpoint, dtype, field)
+    weights = read_controlnet(entry, (state, declared))
     check_family(entry, weights, checkpoint_family, checkpoint, field)
     if weights.config["cross_attention_dim"] != unet_config.get("cross_attention_dim"):
         raise ControlNetFamilyMismatch(field, f"ControlNet '{entry.title}' expects text features of width "

@@ -216,6 +216,9 @@ def prepared_controls(request: GenerationRequest, controlnets: ControlNets | Non
                 unit.model, dict(unet.config), model.family, checkpoint_title, unet.dtype, f"{field_name}.model"))
             controlnet.to(unet.device)
             stack.callback(controlnet.to, "cpu")
+            if hasattr(controlnet, "total_downscale_factor") and unit.control_mode != ControlMode.BALANCED:
+                raise RequestError(f"{field_name}.control_mode", f"'{entry.title}' is a T2I-Adapter; adapters take "
+                                                                 "the Balanced control mode only")
             if unit.control_mode != ControlMode.BALANCED:
                 controlnet = unit_view(controlnet)  # its hook must not reach another unit of the same model
                 controlnet.register_forward_hook(mode_hook(unit.control_mode, request.batch_size), with_kwargs=True)

@@ -31,12 +31,16 @@ def unit_view(model: torch.nn.Module) -> torch.nn.Module:
 
 @dataclass
 class SteeringUnit:
-    """A unit as the hook runs it: its ControlNet and its control map (1, 3, H, W) for this pass."""
+    """A unit as the hook runs it: its ControlNet (or T2I-Adapter) and its control map (1, 3, H, W) for this pass."""
     model: torch.nn.Module
     control: torch.Tensor
     weight: float
     start: float
     end: float
+
+    @property
+    def is_adapter(self) -> bool:
+        return hasattr(self.model, "total_downscale_factor")  # diffusers' T2IAdapter
 
     def steers(self, step: int, total: int) -> bool:
         return not (step / total < self.start or (step + 1) / total > self.end)
@@ -71,8 +75,13 @@ def residuals_hook(units: list[SteeringUnit], clock: StepClock, pipeline, scale_
         context = kwargs["encoder_hidden_states"]
         added = kwargs.get("added_cond_kwargs")
         size = (sample.shape[-2] * scale_factor, sample.shape[-1] * scale_factor)
-        down_sum = mid_sum = None
+        down_sum = mid_sum = features = None
         for unit in steering:
+            if unit.is_adapter:
+                unit_features = adapter_features(unit, clock, size, sample)
+                features = unit_features if features is None else [
+                    total_ + feature for total_, feature in zip(features, unit_features, strict=True)]
+                continue
             latents = sample[:, :unit.model.config.in_channels]  # an inpainting UNet's extra channels are its own
             pooled = bool(unit.model.config.get("global_pool_conditions", False)) and guided
             unit_context, unit_added = context, added
@@ -95,8 +104,28 @@ def residuals_hook(units: list[SteeringUnit], clock: StepClock, pipeline, scale_
             else:
                 down_sum = [total_ + residual for total_, residual in zip(down_sum, down, strict=True)]
                 mid_sum = mid_sum + mid
-        return args, {**kwargs, "down_block_additional_residuals": down_sum, "mid_block_additional_residual": mid_sum}
+        if down_sum is not None:
+            kwargs = {**kwargs, "down_block_additional_residuals": down_sum, "mid_block_additional_residual": mid_sum}
+        if features is not None:  # the UNet pops them from the list it is given: a fresh one per call
+            kwargs = {**kwargs, "down_intrablock_additional_residuals": [feature.clone() for feature in features]}
+        return args, kwargs
     return hook
+
+
+def adapter_features(unit: SteeringUnit, clock: StepClock, size: tuple[int, int], sample: torch.Tensor) -> list:
+    """A T2I-Adapter's features of the map, times the unit's weight, for the whole (guided) batch: computed once
+    per size, as diffusers' adapter pipelines do (its conditioning factor is our end; the start is honoured too)."""
+    key = (id(unit), size, sample.shape[0], "features")
+    if key not in clock._cache:
+        adapter = unit.model
+        control = control_batch(unit.control, size, 1, sample).clamp(min=0)
+        if adapter.config.in_channels == 1:  # sketch/canny adapters read one channel (the map is grey anyway)
+            control = control.mean(dim=1, keepdim=True)
+        with torch.no_grad():
+            features = adapter(control.to(adapter.dtype))
+        clock._cache[key] = [(feature * unit.weight).to(sample.dtype).repeat(sample.shape[0], 1, 1, 1)
+                             for feature in features]
+    return clock._cache[key]
 
 
 def steered_pipeline(base, units: list[SteeringUnit], images_per_batch: int) -> SteeredPipeline:
