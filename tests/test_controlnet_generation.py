@@ -203,6 +203,25 @@ def test_units_steer_inpainting_and_keep_the_pixels_outside_the_mask(services):
     assert np.array_equal(weightless, plain)
 
 
+def test_only_masked_inpainting_crops_the_units_map_with_the_image(services):
+    from backend.generation.controlnet_run import prepared_controls
+
+    only_masked = {**INPAINT, "inpaint_full_res": 1, "inpaint_full_res_padding": 0}
+    source = np.asarray(Image.open(io.BytesIO(INPAINT["init_image"])).convert("RGB"), dtype=np.int16)
+    plain = pixels(generate(services, Img2ImgRequest, **only_masked))
+    image = pixels(generate(services, Img2ImgRequest, **only_masked, controlnet_units=[unit()]))
+    outside = np.ones((64, 64), dtype=bool)
+    outside[16:49, 16:49] = False
+    assert np.array_equal(image[outside], source[outside]) and np.abs(image - plain).mean() > 0.2
+    request = services.build_request(Img2ImgRequest, {**FAST, **only_masked, "controlnet_units": [unit()]})
+    with (services.models.lease(None) as (entry, model),
+          prepared_controls(request, services.controlnets, model, entry.title, crop=(16, 16, 48, 48)) as controls):
+        control = controls.units[0].control
+    whole = torch.from_numpy(controls.units[0].detected.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    expected = torch.nn.functional.interpolate(whole[:, :, 16:48, 16:48], size=(64, 64))
+    assert control.shape == (1, 3, 64, 64) and torch.equal(control, expected)  # the square's map, at the job size
+
+
 def test_inpaint_only_follows_the_img2img_mask_unless_the_unit_has_its_own(services):
     """The unit's map marks the repainted area with -1 (the extension's inpaint protocol): the img2img mask's
     square (inverted with "Inpaint not masked"), or the unit's own mask when it has one."""

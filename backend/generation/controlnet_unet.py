@@ -172,3 +172,6 @@ class SteeredPipeline:
 
     def __setattr__(self, name, value):
         setattr(self._pipeline, name, value)
+
+    def __delattr__(self, name):
+        delattr(self._pipeline, name)
