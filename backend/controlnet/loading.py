@@ -92,18 +92,26 @@ class ControlNetCache:
               field: str = "model"):
         entry = self.folder.find(query, field)
         key = (str(entry.path), entry.short_hash, checkpoint, str(dtype))
+        with self.lease_built(key, lambda: build_controlnet(entry, unet_config, checkpoint_family, checkpoint, dtype,
+                                                            field)) as model:
+            yield entry, model
+
+    @contextmanager
+    def lease_built(self, key: tuple, build):
+        """The model cached under `key`, built by `build()` when it is not (an IP-Adapter's image encoder, say),
+        held for the block."""
         with self._load_lock:
             with self._lock:
                 slot = self._cache.get(key)
             if slot is None:
-                slot = [build_controlnet(entry, unet_config, checkpoint_family, checkpoint, dtype, field), 0]
+                slot = [build(), 0]
             with self._lock:
                 self._cache[key] = slot
                 self._cache.move_to_end(key)
                 slot[1] += 1
                 self._evict()
         try:
-            yield entry, slot[0]
+            yield slot[0]
         finally:
             with self._lock:
                 slot[1] -= 1

@@ -236,7 +236,7 @@ def prepared_controls(request: GenerationRequest, controlnets: ControlNets | Non
 def prepare_adapter(controlnets: ControlNets, unit: ControlNetUnit, index: int, image: np.ndarray, model,
                     checkpoint_title: str, field_name: str) -> PreparedAdapter:
     """An IP-Adapter unit read, checked against the checkpoint and its reference image encoded (the image encoder
-    is built for this and dropped after)."""
+    is kept in the ControlNet cache, leased while it encodes)."""
     module_field, model_field = f"{field_name}.module", f"{field_name}.model"
     if not is_ip_adapter_module(unit.module):
         raise RequestError(module_field, f"the IP-Adapter model '{unit.model}' needs an ip-adapter_* preprocessor "
@@ -252,9 +252,14 @@ def prepare_adapter(controlnets: ControlNets, unit: ControlNetUnit, index: int, 
     unet = model.pipeline.unet
     check_fits(weights, entry.title, unet, checkpoint_title, model.family, model_field)
     found = find_image_encoder(controlnets.clip_vision_dir, weights, unit.module, module_field)
-    encoder = build_image_encoder(found, unet.dtype).to(unet.device)
-    embeds, negative = encode_reference(encoder, image, weights.plus)
-    del encoder
+    stat = found.path.stat()  # a file replaced under the same name is built again
+    key = ("clip_vision", str(found.path), stat.st_size, stat.st_mtime_ns, str(unet.dtype))
+    with controlnets.cache.lease_built(key, lambda: build_image_encoder(found, unet.dtype)) as encoder:
+        encoder.to(unet.device)
+        try:
+            embeds, negative = encode_reference(encoder, image, weights.plus)
+        finally:
+            encoder.to("cpu")  # only the job's own models stay on the device
     parameters = resolve_parameters(controlnets.preprocessors.get(unit.module, module_field), None, None, None)
     infotext = unit_infotext(unit.module, entry.title, unit, parameters.resolution, parameters.threshold_a,
                              parameters.threshold_b)
