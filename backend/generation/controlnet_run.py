@@ -254,7 +254,8 @@ def prepare_adapter(controlnets: ControlNets, unit: ControlNetUnit, index: int, 
     found = find_image_encoder(controlnets.clip_vision_dir, weights, unit.module, module_field)
     stat = found.path.stat()  # a file replaced under the same name is built again
     key = ("clip_vision", str(found.path), stat.st_size, stat.st_mtime_ns, str(unet.dtype))
-    with controlnets.cache.lease_built(key, lambda: build_image_encoder(found, unet.dtype)) as encoder:
+    with controlnets.cache.lease_built(key, lambda: build_image_encoder(found, unet.dtype),
+                                       f"image encoder {found.path.name}") as encoder:
         encoder.to(unet.device)
         try:
             embeds, negative = encode_reference(encoder, image, weights.plus)
