@@ -50,15 +50,20 @@ class ServerProcess:
              "--outputs-dir", str(self.outputs), "--cache-dir", str(self.workdir / "cache"), "--device", "cpu",
              *self.extra_args],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=self._environment())
+        # Another test's server may take the port between free_port() and our bind and answer in our place:
+        # only our own process's word that it serves this port counts.
+        serving = f"Running on local URL:  {self.url}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(self.url + "/", timeout=2).status == 200:
-                    return True
-            except OSError:
-                time.sleep(0.5)
             if self.process.poll() is not None:
                 return False
+            try:
+                if serving in self.log_path.read_text() and \
+                        urllib.request.urlopen(self.url + "/", timeout=2).status == 200:
+                    return self.process.poll() is None
+            except OSError:
+                pass
+            time.sleep(0.25)
         return False
 
     @staticmethod
@@ -80,3 +85,30 @@ class ServerProcess:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def shared_models_dir(root: Path, checkpoint_files: dict[str, Path]) -> Path:
+    """An A1111-style models folder with the two tiny SD1 checkpoints (hard links), for a module's shared server."""
+    models = root / "models"
+    (models / "Stable-diffusion").mkdir(parents=True, exist_ok=True)
+    for key in ("sd1", "sd1_other"):
+        os.link(checkpoint_files[key], models / "Stable-diffusion" / checkpoint_files[key].name)
+    return models
+
+
+class SharedServer:
+    """One server process for a module's tests (each start costs seconds of CPU). Each test calls `mark` when it
+    begins (a function-scoped fixture does) and reads only its own images with `made`."""
+
+    def __init__(self, process: ServerProcess, models: Path):
+        self.process, self.url, self.outputs, self.models = process, process.url, process.outputs, models
+        self._before: set[Path] = set()
+
+    def mark(self) -> SharedServer:
+        self._before = set(self.outputs.rglob("*.png"))
+        return self
+
+    def made(self, pattern: str) -> list[Path]:
+        """The images matching `pattern` under outputs (e.g. "txt2img-images/*/*.png") written since `mark`,
+        oldest name first."""
+        return sorted(path for path in self.outputs.glob(pattern) if path not in self._before)

@@ -2,25 +2,33 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from contextlib import contextmanager
 
 import pytest
 from PIL import Image
 
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, SharedServer, shared_models_dir
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api")
 
 
-@pytest.fixture
-def server(tmp_path, models_dir):
-    data = (models_dir / "Stable-diffusion" / "tiny-sd1.safetensors").read_bytes()
-    (models_dir / "Stable-diffusion" / "zz-broken.safetensors").write_bytes(data[: len(data) // 2])
-    process = ServerProcess(tmp_path, models_dir, "--ckpt", "tiny-sd1.safetensors").start()
-    yield process.url + "/", process.outputs
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory, checkpoint_files):
+    root = tmp_path_factory.mktemp("browser")
+    models = shared_models_dir(root, checkpoint_files)
+    data = checkpoint_files["sd1"].read_bytes()
+    (models / "Stable-diffusion" / "zz-broken.safetensors").write_bytes(data[: len(data) // 2])
+    process = ServerProcess(root, models, "--ckpt", "tiny-sd1.safetensors").start()
+    yield SharedServer(process, models)
     process.stop()
+
+
+@pytest.fixture
+def server(shared_server) -> SharedServer:
+    return shared_server.mark()
 
 
 @contextmanager
@@ -37,7 +45,7 @@ def open_page(url: str):
 
 @pytest.fixture
 def page(server):
-    with open_page(server[0]) as tab:
+    with open_page(server.url + "/") as tab:
         yield tab
 
 
@@ -74,7 +82,6 @@ def set_slider(page, elem_id: str, value: int):
 
 
 def test_prompt_generate_gallery_and_file_with_infotext(server, page):
-    _, outputs = server
     page.locator("#txt2img_prompt textarea").fill("a red circle on a blue background")
     for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 3)):
         set_slider(page, elem_id, value)
@@ -86,8 +93,8 @@ def test_prompt_generate_gallery_and_file_with_infotext(server, page):
     infotext = page.locator("#txt2img_infotext textarea").input_value()
     assert infotext.startswith("a red circle on a blue background\n")
     assert "Steps: 3," in infotext and "Size: 64x64" in infotext and "Model: tiny-sd1" in infotext
-    files = list((outputs / "txt2img-images").rglob("*.png"))
-    assert [f.name for f in files] == ["00000-1234.png"]
+    files = server.made("txt2img-images/**/*.png")
+    assert len(files) == 1 and re.fullmatch(r"\d{5}-1234\.png", files[0].name)
     assert Image.open(files[0]).info["parameters"] == infotext
     assert "Done: 1 image(s)" in page.locator("#txt2img_progress").inner_text()
 
@@ -110,16 +117,16 @@ def test_out_of_range_seed_is_reported_with_its_field(server, page):
     page.get_by_role("button", name="Generate").click()
     page.wait_for_selector("#txt2img_progress .job-error", timeout=30_000)
     assert "seed: must be between -1 and 4294967295" in page.locator("#txt2img_progress").inner_text()
-    assert not (server[1] / "txt2img-images").exists()
+    assert not server.made("txt2img-images/**/*.png")
 
 
-def test_png_info_shows_parameters_and_sends_every_field_to_txt2img(server, page, tmp_path, models_dir):
+def test_png_info_shows_parameters_and_sends_every_field_to_txt2img(server, page, tmp_path):
     from PIL import PngImagePlugin
 
     from backend.models.hashes import HashCache
 
     other_hash = HashCache(tmp_path / "h.json").short_hash(
-        models_dir / "Stable-diffusion" / "tiny-sd1-other.safetensors")
+        server.models / "Stable-diffusion" / "tiny-sd1-other.safetensors")
     text = ("a lighthouse at dusk\nNegative prompt: fog\nSteps: 17, Sampler: DPM++ 2M Karras, CFG scale: 4.5, "
             f"Seed: 4242, Size: 128x96, Model hash: {other_hash}, Model: tiny-sd1-other")
     info = PngImagePlugin.PngInfo()
@@ -201,7 +208,7 @@ def test_inpaint_stroke_drawn_in_the_browser_changes_only_that_area(server, page
     wait_until_done(page, "img2img")
     infotext = page.locator("#img2img_infotext textarea").input_value()
     assert "Denoising strength: 0.75" in infotext and "Mask blur: 4" in infotext
-    (saved,) = list((server[1] / "img2img-images").rglob("*.png"))
+    (saved,) = server.made("img2img-images/**/*.png")
     changed = np.abs(np.asarray(Image.open(saved).convert("RGB"), dtype=int)
                      - np.asarray(source, dtype=int)).sum(-1) > 0
     ys, xs = np.nonzero(changed)
@@ -228,8 +235,8 @@ def test_send_txt2img_result_to_img2img(server, page):
     page.locator("#img2img_denoising_strength input[type=number]").press("Enter")
     page.locator("#img2img_generate").click()
     wait_until_done(page, "img2img")
-    (sent,) = list((server[1] / "txt2img-images").rglob("*.png"))
-    (made,) = list((server[1] / "img2img-images").rglob("*.png"))
+    (sent,) = server.made("txt2img-images/**/*.png")
+    (made,) = server.made("img2img-images/**/*.png")
     assert list(Image.open(sent).convert("RGB").getdata()) == list(Image.open(made).convert("RGB").getdata())
 
 
@@ -245,7 +252,7 @@ def test_hires_fix_then_send_to_upscale(server, page):
     wait_until_done(page, "txt2img")
     infotext = page.locator("#txt2img_infotext textarea").input_value()
     assert "Hires upscale: 2" in infotext and "Hires upscaler: Latent" in infotext and "Size: 64x64" in infotext
-    (made,) = list((server[1] / "txt2img-images").rglob("*.png"))
+    (made,) = server.made("txt2img-images/**/*.png")
     assert Image.open(made).size == (128, 128)  # the second pass ran at twice the first pass's size
 
     page.locator("#txt2img_send_upscale").click()
@@ -253,7 +260,7 @@ def test_hires_fix_then_send_to_upscale(server, page):
     set_slider(page, "upscale_scale", 3)
     page.locator("#upscale_generate").click()
     wait_until_done(page, "upscale")
-    (upscaled,) = list((server[1] / "extras-images").rglob("*.png"))
+    (upscaled,) = server.made("extras-images/**/*.png")
     with Image.open(upscaled) as image, Image.open(made) as source:
         assert image.size == (384, 384)
         assert image.info["parameters"] == source.info["parameters"]  # the source's infotext is kept
@@ -274,7 +281,7 @@ def test_upscale_a_server_folder_to_an_exact_size(server, page, tmp_path):
     set_slider(page, "upscale_height", 96)
     page.locator("#upscale_generate").click()
     wait_until_done(page, "upscale", images=2)
-    made = sorted((server[1] / "extras-images").rglob("*.png"))
+    made = server.made("extras-images/**/*.png")
     assert [Image.open(path).size for path in made] == [(96, 96), (96, 96)]  # covered, then cropped to fit
     assert [Image.open(path).convert("RGB").getpixel((48, 48)) for path in made] == [(200, 20, 20), (20, 20, 200)]
 

@@ -8,18 +8,25 @@ from PIL import Image, PngImagePlugin
 
 from backend.core.image_metadata import read_infotext
 from backend.core.infotext import parse_infotext
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, SharedServer, shared_models_dir
 from tests.test_ui_browser import CHROMIUM, set_slider, wait_until_done
 
 playwright = pytest.importorskip("playwright.sync_api")
 SCREENSHOTS = os.environ.get("UI_SCREENSHOTS")  # a folder: save what the tests saw, for a person to look at
 
 
-@pytest.fixture
-def server(tmp_path, models_dir):
-    process = ServerProcess(tmp_path, models_dir, "--ckpt", "tiny-sd1.safetensors").start()
-    yield process
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory, checkpoint_files):
+    root = tmp_path_factory.mktemp("img2img_batch")
+    models = shared_models_dir(root, checkpoint_files)
+    process = ServerProcess(root, models, "--ckpt", "tiny-sd1.safetensors").start()
+    yield SharedServer(process, models)
     process.stop()
+
+
+@pytest.fixture
+def server(shared_server) -> SharedServer:
+    return shared_server.mark()
 
 
 @pytest.fixture
@@ -64,7 +71,7 @@ def test_batch_tab_processes_a_folder_keeping_names_and_png_info(server, page, t
     first = parse_infotext(read_infotext(outputs / "first.png"))
     assert (first["Prompt"], first["Seed"]) == ("watercolour a lake", "1234")
     assert page.locator("#img2img_gallery img").count() >= 2  # shown although the folder is not the outputs'
-    assert not (server.outputs / "img2img-images").exists()
+    assert not server.made("img2img-images/**/*.png")
     # the History tab lists the job; the files outside the outputs folder are not offered to the page
     page.get_by_role("tab", name="History").click()
     page.locator("#history_refresh").click()

@@ -8,15 +8,16 @@ import shutil
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, shared_models_dir
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright = pytest.importorskip("playwright.sync_api")
 
 
-@pytest.fixture
-def server(tmp_path, models_dir):
-    process = ServerProcess(tmp_path, models_dir, "--ckpt", "tiny-sd1.safetensors").start()
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, checkpoint_files):
+    root = tmp_path_factory.mktemp("seed_extras")
+    process = ServerProcess(root, shared_models_dir(root, checkpoint_files), "--ckpt", "tiny-sd1.safetensors").start()
     yield process.url + "/"
     process.stop()
 

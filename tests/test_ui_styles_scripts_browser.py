@@ -6,19 +6,27 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, SharedServer, shared_models_dir
 from tests.test_ui_browser import CHROMIUM, set_slider, wait_until_done
 
 playwright = pytest.importorskip("playwright.sync_api")
 STYLES = 'name,prompt,negative_prompt\nCinematic,"{prompt}, film grain",blurry\nOil,oil painting,"photo, 3d"\n'
 
 
-@pytest.fixture
-def server(tmp_path, models_dir):
-    (models_dir.parent / "styles.csv").write_text(STYLES, encoding="utf-8")
-    process = ServerProcess(tmp_path, models_dir, "--ckpt", "tiny-sd1.safetensors").start()
-    yield process.url + "/", models_dir.parent / "styles.csv", process.outputs
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory, checkpoint_files):
+    root = tmp_path_factory.mktemp("styles_scripts")
+    models = shared_models_dir(root, checkpoint_files)
+    (root / "styles.csv").write_text(STYLES, encoding="utf-8")
+    process = ServerProcess(root, models, "--ckpt", "tiny-sd1.safetensors").start()
+    yield SharedServer(process, models)
     process.stop()
+
+
+@pytest.fixture
+def server(shared_server):
+    shared_server.mark()
+    return shared_server.url + "/", shared_server.models.parent / "styles.csv", shared_server
 
 
 @pytest.fixture
@@ -34,9 +42,19 @@ def page(server):
 
 
 def choose_style(page, tab: str, name: str):
+    """Type the name, then Enter takes the first match. Focusing the box refreshes its list from styles.csv; on a
+    busy machine that answer can arrive after the typing and reset the box, so the typing is repeated then."""
     box = page.locator(f"#{tab}_styles input")
-    box.fill(name)  # typed, then Enter takes the first match (focusing refreshes the list from styles.csv)
-    page.locator(f"#{tab}_styles [role=option]", has_text=name).first.wait_for()
+    option = page.locator(f"#{tab}_styles [role=option]", has_text=name).first
+    for attempt in range(4):
+        box.fill(name)
+        try:
+            option.wait_for(timeout=10_000)
+            break
+        except playwright.TimeoutError:
+            if attempt == 3:
+                raise
+            page.keyboard.press("Escape")
     box.press("Enter")
     page.locator(f"#{tab}_styles .token", has_text=name).wait_for()
     page.keyboard.press("Escape")
@@ -83,7 +101,8 @@ def test_styles_generate_edit_and_apply(server, page):
 
 
 def test_script_menu_prompt_matrix(server, page):
-    _, _, outputs = server
+    _, _, shared = server
+    outputs = shared.outputs
     page.locator("#txt2img_prompt textarea").fill("a cat|red")
     for elem_id, value in (("txt2img_width", 64), ("txt2img_height", 64), ("txt2img_steps", 2)):
         set_slider(page, elem_id, value)
@@ -99,9 +118,9 @@ def test_script_menu_prompt_matrix(server, page):
     wait_until_done(page, "txt2img", images=3)
     assert page.locator("#txt2img_gallery .thumbnail-item").count() == 3  # the grid, then both combinations
     assert page.locator("#txt2img_infotext textarea").input_value().startswith("a cat\n")
-    grids = list(outputs.rglob("txt2img-grids/*/prompt_matrix-*.png"))
+    grids = shared.made("txt2img-grids/*/prompt_matrix-*.png")
     assert len(grids) == 1 and Image.open(grids[0]).size == (2 * 64, 20 + 64)
-    seeds = sorted(int(path.stem.split("-")[1]) for path in outputs.rglob("txt2img-images/*/*.png"))
+    seeds = sorted(int(path.stem.split("-")[1]) for path in shared.made("txt2img-images/*/*.png"))
     assert seeds == [40, 41]
     page.screenshot(path=str(outputs / "script_menu.png"), full_page=True)
 
