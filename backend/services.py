@@ -133,7 +133,8 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     upscalers.from_extensions = extensions.hooks.upscalers
     styles = StyleStore(settings.styles_file)
     controlnets = ControlNets(settings.controlnet_dir, settings.controlnet_preprocessor_dir,
-                              ipadapter_dir=settings.ipadapter_dir, clip_vision_dir=settings.clip_vision_dir)
+                              ipadapter_dir=settings.ipadapter_dir, clip_vision_dir=settings.clip_vision_dir,
+                              store=models.modules)
     generator = Generator(models, outputs, previews, lambda: options.current, upscalers, networks, extensions.hooks,
                           server_folders_refused=settings.server_folders_refused, styles=styles, faces=faces,
                           controlnets=controlnets)

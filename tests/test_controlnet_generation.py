@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from backend.core.controlnet_units import parse_unit_infotext
@@ -166,3 +167,91 @@ def test_a_units_control_mode_stays_with_that_unit(services):
         assert not balanced._forward_hooks_with_kwargs and len(injected._forward_hooks_with_kwargs) == 1
         assert balanced is not injected
         assert balanced.conv_in.weight.data_ptr() == injected.conv_in.weight.data_ptr()  # nothing copied
+
+
+def square_mask_png(size=64, box=(16, 16, 48, 48)) -> bytes:
+    mask = Image.new("L", (size, size), 0)
+    if box is not None:
+        ImageDraw.Draw(mask).rectangle(box, fill=255)
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def noise_png(size=64) -> bytes:
+    pixels_ = np.random.default_rng(3).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels_).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+INPAINT = {"prompt": "a cat", "init_image": noise_png(), "mask": square_mask_png(), "mask_blur": 0,
+           "denoising_strength": 0.8}
+
+
+def test_units_steer_inpainting_and_keep_the_pixels_outside_the_mask(services):
+    source = np.asarray(Image.open(io.BytesIO(INPAINT["init_image"])).convert("RGB"), dtype=np.int16)
+    inside = np.zeros((64, 64), dtype=bool)
+    inside[16:49, 16:49] = True
+    plain = pixels(generate(services, Img2ImgRequest, **INPAINT))
+    steered = generate(services, Img2ImgRequest, **INPAINT, controlnet_units=[unit()])
+    image = pixels(steered)
+    assert np.array_equal(image[~inside], source[~inside])  # composited back exactly where inpainting keeps them
+    assert np.abs(image[inside] - plain[inside]).mean() > 1  # the unit changed the repainted square
+    assert "ControlNet 0" in parse_infotext(steered.images[0].infotext)
+    weightless = pixels(generate(services, Img2ImgRequest, **INPAINT, controlnet_units=[unit(weight=0)]))
+    assert np.array_equal(weightless, plain)
+
+
+def test_only_masked_inpainting_crops_the_units_map_with_the_image(services):
+    from backend.generation.controlnet_run import prepared_controls
+
+    only_masked = {**INPAINT, "inpaint_full_res": 1, "inpaint_full_res_padding": 0}
+    source = np.asarray(Image.open(io.BytesIO(INPAINT["init_image"])).convert("RGB"), dtype=np.int16)
+    plain = pixels(generate(services, Img2ImgRequest, **only_masked))
+    image = pixels(generate(services, Img2ImgRequest, **only_masked, controlnet_units=[unit()]))
+    outside = np.ones((64, 64), dtype=bool)
+    outside[16:49, 16:49] = False
+    assert np.array_equal(image[outside], source[outside]) and np.abs(image - plain).mean() > 0.2
+    request = services.build_request(Img2ImgRequest, {**FAST, **only_masked, "controlnet_units": [unit()]})
+    with (services.models.lease(None) as (entry, model),
+          prepared_controls(request, services.controlnets, model, entry.title, crop=(16, 16, 48, 48)) as controls):
+        control = controls.units[0].control
+    whole = torch.from_numpy(controls.units[0].detected.astype(np.float32) / 255).permute(2, 0, 1)[None]
+    expected = torch.nn.functional.interpolate(whole[:, :, 16:48, 16:48], size=(64, 64))
+    assert control.shape == (1, 3, 64, 64) and torch.equal(control, expected)  # the square's map, at the job size
+
+
+def test_inpaint_only_follows_the_img2img_mask_unless_the_unit_has_its_own(services):
+    """The unit's map marks the repainted area with -1 (the extension's inpaint protocol): the img2img mask's
+    square (inverted with "Inpaint not masked"), or the unit's own mask when it has one."""
+    from backend.generation.controlnet_run import prepared_controls
+
+    source = torch.from_numpy(np.array(Image.open(io.BytesIO(INPAINT["init_image"])).convert("RGB"))).float()
+    inside = torch.zeros((64, 64), dtype=torch.bool)
+    inside[16:49, 16:49] = True
+    corner = torch.zeros((64, 64), dtype=torch.bool)
+    corner[:21, :21] = True
+    cases = [({}, {}, inside), ({}, {"inpainting_mask_invert": 1}, ~inside),
+             ({"mask": square_mask_png(box=(0, 0, 20, 20))}, {}, corner)]
+    for unit_fields, request_fields, repainted in cases:
+        request = services.build_request(Img2ImgRequest, {**FAST, **INPAINT, **request_fields, "controlnet_units": [
+            unit(module="inpaint_only", image=None, **unit_fields)]})
+        with (services.models.lease(None) as (entry, model),
+              prepared_controls(request, services.controlnets, model, entry.title, request.init_image) as controls):
+            control = controls.units[0].control[0].permute(1, 2, 0)
+        assert (control[repainted] == -1).all(), unit_fields
+        assert torch.allclose(control[~repainted] * 255, source[~repainted], atol=0.01), unit_fields
+
+
+def test_units_steer_only_the_base_models_steps_before_the_refiner(services):
+    refined = {"prompt": "a cat", "steps": 4, "refiner_checkpoint": "tiny-sd1-other.safetensors",
+               "refiner_switch_at": 0.5}
+    plain = pixels(generate(services, **refined))
+    whole = generate(services, **refined, controlnet_units=[unit()])
+    base_steps_only = pixels(generate(services, **refined, controlnet_units=[unit(guidance_end=0.5)]))
+    refiner_steps_only = pixels(generate(services, **refined, controlnet_units=[unit(guidance_start=0.5)]))
+    assert np.abs(pixels(whole) - plain).mean() > 1
+    assert np.array_equal(pixels(whole), base_steps_only)  # steps 3 and 4 (the refiner's) are not steered
+    assert np.array_equal(refiner_steps_only, plain)
+    assert {"ControlNet 0", "Refiner"} <= set(parse_infotext(whole.images[0].infotext))

@@ -135,3 +135,40 @@ def test_services_list_the_models_folder(make_services, models_dir):
     assert [title.split(" [")[0] for title in services.controlnets.model_titles()] == ["control_sd15_canny"]
     write_tiny_controlnet(models_dir / "ControlNet" / "control_sd15_scribble.safetensors", "sd1", seed=4)
     assert len(services.controlnets.model_titles(refresh=True)) == 2
+
+
+def png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_built_controlnets_live_in_the_model_managers_cache(make_services, models_dir):
+    """The model manager holds them beside the checkpoints: listed there, under its byte limit (unused ones go
+    first), and dropped with the unused checkpoints when memory runs out."""
+    import dataclasses
+
+    from backend.core.requests import Txt2ImgRequest
+
+    write_tiny_controlnet(models_dir / "ControlNet" / "control_sd15_canny.safetensors", "sd1", seed=3)
+    services = make_services()
+    request = services.build_request(Txt2ImgRequest, {"prompt": "a cat", "steps": 1, "width": 64, "height": 64,
+                                                      "save_images": False, "controlnet_units": [
+        {"module": "none", "model": "control_sd15_canny", "image": png_bytes()}]})
+    job = services.jobs.run_and_wait(request, timeout=300)
+    assert job.status == "done", job.error
+    titles = services.models.modules.titles()
+    assert len(titles) == 1 and titles[0].startswith("ControlNet control_sd15_canny [")
+    assert services.controlnets.cache.store is services.models.modules
+    services.models.free_unused()
+    assert services.models.modules.titles() == [] and services.models.cached_titles() == []
+    job = services.jobs.run_and_wait(request, timeout=300)
+    assert job.status == "done" and len(services.models.modules.titles()) == 1
+    services.models.settings = dataclasses.replace(services.models.settings,
+                                                   max_cache_gb=services.models.cache_report()[0]["size_bytes"] / 1e9)
+    services.models.modules.shrink()  # the checkpoint alone fills the limit now: the unused ControlNet goes
+    assert services.models.modules.titles() == [] and len(services.models.cached_titles()) == 1

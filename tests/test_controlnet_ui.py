@@ -7,12 +7,19 @@ import gradio as gr
 import pytest
 from PIL import Image, ImageDraw
 
-from backend.core.control_modes import ControlMode, ResizeMode
+from backend.core.control_modes import ControlMode, HiresOption, ResizeMode
 from backend.core.controlnet_units import ControlNetUnit, unit_infotext
 from backend.core.image_input import open_image
 from backend.core.requests import RequestError, Txt2ImgRequest
 from tools.tiny_controlnets import write_tiny_controlnet
-from ui.controlnet_units import NO_MODEL, build_controlnet_accordion, module_updates, paste_updates
+from ui.controlnet_units import (
+    NO_MODEL,
+    build_controlnet_accordion,
+    control_type_updates,
+    filtered_models,
+    module_updates,
+    paste_updates,
+)
 
 
 @pytest.fixture
@@ -92,7 +99,9 @@ def test_pasted_infotext_fills_the_named_units_and_turns_the_others_off(services
     updates = paste_updates(services, parameters, controls)
     first, second = controls.units[0], controls.units[1]
     assert updates[first.enabled] is False and updates[second.enabled] is True
-    assert updates[second.module] == "canny" and updates[second.model] == title
+    assert updates[second.module]["value"] == "canny" and updates[second.model]["value"] == title
+    assert updates[second.control_type] == "All"  # the lists unfiltered, so the pasted names are in them
+    assert "depth_midas" in updates[second.module]["choices"]
     assert updates[second.weight] == 0.75 and updates[second.guidance_end] == 0.5
     assert updates[second.control_mode] == "My prompt is more important"
     assert updates[second.resize_mode] == "Resize and Fill"
@@ -100,7 +109,7 @@ def test_pasted_infotext_fills_the_named_units_and_turns_the_others_off(services
     assert updates[second.processor_res]["value"] == 256
     missing = paste_updates(services, {"ControlNet 0": parameters["ControlNet 1"].replace(title, "other [1234]")},
                             controls)
-    assert missing[first.model] == NO_MODEL and "unknown ControlNet model" in missing[first.message]
+    assert missing[first.model]["value"] == NO_MODEL and "unknown ControlNet model" in missing[first.message]
 
 
 def test_sliders_follow_the_preprocessor_and_weighted_ones_say_what_they_need(services):
@@ -116,3 +125,37 @@ def test_the_unit_count_is_the_option(services):
     services.options.update({"control_net_unit_count": 2})
     assert len(build(services).units) == 2
     assert len(build(services, "img2img", img2img=True).units) == 2
+
+
+def values_of(dropdown) -> list[str]:
+    return [value for _, value in dropdown.choices]
+
+
+def test_control_type_filters_preprocessors_and_models_as_the_extension(services, models_dir):
+    write_tiny_controlnet(models_dir / "ControlNet" / "control_v11p_sd15_scribble.safetensors", "sd1", seed=2)
+    canny_model, scribble_model = sorted(services.controlnets.model_titles(refresh=True))
+    module, model, resolution, first, _, message = control_type_updates(services, "Canny")
+    assert values_of(module) == ["none", "canny", "invert (from white bg & black line)"] and module.value == "canny"
+    assert values_of(model) == [NO_MODEL, canny_model] and model.value == canny_model
+    assert first["label"] == "Low Threshold" and message == ""  # canny's own sliders
+    module, model, *_ = control_type_updates(services, "Scribble")
+    assert "scribble_xdog" in values_of(module) and "canny" not in values_of(module)
+    assert values_of(model) == [NO_MODEL, scribble_model] and model.value == scribble_model
+    module, model, *_ = control_type_updates(services, "Inpaint")
+    assert values_of(module)[1:] and all("inpaint" in name for name in values_of(module)[1:])
+    assert values_of(model) == [NO_MODEL] and model.value == NO_MODEL  # no inpaint model in the folder
+    module, model, *_ = control_type_updates(services, "All")
+    assert module.value == "none" and len(values_of(model)) == 3
+    assert filtered_models(services, "Canny") == [NO_MODEL, canny_model]
+
+
+def test_txt2img_units_send_their_hires_fix_option(services, circle):
+    controls = build(services)
+    unit = controls.units[0]
+    assert unit.hr_option.visible is False  # shown once "Hires. fix" is ticked
+    values = form_values(controls) | {unit.enabled: True, unit.image: circle, unit.module: "canny",
+                                      unit.model: services.controlnets.model_titles()[0],
+                                      unit.hr_option: "Low res only"}
+    request = services.build_request(Txt2ImgRequest, {"prompt": "a cat", **controls.request_fields(values)})
+    assert request.controlnet_units[0].hr_option is HiresOption.LOW_RES_ONLY
+    assert build(services, "img2img", img2img=True).units[0].hr_option is None  # img2img has no hires fix

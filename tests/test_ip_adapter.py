@@ -225,3 +225,18 @@ def test_together_with_a_controlnet_unit(services, models_dir):
     both = generate(services, controlnet_units=[canny, unit()])
     assert np.abs(pixels(both) - controlled).mean() > 0.5 and np.abs(pixels(both) - adapted).mean() > 0.5
     assert {"ControlNet 0", "ControlNet 1"} <= set(parse_infotext(both.images[0].infotext))
+
+
+def test_the_image_encoder_is_built_once_and_kept_in_the_controlnet_cache(services, monkeypatch):
+    import backend.generation.controlnet_run as controlnet_run
+
+    built = []
+    original = controlnet_run.build_image_encoder
+    monkeypatch.setattr(controlnet_run, "build_image_encoder", lambda *args: built.append(args) or original(*args))
+    first = pixels(generate(services, controlnet_units=[unit()]))
+    second = pixels(generate(services, controlnet_units=[unit(weight=0.5)]))
+    again = pixels(generate(services, controlnet_units=[unit()]))
+    assert len(built) == 1  # the second and third jobs reuse it
+    assert np.array_equal(first, again) and np.abs(first - second).mean() > 0.5
+    services.controlnets.clear()  # out of memory: dropped with the unused ControlNets
+    assert services.controlnets.cache.cached_count() == 0

@@ -240,3 +240,26 @@ def test_a_controlnet_unit_previews_edges_and_generates_with_its_map_and_infotex
                      r'Resize Mode: Crop and Resize, Processor Res: 64, Threshold A: 100\.0', infotext), infotext
     if os.environ.get("CONTROLNET_SCREENSHOT"):  # for a person looking at the accordion
         page.screenshot(path=os.environ["CONTROLNET_SCREENSHOT"], full_page=True)
+
+
+def test_control_type_filters_the_unit_and_hires_fix_shows_its_option(server, page):
+    page.locator("#txt2img_controlnet").get_by_text("ControlNet", exact=True).first.click()
+    unit = "#txt2img_controlnet_unit_0"
+    page.locator(f"{unit}_control_type").get_by_text("Canny", exact=True).click()
+    page.wait_for_function(f"document.querySelector('{unit}_module input')?.value === 'canny'")
+    assert page.locator(f"{unit}_model input").input_value().startswith("control_sd15_canny [")
+    page.wait_for_function(f"document.querySelector('{unit}_threshold_a')?.innerText.includes('Low Threshold')")
+    page.locator(f"{unit}_module input").click()
+    offered = page.get_by_role("option").all_inner_texts()
+    assert [name.replace("✓", "").strip() for name in offered] == ["none", "canny",
+                                                                    "invert (from white bg & black line)"]
+    page.keyboard.press("Escape")
+    assert not page.locator(f"{unit}_hr_option").is_visible()  # only meaningful with the hires fix
+    page.locator("#txt2img_hires_fix").get_by_text("Hires. fix").first.click()
+    page.locator("#txt2img_enable_hr input[type=checkbox]").check()
+    page.locator(f"{unit}_hr_option").wait_for(state="visible")
+    page.locator(f"{unit}_hr_option").get_by_text("Low res only", exact=True).click()
+    if os.environ.get("CONTROLNET_SCREENSHOT"):  # for a person looking at the accordion
+        page.locator("#txt2img_controlnet").screenshot(path=os.environ["CONTROLNET_SCREENSHOT"])
+    page.locator("#txt2img_enable_hr input[type=checkbox]").uncheck()
+    page.locator(f"{unit}_hr_option").wait_for(state="hidden")

@@ -287,3 +287,29 @@ def test_a_failing_cell_fails_the_job_instead_of_running_a_plain_generation(xyz_
     job = xyz_services.jobs.run_and_wait(Txt2ImgRequest(**TINY, **plot_args(
         x_type="Checkpoint name", x_values="tiny-sd1.safetensors, nope.safetensors")), timeout=300)
     assert job.status == "failed" and "nope.safetensors" in job.error
+
+
+def test_controlnet_weight_axis_sets_every_units_weight_and_labels_the_grid(xyz_services, models_dir):
+    from backend.core.controlnet_units import parse_unit_infotext
+    from tools.tiny_controlnets import write_tiny_controlnet
+
+    write_tiny_controlnet(models_dir / "ControlNet" / "control_sd15_canny.safetensors", "sd1", seed=1, strength=0.3)
+    xyz_services.controlnets.folder.refresh()
+    edges = Image.new("RGB", (64, 64), "white")
+    edges.paste("black", (16, 16, 48, 48))
+    buffer = io.BytesIO()
+    edges.save(buffer, format="PNG")
+    unit = {"module": "canny", "model": "control_sd15_canny", "image": buffer.getvalue(), "processor_res": 64}
+    request = Txt2ImgRequest(**TINY, save_images=False, controlnet_units=[unit, {**unit, "guidance_end": 0.5}],
+                             **plot_args(x_type="[ControlNet] Weight", x_values="0, 0.8"))
+    plot = axes.plan_plot(request, "xyz_plot")
+    assert [plot.x.label(index) for index in range(2)] == ["[ControlNet] Weight: 0", "[ControlNet] Weight: 0.8"]
+    grid_image, *lone = generate(xyz_services, request).images
+    weights = [[parse_unit_infotext(parse_infotext(image.infotext)[f"ControlNet {n}"])["weight"] for n in (0, 1)]
+               for image in lone]
+    assert weights == [[0.0, 0.0], [0.8, 0.8]]
+    assert np.abs(pixels(lone[0].png).astype(int) - pixels(lone[1].png)).mean() > 1
+    plain = generate(xyz_services, Txt2ImgRequest(**TINY, save_images=False))
+    assert np.array_equal(pixels(lone[0].png), pixels(plain.images[0].png))  # weight 0: as without ControlNet
+    with pytest.raises(ValueError, match="x_values: the \\[ControlNet\\] Weight axis .* has none enabled"):
+        axes.plan_plot(Txt2ImgRequest(**TINY, **plot_args(x_type="[ControlNet] Weight", x_values="1")), "xyz_plot")

@@ -10,8 +10,9 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from backend.controlnet.control_types import control_type
 from backend.controlnet.preprocessors import Slider
-from backend.core.control_modes import ControlMode, ResizeMode
+from backend.core.control_modes import ControlMode, HiresOption, ResizeMode
 from backend.core.controlnet_units import MAX_UNITS, parse_unit_infotext
 from backend.core.errors import UserError
 from backend.core.image_input import open_image
@@ -29,6 +30,7 @@ class UnitControls:
     image: gr.Image
     mask: gr.Image
     use_input: gr.Checkbox | None  # img2img only: the img2img input is the control image
+    control_type: gr.Radio  # filters the preprocessor and model lists (not sent: the module and model are)
     module: gr.Dropdown
     model: gr.Dropdown
     weight: gr.Slider
@@ -36,6 +38,7 @@ class UnitControls:
     guidance_end: gr.Slider
     control_mode: gr.Radio
     resize_mode: gr.Radio
+    hr_option: gr.Radio | None  # txt2img only: which hires fix pass the unit steers
     pixel_perfect: gr.Checkbox
     processor_res: gr.Slider
     threshold_a: gr.Slider
@@ -48,8 +51,8 @@ class UnitControls:
     def inputs(self) -> list:
         return [c for c in (self.enabled, self.image, self.mask, self.use_input, self.module, self.model,
                             self.weight, self.guidance_start, self.guidance_end, self.control_mode,
-                            self.resize_mode, self.pixel_perfect, self.processor_res, self.threshold_a,
-                            self.threshold_b) if c is not None]
+                            self.resize_mode, self.hr_option, self.pixel_perfect, self.processor_res,
+                            self.threshold_a, self.threshold_b) if c is not None]
 
 
 @dataclass
@@ -64,9 +67,10 @@ class ControlNetControls:
     def paste_targets(self) -> list:
         """What pasted infotext sets (every unit's fields, disabled ones turned off)."""
         return [c for unit in self.units for c in (
-            unit.enabled, unit.module, unit.model, unit.weight, unit.guidance_start, unit.guidance_end,
-            unit.control_mode, unit.resize_mode, unit.pixel_perfect, unit.processor_res, unit.threshold_a,
-            unit.threshold_b, unit.message) + ((unit.use_input,) if unit.use_input is not None else ())]
+            unit.enabled, unit.control_type, unit.module, unit.model, unit.weight, unit.guidance_start,
+            unit.guidance_end, unit.control_mode, unit.resize_mode, unit.pixel_perfect, unit.processor_res,
+            unit.threshold_a, unit.threshold_b, unit.message)
+            + ((unit.use_input,) if unit.use_input is not None else ())]
 
     def request_fields(self, values: dict) -> dict:
         """{"controlnet_units": [...]} of the enabled units, each with its tab's index as the infotext's N."""
@@ -92,7 +96,8 @@ class ControlNetControls:
                 "threshold_b": float(values[unit.threshold_b]),
                 "guidance_start": float(values[unit.guidance_start]),
                 "guidance_end": float(values[unit.guidance_end]),
-                "pixel_perfect": bool(values[unit.pixel_perfect]), "slot": slot})
+                "pixel_perfect": bool(values[unit.pixel_perfect]), "slot": slot,
+                **({"hr_option": values[unit.hr_option]} if unit.hr_option is not None else {})})
         return {"controlnet_units": units} if units else {}
 
 
@@ -141,6 +146,21 @@ def preprocessor_labels(services: Services) -> list[str]:
     return services.controlnets.preprocessors.public_names()
 
 
+def filtered_models(services: Services, tag: str | None, refresh: bool = False) -> list[str]:
+    """The model list under the unit's Control Type ("None" first)."""
+    titles = model_choices(services, refresh=refresh)[1:]
+    return control_type(tag or "All", services.controlnets.preprocessors, titles)["model_list"]
+
+
+def control_type_updates(services: Services, tag: str) -> tuple:
+    """The extension's Control Type filter: the preprocessor and model lists narrowed to `tag`, their defaults
+    chosen, and the sliders (and the line under the dropdown) of that default preprocessor."""
+    chosen = control_type(tag or "All", services.controlnets.preprocessors, model_choices(services)[1:])
+    return (gr.Dropdown(choices=chosen["module_list"], value=chosen["default_option"]),
+            gr.Dropdown(choices=chosen["model_list"], value=chosen["default_model"]),
+            *module_updates(services, chosen["default_option"]))
+
+
 def read_rgb(path: str | None, what: str) -> np.ndarray:
     if not path:
         raise RequestError("controlnet_units.image", f"upload {what} first")
@@ -168,6 +188,8 @@ def build_unit(services: Services, prefix: str, index: int, img2img: bool) -> Un
                                         min_width=110)
             allow_preview = gr.Checkbox(label="Allow Preview", value=False, elem_id=f"{key}_allow_preview",
                                         min_width=110)
+        control_type_radio = gr.Radio(label="Control Type", choices=services.controlnets.preprocessors.tags(),
+                                      value="All", elem_id=f"{key}_control_type", elem_classes="controlnet-type")
         with gr.Row(equal_height=True):
             module = gr.Dropdown(label="Preprocessor", choices=modules, value="none", elem_id=f"{key}_module",
                                  scale=4, min_width=120)
@@ -193,12 +215,21 @@ def build_unit(services: Services, prefix: str, index: int, img2img: bool) -> Un
                                 value=ControlMode.BALANCED.value, elem_id=f"{key}_control_mode")
         resize_mode = gr.Radio(label="Resize Mode", choices=[mode.value for mode in ResizeMode],
                                value=ResizeMode.CROP_AND_RESIZE.value, elem_id=f"{key}_resize_mode")
+        # txt2img: shown while "Hires. fix" is ticked (the extension's place for it)
+        hr_option = None if img2img else gr.Radio(
+            label="Hires-Fix Option", choices=[option.value for option in HiresOption], value=HiresOption.BOTH.value,
+            visible=False, elem_id=f"{key}_hr_option",
+            info="Which pass of the hires fix the unit steers")
 
+    control_type_radio.input(lambda tag: control_type_updates(services, tag), inputs=control_type_radio,
+                             outputs=[module, model, resolution, threshold_a, threshold_b, message],
+                             show_progress="hidden", **PRIVATE)
     # .input, not .change: pasted infotext sets the module and its own slider values together
     module.input(lambda name: module_updates(services, name), inputs=module,
                   outputs=[resolution, threshold_a, threshold_b, message], show_progress="hidden", **PRIVATE)
-    refresh.click(lambda chosen: gr.Dropdown(choices=model_choices(services, refresh=True), value=chosen),
-                  inputs=model, outputs=model, **PRIVATE)
+    refresh.click(lambda chosen, tag: gr.Dropdown(choices=filtered_models(services, tag, refresh=True),
+                                                  value=chosen),
+                  inputs=[model, control_type_radio], outputs=model, **PRIVATE)
     allow_preview.change(lambda shown: gr.Column(visible=shown), inputs=allow_preview, outputs=preview_column,
                          show_progress="hidden", **PRIVATE)
 
@@ -225,9 +256,9 @@ def build_unit(services: Services, prefix: str, index: int, img2img: bool) -> Un
 
     send_map.click(send, inputs=preview, outputs=[image, module, resolution, threshold_a, threshold_b, message],
                    **PRIVATE)
-    return UnitControls(enabled, image, mask, use_input, module, model, weight, start, end, control_mode,
-                        resize_mode, pixel_perfect, resolution, threshold_a, threshold_b, allow_preview, preview,
-                        message)
+    return UnitControls(enabled, image, mask, use_input, control_type_radio, module, model, weight, start, end,
+                        control_mode, resize_mode, hr_option, pixel_perfect, resolution, threshold_a, threshold_b,
+                        allow_preview, preview, message)
 
 
 def slider_options(slider: Slider) -> dict:
@@ -235,13 +266,20 @@ def slider_options(slider: Slider) -> dict:
             "value": slider.value, "visible": slider.visible}
 
 
-def build_controlnet_accordion(services: Services, prefix: str, img2img: bool = False) -> ControlNetControls:
+def build_controlnet_accordion(services: Services, prefix: str, img2img: bool = False,
+                               hires_fix: gr.Checkbox | None = None) -> ControlNetControls:
+    """`hires_fix`: txt2img's "Hires. fix" checkbox; the units' Hires-Fix Option shows while it is ticked."""
     with gr.Accordion("ControlNet", open=False, elem_id=f"{prefix}_controlnet"), gr.Tabs():
         units = [build_unit(services, prefix, index, img2img) for index in range(unit_count(services))]
+    hr_options = [unit.hr_option for unit in units if unit.hr_option is not None]
+    if hires_fix is not None and hr_options:
+        hires_fix.change(lambda enabled: [gr.Radio(visible=bool(enabled)) for _ in hr_options], inputs=hires_fix,
+                         outputs=hr_options, show_progress="hidden", **PRIVATE)
     # a model added to the folder shows when the list is opened, as the checkpoint lists do
     for unit in units:
-        unit.model.focus(lambda chosen: gr.Dropdown(choices=model_choices(services), value=chosen),
-                         inputs=unit.model, outputs=unit.model, show_progress="hidden", **PRIVATE)
+        unit.model.focus(lambda chosen, tag: gr.Dropdown(choices=filtered_models(services, tag), value=chosen),
+                         inputs=[unit.model, unit.control_type], outputs=unit.model, show_progress="hidden",
+                         **PRIVATE)
     return ControlNetControls(units)
 
 
@@ -262,15 +300,18 @@ def paste_updates(services: Services, parameters: dict, controls: ControlNetCont
             continue
         fields = parse_unit_infotext(str(text))
         found = catalog.get(str(fields.get("module", "none")))
-        updates[unit.module] = found.public_name if found is not None else "none"
-        sliders = dict(zip(("processor_res", "threshold_a", "threshold_b"),
-                           module_updates(services, updates[unit.module]), strict=False))
-        updates[unit.message] = module_updates(services, updates[unit.module])[3]
+        module = found.public_name if found is not None else "none"
+        updates[unit.control_type] = "All"  # the pasted module and model may be outside the unit's filter
+        updates[unit.module] = gr.update(choices=preprocessor_labels(services), value=module)
+        sliders = dict(zip(("processor_res", "threshold_a", "threshold_b"), module_updates(services, module),
+                           strict=False))
+        updates[unit.message] = module_updates(services, module)[3]
         try:
-            updates[unit.model] = services.controlnets.folder.find(str(fields.get("model", ""))).title
+            model = services.controlnets.folder.find(str(fields.get("model", ""))).title
         except UserError as error:  # a model this server lacks: the unit says which
-            updates[unit.model] = NO_MODEL
+            model = NO_MODEL
             updates[unit.message] = render_message(error.message)
+        updates[unit.model] = gr.update(choices=model_choices(services), value=model)
         for name, component in (("processor_res", unit.processor_res), ("threshold_a", unit.threshold_a),
                                 ("threshold_b", unit.threshold_b)):
             update = sliders[name]

@@ -113,7 +113,7 @@ def build_txt2img_tab(services: Services, model: ModelControls, size: tuple[int,
             hires = build_hires_controls(services, services.extensions.hooks.samplers)
             form.extra_fields = {**hires, "restore_faces": restore_faces}
             form.refiner = build_refiner_controls(services, "txt2img")
-            form.controlnet = build_controlnet_accordion(services, "txt2img")
+            form.controlnet = build_controlnet_accordion(services, "txt2img", hires_fix=hires["enable_hr"])
             form.extension_inputs = build_sections(services, "txt2img")
             form.scripts = build_script_menu(services, "txt2img")
         with gr.Column():

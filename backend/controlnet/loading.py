@@ -4,17 +4,23 @@ The weights decide the widths and layout; what weights cannot show (attention he
 embedding width of SDXL) comes from the checkpoint's UNet, which the ControlNet must match anyway."""
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from backend.controlnet.model_files import ControlNetEntry, ControlNetFolder, ControlNetWeights, read_controlnet
+from backend.controlnet.model_files import (
+    ControlNetEntry,
+    ControlNetFolder,
+    ControlNetWeights,
+    read_controlnet,
+    read_state,
+)
+from backend.controlnet.t2i_adapter_files import build_adapter, is_t2i_adapter
 from backend.core.errors import UserError
 from backend.core.model_family import FAMILY_LABELS
 from backend.models.loader import materialise
+from backend.models.module_store import ModuleStore
 
 # UNet config values a ControlNet shares with its base model and cannot be read from its weights
 FROM_UNET = ("attention_head_dim", "num_attention_heads", "addition_time_embed_dim", "upcast_attention",
@@ -47,12 +53,16 @@ def check_family(entry: ControlNetEntry, weights: ControlNetWeights, checkpoint_
 
 def build_controlnet(entry: ControlNetEntry, unet_config: dict, checkpoint_family: str, checkpoint: str,
                      dtype: torch.dtype, field: str = "model"):
-    """The ControlNetModel of `entry` on the CPU in `dtype`; a family other than the checkpoint's is a UserError
-    naming both, a cross-attention width other than the UNet's too (a ControlNet of another model size)."""
+    """The ControlNetModel (or T2IAdapter) of `entry` on the CPU in `dtype`; a family other than the checkpoint's is
+    a UserError naming both, a cross-attention width other than the UNet's too (a ControlNet of another model
+    size)."""
     from accelerate import init_empty_weights
     from diffusers import ControlNetModel
 
-    weights = read_controlnet(entry)
+    state, declared = read_state(entry)
+    if is_t2i_adapter(state, declared):  # served by the same units (diffusers' T2IAdapter)
+        return build_adapter(entry, state, declared, unet_config, checkpoint_family, checkpoint, dtype, field)
+    weights = read_controlnet(entry, (state, declared))
     check_family(entry, weights, checkpoint_family, checkpoint, field)
     if weights.config["cross_attention_dim"] != unet_config.get("cross_attention_dim"):
         raise ControlNetFamilyMismatch(field, f"ControlNet '{entry.title}' expects text features of width "
@@ -66,48 +76,31 @@ def build_controlnet(entry: ControlNetEntry, unet_config: dict, checkpoint_famil
 
 
 class ControlNetCache:
-    """Built ControlNets by (file, checkpoint UNet, dtype), least recently used dropped first; one in use by a job
-    (leased) is never dropped."""
+    """Built ControlNets (and T2I-Adapters, image encoders) by (file, checkpoint UNet, dtype), kept in a ModuleStore:
+    the model manager's (under its limits, app.py's wiring) or one of their own."""
 
-    def __init__(self, folder: ControlNetFolder, max_models: int = 4):
+    def __init__(self, folder: ControlNetFolder, max_models: int = 4, store: ModuleStore | None = None):
         self.folder = folder
-        self.max_models = max_models
-        self._cache: OrderedDict[tuple, list] = OrderedDict()  # key -> [model, leases]
-        self._lock = threading.Lock()
-        self._load_lock = threading.Lock()
+        self.store = store if store is not None else ModuleStore(max_models)
 
     @contextmanager
     def lease(self, query: str, unet_config: dict, checkpoint_family: str, checkpoint: str, dtype: torch.dtype,
               field: str = "model"):
         entry = self.folder.find(query, field)
-        key = (str(entry.path), entry.short_hash, checkpoint, str(dtype))
-        with self._load_lock:
-            with self._lock:
-                slot = self._cache.get(key)
-            if slot is None:
-                slot = [build_controlnet(entry, unet_config, checkpoint_family, checkpoint, dtype, field), 0]
-            with self._lock:
-                self._cache[key] = slot
-                self._cache.move_to_end(key)
-                slot[1] += 1
-                self._evict()
-        try:
-            yield entry, slot[0]
-        finally:
-            with self._lock:
-                slot[1] -= 1
-                self._evict()
+        key = ("controlnet", str(entry.path), entry.short_hash, checkpoint, str(dtype))
+        with self.store.lease(key, f"ControlNet {entry.title}", lambda: build_controlnet(
+                entry, unet_config, checkpoint_family, checkpoint, dtype, field)) as model:
+            yield entry, model
 
-    def _evict(self):
-        for key in [key for key, slot in self._cache.items() if slot[1] == 0][:max(0, len(self._cache) -
-                                                                                  self.max_models)]:
-            del self._cache[key]
+    @contextmanager
+    def lease_built(self, key: tuple, build, title: str = ""):
+        """The model cached under `key`, built by `build()` when it is not (an IP-Adapter's image encoder, say),
+        held for the block."""
+        with self.store.lease(key, title or str(key[0]), build) as model:
+            yield model
 
     def clear_unused(self):
-        with self._lock:
-            for key in [key for key, slot in self._cache.items() if slot[1] == 0]:
-                del self._cache[key]
+        self.store.free_unused()
 
     def cached_count(self) -> int:
-        with self._lock:
-            return len(self._cache)
+        return self.store.count()

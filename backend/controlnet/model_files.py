@@ -133,8 +133,8 @@ def to_diffusers_keys(state: dict[str, torch.Tensor], name: str) -> dict[str, to
     bare = {key.removeprefix(ORIGINAL_PREFIX): value for key, value in state.items()}
     if "input_hint_block.0.weight" not in bare or "zero_convs.0.0.weight" not in bare:
         raise CheckpointError(f"{name} is not a ControlNet in a layout this server reads (lllyasviel's "
-                              "control_model.* / input_hint_block keys or diffusers' ControlNetModel); T2I-Adapters, "
-                              "Control-LoRAs and ControlNet-LLLite files are not supported yet")
+                              "control_model.* / input_hint_block keys or diffusers' ControlNetModel); Control-LoRAs "
+                              "and ControlNet-LLLite files are not supported yet")
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
     per_level = [index for index in _indices(bare, r"input_blocks\.(\d+)\.0\.op\.weight")]
@@ -186,16 +186,22 @@ def family_of(state: dict[str, torch.Tensor]) -> str:
     return "sd2" if proj_in is not None and proj_in.ndim == 2 else "sd1"
 
 
-def read_controlnet(entry: ControlNetEntry) -> ControlNetWeights:
-    """The weights of `entry`, read without running anything in the file."""
+def read_state(entry: ControlNetEntry) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The file's tensors, read without running anything in it (.pth/.ckpt/.bin: torch.load(weights_only=True)
+    only), and a diffusers folder's declared config (None for a single file)."""
+    state = load_state_dict(entry.weights_file())
+    declared = json.loads((entry.path / "config.json").read_text()) if entry.path.is_dir() else None
+    return state, declared
+
+
+def read_controlnet(entry: ControlNetEntry, read: tuple[dict, dict | None] | None = None) -> ControlNetWeights:
+    """The weights of `entry` (`read`: what read_state gave, when the caller has it already)."""
     weights = entry.weights_file()
-    state = load_state_dict(weights)  # .pth/.ckpt/.bin: torch.load(weights_only=True) only
+    state, declared = read or read_state(entry)
     state = to_diffusers_keys(state, weights.name)
-    if entry.path.is_dir():
-        declared = json.loads((entry.path / "config.json").read_text())
-        if declared.get("_class_name", "ControlNetModel") != "ControlNetModel":
-            raise CheckpointError(f"{entry.name} is a {declared.get('_class_name')}, not a ControlNetModel; "
-                                  "only ControlNets are supported yet")
+    if declared is not None and declared.get("_class_name", "ControlNetModel") != "ControlNetModel":
+        raise CheckpointError(f"{entry.name} is a {declared.get('_class_name')}, not a ControlNetModel; "
+                              "only ControlNets and T2I-Adapters are supported yet")
     try:
         return ControlNetWeights(state, family_of(state), infer_config(state))
     except (KeyError, StopIteration) as error:

@@ -9,15 +9,18 @@ from backend.controlnet.catalog import PreprocessorCatalog
 from backend.controlnet.loading import ControlNetCache
 from backend.controlnet.model_files import ControlNetFolder
 from backend.controlnet.preprocessors import resolve_parameters, run_preprocessor
+from backend.models.module_store import ModuleStore
 
 
 class ControlNets:
     def __init__(self, models_dir: Path, preprocessors_dir: Path, max_models: int = 4,
-                 ipadapter_dir: Path | None = None, clip_vision_dir: Path | None = None):
+                 ipadapter_dir: Path | None = None, clip_vision_dir: Path | None = None,
+                 store: ModuleStore | None = None):
+        """`store`: where built models are kept (the model manager's, so they share its limits)."""
         self.folder = ControlNetFolder(models_dir, extra_folders=(ipadapter_dir,) if ipadapter_dir else ())
         self.clip_vision_dir = clip_vision_dir or Path(models_dir).parent / "clip_vision"
         self.preprocessors = PreprocessorCatalog(preprocessors_dir)
-        self.cache = ControlNetCache(self.folder, max_models)
+        self.cache = ControlNetCache(self.folder, max_models, store)
 
     def model_titles(self, refresh: bool = False) -> list[str]:
         if refresh:

@@ -8,10 +8,7 @@ the control to the conditional half of the batch only (cfg injection), so the pr
 """
 from __future__ import annotations
 
-import copy
-import inspect
 import io
-from collections import OrderedDict
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
@@ -34,14 +31,9 @@ from backend.core.controlnet_units import ControlNetUnit, unit_infotext
 from backend.core.hires_sizes import hires_sizes
 from backend.core.model_family import FLOW_FAMILIES
 from backend.core.requests import GenerationRequest, RequestError
+from backend.generation.controlnet_unet import SteeringUnit, steered_pipeline, unit_view
 from backend.generation.ip_adapter_run import AdaptedPipeline, PreparedAdapter, check_fits, encode_reference, installed
 
-CONTROLNET_PIPELINES = {
-    ("sd", "txt2img"): "StableDiffusionControlNetPipeline",
-    ("sd", "img2img"): "StableDiffusionControlNetImg2ImgPipeline",
-    ("sdxl", "txt2img"): "StableDiffusionXLControlNetPipeline",
-    ("sdxl", "img2img"): "StableDiffusionXLControlNetImg2ImgPipeline",
-}
 SOFT_BASE = 0.825  # the extension's soft-injection factor per layer
 
 
@@ -96,25 +88,13 @@ def mode_hook(mode: ControlMode, images_per_batch: int):
     return hook
 
 
-HOOK_TABLES = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
-               "_forward_pre_hooks_with_kwargs")
-
-
-def unit_view(model: torch.nn.Module) -> torch.nn.Module:
-    """The same ControlNet (its weights shared, nothing copied) as a module of its own with empty hook tables, so a
-    unit's hook never acts on the cached model nor on another unit that uses the same file."""
-    view = copy.copy(model)
-    for table in HOOK_TABLES:
-        setattr(view, table, OrderedDict())
-    return view
-
-
 @dataclass
 class JobControls:
     """What the generator needs of a job's units; empty when the request has none (nothing changes then)."""
     units: list[PreparedUnit] = field(default_factory=list)
     adapters: list[PreparedAdapter] = field(default_factory=list)  # IP-Adapter units, installed on the UNet
     adapter_processors: list = field(default_factory=list)
+    images_per_batch: int = 1
     _pipelines: dict = field(default_factory=dict)
 
     @property
@@ -144,82 +124,58 @@ class JobControls:
                         maps.append(buffer.getvalue())
         return maps
 
-    def wrap(self, pipeline, task: str, family: str, second_pass: bool = False):
-        """`pipeline` itself when no unit steers this pass; else a ControlNet pipeline sharing its modules, called
-        with the units' maps, weights and start/end added. `second_pass`: the hires fix's second pass. IP-Adapter
-        units, once installed, are given to every call of the job (a pass they do not steer gets weight 0)."""
+    def wrap(self, pipeline, second_pass: bool = False):
+        """`pipeline` itself when no unit steers this pass; else a pipeline sharing its modules whose UNet runs the
+        units at each step they steer. `second_pass`: the hires fix's second pass. IP-Adapter units, once
+        installed, are given to every call of the job (a pass they do not steer gets weight 0)."""
         active = self.active(second_pass)
         if active:
-            if task not in ("txt2img", "img2img"):
-                raise RequestError("controlnet_units", "ControlNet together with an inpainting mask is not supported "
-                                                       "yet")
             key = (id(pipeline), second_pass)
             if key not in self._pipelines:
-                self._pipelines[key] = ControlledPipeline(controlnet_pipeline(pipeline, task, family, active),
-                                                          call_arguments(active, task, second_pass))
+                steering = [SteeringUnit(prepared.model, prepared.hires_control if second_pass else prepared.control,
+                                         prepared.unit.weight, prepared.unit.guidance_start,
+                                         prepared.unit.guidance_end) for prepared in active]
+                self._pipelines[key] = steered_pipeline(pipeline, steering, self.images_per_batch)
             pipeline = self._pipelines[key]
         if self.adapters:
             pipeline = AdaptedPipeline(pipeline, self.adapters, self.adapter_processors, second_pass)
         return pipeline
 
 
-class ControlledPipeline:
-    """A ControlNet pipeline that adds the units' arguments to each call (the job's code calls it like any)."""
-
-    def __init__(self, pipeline, arguments: dict):
-        self._pipeline = pipeline
-        self._arguments = arguments
-
-    def __call__(self, *args, **kwargs):
-        return self._pipeline(*args, **kwargs, **self._arguments)
-
-    def __getattr__(self, name):
-        return getattr(self._pipeline, name)
-
-
-def controlnet_pipeline(base, task: str, family: str, units: list[PreparedUnit]):
-    import diffusers
-
-    kind = "sdxl" if family.startswith("sdxl") else "sd"
-    cls = getattr(diffusers, CONTROLNET_PIPELINES[(kind, task)])
-    accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {name: module for name, module in base.components.items() if name in accepted}
-    kwargs.update({key: value for key, value in base.config.items()
-                   if key in accepted and key not in kwargs and not key.startswith("_")})
-    models = [prepared.model for prepared in units]
-    kwargs["controlnet"] = models[0] if len(models) == 1 else diffusers.MultiControlNetModel(models)
-    for name, parameter in accepted.items():
-        if name not in kwargs and name != "self" and parameter.default is inspect.Parameter.empty:
-            kwargs[name] = None
-    pipeline = cls(**kwargs)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def call_arguments(units: list[PreparedUnit], task: str, second_pass: bool = False) -> dict:
-    controls = [prepared.hires_control if second_pass else prepared.control for prepared in units]
-    single = len(units) == 1
-    return {
-        ("image" if task == "txt2img" else "control_image"): controls[0] if single else controls,
-        "controlnet_conditioning_scale": units[0].unit.weight if single else [p.unit.weight for p in units],
-        "control_guidance_start": [p.unit.guidance_start for p in units],
-        "control_guidance_end": [p.unit.guidance_end for p in units],
-    }
-
-
 def check_supported(request: GenerationRequest, family: str):
     if family in FLOW_FAMILIES or family == "sdxl-refiner":
         raise RequestError("controlnet_units", f"ControlNet with {family} checkpoints is not supported yet; use an "
                                                "SD1.x, SD2.x or SDXL checkpoint")
-    if request.refiner_checkpoint:
-        raise RequestError("controlnet_units", "ControlNet together with a refiner is not supported yet")
+    if request.refiner_checkpoint and any(is_ip_adapter_module(unit.module) or is_ip_adapter_name(unit.model)
+                                          for unit in request.controlnet_units):
+        raise RequestError("controlnet_units", "IP-Adapter units together with a refiner are not supported yet "
+                                               "(ControlNet units are: they steer the base model's steps)")
+
+
+def img2img_mask(request: GenerationRequest) -> np.ndarray | None:
+    """The img2img inpainting mask as the user painted it (white = repaint, after "Inpaint not masked"), at the
+    input image's size: what an inpaint unit without a mask of its own follows (the extension's behaviour)."""
+    png = getattr(request, "mask", None)
+    if png is None:
+        return None
+    mask = decode(png, "L")
+    return 255 - mask if getattr(request, "inpainting_mask_invert", 0) else mask
+
+
+def cropped(control: torch.Tensor, crop: tuple[int, int, int, int] | None, width: int, height: int) -> torch.Tensor:
+    """The map of the crop that "Inpaint area: Only masked" repaints, at the job's size (as the image is)."""
+    if crop is None:
+        return control
+    left, top, right, bottom = crop
+    region = control[:, :, top:bottom, left:right]
+    return torch.nn.functional.interpolate(region, size=(height, width))
 
 
 @contextmanager
 def prepared_controls(request: GenerationRequest, controlnets: ControlNets | None, model, checkpoint_title: str,
-                      init_image: bytes | None = None):
+                      init_image: bytes | None = None, crop: tuple[int, int, int, int] | None = None):
     """The job's units made ready (maps detected and fitted, models leased and on the UNet's device) for the whole
-    job; the models go back to the CPU afterwards."""
+    job; the models go back to the CPU afterwards. `crop`: the region an "only masked" inpainting repaints."""
     if not request.controlnet_units:
         yield JobControls()
         return
@@ -240,8 +196,8 @@ def prepared_controls(request: GenerationRequest, controlnets: ControlNets | Non
                     adapters.append(prepare_adapter(controlnets, unit, index, image, model, checkpoint_title,
                                                     field_name))
                 continue
-            mask = decode(unit.mask, "L") if unit.mask else None
             preprocessor = controlnets.preprocessors.get(unit.module, f"{field_name}.module")
+            mask = decode(unit.mask, "L") if unit.mask else img2img_mask(request) if preprocessor.accepts_mask else None
             processor_res = unit.processor_res
             if unit.pixel_perfect:
                 processor_res = pixel_perfect_resolution(image.shape[0], image.shape[1], request.height,
@@ -260,23 +216,27 @@ def prepared_controls(request: GenerationRequest, controlnets: ControlNets | Non
                 unit.model, dict(unet.config), model.family, checkpoint_title, unet.dtype, f"{field_name}.model"))
             controlnet.to(unet.device)
             stack.callback(controlnet.to, "cpu")
+            if hasattr(controlnet, "total_downscale_factor") and unit.control_mode != ControlMode.BALANCED:
+                raise RequestError(f"{field_name}.control_mode", f"'{entry.title}' is a T2I-Adapter; adapters take "
+                                                                 "the Balanced control mode only")
             if unit.control_mode != ControlMode.BALANCED:
                 controlnet = unit_view(controlnet)  # its hook must not reach another unit of the same model
                 controlnet.register_forward_hook(mode_hook(unit.control_mode, request.batch_size), with_kwargs=True)
             infotext = unit_infotext(preprocessor.public_name, entry.title, unit, parameters.resolution,
                                      parameters.threshold_a, parameters.threshold_b)
             slot = unit.slot if unit.slot is not None else index
-            prepared.append(PreparedUnit(slot, unit, control_tensor(fitted), fitted[:, :, :3], infotext, controlnet,
+            control = cropped(control_tensor(fitted), crop, request.width, request.height)
+            prepared.append(PreparedUnit(slot, unit, control, fitted[:, :, :3], infotext, controlnet,
                                          None if hires is None else control_tensor(hires),
                                          None if hires is None else hires[:, :, :3]))
         processors = stack.enter_context(installed(unet, adapters))
-        yield JobControls(prepared, adapters, processors)
+        yield JobControls(prepared, adapters, processors, request.batch_size)
 
 
 def prepare_adapter(controlnets: ControlNets, unit: ControlNetUnit, index: int, image: np.ndarray, model,
                     checkpoint_title: str, field_name: str) -> PreparedAdapter:
     """An IP-Adapter unit read, checked against the checkpoint and its reference image encoded (the image encoder
-    is built for this and dropped after)."""
+    is kept in the ControlNet cache, leased while it encodes)."""
     module_field, model_field = f"{field_name}.module", f"{field_name}.model"
     if not is_ip_adapter_module(unit.module):
         raise RequestError(module_field, f"the IP-Adapter model '{unit.model}' needs an ip-adapter_* preprocessor "
@@ -292,9 +252,15 @@ def prepare_adapter(controlnets: ControlNets, unit: ControlNetUnit, index: int, 
     unet = model.pipeline.unet
     check_fits(weights, entry.title, unet, checkpoint_title, model.family, model_field)
     found = find_image_encoder(controlnets.clip_vision_dir, weights, unit.module, module_field)
-    encoder = build_image_encoder(found, unet.dtype).to(unet.device)
-    embeds, negative = encode_reference(encoder, image, weights.plus)
-    del encoder
+    stat = found.path.stat()  # a file replaced under the same name is built again
+    key = ("clip_vision", str(found.path), stat.st_size, stat.st_mtime_ns, str(unet.dtype))
+    with controlnets.cache.lease_built(key, lambda: build_image_encoder(found, unet.dtype),
+                                       f"image encoder {found.path.name}") as encoder:
+        encoder.to(unet.device)
+        try:
+            embeds, negative = encode_reference(encoder, image, weights.plus)
+        finally:
+            encoder.to("cpu")  # only the job's own models stay on the device
     parameters = resolve_parameters(controlnets.preprocessors.get(unit.module, module_field), None, None, None)
     infotext = unit_infotext(unit.module, entry.title, unit, parameters.resolution, parameters.threshold_a,
                              parameters.threshold_b)

@@ -236,12 +236,15 @@ class Generator:
         def make_batch(pipeline_for, noise, on_step, prompts, second):
             return plan.make_batch(pipeline_for(plan.task), noise, on_step, prompts, second.refiner, restore)
 
-        return self._run(request, progress, "img2img", make_batch, plan.infotext_parameters(), plan.pass_steps)
+        return self._run(request, progress, "img2img", make_batch, plan.infotext_parameters(), plan.pass_steps,
+                         plan.crop)
 
     def _run(self, request: GenerationRequest, progress: JobProgress, output_kind: str, make_batch: MakeBatch,
-             extra_parameters: dict, pass_steps: list[int]) -> GenerationResult:
+             extra_parameters: dict, pass_steps: list[int],
+             control_crop: tuple[int, int, int, int] | None = None) -> GenerationResult:
         """`make_batch(pipeline_for, noise, on_step, prompts)` makes one batch's images (see GenerationRun);
-        `pass_steps`: the user's steps of each pipeline call of a batch, in order (the progress counts them)."""
+        `pass_steps`: the user's steps of each pipeline call of a batch, in order (the progress counts them);
+        `control_crop`: the region "only masked" inpainting repaints (ControlNet maps are cropped to it)."""
         if request.restore_faces:  # before the model loads: a missing face model fails the job at once
             self._faces.model_path(request.face_restoration_model, "restore_faces")
         extra_samplers = self.hooks.sampler_specs()
@@ -261,10 +264,10 @@ class Generator:
                         if module is not None],
                        request.tiling_axes if request.tiling else None),  # the cached model restored after
               prepared_controls(request, self.controlnets, model, entry.title,
-                                getattr(request, "init_image", None)) as controls):
+                                getattr(request, "init_image", None), control_crop) as controls):
             check_skip_layer_guidance(request, model)
             if controls.any:  # the job's pipelines become ControlNet pipelines; each unit has its infotext
-                make_batch = with_controls(make_batch, controls, model.family, getattr(request, "enable_hr", False))
+                make_batch = with_controls(make_batch, controls, getattr(request, "enable_hr", False), second.refiner)
                 extra_parameters = {**extra_parameters, **controls.infotext}
             if model.family in FLOW_FAMILIES:  # their own samplers; Forge's guidance and shift keys
                 check_flow_request(request, model.label)
@@ -352,12 +355,16 @@ class Generator:
         return self.faces
 
 
-def with_controls(make_batch: MakeBatch, controls, family: str, hires_fix: bool) -> MakeBatch:
+def with_controls(make_batch: MakeBatch, controls, hires_fix: bool, refiner=None) -> MakeBatch:
     """`make_batch` whose pipelines carry the job's ControlNet units (with the hires fix, its img2img pipeline is
-    the second pass)."""
+    the second pass). A pass the refiner runs as a whole (the hires pass after it took over) gets none: the units
+    steer the base model only, as in the extension."""
     def make(pipeline_for, *arguments):
         def controlled(task, *rest, **named):
-            second_pass = hires_fix and task == "img2img"
-            return controls.wrap(pipeline_for(task, *rest, **named), task, family, second_pass)
+            pipeline = pipeline_for(task, *rest, **named)
+            leased = named.get("leased", rest[1] if len(rest) > 1 else None)
+            if refiner is not None and leased is not None and leased.model is refiner.model:
+                return pipeline
+            return controls.wrap(pipeline, hires_fix and task == "img2img")
         return make_batch(controlled, *arguments)
     return make

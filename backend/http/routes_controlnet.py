@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Body, HTTPException
 from PIL import Image
 
 from backend.controlnet.annotator_files import WeightedPreprocessor
+from backend.controlnet.control_types import control_type
 from backend.controlnet.preprocessors import RESOLUTION
 from backend.core.errors import UserError
 from backend.http.controlnet_units import decode_unit_image
@@ -18,11 +18,6 @@ from backend.services import Services
 
 API_VERSION = 3  # the extension's external_code.get_api_version()
 MAX_DETECT_IMAGES = 16
-# the extension's tag -> model-name filters (Preprocessor.tag_to_filters)
-TAG_FILTERS = {"instructp2p": ["ip2p"], "segmentation": ["seg"], "normalmap": ["normal"],
-               "t2i-adapter": ["t2i_adapter", "t2iadapter", "t2ia"], "ip-adapter": ["ip_adapter", "ipadapter"],
-               "openpose": ["openpose", "densepose"], "instant-id": ["instant_id", "instantid"],
-               "scribble": ["sketch"], "tile": ["blur"]}
 
 
 def sliders(preprocessor) -> list[dict]:
@@ -36,22 +31,6 @@ def png_base64(pixels: np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-def control_type(tag: str, catalog, models: list[str]) -> dict[str, Any]:
-    """The extension's select_control_type: the tag's preprocessors, the models whose names match it, defaults."""
-    if tag == "All":
-        return {"module_list": catalog.public_names(), "model_list": ["None", *models], "default_option": "none",
-                "default_model": "None"}
-    filters = {tag.lower(), *TAG_FILTERS.get(tag.lower(), [])}
-    matching = [model for model in models if any(name in model.lower() for name in filters)]
-    default_model = "None"
-    if matching:
-        default_model = next((model for model in matching if "11" in model.split("[")[0]), matching[0])
-    preprocessors = [p.public_name for p in catalog.with_tag(tag)]
-    return {"module_list": preprocessors, "model_list": ["None", *matching],
-            "default_option": preprocessors[0] if len(preprocessors) == 1 else preprocessors[1],
-            "default_model": default_model}
 
 
 def add_controlnet_routes(router: APIRouter, services: Services):

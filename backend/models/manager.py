@@ -22,6 +22,7 @@ from backend.core.settings import Settings
 from backend.models.component_choices import ComponentChoices
 from backend.models.devices import attention_backend, free_accelerator_memory
 from backend.models.loader import CheckpointLoader, LoadedModel
+from backend.models.module_store import ModuleStore
 from backend.models.registry import CheckpointEntry, ModelRegistry
 from backend.models.speed_options import compile_unet, component_placement, place
 from backend.models.weight_files import CheckpointError
@@ -75,6 +76,8 @@ class ModelManager:
         self.runtime_status = ""  # attention backend, placement (offload) and compile, as last logged
         self.max_models = settings.max_models_in_memory or 1  # checkpoints kept loaded (the user option can change it)
         self.startup_checkpoint = settings.startup_checkpoint  # --ckpt, else the one the user chose last time
+        # ControlNets, adapters, image encoders: under the same byte limit, with what the checkpoints leave
+        self.modules = ModuleStore(max_count=4, byte_budget=lambda: self._limit_bytes() - self._checkpoint_bytes())
 
     # --- which model ------------------------------------------------------------------------------
     def list_checkpoints(self) -> tuple[CheckpointEntry, ...]:
@@ -300,11 +303,20 @@ class ModelManager:
         self.runtime_status = status
         cached.on_device = True
 
+    def _limit_bytes(self) -> float:
+        return self.settings.max_cache_gb * 1e9
+
+    def _checkpoint_bytes(self) -> int:
+        with self._lock:
+            return sum(c.size_bytes for c in self._cache.values())
+
     def _evict(self, keep: str | None):
-        """Drop least-recently-used, unleased models (never `keep`) until both limits hold."""
-        limit_bytes = self.settings.max_cache_gb * 1e9
+        """Drop least-recently-used, unleased models (never `keep`) until both limits hold; unused side models
+        (ControlNets and the like) go before any checkpoint."""
+        limit_bytes = self._limit_bytes()
+        self.modules.shrink(limit_bytes - sum(c.size_bytes for c in self._cache.values()))
         while True:
-            total = sum(c.size_bytes for c in self._cache.values())
+            total = sum(c.size_bytes for c in self._cache.values()) + self.modules.size_bytes()
             if len(self._cache) <= self.max_models and total <= limit_bytes:
                 return
             victim_key = next((k for k, c in self._cache.items() if c.leases == 0 and k != keep), None)
@@ -321,6 +333,7 @@ class ModelManager:
         with self._lock:
             for key in [k for k, c in self._cache.items() if c.leases == 0]:
                 del self._cache[key]
+        self.modules.free_unused()
         free_accelerator_memory()
 
     def _with_oom_retry(self, action):

@@ -25,6 +25,7 @@ class AxisType:
     name: str
     kind: str  # "none", "int", "float", "text" or "prompt_sr": how its values are parsed and applied
     field: str | None  # the request field each value sets
+    unit_field: str | None = None  # for the ControlNet axes: the field of every ControlNet unit each value sets
 
 
 AXIS_TYPES = {axis.name: axis for axis in (
@@ -42,6 +43,17 @@ AXIS_TYPES = {axis.name: axis for axis in (
     AxisType("Refiner switch at", "float", "refiner_switch_at"),
     AxisType("Face restore", "text", "restore_faces"),  # values such as "True, False"
     AxisType("Prompt S/R", "prompt_sr", None),
+    # sd-webui-controlnet's axes: a value applies to every enabled unit (as its plain values do there)
+    AxisType("[ControlNet] Weight", "float", "controlnet_units", "weight"),
+    AxisType("[ControlNet] Guidance Start", "float", "controlnet_units", "guidance_start"),
+    AxisType("[ControlNet] Guidance End", "float", "controlnet_units", "guidance_end"),
+    AxisType("[ControlNet] Model", "text", "controlnet_units", "model"),
+    AxisType("[ControlNet] Preprocessor", "text", "controlnet_units", "module"),
+    AxisType("[ControlNet] Control Mode", "text", "controlnet_units", "control_mode"),
+    AxisType("[ControlNet] Resize Mode", "text", "controlnet_units", "resize_mode"),
+    AxisType("[ControlNet] Pre Resolution", "int", "controlnet_units", "processor_res"),
+    AxisType("[ControlNet] Pre Threshold A", "float", "controlnet_units", "threshold_a"),
+    AxisType("[ControlNet] Pre Threshold B", "float", "controlnet_units", "threshold_b"),
 )}
 AXIS_TYPE_NAMES = tuple(AXIS_TYPES)
 
@@ -136,6 +148,8 @@ class Axis:
             search = self.values[0]
             fields["prompt"] = fields["prompt"].replace(search, value)
             fields["negative_prompt"] = fields["negative_prompt"].replace(search, value)
+        elif self.type.unit_field:
+            fields[self.type.field] = [{**unit, self.type.unit_field: value} for unit in fields[self.type.field]]
         elif self.used:
             fields[self.type.field] = value
 
@@ -150,6 +164,9 @@ def parse_axis(type_name: Any, values: Any, request, prefix: str, letter: str) -
     if axis_type.kind == "none":
         return Axis(axis_type, ("",))
     parsed = parse_values(axis_type.kind, values, values_argument)
+    if axis_type.unit_field and not getattr(request, axis_type.field, None):
+        raise ValueError(f"{values_argument}: the {axis_type.name} axis changes the ControlNet units, and this "
+                         "generation has none enabled; enable a unit first")
     # A1111 fixes random seeds up front, so the grid's labels show the real seeds
     if axis_type.field in ("seed", "subseed"):
         parsed = [secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed for seed in parsed]
