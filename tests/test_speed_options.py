@@ -10,13 +10,22 @@ from backend.core.speed_settings import AUTO_TILING_PIXELS, SpeedOptions
 from tests.conftest import pixels, run_txt2img
 from ui.settings_tab import render_settings
 
-LARGE = dict(width=576, height=576, steps=2)  # the tiny VAE tiles above 512 pixels (its config's sample size)
+LARGE = dict(width=128, height=128, steps=2)  # above the 64-pixel tiles small_tiles sets
+
+
+def small_tiles(services, pixels: int = 64):
+    """Tiles of `pixels` for the cached model's VAE: its config's 512 would need a 576-pixel job to tile at all."""
+    with services.models.lease(None) as (_, model):
+        vae = model.pipeline.vae
+        vae.tile_sample_min_size = pixels
+        vae.tile_latent_min_size = pixels // 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def test_tiled_vae_decodes_in_tiles_for_that_job_only(make_services):
     whole = make_services(vae_tiling="never")
     reference = run_txt2img(whole, seed=5, **LARGE)
     tiled = make_services(vae_tiling="always")
+    small_tiles(tiled)
     tiled_job = run_txt2img(tiled, seed=5, **LARGE)
     difference = np.abs(pixels(tiled_job.result.images[0].path) - pixels(reference.result.images[0].path))
     # tiles blend at their seams: close to the whole-image decode, but not the same pixels
