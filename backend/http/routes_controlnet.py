@@ -93,7 +93,8 @@ def add_controlnet_routes(router: APIRouter, services: Services):
                 mask_png = decode_unit_image(controlnet_masks[index], f"controlnet_masks[{index}]")
                 mask = np.asarray(Image.open(io.BytesIO(mask_png)).convert("L")) if mask_png else None
             detected = controlnets.detect(controlnet_module, pixels, controlnet_processor_res,
-                                          controlnet_threshold_a, controlnet_threshold_b, mask=mask)
+                                          controlnet_threshold_a, controlnet_threshold_b, mask=mask,
+                                          field="controlnet_module")
             if detected.shape[2] == 4:  # inpaint: the area to repaint shown half transparent, as the extension
                 detected = detected.copy()
                 detected[:, :, 3] = 255 - detected[:, :, 3] // 2
