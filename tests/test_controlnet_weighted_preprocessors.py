@@ -28,16 +28,18 @@ with warnings.catch_warnings():
     from controlnet_aux.lineart import Generator, LineartDetector
     from controlnet_aux.pidi import PidiNetDetector
     from controlnet_aux.pidi.model import pidinet
+    from controlnet_aux.teed import TEEDdetector
+    from controlnet_aux.teed.ted import TED
 
 # the extension's files, in its annotator/downloads/<folder>/ layout
 FILES = {"lineart": "lineart/sk_model.pth", "lineart_coarse": "lineart/sk_model2.pth", "hed": "hed/ControlNetHED.pth",
-         "pidinet": "pidinet/table5_pidinet.pth"}
+         "pidinet": "pidinet/table5_pidinet.pth", "softedge_teed": "TEED/7_model.pth"}
 
 
 def random_networks() -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
     networks = {"lineart": Generator(3, 1, 3), "lineart_coarse": Generator(3, 1, 3), "hed": ControlNetHED_Apache2(),
-                "pidinet": pidinet()}
+                "pidinet": pidinet(), "softedge_teed": TED()}
     with torch.no_grad():  # a learnt mean, so HED's input normalisation is exercised too
         networks["hed"].norm.copy_(torch.tensor([100.0, 110.0, 120.0]).view(1, 3, 1, 1))
     return {name: network.eval() for name, network in networks.items()}
@@ -73,14 +75,17 @@ def drawing(height=64, width=64) -> np.ndarray:
     return image
 
 
-def detect(catalog, module, image, resolution):
+def detect(catalog, module, image, resolution, threshold_a=None):
     preprocessor = catalog.get(module)
-    return run_preprocessor(preprocessor, image, resolve_parameters(preprocessor, resolution, None, None))
+    return run_preprocessor(preprocessor, image, resolve_parameters(preprocessor, resolution, threshold_a, None))
 
 
-def library_map(networks, module, image, resolution) -> np.ndarray:
+def library_map(networks, module, image, resolution, safe_steps=2) -> np.ndarray:
     """The same map from controlnet_aux's own detectors (the extension's processing: for an image whose sides are
     multiples of 64 at this resolution, no padding or rounding differs)."""
+    if module == "softedge_teed":
+        return TEEDdetector(networks[module])(image, detect_resolution=resolution, safe_steps=safe_steps,
+                                              output_type="np")
     common = {"detect_resolution": resolution, "image_resolution": resolution, "output_type": "np"}
     if module.startswith("lineart"):
         return LineartDetector(networks[module], networks[module])(image, **common)
@@ -92,7 +97,7 @@ def library_map(networks, module, image, resolution) -> np.ndarray:
 
 
 RUNNING = ["lineart", "lineart_coarse", "hed", "hed_safe", "scribble_hed", "pidinet", "pidinet_safe",
-           "pidinet_scribble"]
+           "pidinet_scribble", "softedge_teed"]
 
 
 @pytest.mark.parametrize("module", RUNNING)
@@ -107,17 +112,29 @@ def test_installed_preprocessors_run_their_network(catalog, networks, module):
         assert set(np.unique(detected)) <= {0, 255}
 
 
+def test_teed_takes_its_safe_steps_slider(catalog, networks):
+    preprocessor = catalog.get("softedge_teed")
+    assert (preprocessor.slider_1.label, preprocessor.slider_1.value, preprocessor.slider_1.maximum) == (
+        "Safe Steps", 2, 10)
+    image = drawing()
+    raw = detect(catalog, "softedge_teed", image, 64, threshold_a=0)
+    assert np.array_equal(raw, library_map(networks, "softedge_teed", image, 64, safe_steps=0))
+    assert np.array_equal(detect(catalog, "softedge_teed", image, 64, threshold_a=-1),  # out of range: default 2
+                          library_map(networks, "softedge_teed", image, 64, safe_steps=2))
+    assert not np.array_equal(raw, detect(catalog, "softedge_teed", image, 64, threshold_a=2))
+
+
 def test_maps_keep_the_aspect_at_the_requested_resolution(catalog):
     """A 100x70 image at resolution 64: short side 64, padded to 64x128 for the network, the pad taken off."""
     image = cv2.resize(drawing(64, 128), (100, 70))
-    for module in ("lineart", "hed", "pidinet"):
+    for module in ("lineart", "hed", "pidinet", "softedge_teed"):
         assert detect(catalog, module, image, 64).shape == (64, 91, 3), module
 
 
 def test_installed_preprocessors_are_listed_as_available(catalog):
     labels = catalog.available()
     assert {"lineart_realistic", "lineart_coarse", "softedge_hed", "softedge_hedsafe", "scribble_hed",
-            "softedge_pidinet", "softedge_pidisafe", "scribble_pidinet"} <= set(labels)
+            "softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "softedge_teed"} <= set(labels)
     assert "depth_midas" not in labels
     needed = catalog.needed_files()
     assert needed["lineart_realistic"] == [] and needed["softedge_hed"] == []
@@ -184,3 +201,6 @@ def test_detect_route_answers_the_map(make_services, models_dir, weights_dir, ne
         missing = client.post("/controlnet/detect", json={"controlnet_module": "lineart_anime",
                                                           "controlnet_input_images": [png_b64(image)]})
         assert missing.status_code == 422 and "lineart_anime/netG.pth" in missing.json()["detail"]
+        details = client.get("/controlnet/module_list").json()["module_detail"]
+        assert [slider["name"] for slider in details["softedge_teed"]["sliders"]] == ["Resolution", "Safe Steps"]
+        assert [slider["name"] for slider in details["hed"]["sliders"]] == ["Resolution"]

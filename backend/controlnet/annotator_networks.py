@@ -40,6 +40,10 @@ def pidinet_network() -> torch.nn.Module:
     return quiet_import("controlnet_aux.pidi.model").pidinet()
 
 
+def teed_network() -> torch.nn.Module:
+    return quiet_import("controlnet_aux.teed.ted").TED()
+
+
 def without_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The published PiDiNet file was saved from a DataParallel model: its keys start with "module."."""
     return {key.removeprefix(prefix): value for key, value in state.items()}

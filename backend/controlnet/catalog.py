@@ -14,8 +14,8 @@ from backend.controlnet.weighted_runs import NETWORK_RUNS, NetworkRun
 
 
 def run_network(networks: AnnotatorNetworks, path: Path, network_run: NetworkRun, field: str, image, resolution,
-                **_):
-    return network_run.apply(networks.get(path, network_run.build, field), image, resolution)
+                threshold_a, **_):
+    return network_run.apply(networks.get(path, network_run.build, field), image, resolution, threshold_a)
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ class PreprocessorCatalog:
         if network_run is None or path is None:
             raise refuse(weighted, self.weights_dir, field)
         return Preprocessor(weighted.name, partial(run_network, self.networks, path, network_run, field),
-                            label=weighted.label, resolution=RESOLUTION, tags=weighted.tags,
+                            label=weighted.label, resolution=RESOLUTION, slider_1=network_run.slider_1,
+                            tags=weighted.tags,
                             priority=weighted.priority, needs_files=weighted.files)
 
     def available(self) -> list[str]:

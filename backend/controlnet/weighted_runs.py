@@ -4,14 +4,20 @@ with the edge pixels to a multiple of 64, run the network, take the pad off. Map
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import torch
 
-from backend.controlnet.annotator_networks import hed_network, lineart_network, pidinet_network, quiet_import
-from backend.controlnet.preprocessors import gray_as_rgb, resize_short_side
+from backend.controlnet.annotator_networks import (
+    hed_network,
+    lineart_network,
+    pidinet_network,
+    quiet_import,
+    teed_network,
+)
+from backend.controlnet.preprocessors import HIDDEN, Slider, gray_as_rgb, resize_short_side
 
 
 def scaled_and_padded(image: np.ndarray, resolution: int) -> tuple[np.ndarray, int, int]:
@@ -38,26 +44,28 @@ def as_scribble(edge: np.ndarray) -> np.ndarray:
     return np.where(scribble > 4, 255, 0).astype(np.uint8)
 
 
-def safe_step(edge: np.ndarray) -> np.ndarray:
-    return quiet_import("controlnet_aux.util").safe_step(edge)
+def safe_step(edge: np.ndarray, steps: int = 2) -> np.ndarray:
+    return quiet_import("controlnet_aux.util").safe_step(edge, steps)
 
 
-def run_lineart(network: torch.nn.Module, image: np.ndarray, resolution: int) -> np.ndarray:
+def run_lineart(network: torch.nn.Module, image: np.ndarray, resolution: int, _threshold_a: float) -> np.ndarray:
     padded, height, width = scaled_and_padded(image, resolution)
     with torch.inference_mode():
         line = network(as_batch(padded, 255.0))[0, 0].numpy()
     return gray_as_rgb(255 - to_uint8(line)[:height, :width])  # the network draws white lines on black
 
 
-def hed_edges(network: torch.nn.Module, image: np.ndarray, resolution: int, safe: bool) -> np.ndarray:
+def fused_edges(network: torch.nn.Module, image: np.ndarray, resolution: int, safe_steps: int) -> np.ndarray:
+    """HED and TEED: side outputs at several scales, each resized to the input, averaged, then a sigmoid. They
+    take 0-255 RGB (HED subtracts its learnt mean)."""
     padded, height, width = scaled_and_padded(image, resolution)
     with torch.inference_mode():
-        projections = network(as_batch(padded, 1.0))  # HED takes 0-255 RGB and subtracts its learnt mean
+        projections = network(as_batch(padded, 1.0))
     size = (padded.shape[1], padded.shape[0])
     edges = np.stack([cv2.resize(p[0, 0].numpy().astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
                       for p in projections], axis=2)
     edge = 1 / (1 + np.exp(-np.mean(edges, axis=2).astype(np.float64)))
-    return to_uint8(safe_step(edge) if safe else edge)[:height, :width]
+    return to_uint8(safe_step(edge, safe_steps) if safe_steps else edge)[:height, :width]
 
 
 def pidinet_edges(network: torch.nn.Module, image: np.ndarray, resolution: int, safe: bool) -> np.ndarray:
@@ -72,18 +80,23 @@ class NetworkRun:
     """A preprocessor that runs a network: how to build the (empty) network, and how to apply it."""
 
     build: Callable[[], torch.nn.Module]
-    apply: Callable[[torch.nn.Module, np.ndarray, int], np.ndarray]
+    apply: Callable[[torch.nn.Module, np.ndarray, int, float], np.ndarray]  # network, image, resolution, slider 1
+    slider_1: Slider = field(default=HIDDEN)
 
 
 def hed(safe=False, scribble=False):
-    def apply(network, image, resolution):
-        edge = hed_edges(network, image, resolution, safe)
+    def apply(network, image, resolution, _threshold_a):
+        edge = fused_edges(network, image, resolution, 2 if safe else 0)
         return gray_as_rgb(as_scribble(edge) if scribble else edge)
     return NetworkRun(hed_network, apply)
 
 
+def run_teed(network, image, resolution, safe_steps):
+    return gray_as_rgb(fused_edges(network, image, resolution, int(safe_steps)))
+
+
 def pidinet(safe=False, scribble=False):
-    def apply(network, image, resolution):
+    def apply(network, image, resolution, _threshold_a):
         edge = pidinet_edges(network, image, resolution, safe)
         return gray_as_rgb(as_scribble(edge) if scribble else edge)
     return NetworkRun(pidinet_network, apply)
@@ -99,4 +112,6 @@ NETWORK_RUNS = {
     "pidinet": pidinet(),
     "pidinet_safe": pidinet(safe=True),
     "pidinet_scribble": pidinet(scribble=True),
+    "softedge_teed": NetworkRun(teed_network, run_teed,
+                                Slider(label="Safe Steps", minimum=0, maximum=10, value=2, step=1)),
 }

@@ -12,6 +12,7 @@ from PIL import Image
 from backend.controlnet.annotator_files import WeightedPreprocessor
 from backend.controlnet.control_types import control_type
 from backend.controlnet.preprocessors import RESOLUTION
+from backend.controlnet.weighted_runs import NETWORK_RUNS
 from backend.core.errors import UserError
 from backend.http.controlnet_units import decode_unit_image
 from backend.services import Services
@@ -22,7 +23,9 @@ MAX_DETECT_IMAGES = 16
 
 def sliders(preprocessor) -> list[dict]:
     if isinstance(preprocessor, WeightedPreprocessor):
-        return [RESOLUTION.api_json()]
+        network_run = NETWORK_RUNS.get(preprocessor.name)
+        extra = [network_run.slider_1] if network_run and network_run.slider_1.visible else []
+        return [slider.api_json() for slider in (RESOLUTION, *extra)]
     return [slider.api_json() for slider in (preprocessor.resolution, preprocessor.slider_1, preprocessor.slider_2)
             if slider.visible]
 
