@@ -130,7 +130,7 @@ def test_tile_resample_and_recolor(catalog):
 @pytest.mark.parametrize("module, file", [("depth_midas", "midas/dpt_hybrid-midas-501f0c75.pt"),
                                           ("depth", "midas/dpt_hybrid-midas-501f0c75.pt"),
                                           ("openpose_full", "openpose/hand_pose_model.pth"),
-                                          ("softedge_hed", "hed/ControlNetHED.pth")])
+                                          ("normal_bae", "normal_bae/scannet.pt")])
 def test_a_preprocessor_needing_weights_is_refused_naming_the_file(catalog, module, file):
     with pytest.raises(UserError) as refused:
         catalog.get(module, field="controlnet.args[0].module")

@@ -2,16 +2,26 @@
 and "depth_midas"), in the extension's order, and the one place a unit's module is looked up."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from backend.controlnet.annotator_files import WEIGHTED, WeightedPreprocessor, missing_files, refuse
-from backend.controlnet.preprocessors import WEIGHT_FREE, Preprocessor, UnknownPreprocessor
+from backend.controlnet.annotator_files import WEIGHTED, WeightedPreprocessor, find_file, missing_files, refuse
+from backend.controlnet.annotator_networks import AnnotatorNetworks
+from backend.controlnet.preprocessors import RESOLUTION, WEIGHT_FREE, Preprocessor, UnknownPreprocessor
+from backend.controlnet.weighted_runs import NETWORK_RUNS, NetworkRun
+
+
+def run_network(networks: AnnotatorNetworks, path: Path, network_run: NetworkRun, field: str, image, resolution,
+                threshold_a, **_):
+    return network_run.apply(networks.get(path, network_run.build, field), image, resolution, threshold_a)
 
 
 @dataclass(frozen=True)
 class PreprocessorCatalog:
     weights_dir: Path  # models/ControlNetPreprocessor
+    networks: AnnotatorNetworks = dataclasses.field(default_factory=AnnotatorNetworks, compare=False)
 
     def by_name(self) -> dict[str, Preprocessor | WeightedPreprocessor]:
         names: dict[str, Preprocessor | WeightedPreprocessor] = {}
@@ -42,14 +52,31 @@ class PreprocessorCatalog:
         return [p for p in self.sorted() if tag == "All" or p.name == "none" or tag in p.tags]
 
     def get(self, module: str | None, field: str = "module") -> Preprocessor:
-        """The runnable preprocessor named `module` (None/"" mean none). One that needs weights is refused with the
-        files it needs; an unknown name lists the known ones."""
+        """The runnable preprocessor named `module` (None/"" mean none). One that needs weights runs when its file
+        is installed and its network is built in; otherwise it is refused with the files it needs. An unknown name
+        lists the known ones."""
         found = self.by_name().get(module or "none")
         if found is None:
             raise UnknownPreprocessor(field, str(module), self.public_names())
         if isinstance(found, WeightedPreprocessor):
-            raise refuse(found, self.weights_dir, field)
+            return self.runnable(found, field)
         return found
+
+    def runnable(self, weighted: WeightedPreprocessor, field: str) -> Preprocessor:
+        """The network is read when the preprocessor first runs (not here), so a bad file is refused then."""
+        network_run = NETWORK_RUNS.get(weighted.name)
+        path = find_file(self.weights_dir, weighted.files[0])
+        if network_run is None or path is None:
+            raise refuse(weighted, self.weights_dir, field)
+        return Preprocessor(weighted.name, partial(run_network, self.networks, path, network_run, field),
+                            label=weighted.label, resolution=RESOLUTION, slider_1=network_run.slider_1,
+                            tags=weighted.tags,
+                            priority=weighted.priority, needs_files=weighted.files)
+
+    def available(self) -> list[str]:
+        """The preprocessors needing weights that run now (their files are installed), by label."""
+        return [p.public_name for p in WEIGHTED
+                if p.name in NETWORK_RUNS and not missing_files(p, self.weights_dir)]
 
     def needed_files(self) -> dict[str, list[str]]:
         """For each preprocessor needing weights, the files still missing (empty: installed)."""

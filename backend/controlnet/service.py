@@ -36,5 +36,6 @@ class ControlNets:
         return run_preprocessor(preprocessor, image, parameters, mask=mask, seed=seed)
 
     def clear(self):
-        """Out of memory: drop every built ControlNet no job holds."""
+        """Out of memory: drop every built ControlNet no job holds, and the built preprocessor networks."""
         self.cache.clear_unused()
+        self.preprocessors.networks.clear()

@@ -12,6 +12,7 @@ from PIL import Image
 from backend.controlnet.annotator_files import WeightedPreprocessor
 from backend.controlnet.control_types import control_type
 from backend.controlnet.preprocessors import RESOLUTION
+from backend.controlnet.weighted_runs import NETWORK_RUNS
 from backend.core.errors import UserError
 from backend.http.controlnet_units import decode_unit_image
 from backend.services import Services
@@ -22,7 +23,9 @@ MAX_DETECT_IMAGES = 16
 
 def sliders(preprocessor) -> list[dict]:
     if isinstance(preprocessor, WeightedPreprocessor):
-        return [RESOLUTION.api_json()]
+        network_run = NETWORK_RUNS.get(preprocessor.name)
+        extra = [network_run.slider_1] if network_run and network_run.slider_1.visible else []
+        return [slider.api_json() for slider in (RESOLUTION, *extra)]
     return [slider.api_json() for slider in (preprocessor.resolution, preprocessor.slider_1, preprocessor.slider_2)
             if slider.visible]
 
@@ -93,7 +96,8 @@ def add_controlnet_routes(router: APIRouter, services: Services):
                 mask_png = decode_unit_image(controlnet_masks[index], f"controlnet_masks[{index}]")
                 mask = np.asarray(Image.open(io.BytesIO(mask_png)).convert("L")) if mask_png else None
             detected = controlnets.detect(controlnet_module, pixels, controlnet_processor_res,
-                                          controlnet_threshold_a, controlnet_threshold_b, mask=mask)
+                                          controlnet_threshold_a, controlnet_threshold_b, mask=mask,
+                                          field="controlnet_module")
             if detected.shape[2] == 4:  # inpaint: the area to repaint shown half transparent, as the extension
                 detected = detected.copy()
                 detected[:, :, 3] = 255 - detected[:, :, 3] // 2

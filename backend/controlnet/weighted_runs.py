@@ -1,0 +1,117 @@
+"""How the preprocessors with weights that run here turn an image into a map, as sd-webui-controlnet does it
+(scripts/preprocessor/legacy/processor.py and annotator/*/__init__.py): scale the short side to the resolution, pad
+with the edge pixels to a multiple of 64, run the network, take the pad off. Maps are RGB uint8."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from backend.controlnet.annotator_networks import (
+    hed_network,
+    lineart_network,
+    pidinet_network,
+    quiet_import,
+    teed_network,
+)
+from backend.controlnet.preprocessors import HIDDEN, Slider, gray_as_rgb, resize_short_side
+
+
+def scaled_and_padded(image: np.ndarray, resolution: int) -> tuple[np.ndarray, int, int]:
+    """The image scaled to `resolution` on its short side and edge-padded to multiples of 64, with the scaled
+    height and width (what is kept of the map)."""
+    scaled = resize_short_side(image, resolution)
+    height, width = scaled.shape[:2]
+    padded = np.pad(scaled, [[0, -height % 64], [0, -width % 64], [0, 0]], mode="edge")
+    return np.ascontiguousarray(padded), height, width
+
+
+def as_batch(pixels: np.ndarray, divisor: float) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(pixels)).float().div(divisor).permute(2, 0, 1)[None]
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    return (values * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def as_scribble(edge: np.ndarray) -> np.ndarray:
+    """Thin, blurred and thresholded soft edges: the extension's scribble_hed / scribble_pidinet."""
+    util = quiet_import("controlnet_aux.util")
+    scribble = cv2.GaussianBlur(util.nms(edge, 127, 3.0), (0, 0), 3.0)
+    return np.where(scribble > 4, 255, 0).astype(np.uint8)
+
+
+def safe_step(edge: np.ndarray, steps: int = 2) -> np.ndarray:
+    return quiet_import("controlnet_aux.util").safe_step(edge, steps)
+
+
+def run_lineart(network: torch.nn.Module, image: np.ndarray, resolution: int, _threshold_a: float) -> np.ndarray:
+    padded, height, width = scaled_and_padded(image, resolution)
+    with torch.inference_mode():
+        line = network(as_batch(padded, 255.0))[0, 0].numpy()
+    return gray_as_rgb(255 - to_uint8(line)[:height, :width])  # the network draws white lines on black
+
+
+def fused_edges(network: torch.nn.Module, image: np.ndarray, resolution: int, safe_steps: int) -> np.ndarray:
+    """HED and TEED: side outputs at several scales, each resized to the input, averaged, then a sigmoid. They
+    take 0-255 RGB (HED subtracts its learnt mean)."""
+    padded, height, width = scaled_and_padded(image, resolution)
+    with torch.inference_mode():
+        projections = network(as_batch(padded, 1.0))
+    size = (padded.shape[1], padded.shape[0])
+    edges = np.stack([cv2.resize(p[0, 0].numpy().astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+                      for p in projections], axis=2)
+    edge = 1 / (1 + np.exp(-np.mean(edges, axis=2).astype(np.float64)))
+    return to_uint8(safe_step(edge, safe_steps) if safe_steps else edge)[:height, :width]
+
+
+def pidinet_edges(network: torch.nn.Module, image: np.ndarray, resolution: int, safe: bool) -> np.ndarray:
+    padded, height, width = scaled_and_padded(image, resolution)
+    with torch.inference_mode():
+        edge = network(as_batch(padded[:, :, ::-1], 255.0))[-1][0, 0].numpy()  # PiDiNet was trained on BGR
+    return to_uint8(safe_step(edge) if safe else edge)[:height, :width]
+
+
+@dataclass(frozen=True)
+class NetworkRun:
+    """A preprocessor that runs a network: how to build the (empty) network, and how to apply it."""
+
+    build: Callable[[], torch.nn.Module]
+    apply: Callable[[torch.nn.Module, np.ndarray, int, float], np.ndarray]  # network, image, resolution, slider 1
+    slider_1: Slider = field(default=HIDDEN)
+
+
+def hed(safe=False, scribble=False):
+    def apply(network, image, resolution, _threshold_a):
+        edge = fused_edges(network, image, resolution, 2 if safe else 0)
+        return gray_as_rgb(as_scribble(edge) if scribble else edge)
+    return NetworkRun(hed_network, apply)
+
+
+def run_teed(network, image, resolution, safe_steps):
+    return gray_as_rgb(fused_edges(network, image, resolution, int(safe_steps)))
+
+
+def pidinet(safe=False, scribble=False):
+    def apply(network, image, resolution, _threshold_a):
+        edge = pidinet_edges(network, image, resolution, safe)
+        return gray_as_rgb(as_scribble(edge) if scribble else edge)
+    return NetworkRun(pidinet_network, apply)
+
+
+# by the extension's internal names (annotator_files.WEIGHTED); each needs exactly one file
+NETWORK_RUNS = {
+    "lineart": NetworkRun(lineart_network, run_lineart),
+    "lineart_coarse": NetworkRun(lineart_network, run_lineart),
+    "hed": hed(),
+    "hed_safe": hed(safe=True),
+    "scribble_hed": hed(scribble=True),
+    "pidinet": pidinet(),
+    "pidinet_safe": pidinet(safe=True),
+    "pidinet_scribble": pidinet(scribble=True),
+    "softedge_teed": NetworkRun(teed_network, run_teed,
+                                Slider(label="Safe Steps", minimum=0, maximum=10, value=2, step=1)),
+}

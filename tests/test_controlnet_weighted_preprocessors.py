@@ -1,0 +1,206 @@
+"""Preprocessors that need weights run when their files are in models/ControlNetPreprocessor/ (the extension's
+annotator layout): line art and soft edge, with controlnet_aux's networks, random weights saved at test time."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import pickle
+import shutil
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from backend.controlnet.catalog import PreprocessorCatalog
+from backend.controlnet.preprocessors import resolve_parameters, run_preprocessor
+from backend.core.errors import UserError
+from backend.http.routes import build_controlnet_router
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # controlnet_aux warns about optional extras it does not need here
+    from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
+    from controlnet_aux.lineart import Generator, LineartDetector
+    from controlnet_aux.pidi import PidiNetDetector
+    from controlnet_aux.pidi.model import pidinet
+    from controlnet_aux.teed import TEEDdetector
+    from controlnet_aux.teed.ted import TED
+
+# the extension's files, in its annotator/downloads/<folder>/ layout
+FILES = {"lineart": "lineart/sk_model.pth", "lineart_coarse": "lineart/sk_model2.pth", "hed": "hed/ControlNetHED.pth",
+         "pidinet": "pidinet/table5_pidinet.pth", "softedge_teed": "TEED/7_model.pth"}
+
+
+def random_networks() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    networks = {"lineart": Generator(3, 1, 3), "lineart_coarse": Generator(3, 1, 3), "hed": ControlNetHED_Apache2(),
+                "pidinet": pidinet(), "softedge_teed": TED()}
+    with torch.no_grad():  # a learnt mean, so HED's input normalisation is exercised too
+        networks["hed"].norm.copy_(torch.tensor([100.0, 110.0, 120.0]).view(1, 3, 1, 1))
+    return {name: network.eval() for name, network in networks.items()}
+
+
+@pytest.fixture(scope="module")
+def networks():
+    return random_networks()
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory, networks):
+    folder = tmp_path_factory.mktemp("ControlNetPreprocessor")
+    for name, relative in FILES.items():
+        path = folder / "downloads" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = networks[name].state_dict()
+        if name == "pidinet":  # published as a DataParallel checkpoint
+            state = {"state_dict": {f"module.{key}": value for key, value in state.items()}}
+        torch.save(state, path)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def catalog(weights_dir):
+    return PreprocessorCatalog(weights_dir)
+
+
+def drawing(height=64, width=64) -> np.ndarray:
+    image = np.full((height, width, 3), 255, np.uint8)
+    cv2.circle(image, (width // 3, height // 2), height // 3, (200, 30, 30), thickness=-1)
+    cv2.line(image, (width // 2, 8), (width - 8, height - 8), (0, 0, 0), 3)
+    return image
+
+
+def detect(catalog, module, image, resolution, threshold_a=None):
+    preprocessor = catalog.get(module)
+    return run_preprocessor(preprocessor, image, resolve_parameters(preprocessor, resolution, threshold_a, None))
+
+
+def library_map(networks, module, image, resolution, safe_steps=2) -> np.ndarray:
+    """The same map from controlnet_aux's own detectors (the extension's processing: for an image whose sides are
+    multiples of 64 at this resolution, no padding or rounding differs)."""
+    if module == "softedge_teed":
+        return TEEDdetector(networks[module])(image, detect_resolution=resolution, safe_steps=safe_steps,
+                                              output_type="np")
+    common = {"detect_resolution": resolution, "image_resolution": resolution, "output_type": "np"}
+    if module.startswith("lineart"):
+        return LineartDetector(networks[module], networks[module])(image, **common)
+    kind, _, variant = module.partition("_")
+    if module.startswith("scribble"):
+        kind, variant = variant, "scribble"
+    detector = HEDdetector(networks["hed"]) if kind == "hed" else PidiNetDetector(networks["pidinet"])
+    return detector(image, safe=variant == "safe", scribble=variant == "scribble", **common)
+
+
+RUNNING = ["lineart", "lineart_coarse", "hed", "hed_safe", "scribble_hed", "pidinet", "pidinet_safe",
+           "pidinet_scribble", "softedge_teed"]
+
+
+@pytest.mark.parametrize("module", RUNNING)
+def test_installed_preprocessors_run_their_network(catalog, networks, module):
+    image = drawing()
+    detected = detect(catalog, module, image, 64)
+    assert detected.shape == (64, 64, 3) and detected.dtype == np.uint8
+    assert np.array_equal(detected, library_map(networks, module, image, 64))
+    assert not np.array_equal(detected, image)
+    assert np.array_equal(detected[:, :, 0], detected[:, :, 2])  # a gray map
+    if "scribble" in module:
+        assert set(np.unique(detected)) <= {0, 255}
+
+
+def test_teed_takes_its_safe_steps_slider(catalog, networks):
+    preprocessor = catalog.get("softedge_teed")
+    assert (preprocessor.slider_1.label, preprocessor.slider_1.value, preprocessor.slider_1.maximum) == (
+        "Safe Steps", 2, 10)
+    image = drawing()
+    raw = detect(catalog, "softedge_teed", image, 64, threshold_a=0)
+    assert np.array_equal(raw, library_map(networks, "softedge_teed", image, 64, safe_steps=0))
+    assert np.array_equal(detect(catalog, "softedge_teed", image, 64, threshold_a=-1),  # out of range: default 2
+                          library_map(networks, "softedge_teed", image, 64, safe_steps=2))
+    assert not np.array_equal(raw, detect(catalog, "softedge_teed", image, 64, threshold_a=2))
+
+
+def test_maps_keep_the_aspect_at_the_requested_resolution(catalog):
+    """A 100x70 image at resolution 64: short side 64, padded to 64x128 for the network, the pad taken off."""
+    image = cv2.resize(drawing(64, 128), (100, 70))
+    for module in ("lineart", "hed", "pidinet", "softedge_teed"):
+        assert detect(catalog, module, image, 64).shape == (64, 91, 3), module
+
+
+def test_installed_preprocessors_are_listed_as_available(catalog):
+    labels = catalog.available()
+    assert {"lineart_realistic", "lineart_coarse", "softedge_hed", "softedge_hedsafe", "scribble_hed",
+            "softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "softedge_teed"} <= set(labels)
+    assert "depth_midas" not in labels
+    needed = catalog.needed_files()
+    assert needed["lineart_realistic"] == [] and needed["softedge_hed"] == []
+    assert needed["depth_midas"] == ["midas/dpt_hybrid-midas-501f0c75.pt"]
+    assert catalog.get("softedge_hed").public_name == "softedge_hed" and catalog.get("hed").name == "hed"
+
+
+def test_a_missing_file_is_still_refused_naming_it(tmp_path):
+    empty = PreprocessorCatalog(tmp_path)
+    assert empty.available() == []
+    with pytest.raises(UserError) as refused:
+        empty.get("lineart_coarse", field="controlnet.args[0].module")
+    assert refused.value.status == 422 and refused.value.field == "controlnet.args[0].module"
+    assert str(tmp_path / "lineart/sk_model2.pth") in refused.value.message
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_a_hostile_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "the pickle ran"
+    (tmp_path / "hed").mkdir()
+    (tmp_path / "hed" / "ControlNetHED.pth").write_bytes(pickle.dumps({"norm": RunsCode(str(marker))}, protocol=2))
+    preprocessor = PreprocessorCatalog(tmp_path).get("softedge_hed", field="controlnet_module")
+    with pytest.raises(UserError) as refused:
+        run_preprocessor(preprocessor, drawing(), resolve_parameters(preprocessor, 64, None, None))
+    assert refused.value.status == 422 and refused.value.field == "controlnet_module"
+    assert "ControlNetHED.pth" in refused.value.message and "refusing to run" in refused.value.message
+    assert not marker.exists()
+
+
+def test_another_networks_file_is_refused_naming_it(tmp_path, networks):
+    (tmp_path / "lineart").mkdir()
+    torch.save(networks["pidinet"].state_dict(), tmp_path / "lineart" / "sk_model.pth")
+    preprocessor = PreprocessorCatalog(tmp_path).get("lineart")
+    with pytest.raises(UserError, match="sk_model.pth does not hold the Generator network"):
+        run_preprocessor(preprocessor, drawing(), resolve_parameters(preprocessor, 64, None, None))
+
+
+def png_b64(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_detect_route_answers_the_map(make_services, models_dir, weights_dir, networks):
+    shutil.copytree(weights_dir, models_dir / "ControlNetPreprocessor", copy_function=os.link)  # Forge's folder
+    services = make_services()
+    app = FastAPI()
+    app.include_router(build_controlnet_router(services))
+    image = drawing()
+    with TestClient(app) as client:
+        answer = client.post("/controlnet/detect", json={"controlnet_module": "lineart_realistic",
+                                                         "controlnet_input_images": [png_b64(image)],
+                                                         "controlnet_processor_res": 64})
+        assert answer.status_code == 200, answer.text
+        detected = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))).convert("RGB"))
+        assert np.array_equal(detected, library_map(networks, "lineart", image, 64))
+        missing = client.post("/controlnet/detect", json={"controlnet_module": "lineart_anime",
+                                                          "controlnet_input_images": [png_b64(image)]})
+        assert missing.status_code == 422 and "lineart_anime/netG.pth" in missing.json()["detail"]
+        details = client.get("/controlnet/module_list").json()["module_detail"]
+        assert [slider["name"] for slider in details["softedge_teed"]["sliders"]] == ["Resolution", "Safe Steps"]
+        assert [slider["name"] for slider in details["hed"]["sliders"]] == ["Resolution"]
