@@ -120,7 +120,7 @@ def score(images: list[Image.Image], case: Case, colours: list[str]) -> dict:
             "colour": sum(f.colour == colour for f, colour in zip(found, colours))}
 
 
-def evaluate(controlnet: Path, seeds_per_prompt: int = 8, with_baseline: bool = True) -> dict:
+def evaluate(controlnet: Path, seeds_per_prompt: int = 7, with_baseline: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as work:
         evaluator = Evaluator(controlnet, Path(work))
         try:
@@ -198,7 +198,7 @@ def write_report(outcome: dict, path: Path, controlnet: Path, sheet: Path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--controlnet", type=Path, default=DEFAULT_CONTROLNET)
-    parser.add_argument("--seeds-per-prompt", type=int, default=8,
+    parser.add_argument("--seeds-per-prompt", type=int, default=7,
                         help="seeds per colour pair of the first case (the others get a quarter, at least 2)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the runs without the ControlNet")
     parser.add_argument("--report", type=Path, default=DEFAULT_CONTROLNET.with_name(

@@ -1,6 +1,6 @@
 """Train the built-in demo ControlNet: a ControlNet for the shapes demo model (tools/train_demo_model.py) that
 reads an outline (a scribble, or the edges of a drawing) and puts an object of that shape where the outline is,
-while the prompt decides the colours. On the CPU, fixed seeds (`--device cuda` for a GPU).
+while the prompt decides the colours. On the CPU, fixed seeds (`--device cuda` runs on a GPU; not tried).
 
     python -m tools.train_demo_controlnet   # writes backend/models/builtin/shapes-demo-controlnet.safetensors
 
@@ -16,8 +16,8 @@ batches 3). It writes lllyasviel's single-file layout (control_model.* keys), fl
 
 Timings (2-core AMD EPYC build machine, 2026-12-03, shared: the other engineers' test suites kept the load average
 between 6 and 14 on 2 cores the whole time): 38.6 min wall as one command, 1209 s process CPU time (dataset 69 s,
-encoding 3.5 min, the 400 steps 33 min wall at 1.4-17 s a step depending on the load; about 2.5 s of CPU a step).
-Measured alone it should take well under 30 min.
+loading and encoding 3.5 min, the 400 steps 34 min wall at 1.4-17 s a step depending on the load; about 2.5-3 s
+of CPU a step). Measured alone it should take well under 30 min.
 
 Scores (python -m tools.evaluate_demo_controlnet: hand-drawn outlines, prompts naming no place, 20 steps DPM++ 2M,
 CFG 7): a circle drawn top left puts the object top left in 42 of 42 seeds (1 of 42 without the ControlNet) and a
@@ -25,14 +25,15 @@ circle there in 35 (83.3%; the issue's bar is 85%, missed by one image: the miss
 reads as stars, which the demo model draws without a ControlNet too); every other case lands in its place in 12 of
 12 (square bottom right 7 of 12 squares, triangle centre 11, star top right 12, scribble_xdog circle 12, canny
 square 9); weight 0 is pixel-exact. The report is backend/models/builtin/shapes-demo-controlnet-report.md.
-Not tried for lack of time: more steps (the loss was still falling), a stage on t <= 300 for cleaner outlines
+Not tried for lack of time: more steps, a stage on t <= 300 for cleaner outlines
 (what mended the demo model's circles), and a larger batch.
 
 What was tried: the time box was spent mostly waiting for a shared CPU, so there was one short trial (200 steps at
-batch 32, lr 1e-3, stopped before its first check) and this run, checked at its step-100 snapshot: 4 of 16 circle
-prompts top left, about the model without a ControlNet (the evaluation's baseline), so the control is learned
-between steps 100 and 400. Each step costs a forward and backward pass through the frozen UNet as well as the
-ControlNet, about 2.4 s of CPU at batch 32 and 4-9 s at 64 on the loaded machine, so batch 32 was kept.
+batch 32, lr 1e-3, stopped before its first check) and this run, checked at its step-100 snapshot: 3 of 16 circle
+prompts top left and 1 of 8 squares bottom right, little above the model without a ControlNet (the evaluation's
+baseline: 1 of 42), so the control is learned between steps 100 and 400. Each step costs a forward and backward
+pass through the frozen UNet as well as the ControlNet, about 2.4 s of CPU at batch 32 and 4-9 s at 64 on the
+loaded machine, so batch 32 was kept.
 """
 from __future__ import annotations
 
