@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from backend.controlnet.builtin_controlnet import builtin_when
 from backend.controlnet.service import ControlNets
 from backend.core.errors import UserError, is_out_of_memory
 from backend.core.options import Options
@@ -134,7 +135,8 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     styles = StyleStore(settings.styles_file)
     controlnets = ControlNets(settings.controlnet_dir, settings.controlnet_preprocessor_dir,
                               ipadapter_dir=settings.ipadapter_dir, clip_vision_dir=settings.clip_vision_dir,
-                              store=models.modules)
+                              store=models.modules,
+                              builtin=builtin_when(lambda: any(entry.builtin for entry in registry.entries)))
     generator = Generator(models, outputs, previews, lambda: options.current, upscalers, networks, extensions.hooks,
                           server_folders_refused=settings.server_folders_refused, styles=styles, faces=faces,
                           controlnets=controlnets)

@@ -122,23 +122,54 @@ def _polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, floa
     raise ValueError(shape)
 
 
-def render(scene: Scene, rng: random.Random, supersample: int = 4) -> Image.Image:
-    big = SIZE * supersample
-    image = Image.new("RGB", (big, big), COLOURS[scene.background])
-    draw = ImageDraw.Draw(image)
+@dataclass(frozen=True)
+class PlacedShape:
+    """One object of a scene where render draws it: centre and radius in pixels of the SIZE x SIZE image."""
+    spec: ShapeSpec
+    x: float
+    y: float
+    radius: float
+
+
+def place(scene: Scene, rng: random.Random) -> list[PlacedShape]:
+    """Where render draws each object (the same random calls, in the same order, as render makes)."""
+    placed = []
     for spec in scene.objects:
         radius = RADII[spec.size] * rng.uniform(0.9, 1.1)
         x, y = _centre(spec, radius, rng)
-        x, y, r = x * supersample, y * supersample, radius * supersample
-        fill = COLOURS[spec.colour]
-        if spec.shape == "circle":
+        placed.append(PlacedShape(spec, x, y, radius))
+    return placed
+
+
+def outline_points(shape: str, x: float, y: float, r: float) -> list[tuple[float, float]]:
+    """The closed outline of a shape as drawn by render (a circle as a 48-gon), for drawing it as a line."""
+    if shape == "circle":
+        return [(x + r * math.cos(2 * math.pi * k / 48), y + r * math.sin(2 * math.pi * k / 48)) for k in range(48)]
+    if shape == "square":
+        side = r * 0.85
+        return [(x - side, y - side), (x + side, y - side), (x + side, y + side), (x - side, y + side)]
+    return _polygon(shape, x, y, r)
+
+
+def draw_placed(placed: list[PlacedShape], background: str, supersample: int = 4) -> Image.Image:
+    big = SIZE * supersample
+    image = Image.new("RGB", (big, big), COLOURS[background])
+    draw = ImageDraw.Draw(image)
+    for item in placed:
+        x, y, r = item.x * supersample, item.y * supersample, item.radius * supersample
+        fill = COLOURS[item.spec.colour]
+        if item.spec.shape == "circle":
             draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
-        elif spec.shape == "square":
+        elif item.spec.shape == "square":
             side = r * 0.85
             draw.rectangle((x - side, y - side, x + side, y + side), fill=fill)
         else:
-            draw.polygon(_polygon(spec.shape, x, y, r), fill=fill)
+            draw.polygon(_polygon(item.spec.shape, x, y, r), fill=fill)
     return image.resize((SIZE, SIZE), Image.LANCZOS)
+
+
+def render(scene: Scene, rng: random.Random, supersample: int = 4) -> Image.Image:
+    return draw_placed(place(scene, rng), scene.background, supersample)
 
 
 # --- detector ---------------------------------------------------------------------------------------

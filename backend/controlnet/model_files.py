@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,16 +77,22 @@ def _scan(root: Path) -> list[ControlNetEntry]:
 
 
 class ControlNetFolder:
-    """The ControlNet models under one folder (sub-folders included, as users sort them)."""
+    """The ControlNet models under one folder (sub-folders included, as users sort them), then the built-in one
+    when `builtin` (asked on each scan) gives it: a user's file of the same name is found first."""
 
-    def __init__(self, folder: Path, extra_folders: tuple[Path, ...] = ()):
+    def __init__(self, folder: Path, extra_folders: tuple[Path, ...] = (),
+                 builtin: Callable[[], ControlNetEntry | None] | None = None):
         self.folder = Path(folder)
         self.extra_folders = tuple(Path(extra) for extra in extra_folders)  # models/ipadapter
+        self.builtin = builtin
         self._lock = threading.Lock()
         self._entries: tuple[ControlNetEntry, ...] | None = None
 
     def refresh(self) -> tuple[ControlNetEntry, ...]:
         found = [entry for folder in (self.folder, *self.extra_folders) for entry in _scan(folder)]
+        builtin = self.builtin() if self.builtin else None
+        if builtin is not None:
+            found.append(builtin)
         with self._lock:
             self._entries = tuple(found)
         return self._entries
@@ -145,7 +152,20 @@ def to_diffusers_keys(state: dict[str, torch.Tensor], name: str) -> dict[str, to
         for kind in ("weight", "bias"):
             if f"label_emb.0.{index}.{kind}" in bare:
                 converted[f"add_embedding.{linear}.{kind}"] = bare[f"label_emb.0.{index}.{kind}"]
+    converted = {key: value for key, value in converted.items() if not key.startswith("controlnet_cond_embedding.")}
+    converted.update(hint_block_keys(bare))
     return {key: value for key, value in converted.items() if value is not None}
+
+
+def hint_block_keys(bare: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The hint encoder's convolutions under diffusers' names, for any depth: lllyasviel's input_hint_block is
+    convolutions at even indices (SiLUs between), the first conv_in and the last conv_out. diffusers' converter
+    assumes SD's depth (three stride-2 steps); a ControlNet for a model with a 4x autoencoder has two."""
+    convs = _indices(bare, r"input_hint_block\.(\d+)\.weight")
+    names = {convs[0]: "conv_in", convs[-1]: "conv_out"}
+    names.update({index: f"blocks.{number}" for number, index in enumerate(convs[1:-1])})
+    return {f"controlnet_cond_embedding.{names[index]}.{kind}": bare[f"input_hint_block.{index}.{kind}"]
+            for index in convs for kind in ("weight", "bias") if f"input_hint_block.{index}.{kind}" in bare}
 
 
 def infer_config(state: dict[str, torch.Tensor]) -> dict:
