@@ -26,6 +26,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # controlnet_aux warns about optional extras it does not need here
     from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
     from controlnet_aux.lineart import Generator, LineartDetector
+    from controlnet_aux.mlsd import MLSDdetector
+    from controlnet_aux.mlsd.models.mbv2_mlsd_large import MobileV2_MLSD_Large
     from controlnet_aux.pidi import PidiNetDetector
     from controlnet_aux.pidi.model import pidinet
     from controlnet_aux.teed import TEEDdetector
@@ -33,7 +35,8 @@ with warnings.catch_warnings():
 
 # the extension's files, in its annotator/downloads/<folder>/ layout
 FILES = {"lineart": "lineart/sk_model.pth", "lineart_coarse": "lineart/sk_model2.pth", "hed": "hed/ControlNetHED.pth",
-         "pidinet": "pidinet/table5_pidinet.pth", "softedge_teed": "TEED/7_model.pth"}
+         "pidinet": "pidinet/table5_pidinet.pth", "softedge_teed": "TEED/7_model.pth",
+         "mlsd": "mlsd/mlsd_large_512_fp32.pth"}
 
 
 def random_networks() -> dict[str, torch.nn.Module]:
@@ -42,6 +45,8 @@ def random_networks() -> dict[str, torch.nn.Module]:
                 "pidinet": pidinet(), "softedge_teed": TED()}
     with torch.no_grad():  # a learnt mean, so HED's input normalisation is exercised too
         networks["hed"].norm.copy_(torch.tensor([100.0, 110.0, 120.0]).view(1, 3, 1, 1))
+    torch.manual_seed(1)  # random M-LSD weights that find a few segments at the default thresholds, more below
+    networks["mlsd"] = MobileV2_MLSD_Large()
     return {name: network.eval() for name, network in networks.items()}
 
 
@@ -80,13 +85,15 @@ def detect(catalog, module, image, resolution, threshold_a=None):
     return run_preprocessor(preprocessor, image, resolve_parameters(preprocessor, resolution, threshold_a, None))
 
 
-def library_map(networks, module, image, resolution, safe_steps=2) -> np.ndarray:
+def library_map(networks, module, image, resolution, safe_steps=2, mlsd_thresholds=(0.1, 0.1)) -> np.ndarray:
     """The same map from controlnet_aux's own detectors (the extension's processing: for an image whose sides are
     multiples of 64 at this resolution, no padding or rounding differs)."""
     if module == "softedge_teed":
         return TEEDdetector(networks[module])(image, detect_resolution=resolution, safe_steps=safe_steps,
                                               output_type="np")
     common = {"detect_resolution": resolution, "image_resolution": resolution, "output_type": "np"}
+    if module == "mlsd":
+        return MLSDdetector(networks[module])(image, *mlsd_thresholds, **common)
     if module.startswith("lineart"):
         return LineartDetector(networks[module], networks[module])(image, **common)
     kind, _, variant = module.partition("_")
@@ -97,7 +104,7 @@ def library_map(networks, module, image, resolution, safe_steps=2) -> np.ndarray
 
 
 RUNNING = ["lineart", "lineart_coarse", "hed", "hed_safe", "scribble_hed", "pidinet", "pidinet_safe",
-           "pidinet_scribble", "softedge_teed"]
+           "pidinet_scribble", "softedge_teed", "mlsd"]
 
 
 @pytest.mark.parametrize("module", RUNNING)
@@ -108,7 +115,7 @@ def test_installed_preprocessors_run_their_network(catalog, networks, module):
     assert np.array_equal(detected, library_map(networks, module, image, 64))
     assert not np.array_equal(detected, image)
     assert np.array_equal(detected[:, :, 0], detected[:, :, 2])  # a gray map
-    if "scribble" in module:
+    if "scribble" in module or module == "mlsd":
         assert set(np.unique(detected)) <= {0, 255}
 
 
@@ -124,17 +131,31 @@ def test_teed_takes_its_safe_steps_slider(catalog, networks):
     assert not np.array_equal(raw, detect(catalog, "softedge_teed", image, 64, threshold_a=2))
 
 
+def test_mlsd_takes_its_value_and_distance_thresholds(catalog, networks):
+    preprocessor = catalog.get("mlsd")
+    assert [(s.label, s.value, s.minimum, s.maximum) for s in (preprocessor.slider_1, preprocessor.slider_2)] == [
+        ("MLSD Value Threshold", 0.1, 0.01, 2.0), ("MLSD Distance Threshold", 0.1, 0.01, 20.0)]
+    image = drawing()
+    default = detect(catalog, "mlsd", image, 64)
+    low = run_preprocessor(preprocessor, image, resolve_parameters(preprocessor, 64, 0.01, 0.01))
+    assert np.array_equal(low, library_map(networks, "mlsd", image, 64, mlsd_thresholds=(0.01, 0.01)))
+    assert np.count_nonzero(low) > np.count_nonzero(default) > 0
+    # no segment passes: a black map (controlnet_aux's decoder fails on the empty result; the extension draws none)
+    none = run_preprocessor(preprocessor, image, resolve_parameters(preprocessor, 64, 2.0, 20.0))
+    assert none.shape == (64, 64, 3) and not none.any()
+
+
 def test_maps_keep_the_aspect_at_the_requested_resolution(catalog):
     """A 100x70 image at resolution 64: short side 64, padded to 64x128 for the network, the pad taken off."""
     image = cv2.resize(drawing(64, 128), (100, 70))
-    for module in ("lineart", "hed", "pidinet", "softedge_teed"):
+    for module in ("lineart", "hed", "pidinet", "softedge_teed", "mlsd"):
         assert detect(catalog, module, image, 64).shape == (64, 91, 3), module
 
 
 def test_installed_preprocessors_are_listed_as_available(catalog):
     labels = catalog.available()
     assert {"lineart_realistic", "lineart_coarse", "softedge_hed", "softedge_hedsafe", "scribble_hed",
-            "softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "softedge_teed"} <= set(labels)
+            "softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "softedge_teed", "mlsd"} <= set(labels)
     assert "depth_midas" not in labels
     needed = catalog.needed_files()
     assert needed["lineart_realistic"] == [] and needed["softedge_hed"] == []
@@ -142,13 +163,15 @@ def test_installed_preprocessors_are_listed_as_available(catalog):
     assert catalog.get("softedge_hed").public_name == "softedge_hed" and catalog.get("hed").name == "hed"
 
 
-def test_a_missing_file_is_still_refused_naming_it(tmp_path):
+@pytest.mark.parametrize(("module", "needed"), [("lineart_coarse", "lineart/sk_model2.pth"),
+                                              ("mlsd", "mlsd/mlsd_large_512_fp32.pth")])
+def test_a_missing_file_is_still_refused_naming_it(tmp_path, module, needed):
     empty = PreprocessorCatalog(tmp_path)
     assert empty.available() == []
     with pytest.raises(UserError) as refused:
-        empty.get("lineart_coarse", field="controlnet.args[0].module")
+        empty.get(module, field="controlnet.args[0].module")
     assert refused.value.status == 422 and refused.value.field == "controlnet.args[0].module"
-    assert str(tmp_path / "lineart/sk_model2.pth") in refused.value.message
+    assert str(tmp_path / needed) in refused.value.message
 
 
 class RunsCode:
@@ -204,3 +227,5 @@ def test_detect_route_answers_the_map(make_services, models_dir, weights_dir, ne
         details = client.get("/controlnet/module_list").json()["module_detail"]
         assert [slider["name"] for slider in details["softedge_teed"]["sliders"]] == ["Resolution", "Safe Steps"]
         assert [slider["name"] for slider in details["hed"]["sliders"]] == ["Resolution"]
+        assert [(slider["name"], slider["value"], slider["max"]) for slider in details["mlsd"]["sliders"]] == [
+            ("Resolution", 512, 2048), ("MLSD Value Threshold", 0.1, 2.0), ("MLSD Distance Threshold", 0.1, 20.0)]

@@ -44,6 +44,10 @@ def teed_network() -> torch.nn.Module:
     return quiet_import("controlnet_aux.teed.ted").TED()
 
 
+def mlsd_network() -> torch.nn.Module:
+    return quiet_import("controlnet_aux.mlsd.models.mbv2_mlsd_large").MobileV2_MLSD_Large()
+
+
 def without_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The published PiDiNet file was saved from a DataParallel model: its keys start with "module."."""
     return {key.removeprefix(prefix): value for key, value in state.items()}

@@ -13,6 +13,7 @@ import torch
 from backend.controlnet.annotator_networks import (
     hed_network,
     lineart_network,
+    mlsd_network,
     pidinet_network,
     quiet_import,
     teed_network,
@@ -48,7 +49,7 @@ def safe_step(edge: np.ndarray, steps: int = 2) -> np.ndarray:
     return quiet_import("controlnet_aux.util").safe_step(edge, steps)
 
 
-def run_lineart(network: torch.nn.Module, image: np.ndarray, resolution: int, _threshold_a: float) -> np.ndarray:
+def run_lineart(network: torch.nn.Module, image: np.ndarray, resolution: int, *_thresholds: float) -> np.ndarray:
     padded, height, width = scaled_and_padded(image, resolution)
     with torch.inference_mode():
         line = network(as_batch(padded, 255.0))[0, 0].numpy()
@@ -75,28 +76,47 @@ def pidinet_edges(network: torch.nn.Module, image: np.ndarray, resolution: int, 
     return to_uint8(safe_step(edge) if safe else edge)[:height, :width]
 
 
+def run_mlsd(network: torch.nn.Module, image: np.ndarray, resolution: int, score_threshold: float,
+             length_threshold: float) -> np.ndarray:
+    """M-LSD: straight segments scoring over `score_threshold` and longer than `length_threshold` pixels, drawn one
+    pixel wide in white on black (controlnet_aux's pred_lines decodes the network's centre and displacement maps)."""
+    padded, height, width = scaled_and_padded(image, resolution)
+    pred_lines = quiet_import("controlnet_aux.mlsd.utils").pred_lines
+    lines = np.zeros(padded.shape[:2], np.uint8)
+    with torch.inference_mode():
+        try:
+            segments = pred_lines(padded, network, list(padded.shape[:2]), score_threshold, length_threshold)
+        except IndexError:  # pred_lines indexes its empty result when no segment passes: a black map
+            segments = []
+    for x_start, y_start, x_end, y_end in segments:
+        cv2.line(lines, (int(x_start), int(y_start)), (int(x_end), int(y_end)), 255, 1)
+    return gray_as_rgb(lines[:height, :width])
+
+
 @dataclass(frozen=True)
 class NetworkRun:
     """A preprocessor that runs a network: how to build the (empty) network, and how to apply it."""
 
     build: Callable[[], torch.nn.Module]
-    apply: Callable[[torch.nn.Module, np.ndarray, int, float], np.ndarray]  # network, image, resolution, slider 1
+    # network, image, resolution, slider 1 (threshold_a), slider 2 (threshold_b)
+    apply: Callable[[torch.nn.Module, np.ndarray, int, float, float], np.ndarray]
     slider_1: Slider = field(default=HIDDEN)
+    slider_2: Slider = field(default=HIDDEN)
 
 
 def hed(safe=False, scribble=False):
-    def apply(network, image, resolution, _threshold_a):
+    def apply(network, image, resolution, *_thresholds):
         edge = fused_edges(network, image, resolution, 2 if safe else 0)
         return gray_as_rgb(as_scribble(edge) if scribble else edge)
     return NetworkRun(hed_network, apply)
 
 
-def run_teed(network, image, resolution, safe_steps):
+def run_teed(network, image, resolution, safe_steps, _threshold_b):
     return gray_as_rgb(fused_edges(network, image, resolution, int(safe_steps)))
 
 
 def pidinet(safe=False, scribble=False):
-    def apply(network, image, resolution, _threshold_a):
+    def apply(network, image, resolution, *_thresholds):
         edge = pidinet_edges(network, image, resolution, safe)
         return gray_as_rgb(as_scribble(edge) if scribble else edge)
     return NetworkRun(pidinet_network, apply)
@@ -114,4 +134,7 @@ NETWORK_RUNS = {
     "pidinet_scribble": pidinet(scribble=True),
     "softedge_teed": NetworkRun(teed_network, run_teed,
                                 Slider(label="Safe Steps", minimum=0, maximum=10, value=2, step=1)),
+    "mlsd": NetworkRun(mlsd_network, run_mlsd,
+                       Slider(label="MLSD Value Threshold", minimum=0.01, maximum=2.0, value=0.1, step=0.01),
+                       Slider(label="MLSD Distance Threshold", minimum=0.01, maximum=20.0, value=0.1, step=0.01)),
 }
