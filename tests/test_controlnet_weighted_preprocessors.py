@@ -26,6 +26,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # controlnet_aux warns about optional extras it does not need here
     from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
     from controlnet_aux.lineart import Generator, LineartDetector
+    from controlnet_aux.midas import MidasDetector
+    from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel
     from controlnet_aux.mlsd import MLSDdetector
     from controlnet_aux.mlsd.models.mbv2_mlsd_large import MobileV2_MLSD_Large
     from controlnet_aux.pidi import PidiNetDetector
@@ -50,14 +52,26 @@ def random_networks() -> dict[str, torch.nn.Module]:
     return {name: network.eval() for name, network in networks.items()}
 
 
-@pytest.fixture(scope="module")
-def networks():
-    return random_networks()
+@pytest.fixture(scope="session")
+def midas_file(tmp_path_factory) -> tuple[torch.nn.Module, object]:
+    """MiDaS DPT-Hybrid is large (123M parameters, a 490 MB file): built and written once per test session."""
+    torch.manual_seed(2)
+    network = DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True).eval()
+    path = tmp_path_factory.mktemp("midas") / "dpt_hybrid-midas-501f0c75.pt"
+    torch.save(network.state_dict(), path)
+    return network, path
 
 
 @pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory, networks):
+def networks(midas_file):
+    return {**random_networks(), "depth": midas_file[0]}
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory, networks, midas_file):
     folder = tmp_path_factory.mktemp("ControlNetPreprocessor")
+    (folder / "downloads" / "midas").mkdir(parents=True)
+    os.link(midas_file[1], folder / "downloads" / "midas" / midas_file[1].name)
     for name, relative in FILES.items():
         path = folder / "downloads" / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,13 +99,18 @@ def detect(catalog, module, image, resolution, threshold_a=None):
     return run_preprocessor(preprocessor, image, resolve_parameters(preprocessor, resolution, threshold_a, None))
 
 
-def library_map(networks, module, image, resolution, safe_steps=2, mlsd_thresholds=(0.1, 0.1)) -> np.ndarray:
+def library_map(networks, module, image, resolution, safe_steps=2, mlsd_thresholds=(0.1, 0.1),
+                background_threshold=0.4) -> np.ndarray:
     """The same map from controlnet_aux's own detectors (the extension's processing: for an image whose sides are
     multiples of 64 at this resolution, no padding or rounding differs)."""
     if module == "softedge_teed":
         return TEEDdetector(networks[module])(image, detect_resolution=resolution, safe_steps=safe_steps,
                                               output_type="np")
     common = {"detect_resolution": resolution, "image_resolution": resolution, "output_type": "np"}
+    if module == "depth":
+        return MidasDetector(networks["depth"])(image, **common)
+    if module == "normal_map":
+        return MidasDetector(networks["depth"])(image, bg_th=background_threshold, depth_and_normal=True, **common)[1]
     if module == "mlsd":
         return MLSDdetector(networks[module])(image, *mlsd_thresholds, **common)
     if module.startswith("lineart"):
@@ -104,7 +123,7 @@ def library_map(networks, module, image, resolution, safe_steps=2, mlsd_threshol
 
 
 RUNNING = ["lineart", "lineart_coarse", "hed", "hed_safe", "scribble_hed", "pidinet", "pidinet_safe",
-           "pidinet_scribble", "softedge_teed", "mlsd"]
+           "pidinet_scribble", "softedge_teed", "mlsd", "depth"]
 
 
 @pytest.mark.parametrize("module", RUNNING)
@@ -117,6 +136,8 @@ def test_installed_preprocessors_run_their_network(catalog, networks, module):
     assert np.array_equal(detected[:, :, 0], detected[:, :, 2])  # a gray map
     if "scribble" in module or module == "mlsd":
         assert set(np.unique(detected)) <= {0, 255}
+    if module == "depth":  # relative depth, spread over the whole range
+        assert detected.min() == 0 and detected.max() == 255
 
 
 def test_teed_takes_its_safe_steps_slider(catalog, networks):
@@ -145,26 +166,41 @@ def test_mlsd_takes_its_value_and_distance_thresholds(catalog, networks):
     assert none.shape == (64, 64, 3) and not none.any()
 
 
+def test_normal_midas_takes_its_background_threshold(catalog, networks):
+    preprocessor = catalog.get("normal_midas")
+    assert (preprocessor.name, preprocessor.slider_1.label, preprocessor.slider_1.value) == (
+        "normal_map", "Normal Background Threshold", 0.4)
+    image = drawing()
+    default = detect(catalog, "normal_map", image, 64)
+    assert np.array_equal(default, library_map(networks, "normal_map", image, 64))
+    flat = detect(catalog, "normal_map", image, 64, threshold_a=1.0)  # all background: every normal faces the camera
+    assert np.array_equal(flat, library_map(networks, "normal_map", image, 64, background_threshold=1.0))
+    assert not np.array_equal(default, flat) and len(np.unique(flat.reshape(-1, 3), axis=0)) <= 2
+    assert default[..., 0].min() > 127  # facing the camera: its component comes first (the extension flips zyx)
+
+
 def test_maps_keep_the_aspect_at_the_requested_resolution(catalog):
     """A 100x70 image at resolution 64: short side 64, padded to 64x128 for the network, the pad taken off."""
     image = cv2.resize(drawing(64, 128), (100, 70))
-    for module in ("lineart", "hed", "pidinet", "softedge_teed", "mlsd"):
+    for module in ("lineart", "hed", "pidinet", "softedge_teed", "mlsd", "depth", "normal_map"):
         assert detect(catalog, module, image, 64).shape == (64, 91, 3), module
 
 
 def test_installed_preprocessors_are_listed_as_available(catalog):
     labels = catalog.available()
     assert {"lineart_realistic", "lineart_coarse", "softedge_hed", "softedge_hedsafe", "scribble_hed",
-            "softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "softedge_teed", "mlsd"} <= set(labels)
-    assert "depth_midas" not in labels
+            "softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "softedge_teed", "mlsd",
+            "depth_midas", "normal_midas"} <= set(labels)
+    assert "normal_bae" not in labels
     needed = catalog.needed_files()
     assert needed["lineart_realistic"] == [] and needed["softedge_hed"] == []
-    assert needed["depth_midas"] == ["midas/dpt_hybrid-midas-501f0c75.pt"]
+    assert needed["normal_bae"] == ["normal_bae/scannet.pt"] and needed["depth_midas"] == []
     assert catalog.get("softedge_hed").public_name == "softedge_hed" and catalog.get("hed").name == "hed"
 
 
 @pytest.mark.parametrize(("module", "needed"), [("lineart_coarse", "lineart/sk_model2.pth"),
-                                              ("mlsd", "mlsd/mlsd_large_512_fp32.pth")])
+                                              ("mlsd", "mlsd/mlsd_large_512_fp32.pth"),
+                                              ("depth_midas", "midas/dpt_hybrid-midas-501f0c75.pt")])
 def test_a_missing_file_is_still_refused_naming_it(tmp_path, module, needed):
     empty = PreprocessorCatalog(tmp_path)
     assert empty.available() == []

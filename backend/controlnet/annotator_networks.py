@@ -48,6 +48,14 @@ def mlsd_network() -> torch.nn.Module:
     return quiet_import("controlnet_aux.mlsd.models.mbv2_mlsd_large").MobileV2_MLSD_Large()
 
 
+def midas_network() -> torch.nn.Module:
+    """MiDaS DPT-Hybrid (ViT-B/16 on a ResNet-50 stem); its backbone is built empty, so timm fetches nothing."""
+    dpt = quiet_import("controlnet_aux.midas.midas.dpt_depth")
+    with warnings.catch_warnings():  # timm renames the backbone it is asked for ("deprecated model name")
+        warnings.simplefilter("ignore")
+        return dpt.DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
+
+
 def without_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The published PiDiNet file was saved from a DataParallel model: its keys start with "module."."""
     return {key.removeprefix(prefix): value for key, value in state.items()}

@@ -13,6 +13,7 @@ import torch
 from backend.controlnet.annotator_networks import (
     hed_network,
     lineart_network,
+    midas_network,
     mlsd_network,
     pidinet_network,
     quiet_import,
@@ -93,6 +94,38 @@ def run_mlsd(network: torch.nn.Module, image: np.ndarray, resolution: int, score
     return gray_as_rgb(lines[:height, :width])
 
 
+def midas_depth(network: torch.nn.Module, image: np.ndarray, resolution: int) -> tuple[torch.Tensor, int, int]:
+    """MiDaS's relative inverse depth (near is high) of the padded image, with the size to keep."""
+    padded, height, width = scaled_and_padded(image, resolution)
+    with torch.inference_mode():
+        return network(as_batch(padded, 127.5) - 1.0)[0], height, width
+
+
+def normalized(depth: torch.Tensor) -> np.ndarray:
+    scaled = depth - torch.min(depth)
+    return (scaled / torch.max(scaled)).numpy()
+
+
+def run_depth(network, image, resolution, *_thresholds):
+    depth, height, width = midas_depth(network, image, resolution)
+    return gray_as_rgb(to_uint8(normalized(depth))[:height, :width])
+
+
+def run_midas_normal(network, image, resolution, background_threshold, _threshold_b, bend=np.pi * 2.0):
+    """Normals from the depth's gradients; where the depth is under `background_threshold` (far) the surface faces
+    the camera. `bend` weighs the facing component against the gradients (the extension's fixed 2*pi)."""
+    depth, height, width = midas_depth(network, image, resolution)
+    near = normalized(depth)
+    depth = depth.numpy()
+    x = cv2.Sobel(depth, cv2.CV_32F, 1, 0, ksize=3)
+    y = cv2.Sobel(depth, cv2.CV_32F, 0, 1, ksize=3)
+    x[near < background_threshold] = 0
+    y[near < background_threshold] = 0
+    normal = np.stack([x, y, np.full_like(x, bend)], axis=2)
+    normal /= np.sum(normal ** 2.0, axis=2, keepdims=True) ** 0.5
+    return (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)[:height, :width, ::-1].copy()
+
+
 @dataclass(frozen=True)
 class NetworkRun:
     """A preprocessor that runs a network: how to build the (empty) network, and how to apply it."""
@@ -134,6 +167,9 @@ NETWORK_RUNS = {
     "pidinet_scribble": pidinet(scribble=True),
     "softedge_teed": NetworkRun(teed_network, run_teed,
                                 Slider(label="Safe Steps", minimum=0, maximum=10, value=2, step=1)),
+    "depth": NetworkRun(midas_network, run_depth),
+    "normal_map": NetworkRun(midas_network, run_midas_normal, Slider(label="Normal Background Threshold", minimum=0.0,
+                                                                     maximum=1.0, value=0.4, step=0.01)),
     "mlsd": NetworkRun(mlsd_network, run_mlsd,
                        Slider(label="MLSD Value Threshold", minimum=0.01, maximum=2.0, value=0.1, step=0.01),
                        Slider(label="MLSD Distance Threshold", minimum=0.01, maximum=20.0, value=0.1, step=0.01)),
