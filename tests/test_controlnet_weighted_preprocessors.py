@@ -3,11 +3,13 @@ annotator layout): line art and soft edge, with controlnet_aux's networks, rando
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import pickle
 import shutil
 import warnings
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -30,6 +32,8 @@ with warnings.catch_warnings():
     from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel
     from controlnet_aux.mlsd import MLSDdetector
     from controlnet_aux.mlsd.models.mbv2_mlsd_large import MobileV2_MLSD_Large
+    from controlnet_aux.normalbae import NormalBaeDetector
+    from controlnet_aux.normalbae.nets.NNET import NNET
     from controlnet_aux.pidi import PidiNetDetector
     from controlnet_aux.pidi.model import pidinet
     from controlnet_aux.teed import TEEDdetector
@@ -65,17 +69,32 @@ def midas_file(tmp_path_factory) -> tuple[torch.nn.Module, object]:
     path.unlink()  # pytest keeps the last runs' temporary folders: not half a gigabyte each
 
 
-@pytest.fixture(scope="module")
-def networks(midas_file):
-    return {**random_networks(), "depth": midas_file[0]}
+@pytest.fixture(scope="session")
+def normal_bae_file(tmp_path_factory) -> tuple[torch.nn.Module, object]:
+    """normal_bae's network (72M parameters, a 290 MB file), saved as published: {"model": DataParallel keys}."""
+    torch.manual_seed(3)
+    with contextlib.redirect_stdout(io.StringIO()):
+        network = NNET(SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
+                                       importance_ratio=0.7)).eval()
+    path = tmp_path_factory.mktemp("normal_bae") / "scannet.pt"
+    torch.save({"model": {f"module.{key}": value for key, value in network.state_dict().items()}}, path)
+    yield network, path
+    path.unlink()
 
 
 @pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory, networks, midas_file):
+def networks(midas_file, normal_bae_file):
+    return {**random_networks(), "depth": midas_file[0], "normal_bae": normal_bae_file[0]}
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory, networks, midas_file, normal_bae_file):
     folder = tmp_path_factory.mktemp("ControlNetPreprocessor")
-    midas = folder / "downloads" / "midas" / midas_file[1].name
-    midas.parent.mkdir(parents=True)
-    os.link(midas_file[1], midas)
+    large = [folder / "downloads" / "midas" / midas_file[1].name,
+             folder / "downloads" / "normal_bae" / normal_bae_file[1].name]
+    for link, saved in zip(large, (midas_file[1], normal_bae_file[1]), strict=True):
+        link.parent.mkdir(parents=True)
+        os.link(saved, link)
     for name, relative in FILES.items():
         path = folder / "downloads" / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +103,8 @@ def weights_dir(tmp_path_factory, networks, midas_file):
             state = {"state_dict": {f"module.{key}": value for key, value in state.items()}}
         torch.save(state, path)
     yield folder
-    midas.unlink()
+    for link in large:
+        link.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +136,8 @@ def library_map(networks, module, image, resolution, safe_steps=2, mlsd_threshol
         return MidasDetector(networks["depth"])(image, **common)
     if module == "normal_map":
         return MidasDetector(networks["depth"])(image, bg_th=background_threshold, depth_and_normal=True, **common)[1]
+    if module == "normal_bae":
+        return NormalBaeDetector(networks["normal_bae"])(image, **common)
     if module == "mlsd":
         return MLSDdetector(networks[module])(image, *mlsd_thresholds, **common)
     if module.startswith("lineart"):
@@ -128,7 +150,7 @@ def library_map(networks, module, image, resolution, safe_steps=2, mlsd_threshol
 
 
 RUNNING = ["lineart", "lineart_coarse", "hed", "hed_safe", "scribble_hed", "pidinet", "pidinet_safe",
-           "pidinet_scribble", "softedge_teed", "mlsd", "depth"]
+           "pidinet_scribble", "softedge_teed", "mlsd", "depth", "normal_bae"]
 
 
 @pytest.mark.parametrize("module", RUNNING)
@@ -138,7 +160,10 @@ def test_installed_preprocessors_run_their_network(catalog, networks, module):
     assert detected.shape == (64, 64, 3) and detected.dtype == np.uint8
     assert np.array_equal(detected, library_map(networks, module, image, 64))
     assert not np.array_equal(detected, image)
-    assert np.array_equal(detected[:, :, 0], detected[:, :, 2])  # a gray map
+    if module != "normal_bae":
+        assert np.array_equal(detected[:, :, 0], detected[:, :, 2])  # a gray map
+    else:  # a normal per pixel, in colour
+        assert not np.array_equal(detected[:, :, 0], detected[:, :, 2])
     if "scribble" in module or module == "mlsd":
         assert set(np.unique(detected)) <= {0, 255}
     if module == "depth":  # relative depth, spread over the whole range
@@ -189,7 +214,7 @@ def test_normal_midas_takes_its_background_threshold(catalog, networks):
 def test_maps_keep_the_aspect_at_the_requested_resolution(catalog):
     """A 100x70 image at resolution 64: short side 64, padded to 64x128 for the network, the pad taken off."""
     image = cv2.resize(drawing(64, 128), (100, 70))
-    for module in ("lineart", "hed", "pidinet", "softedge_teed", "mlsd"):
+    for module in ("lineart", "hed", "pidinet", "softedge_teed", "mlsd", "normal_bae"):
         assert detect(catalog, module, image, 64).shape == (64, 91, 3), module
 
 
@@ -197,17 +222,18 @@ def test_installed_preprocessors_are_listed_as_available(catalog):
     labels = catalog.available()
     assert {"lineart_realistic", "lineart_coarse", "softedge_hed", "softedge_hedsafe", "scribble_hed",
             "softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "softedge_teed", "mlsd",
-            "depth_midas", "normal_midas"} <= set(labels)
-    assert "normal_bae" not in labels
+            "depth_midas", "normal_midas", "normal_bae"} <= set(labels)
+    assert "depth_zoe" not in labels
     needed = catalog.needed_files()
     assert needed["lineart_realistic"] == [] and needed["softedge_hed"] == []
-    assert needed["normal_bae"] == ["normal_bae/scannet.pt"] and needed["depth_midas"] == []
+    assert needed["depth_zoe"] == ["zoedepth/ZoeD_M12_N.pt"] and needed["depth_midas"] == needed["normal_bae"] == []
     assert catalog.get("softedge_hed").public_name == "softedge_hed" and catalog.get("hed").name == "hed"
 
 
 @pytest.mark.parametrize(("module", "needed"), [("lineart_coarse", "lineart/sk_model2.pth"),
                                               ("mlsd", "mlsd/mlsd_large_512_fp32.pth"),
-                                              ("depth_midas", "midas/dpt_hybrid-midas-501f0c75.pt")])
+                                              ("depth_midas", "midas/dpt_hybrid-midas-501f0c75.pt"),
+                                              ("normal_bae", "normal_bae/scannet.pt")])
 def test_a_missing_file_is_still_refused_naming_it(tmp_path, module, needed):
     empty = PreprocessorCatalog(tmp_path)
     assert empty.available() == []
@@ -253,7 +279,7 @@ def png_b64(pixels: np.ndarray) -> str:
 
 def test_detect_route_answers_the_map(make_services, models_dir, weights_dir, networks):
     shutil.copytree(weights_dir, models_dir / "ControlNetPreprocessor", copy_function=os.link,  # Forge's folder
-                    ignore=shutil.ignore_patterns("midas"))
+                    ignore=shutil.ignore_patterns("midas", "normal_bae"))
     services = make_services()
     app = FastAPI()
     app.include_router(build_controlnet_router(services))

@@ -15,6 +15,7 @@ from backend.controlnet.annotator_networks import (
     lineart_network,
     midas_network,
     mlsd_network,
+    normal_bae_network,
     pidinet_network,
     quiet_import,
     teed_network,
@@ -126,6 +127,20 @@ def run_midas_normal(network, image, resolution, background_threshold, _threshol
     return (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)[:height, :width, ::-1].copy()
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def run_normal_bae(network, image, resolution, *_thresholds):
+    """Bae et al.'s normals: the last refinement's first three channels, from [-1, 1] to RGB."""
+    from torchvision.transforms.functional import normalize
+
+    padded, height, width = scaled_and_padded(image, resolution)
+    with torch.inference_mode():
+        normal = network(normalize(as_batch(padded, 255.0), IMAGENET_MEAN, IMAGENET_STD))[0][-1][:, :3]
+        normal = ((normal + 1) * 0.5).clip(0, 1)
+    return to_uint8(normal[0].permute(1, 2, 0).numpy())[:height, :width].copy()
+
+
 @dataclass(frozen=True)
 class NetworkRun:
     """A preprocessor that runs a network: how to build the (empty) network, and how to apply it."""
@@ -170,6 +185,7 @@ NETWORK_RUNS = {
     "depth": NetworkRun(midas_network, run_depth),
     "normal_map": NetworkRun(midas_network, run_midas_normal, Slider(label="Normal Background Threshold", minimum=0.0,
                                                                      maximum=1.0, value=0.4, step=0.01)),
+    "normal_bae": NetworkRun(normal_bae_network, run_normal_bae),
     "mlsd": NetworkRun(mlsd_network, run_mlsd,
                        Slider(label="MLSD Value Threshold", minimum=0.01, maximum=2.0, value=0.1, step=0.01),
                        Slider(label="MLSD Distance Threshold", minimum=0.01, maximum=20.0, value=0.1, step=0.01)),
