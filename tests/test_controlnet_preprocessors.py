@@ -127,10 +127,10 @@ def test_tile_resample_and_recolor(catalog):
     assert np.array_equal(gray[:, :, 0], gray[:, :, 2]) and gray[32, 48, 0] == 0 and gray[0, 0, 0] == 255
 
 
-@pytest.mark.parametrize("module, file", [("depth_midas", "midas/dpt_hybrid-midas-501f0c75.pt"),
-                                          ("depth", "midas/dpt_hybrid-midas-501f0c75.pt"),
+@pytest.mark.parametrize("module, file", [("seg_ufade20k", "uniformer/upernet_global_small.pth"),
+                                          ("segmentation", "uniformer/upernet_global_small.pth"),
                                           ("openpose_full", "openpose/hand_pose_model.pth"),
-                                          ("normal_bae", "normal_bae/scannet.pt")])
+                                          ("lineart_anime", "lineart_anime/netG.pth")])
 def test_a_preprocessor_needing_weights_is_refused_naming_the_file(catalog, module, file):
     with pytest.raises(UserError) as refused:
         catalog.get(module, field="controlnet.args[0].module")

@@ -3,11 +3,13 @@ annotator layout): line art and soft edge, with controlnet_aux's networks, rando
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import pickle
 import shutil
 import warnings
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -26,6 +28,12 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # controlnet_aux warns about optional extras it does not need here
     from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
     from controlnet_aux.lineart import Generator, LineartDetector
+    from controlnet_aux.midas import MidasDetector
+    from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel
+    from controlnet_aux.mlsd import MLSDdetector
+    from controlnet_aux.mlsd.models.mbv2_mlsd_large import MobileV2_MLSD_Large
+    from controlnet_aux.normalbae import NormalBaeDetector
+    from controlnet_aux.normalbae.nets.NNET import NNET
     from controlnet_aux.pidi import PidiNetDetector
     from controlnet_aux.pidi.model import pidinet
     from controlnet_aux.teed import TEEDdetector
@@ -33,7 +41,8 @@ with warnings.catch_warnings():
 
 # the extension's files, in its annotator/downloads/<folder>/ layout
 FILES = {"lineart": "lineart/sk_model.pth", "lineart_coarse": "lineart/sk_model2.pth", "hed": "hed/ControlNetHED.pth",
-         "pidinet": "pidinet/table5_pidinet.pth", "softedge_teed": "TEED/7_model.pth"}
+         "pidinet": "pidinet/table5_pidinet.pth", "softedge_teed": "TEED/7_model.pth",
+         "mlsd": "mlsd/mlsd_large_512_fp32.pth"}
 
 
 def random_networks() -> dict[str, torch.nn.Module]:
@@ -42,17 +51,50 @@ def random_networks() -> dict[str, torch.nn.Module]:
                 "pidinet": pidinet(), "softedge_teed": TED()}
     with torch.no_grad():  # a learnt mean, so HED's input normalisation is exercised too
         networks["hed"].norm.copy_(torch.tensor([100.0, 110.0, 120.0]).view(1, 3, 1, 1))
+    torch.manual_seed(1)  # random M-LSD weights that find a few segments at the default thresholds, more below
+    networks["mlsd"] = MobileV2_MLSD_Large()
     return {name: network.eval() for name, network in networks.items()}
 
 
-@pytest.fixture(scope="module")
-def networks():
-    return random_networks()
+@pytest.fixture(scope="session")
+def midas_file(tmp_path_factory) -> tuple[torch.nn.Module, object]:
+    """MiDaS DPT-Hybrid is large (123M parameters, a 490 MB file): built and written once per test session."""
+    torch.manual_seed(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # timm renames the backbone ("deprecated model name")
+        network = DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True).eval()
+    path = tmp_path_factory.mktemp("midas") / "dpt_hybrid-midas-501f0c75.pt"
+    torch.save(network.state_dict(), path)
+    yield network, path
+    path.unlink()  # pytest keeps the last runs' temporary folders: not half a gigabyte each
+
+
+@pytest.fixture(scope="session")
+def normal_bae_file(tmp_path_factory) -> tuple[torch.nn.Module, object]:
+    """normal_bae's network (72M parameters, a 290 MB file), saved as published: {"model": DataParallel keys}."""
+    torch.manual_seed(3)
+    with contextlib.redirect_stdout(io.StringIO()):
+        network = NNET(SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
+                                       importance_ratio=0.7)).eval()
+    path = tmp_path_factory.mktemp("normal_bae") / "scannet.pt"
+    torch.save({"model": {f"module.{key}": value for key, value in network.state_dict().items()}}, path)
+    yield network, path
+    path.unlink()
 
 
 @pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory, networks):
+def networks(midas_file, normal_bae_file):
+    return {**random_networks(), "depth": midas_file[0], "normal_bae": normal_bae_file[0]}
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory, networks, midas_file, normal_bae_file):
     folder = tmp_path_factory.mktemp("ControlNetPreprocessor")
+    large = [folder / "downloads" / "midas" / midas_file[1].name,
+             folder / "downloads" / "normal_bae" / normal_bae_file[1].name]
+    for link, saved in zip(large, (midas_file[1], normal_bae_file[1]), strict=True):
+        link.parent.mkdir(parents=True)
+        os.link(saved, link)
     for name, relative in FILES.items():
         path = folder / "downloads" / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +102,9 @@ def weights_dir(tmp_path_factory, networks):
         if name == "pidinet":  # published as a DataParallel checkpoint
             state = {"state_dict": {f"module.{key}": value for key, value in state.items()}}
         torch.save(state, path)
-    return folder
+    yield folder
+    for link in large:
+        link.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +124,22 @@ def detect(catalog, module, image, resolution, threshold_a=None):
     return run_preprocessor(preprocessor, image, resolve_parameters(preprocessor, resolution, threshold_a, None))
 
 
-def library_map(networks, module, image, resolution, safe_steps=2) -> np.ndarray:
+def library_map(networks, module, image, resolution, safe_steps=2, mlsd_thresholds=(0.1, 0.1),
+                background_threshold=0.4) -> np.ndarray:
     """The same map from controlnet_aux's own detectors (the extension's processing: for an image whose sides are
     multiples of 64 at this resolution, no padding or rounding differs)."""
     if module == "softedge_teed":
         return TEEDdetector(networks[module])(image, detect_resolution=resolution, safe_steps=safe_steps,
                                               output_type="np")
     common = {"detect_resolution": resolution, "image_resolution": resolution, "output_type": "np"}
+    if module == "depth":
+        return MidasDetector(networks["depth"])(image, **common)
+    if module == "normal_map":
+        return MidasDetector(networks["depth"])(image, bg_th=background_threshold, depth_and_normal=True, **common)[1]
+    if module == "normal_bae":
+        return NormalBaeDetector(networks["normal_bae"])(image, **common)
+    if module == "mlsd":
+        return MLSDdetector(networks[module])(image, *mlsd_thresholds, **common)
     if module.startswith("lineart"):
         return LineartDetector(networks[module], networks[module])(image, **common)
     kind, _, variant = module.partition("_")
@@ -97,7 +150,7 @@ def library_map(networks, module, image, resolution, safe_steps=2) -> np.ndarray
 
 
 RUNNING = ["lineart", "lineart_coarse", "hed", "hed_safe", "scribble_hed", "pidinet", "pidinet_safe",
-           "pidinet_scribble", "softedge_teed"]
+           "pidinet_scribble", "softedge_teed", "mlsd", "depth", "normal_bae"]
 
 
 @pytest.mark.parametrize("module", RUNNING)
@@ -107,9 +160,14 @@ def test_installed_preprocessors_run_their_network(catalog, networks, module):
     assert detected.shape == (64, 64, 3) and detected.dtype == np.uint8
     assert np.array_equal(detected, library_map(networks, module, image, 64))
     assert not np.array_equal(detected, image)
-    assert np.array_equal(detected[:, :, 0], detected[:, :, 2])  # a gray map
-    if "scribble" in module:
+    if module != "normal_bae":
+        assert np.array_equal(detected[:, :, 0], detected[:, :, 2])  # a gray map
+    else:  # a normal per pixel, in colour
+        assert not np.array_equal(detected[:, :, 0], detected[:, :, 2])
+    if "scribble" in module or module == "mlsd":
         assert set(np.unique(detected)) <= {0, 255}
+    if module == "depth":  # relative depth, spread over the whole range
+        assert detected.min() == 0 and detected.max() == 255
 
 
 def test_teed_takes_its_safe_steps_slider(catalog, networks):
@@ -124,31 +182,65 @@ def test_teed_takes_its_safe_steps_slider(catalog, networks):
     assert not np.array_equal(raw, detect(catalog, "softedge_teed", image, 64, threshold_a=2))
 
 
+def test_mlsd_takes_its_value_and_distance_thresholds(catalog, networks):
+    preprocessor = catalog.get("mlsd")
+    assert [(s.label, s.value, s.minimum, s.maximum) for s in (preprocessor.slider_1, preprocessor.slider_2)] == [
+        ("MLSD Value Threshold", 0.1, 0.01, 2.0), ("MLSD Distance Threshold", 0.1, 0.01, 20.0)]
+    image = drawing()
+    default = detect(catalog, "mlsd", image, 64)
+    low = run_preprocessor(preprocessor, image, resolve_parameters(preprocessor, 64, 0.01, 0.01))
+    assert np.array_equal(low, library_map(networks, "mlsd", image, 64, mlsd_thresholds=(0.01, 0.01)))
+    assert np.count_nonzero(low) > np.count_nonzero(default) > 0
+    # no segment passes: a black map (controlnet_aux's decoder fails on the empty result; the extension draws none)
+    none = run_preprocessor(preprocessor, image, resolve_parameters(preprocessor, 64, 2.0, 20.0))
+    assert none.shape == (64, 64, 3) and not none.any()
+
+
+def test_normal_midas_takes_its_background_threshold(catalog, networks):
+    preprocessor = catalog.get("normal_midas")
+    assert (preprocessor.name, preprocessor.slider_1.label, preprocessor.slider_1.value) == (
+        "normal_map", "Normal Background Threshold", 0.4)
+    image = drawing()
+    default = detect(catalog, "normal_map", image, 64)
+    assert np.array_equal(default, library_map(networks, "normal_map", image, 64))
+    flat = detect(catalog, "normal_map", image, 64, threshold_a=1.0)  # all background: every normal faces the camera
+    assert np.array_equal(flat, library_map(networks, "normal_map", image, 64, background_threshold=1.0))
+    assert not np.array_equal(default, flat) and len(np.unique(flat.reshape(-1, 3), axis=0)) <= 2
+    assert default[..., 0].min() > 127  # facing the camera: its component comes first (the extension flips zyx)
+    # the aspect kept, as the other maps (here, where the network is still loaded: reading it again is slow)
+    assert detect(catalog, "normal_map", cv2.resize(drawing(64, 128), (100, 70)), 64).shape == (64, 91, 3)
+
+
 def test_maps_keep_the_aspect_at_the_requested_resolution(catalog):
     """A 100x70 image at resolution 64: short side 64, padded to 64x128 for the network, the pad taken off."""
     image = cv2.resize(drawing(64, 128), (100, 70))
-    for module in ("lineart", "hed", "pidinet", "softedge_teed"):
+    for module in ("lineart", "hed", "pidinet", "softedge_teed", "mlsd", "normal_bae"):
         assert detect(catalog, module, image, 64).shape == (64, 91, 3), module
 
 
 def test_installed_preprocessors_are_listed_as_available(catalog):
     labels = catalog.available()
     assert {"lineart_realistic", "lineart_coarse", "softedge_hed", "softedge_hedsafe", "scribble_hed",
-            "softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "softedge_teed"} <= set(labels)
-    assert "depth_midas" not in labels
+            "softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "softedge_teed", "mlsd",
+            "depth_midas", "normal_midas", "normal_bae"} <= set(labels)
+    assert "depth_zoe" not in labels
     needed = catalog.needed_files()
     assert needed["lineart_realistic"] == [] and needed["softedge_hed"] == []
-    assert needed["depth_midas"] == ["midas/dpt_hybrid-midas-501f0c75.pt"]
+    assert needed["depth_zoe"] == ["zoedepth/ZoeD_M12_N.pt"] and needed["depth_midas"] == needed["normal_bae"] == []
     assert catalog.get("softedge_hed").public_name == "softedge_hed" and catalog.get("hed").name == "hed"
 
 
-def test_a_missing_file_is_still_refused_naming_it(tmp_path):
+@pytest.mark.parametrize(("module", "needed"), [("lineart_coarse", "lineart/sk_model2.pth"),
+                                              ("mlsd", "mlsd/mlsd_large_512_fp32.pth"),
+                                              ("depth_midas", "midas/dpt_hybrid-midas-501f0c75.pt"),
+                                              ("normal_bae", "normal_bae/scannet.pt")])
+def test_a_missing_file_is_still_refused_naming_it(tmp_path, module, needed):
     empty = PreprocessorCatalog(tmp_path)
     assert empty.available() == []
     with pytest.raises(UserError) as refused:
-        empty.get("lineart_coarse", field="controlnet.args[0].module")
+        empty.get(module, field="controlnet.args[0].module")
     assert refused.value.status == 422 and refused.value.field == "controlnet.args[0].module"
-    assert str(tmp_path / "lineart/sk_model2.pth") in refused.value.message
+    assert str(tmp_path / needed) in refused.value.message
 
 
 class RunsCode:
@@ -186,7 +278,8 @@ def png_b64(pixels: np.ndarray) -> str:
 
 
 def test_detect_route_answers_the_map(make_services, models_dir, weights_dir, networks):
-    shutil.copytree(weights_dir, models_dir / "ControlNetPreprocessor", copy_function=os.link)  # Forge's folder
+    shutil.copytree(weights_dir, models_dir / "ControlNetPreprocessor", copy_function=os.link,  # Forge's folder
+                    ignore=shutil.ignore_patterns("midas", "normal_bae"))
     services = make_services()
     app = FastAPI()
     app.include_router(build_controlnet_router(services))
@@ -204,3 +297,5 @@ def test_detect_route_answers_the_map(make_services, models_dir, weights_dir, ne
         details = client.get("/controlnet/module_list").json()["module_detail"]
         assert [slider["name"] for slider in details["softedge_teed"]["sliders"]] == ["Resolution", "Safe Steps"]
         assert [slider["name"] for slider in details["hed"]["sliders"]] == ["Resolution"]
+        assert [(slider["name"], slider["value"], slider["max"]) for slider in details["mlsd"]["sliders"]] == [
+            ("Resolution", 512, 2048), ("MLSD Value Threshold", 0.1, 2.0), ("MLSD Distance Threshold", 0.1, 20.0)]

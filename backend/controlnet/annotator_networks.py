@@ -3,7 +3,10 @@ filled with weights read by our safe reader (controlnet_aux's own loaders call t
 code from a pickle, and may reach the Hugging Face hub; neither is used). Built networks are kept, the last few."""
 from __future__ import annotations
 
+import contextlib
+import io
 import threading
+import types
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -12,7 +15,7 @@ from pathlib import Path
 import torch
 
 from backend.core.errors import UserError
-from backend.models.weight_files import CheckpointError, load_state_dict
+from backend.models.weight_files import CheckpointError, read_weights, require_flat_tensors
 
 
 class AnnotatorFileError(UserError):
@@ -42,6 +45,39 @@ def pidinet_network() -> torch.nn.Module:
 
 def teed_network() -> torch.nn.Module:
     return quiet_import("controlnet_aux.teed.ted").TED()
+
+
+def mlsd_network() -> torch.nn.Module:
+    return quiet_import("controlnet_aux.mlsd.models.mbv2_mlsd_large").MobileV2_MLSD_Large()
+
+
+def midas_network() -> torch.nn.Module:
+    """MiDaS DPT-Hybrid (ViT-B/16 on a ResNet-50 stem); its backbone is built empty, so timm fetches nothing."""
+    dpt = quiet_import("controlnet_aux.midas.midas.dpt_depth")
+    with warnings.catch_warnings():  # timm renames the backbone it is asked for ("deprecated model name")
+        warnings.simplefilter("ignore")
+        return dpt.DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
+
+
+def normal_bae_network() -> torch.nn.Module:
+    """Bae et al.'s surface-normal network (EfficientNet-B5 encoder, built empty from controlnet_aux's local copy:
+    nothing is fetched), configured as the extension does."""
+    nnet = quiet_import("controlnet_aux.normalbae.nets.NNET")
+    options = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
+                                    importance_ratio=0.7)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its progress building the encoder
+        return nnet.NNET(options)
+
+
+def annotator_state(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an annotator file, never running code from it. Published files wrap theirs in "state_dict"
+    (PiDiNet) or "model" (normal_bae's scannet.pt), some with DataParallel's "module." key prefix."""
+    state = read_weights(path)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    require_flat_tensors(state, path)
+    return without_prefix(state, "module.")
 
 
 def without_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -74,7 +110,7 @@ class AnnotatorNetworks:
     @staticmethod
     def load(path: Path, build: Callable[[], torch.nn.Module], field: str) -> torch.nn.Module:
         try:
-            state = without_prefix(load_state_dict(path), "module.")
+            state = annotator_state(path)
         except CheckpointError as error:  # the same refusal, under the field that named the preprocessor
             raise CheckpointError(f"{path}: {error.message}", field) from error
         network = build()

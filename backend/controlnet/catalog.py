@@ -14,8 +14,9 @@ from backend.controlnet.weighted_runs import NETWORK_RUNS, NetworkRun
 
 
 def run_network(networks: AnnotatorNetworks, path: Path, network_run: NetworkRun, field: str, image, resolution,
-                threshold_a, **_):
-    return network_run.apply(networks.get(path, network_run.build, field), image, resolution, threshold_a)
+                threshold_a, threshold_b, **_):
+    return network_run.apply(networks.get(path, network_run.build, field), image, resolution, threshold_a,
+                             threshold_b)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class PreprocessorCatalog:
             raise refuse(weighted, self.weights_dir, field)
         return Preprocessor(weighted.name, partial(run_network, self.networks, path, network_run, field),
                             label=weighted.label, resolution=RESOLUTION, slider_1=network_run.slider_1,
+                            slider_2=network_run.slider_2,
                             tags=weighted.tags,
                             priority=weighted.priority, needs_files=weighted.files)
 

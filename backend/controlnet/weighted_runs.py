@@ -13,6 +13,9 @@ import torch
 from backend.controlnet.annotator_networks import (
     hed_network,
     lineart_network,
+    midas_network,
+    mlsd_network,
+    normal_bae_network,
     pidinet_network,
     quiet_import,
     teed_network,
@@ -48,7 +51,7 @@ def safe_step(edge: np.ndarray, steps: int = 2) -> np.ndarray:
     return quiet_import("controlnet_aux.util").safe_step(edge, steps)
 
 
-def run_lineart(network: torch.nn.Module, image: np.ndarray, resolution: int, _threshold_a: float) -> np.ndarray:
+def run_lineart(network: torch.nn.Module, image: np.ndarray, resolution: int, *_thresholds: float) -> np.ndarray:
     padded, height, width = scaled_and_padded(image, resolution)
     with torch.inference_mode():
         line = network(as_batch(padded, 255.0))[0, 0].numpy()
@@ -75,28 +78,93 @@ def pidinet_edges(network: torch.nn.Module, image: np.ndarray, resolution: int, 
     return to_uint8(safe_step(edge) if safe else edge)[:height, :width]
 
 
+def run_mlsd(network: torch.nn.Module, image: np.ndarray, resolution: int, score_threshold: float,
+             length_threshold: float) -> np.ndarray:
+    """M-LSD: straight segments scoring over `score_threshold` and longer than `length_threshold` pixels, drawn one
+    pixel wide in white on black (controlnet_aux's pred_lines decodes the network's centre and displacement maps)."""
+    padded, height, width = scaled_and_padded(image, resolution)
+    pred_lines = quiet_import("controlnet_aux.mlsd.utils").pred_lines
+    lines = np.zeros(padded.shape[:2], np.uint8)
+    with torch.inference_mode():
+        try:
+            segments = pred_lines(padded, network, list(padded.shape[:2]), score_threshold, length_threshold)
+        except IndexError:  # pred_lines indexes its empty result when no segment passes: a black map
+            segments = []
+    for x_start, y_start, x_end, y_end in segments:
+        cv2.line(lines, (int(x_start), int(y_start)), (int(x_end), int(y_end)), 255, 1)
+    return gray_as_rgb(lines[:height, :width])
+
+
+def midas_depth(network: torch.nn.Module, image: np.ndarray, resolution: int) -> tuple[torch.Tensor, int, int]:
+    """MiDaS's relative inverse depth (near is high) of the padded image, with the size to keep."""
+    padded, height, width = scaled_and_padded(image, resolution)
+    with torch.inference_mode():
+        return network(as_batch(padded, 127.5) - 1.0)[0], height, width
+
+
+def normalized(depth: torch.Tensor) -> np.ndarray:
+    scaled = depth - torch.min(depth)
+    return (scaled / torch.max(scaled)).numpy()
+
+
+def run_depth(network, image, resolution, *_thresholds):
+    depth, height, width = midas_depth(network, image, resolution)
+    return gray_as_rgb(to_uint8(normalized(depth))[:height, :width])
+
+
+def run_midas_normal(network, image, resolution, background_threshold, _threshold_b, bend=np.pi * 2.0):
+    """Normals from the depth's gradients; where the depth is under `background_threshold` (far) the surface faces
+    the camera. `bend` weighs the facing component against the gradients (the extension's fixed 2*pi)."""
+    depth, height, width = midas_depth(network, image, resolution)
+    near = normalized(depth)
+    depth = depth.numpy()
+    x = cv2.Sobel(depth, cv2.CV_32F, 1, 0, ksize=3)
+    y = cv2.Sobel(depth, cv2.CV_32F, 0, 1, ksize=3)
+    x[near < background_threshold] = 0
+    y[near < background_threshold] = 0
+    normal = np.stack([x, y, np.full_like(x, bend)], axis=2)
+    normal /= np.sum(normal ** 2.0, axis=2, keepdims=True) ** 0.5
+    return (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)[:height, :width, ::-1].copy()
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def run_normal_bae(network, image, resolution, *_thresholds):
+    """Bae et al.'s normals: the last refinement's first three channels, from [-1, 1] to RGB."""
+    from torchvision.transforms.functional import normalize
+
+    padded, height, width = scaled_and_padded(image, resolution)
+    with torch.inference_mode():
+        normal = network(normalize(as_batch(padded, 255.0), IMAGENET_MEAN, IMAGENET_STD))[0][-1][:, :3]
+        normal = ((normal + 1) * 0.5).clip(0, 1)
+    return to_uint8(normal[0].permute(1, 2, 0).numpy())[:height, :width].copy()
+
+
 @dataclass(frozen=True)
 class NetworkRun:
     """A preprocessor that runs a network: how to build the (empty) network, and how to apply it."""
 
     build: Callable[[], torch.nn.Module]
-    apply: Callable[[torch.nn.Module, np.ndarray, int, float], np.ndarray]  # network, image, resolution, slider 1
+    # network, image, resolution, slider 1 (threshold_a), slider 2 (threshold_b)
+    apply: Callable[[torch.nn.Module, np.ndarray, int, float, float], np.ndarray]
     slider_1: Slider = field(default=HIDDEN)
+    slider_2: Slider = field(default=HIDDEN)
 
 
 def hed(safe=False, scribble=False):
-    def apply(network, image, resolution, _threshold_a):
+    def apply(network, image, resolution, *_thresholds):
         edge = fused_edges(network, image, resolution, 2 if safe else 0)
         return gray_as_rgb(as_scribble(edge) if scribble else edge)
     return NetworkRun(hed_network, apply)
 
 
-def run_teed(network, image, resolution, safe_steps):
+def run_teed(network, image, resolution, safe_steps, _threshold_b):
     return gray_as_rgb(fused_edges(network, image, resolution, int(safe_steps)))
 
 
 def pidinet(safe=False, scribble=False):
-    def apply(network, image, resolution, _threshold_a):
+    def apply(network, image, resolution, *_thresholds):
         edge = pidinet_edges(network, image, resolution, safe)
         return gray_as_rgb(as_scribble(edge) if scribble else edge)
     return NetworkRun(pidinet_network, apply)
@@ -114,4 +182,11 @@ NETWORK_RUNS = {
     "pidinet_scribble": pidinet(scribble=True),
     "softedge_teed": NetworkRun(teed_network, run_teed,
                                 Slider(label="Safe Steps", minimum=0, maximum=10, value=2, step=1)),
+    "depth": NetworkRun(midas_network, run_depth),
+    "normal_map": NetworkRun(midas_network, run_midas_normal, Slider(label="Normal Background Threshold", minimum=0.0,
+                                                                     maximum=1.0, value=0.4, step=0.01)),
+    "normal_bae": NetworkRun(normal_bae_network, run_normal_bae),
+    "mlsd": NetworkRun(mlsd_network, run_mlsd,
+                       Slider(label="MLSD Value Threshold", minimum=0.01, maximum=2.0, value=0.1, step=0.01),
+                       Slider(label="MLSD Distance Threshold", minimum=0.01, maximum=20.0, value=0.1, step=0.01)),
 }

@@ -24,8 +24,8 @@ MAX_DETECT_IMAGES = 16
 def sliders(preprocessor) -> list[dict]:
     if isinstance(preprocessor, WeightedPreprocessor):
         network_run = NETWORK_RUNS.get(preprocessor.name)
-        extra = [network_run.slider_1] if network_run and network_run.slider_1.visible else []
-        return [slider.api_json() for slider in (RESOLUTION, *extra)]
+        extra = [network_run.slider_1, network_run.slider_2] if network_run else []
+        return [slider.api_json() for slider in (RESOLUTION, *extra) if slider.visible]
     return [slider.api_json() for slider in (preprocessor.resolution, preprocessor.slider_1, preprocessor.slider_2)
             if slider.visible]
 
