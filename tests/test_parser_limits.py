@@ -211,13 +211,19 @@ GROWTH_CASES = {
 }
 
 
+GROWTH_BAR = 40  # for 10x the input; see test_time_grows_linearly_with_the_input
+
+
 @pytest.mark.parametrize("name", GROWTH_CASES)
 def test_time_grows_linearly_with_the_input(name):
+    """10x the input: quadratic work takes 100x the time. Linear work measures 5-10x on an idle machine, but up
+    to 20x on a loaded CI machine, where the small input stays in the caches and the large one competes for
+    them; so the bar is 40x, well clear of both."""
     function, make = GROWTH_CASES[name]
     small, large = make(1), make(10)
     assert len(large) <= MAX_INFOTEXT_CHARACTERS
     ratio = cpu_seconds(function, large) / max(cpu_seconds(function, small), 1e-6)
-    assert ratio < 15, f"{name}: 10x the input took {ratio:.1f}x the time"
+    assert ratio < GROWTH_BAR, f"{name}: 10x the input took {ratio:.1f}x the time"
 
 
 def test_token_counter_time_grows_linearly(services):
@@ -225,7 +231,7 @@ def test_token_counter_time_grows_linearly(services):
     counter("warm up the tokenizer", 20)
     small, large = ("[x|y] " + "word, (w:1.1), " * (130 * n) for n in (1, 10))
     ratio = cpu_seconds(lambda text: counter(text, 20), large) / cpu_seconds(lambda text: counter(text, 20), small)
-    assert len(large) <= MAX_PROMPT_CHARACTERS and ratio < 15, ratio
+    assert len(large) <= MAX_PROMPT_CHARACTERS and ratio < GROWTH_BAR, ratio
 
 
 def test_request_refuses_prompts_over_the_limit():
