@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 from diffusers import T2IAdapter
-from safetensors.torch import save_file
 
+from tools.tiny_controlnets import write_weights
 from tools.tiny_models import tiny_components
 
 
@@ -47,9 +47,4 @@ def write_tiny_adapter(path: Path, family: str = "sd1", seed: int = 0, layout: s
         return path
     state = to_original(adapter) if layout == "original" else {
         key: value.detach().contiguous().clone() for key, value in adapter.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        save_file(state, str(path))
-    else:
-        torch.save(state, str(path))
-    return path
+    return write_weights(path, state)

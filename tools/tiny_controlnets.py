@@ -63,6 +63,11 @@ def write_tiny_controlnet(path: Path, family: str, seed: int = 0, strength: floa
         state = {key: value.detach().contiguous().clone() for key, value in controlnet.state_dict().items()}
     else:
         state = controlnet_to_original(controlnet, prefix="control_model." if layout == "original" else "")
+    return write_weights(path, state)
+
+
+def write_weights(path: Path, state: dict[str, torch.Tensor]) -> Path:
+    """`state` as published: .safetensors through safetensors, .pth/.ckpt/.bin through torch.save (a pickle)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
         save_file(state, str(path))

@@ -60,6 +60,7 @@ from tools.train_demo_model import (
     load_components,
     noisy_step_weight,
     sd_alphas_cumprod,
+    swap_weights,
     training_timesteps,
 )
 
@@ -201,9 +202,7 @@ def train_controlnet(controlnet: ControlNetModel, unet, text_encoder, latents: t
     started = time.monotonic()
 
     def swap_in_average():
-        with torch.no_grad():
-            for average, parameter in zip(ema, parameters):
-                average.data, parameter.data = parameter.data, average.data
+        swap_weights(ema, parameters)
 
     controlnet.train()
     for step in range(stage.steps):

@@ -273,6 +273,13 @@ def build_models():
     return vae, text_encoder, unet
 
 
+def swap_weights(first: list[torch.Tensor], second: list[torch.Tensor]):
+    """Exchange two lists of parameters' tensors in place: the EMA average in (to save or sample), then back."""
+    with torch.no_grad():
+        for one, other in zip(first, second):
+            one.data, other.data = other.data, one.data
+
+
 def cosine_lr(optimiser, peak: float, step: int, total: int, warmup: int = 100):
     """Linear warm-up, then cosine decay to a tenth of the peak by the last step."""
     if step < warmup:
@@ -461,9 +468,7 @@ def train_diffusion(unet, text_encoder, latents, captions, stage: DiffusionStage
     started = time.monotonic()
 
     def swap_in_average():
-        with torch.no_grad():
-            for average, parameter in zip(ema, parameters):
-                average.data, parameter.data = parameter.data, average.data
+        swap_weights(ema, parameters)
 
     unet.train()
     text_encoder.train()
