@@ -37,7 +37,8 @@ def page(server):
 
 def choose_style(page, tab: str, name: str):
     """Type the name, then Enter takes the first match. Focusing the box refreshes its list from styles.csv; on a
-    busy machine that answer can arrive after the typing and reset the box, so the typing is repeated then."""
+    busy machine that answer can arrive after the typing and reset the box, so then the box is left (focus moves
+    to the prompt), and the typing is repeated."""
     box = page.locator(f"#{tab}_styles input")
     option = page.locator(f"#{tab}_styles [role=option]", has_text=name).first
     for attempt in range(4):
@@ -49,6 +50,7 @@ def choose_style(page, tab: str, name: str):
             if attempt == 3:
                 raise
             page.keyboard.press("Escape")
+            page.locator(f"#{tab}_prompt textarea").click()
     box.press("Enter")
     page.locator(f"#{tab}_styles .token", has_text=name).wait_for()
     page.keyboard.press("Escape")
