@@ -13,17 +13,22 @@ them -- and reports:
   whose 2xx answer lacks its image counts as lost too;
 - latency p50/p95 per kind and overall (seconds) and throughput (requests/s, and jobs/s: txt2img + img2img +
   upscale calls);
-- the server's peak memory (RSS of the server process and its children, sampled every 0.2 s).
+- the server's peak memory (RSS of the server process and its children, sampled every 0.2 s);
+- with `--workers N` (a Ray worker pool, see the README's "Scaling out"): the jobs each worker did during the
+  load (GET /sdapi/v1/workers), and any process of the server's that outlived it.
 
 It ends with PASS (errors == 0 and jobs lost == 0) or FAIL; the exit code is 1 on FAIL.
 
 By default it starts its own server (`python app.py --api --device cpu` on a free port, with empty temporary
 models/outputs/cache folders, so the built-in demo model is used) and stops it at the end, also on Ctrl-C.
+`--workers N` (and `--worker-threads N`) are passed on to it; it then waits until the pool lists its workers as
+started and gives each worker a job before the clock starts, so no model load is counted as latency.
 
 Run (from the repository root):
 
     .venv/bin/python bench/load.py                          # 16 clients, 60 s, own server
     .venv/bin/python bench/load.py --clients 4 --duration 20
+    .venv/bin/python bench/load.py --workers 2 --clients 16 --duration 30   # a Ray pool of 2 workers
     .venv/bin/python bench/load.py --url http://127.0.0.1:7860 --server-pid 1234   # a running server (--api)
     .venv/bin/python bench/load.py --json results.json      # also write the numbers as JSON
 """
@@ -35,13 +40,9 @@ import io
 import itertools
 import json
 import math
-import os
-import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -51,14 +52,20 @@ from pathlib import Path
 
 import httpx
 import psutil
-from common import free_port, stop_process  # bench/common.py: the scripts run as files, so bench/ is on sys.path
+from common import (  # bench/common.py: the scripts run as files, so bench/ is on sys.path
+    OwnServer,
+    jobs_per_worker,
+    wait_for_workers,
+    warm_every_worker,
+    worker_table,
+)
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("txt2img", "img2img", "upscale", "progress")
 GENERATION_KINDS = ("txt2img", "img2img")
-REQUEST_TIMEOUT_S = 600  # jobs run one at a time, so a request may wait behind every other client's job
+REQUEST_TIMEOUT_S = 600  # jobs run one at a time per worker, so a request may wait behind every other client's job
 SERVER_START_TIMEOUT_S = 180
+WORKERS_READY_TIMEOUT_S = 300  # Ray's start and each worker's first model load
 SERVER_STOP_TIMEOUT_S = 30
 MEMORY_SAMPLE_INTERVAL_S = 0.2
 ERRORS_SHOWN = 5
@@ -77,64 +84,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results to this JSON file")
     parser.add_argument("--keep-workdir", action="store_true",
                         help="keep the own server's temporary folder (it is always kept on FAIL)")
-    return parser.parse_args(argv)
+    parser.add_argument("--workers", metavar="N|auto",
+                        help="start the own server with a Ray worker pool of N workers (app.py --workers)")
+    parser.add_argument("--worker-threads", type=int, metavar="N",
+                        help="with --workers: torch CPU threads per worker (default: CPU cores / workers)")
+    args = parser.parse_args(argv)
+    if args.url and (args.workers or args.worker_threads):
+        parser.error("--workers and --worker-threads are for the server this script starts, not with --url")
+    if args.worker_threads is not None and not args.workers:
+        parser.error("--worker-threads needs --workers")
+    return args
+
+
+def server_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    flags = ("--workers", args.workers) if args.workers else ()
+    if args.worker_threads is not None:
+        flags += ("--worker-threads", str(args.worker_threads))
+    return flags
 
 
 # ---------------------------------------------------------------- the server under test
-
-class OwnServer:
-    """`python app.py --api` in a temporary folder; empty models folder = the built-in demo model."""
-
-    def __init__(self):
-        self.workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
-        self.outputs = self.workdir / "outputs"
-        self.log_path = self.workdir / "server.log"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def history_db(self) -> Path:
-        return self.outputs / "history.sqlite3"
-
-    def start(self):
-        (self.workdir / "models").mkdir()
-        command = [sys.executable, "app.py", "--api", "--port", str(self.port), "--device", "cpu",
-                   "--outputs-dir", str(self.outputs), "--cache-dir", str(self.workdir / "cache"),
-                   "--models-dir", str(self.workdir / "models")]
-        with open(self.log_path, "w") as log:
-            # A session of its own: Ctrl-C in the terminal reaches only this script, which then stops the
-            # server in order (and the whole group can be killed if it hangs).
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
-        self._wait_until_up()
-
-    def _wait_until_up(self):
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the server exited with code {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.url + "/", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise SystemExit(f"the server did not answer within {SERVER_START_TIMEOUT_S} s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no server log)"
-
-    def stop(self):
-        stop_process(self.process, SERVER_STOP_TIMEOUT_S)
-
-    def remove_workdir(self):
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
 
 class PeakMemorySampler(threading.Thread):
     """Highest RSS seen of a process plus all its children (workers a server may spawn count too)."""
@@ -381,6 +350,9 @@ def print_report(numbers: dict, results: Results):
         print(f"  error: {sample}")
     for lost in results.lost[:ERRORS_SHOWN]:
         print(f"  lost: {lost}")
+    if "workers" in numbers:
+        print("jobs per worker during the load: " + ", ".join(
+            f"{worker_id} {jobs}" for worker_id, jobs in numbers["workers"].items()))
     verdict = "PASS" if numbers["passed"] else "FAIL"
     print(f"{verdict}: errors {numbers['errors']} (must be 0), jobs lost {numbers['jobs_lost']} (must be 0)")
 
@@ -423,23 +395,39 @@ def run_clients(base_url: str, workload: Workload, results: Results, clients: in
     return time.monotonic() - started
 
 
-def measure(base_url: str, args: argparse.Namespace, server_pid: int | None, history_db: Path | None) -> dict:
+def measure(base_url: str, args: argparse.Namespace, server: OwnServer | None) -> dict:
+    server_pid = server.process.pid if server else args.server_pid
     # Sampled from before the model load on: the server's peak over its whole life is what a user must have.
     sampler = PeakMemorySampler(server_pid) if server_pid else None
     if sampler:
         sampler.start()
     workload = Workload(steps=args.steps, upscaler=args.upscaler)
     check_upscaler(base_url, args.upscaler)
+    warm_up_tag = f"bench-{uuid.uuid4().hex[:8]}"
+    if args.workers:
+        count = int(args.workers) if args.workers.isdigit() else 1
+        print(f"waiting for the worker pool ({args.workers}) ...", flush=True)
+        wait_for_workers(base_url, count, WORKERS_READY_TIMEOUT_S, server.log_tail)
+        server.remember_descendants()
+        print("warming up every worker (loads the model) ...", flush=True)
+        cold = warm_every_worker(base_url, lambda number: workload.txt2img(f"{warm_up_tag}-w{number}", number),
+                                 REQUEST_TIMEOUT_S)
+        if cold:
+            print(f"warning: no warm-up job reached {', '.join(cold)}: its model load falls into the load",
+                  flush=True)
     print("warming up (loads the model) ...", flush=True)
-    warm_up(base_url, workload, f"bench-{uuid.uuid4().hex[:8]}")
+    warm_up(base_url, workload, warm_up_tag)
+    workers_before = worker_table(base_url) if args.workers else []
     results = Results()
     print(f"{args.clients} clients for {args.duration:g} s ...", flush=True)
     seconds = run_clients(base_url, workload, results, args.clients, args.duration)
     account_for_unanswered(base_url, results)
-    if history_db is not None:
-        check_history(history_db, results)
+    if server is not None:
+        check_history(server.history_db, results)
     peak_rss = sampler.stop() if sampler else None
     numbers = summary(results, args, seconds, peak_rss)
+    if args.workers:
+        numbers["workers"] = jobs_per_worker(workers_before, worker_table(base_url))
     print_report(numbers, results)
     return numbers
 
@@ -451,23 +439,29 @@ def raise_keyboard_interrupt(signum, frame):
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    server = None if args.url else OwnServer()
+    server = None if args.url else OwnServer("bench-load-", server_flags(args))
     passed = False
+    numbers = {}
     try:
         if server:
             print(f"starting the server on {server.url} (folder {server.workdir}) ...", flush=True)
-            server.start()
+            server.start(SERVER_START_TIMEOUT_S)
         base_url = (args.url or server.url).rstrip("/")
-        pid = server.process.pid if server else args.server_pid
-        numbers = measure(base_url, args, pid, server.history_db if server else None)
+        numbers = measure(base_url, args, server)
         passed = numbers["passed"]
-        if args.json:
-            args.json.write_text(json.dumps(numbers, indent=2) + "\n")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
     finally:
         if server:
-            server.stop()
+            leftovers = server.stop(SERVER_STOP_TIMEOUT_S)
+            if leftovers:
+                numbers["processes_left_after_stop"] = leftovers
+                print(f"warning: {len(leftovers)} of the server's processes outlived it (now killed):")
+                for line in leftovers[:ERRORS_SHOWN]:
+                    print(f"  {line}")
+        if args.json and numbers:
+            args.json.write_text(json.dumps(numbers, indent=2) + "\n")
+        if server:
             if passed and not args.keep_workdir:
                 server.remove_workdir()
             else:
