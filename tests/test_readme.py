@@ -1,9 +1,13 @@
 """The README as a fresh clone sees it: every relative link resolves inside the repository, and the set-up
-section keeps the default command while offering PyTorch's CPU wheels."""
+section keeps the default command while offering PyTorch's CPU wheels, and the flags it names are app.py's."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import pytest
+
+import app
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -30,3 +34,18 @@ def test_setup_keeps_the_default_command_and_offers_cpu_wheels():
     # the CPU wheels are installed at the pinned versions, so `-r requirements.txt` keeps them
     assert f"torch=={pins['torch']}" in cpu and f"torchvision=={pins['torchvision']}" in cpu
     assert cpu.index(CPU_INDEX) < cpu.index("-r requirements.txt")
+
+
+def test_flag_table_and_scaling_commands_name_only_flags_app_accepts(capsys):
+    with pytest.raises(SystemExit):
+        app.parse_args(["--help"])
+    accepted = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", capsys.readouterr().out))
+    table = README.split("## Command-line flags", 1)[1].split("\n## ", 1)[0]
+    named = {flag for row in table.splitlines() if row.startswith("| `")
+             for flag in re.findall(r"--[a-z][a-z0-9-]+", row.split(" | ")[0])}
+    scaling = README.split("## Scaling out", 1)[1].split("\n## ", 1)[0]
+    for command in re.findall(r"```bash\n(.*?)\n```", scaling, re.S):
+        named |= {flag for line in command.splitlines() if "app.py" in line
+                  for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", line)}
+    assert {"--workers", "--ray-address", "--worker-threads", "--ray-dashboard"} <= named
+    assert named <= accepted, f"the README names flags app.py does not have: {sorted(named - accepted)}"
