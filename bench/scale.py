@@ -202,6 +202,8 @@ def run_pool(args: argparse.Namespace, workers: int, keep: list[OwnServer]) -> R
         result.errors += history_problems(server, answered)
     except SystemExit as setup_problem:  # the server or a worker did not start: an error of this run
         result.errors.append(str(setup_problem))
+    except httpx.HTTPError as error:  # e.g. GET /sdapi/v1/workers refused
+        result.errors.append(f"{type(error).__name__}: {error}\n{server.log_tail()}")
     finally:
         result.leftovers = server.stop(SERVER_STOP_TIMEOUT_S)
         if result.errors or args.keep_workdir:
