@@ -99,7 +99,43 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="pixels neighbouring tiles share and blend (default 16, at most a quarter tile)")
     upscale.add_argument("--max-upscale-size", type=int, default=8192,
                          help="largest width or height an upscale may produce (default 8192)")
+    scale = parser.add_argument_group("scaling out (Ray)")
+    scale.add_argument("--workers", metavar="N|auto", type=worker_count, default=None,
+                       help="run jobs on N worker processes of a local Ray runtime, each on its own GPU when there are "
+                            "GPUs (auto: one per GPU, else 1); default: one worker inside the server process")
+    scale.add_argument("--ray-address", metavar="ADDR", default=None,
+                       help="join an existing Ray cluster (e.g. HEAD:6379, or 'auto' on a cluster node) and run one "
+                            "worker per GPU it grants (--workers caps it); the cluster must be on a private network")
+    scale.add_argument("--worker-threads", metavar="N", type=int, default=None,
+                       help="torch CPU threads per worker (default: the CPU cores / the workers)")
+    scale.add_argument("--ray-dashboard", action="store_true",
+                       help="start Ray's dashboard with the local runtime (on 127.0.0.1 only; off by default)")
     return parser.parse_args(argv)
+
+
+def worker_count(text: str) -> int:
+    """--workers: a number of workers from 1, or 'auto' (0 here: one per visible GPU, else 1)."""
+    if text == "auto":
+        return 0
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of workers or 'auto'") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("give at least 1 worker, or 'auto'")
+    return count
+
+
+def worker_pool(args: argparse.Namespace, settings):
+    """The Ray worker pool the flags ask for, or None for the one in-process worker (Ray is not imported then)."""
+    if args.workers is None and args.ray_address is None:
+        return None
+    if args.worker_threads is not None and args.worker_threads < 1:
+        raise SystemExit("--worker-threads: give at least 1 thread")
+    from backend.cluster.ray_pool import PoolPlan, RayWorkerPool
+
+    return RayWorkerPool(settings, PoolPlan(workers=args.workers or None, address=args.ray_address,
+                                            torch_threads=args.worker_threads, dashboard=args.ray_dashboard))
 
 
 def parse_credentials(text: str | None, flag: str) -> list[tuple[str, str]] | None:
@@ -311,7 +347,7 @@ def launch(args: argparse.Namespace):
 
     settings.outputs_dir.mkdir(parents=True, exist_ok=True)
     limit_decoded_images()
-    services = build_services(settings, start_worker=False)
+    services = build_services(settings, start_worker=False, pool=worker_pool(args, settings))
     page = build_ui(services, mcp=args.mcp, api_docs=args.api)
     page.queue(default_concurrency_limit=None)
     page.delete_cache = (3600, 86400)  # hourly, Gradio deletes the files it made for this page over a day old

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,13 +13,21 @@ from backend.controlnet.service import ControlNets
 from backend.core.errors import UserError, is_out_of_memory
 from backend.core.options import Options
 from backend.core.options_store import OptionsStore
-from backend.core.requests import GenerationRequest, Img2ImgRequest, JobRequest, RequestError, build_request
+from backend.core.requests import (
+    ExtrasRequest,
+    GenerationRequest,
+    Img2ImgRequest,
+    JobRequest,
+    RequestError,
+    build_request,
+)
 from backend.core.settings import Settings
 from backend.core.ui_defaults import UiDefaults
 from backend.generation.generator import Generator
 from backend.generation.previews import PreviewRenderer
 from backend.jobs.history import JobHistory
 from backend.jobs.outputs import OutputStore
+from backend.jobs.pool_queue import PoolJobQueue, WorkerPool, WorkerState
 from backend.jobs.queue import JobQueue
 from backend.models.component_choices import ComponentChoices
 from backend.models.construction import ModelConstruction
@@ -87,6 +98,17 @@ class Services:
         self.options.update({"sd_model_checkpoint": entry.title})
         return entry
 
+    def worker_states(self) -> list[WorkerState]:
+        """What runs jobs: the pool's workers, or this process's one worker ("local")."""
+        if isinstance(self.jobs, PoolJobQueue):
+            return self.jobs.worker_states()
+        running = self.jobs.running()
+        return [WorkerState(id="local", node=socket.gethostname(), pid=os.getpid(),
+                            gpu=str(self.models.device) if self.models.device.type != "cpu" else None,
+                            state="busy" if running else "idle", job=running.id if running else None,
+                            models=self.models.loaded_titles(), jobs_done=self.jobs.jobs_run,
+                            model_loads=self.models.stats.loads)]
+
     def close(self, timeout: float = 30) -> bool:
         """Stop the jobs (the running one at its next step, recorded as interrupted) and close the history. True
         when the worker stopped within `timeout` seconds."""
@@ -95,9 +117,39 @@ class Services:
         return stopped
 
 
-def build_services(settings: Settings, start_worker: bool = True) -> Services:
-    """`start_worker=False`: the caller starts `jobs` later (app.py does, once the model libraries are imported,
-    so no job imports them from another thread at the same time)."""
+@dataclass
+class GenerationServices:
+    """What runs jobs: built by the server for its own worker, and by each pool worker process for itself."""
+    construction: ModelConstruction
+    models: ModelManager
+    generator: Generator
+    upscalers: Upscalers
+    faces: FaceRestorers
+    networks: Networks
+    extensions: Extensions
+    styles: StyleStore
+    controlnets: ControlNets
+
+    def run_attempt(self, request, progress):
+        """One attempt at a job. An attempt that runs out of memory is retried, so the images it already saved
+        are removed: the outputs folder then holds each image once, as the job's result does."""
+        with self.generator.outputs.saves_undone_on(is_out_of_memory):
+            return self.generator.generate(request, progress)
+
+    def free_caches(self):
+        """Out of memory: drop every model no job holds (checkpoints, upscalers, face restoration, ControlNets),
+        then let the GPU allocator give the memory back."""
+        self.upscalers.models.clear()
+        self.faces.clear()
+        self.controlnets.clear()
+        self.models.free_unused()
+
+
+def build_generation_services(settings: Settings, options: Callable[[], Options], outputs: OutputStore,
+                              startup_checkpoint: str | None = None) -> GenerationServices:
+    """The model cache, the generator and what it uses, from the same Settings in any process. `options()`: the
+    user options in effect; `outputs`: where images are saved (a pool worker passes a store that defers its writes
+    to the server)."""
     device = choose_device(settings.device)
     dtype = choose_dtype(settings.precision, device)
     hashes = HashCache(settings.cache_dir / "hashes.json")
@@ -108,19 +160,15 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
     loader = CheckpointLoader(construction, components, choose_flow_dtype(settings.precision, device, dtype))
     models = ModelManager(settings, registry, loader, device, dtype,
                           ComponentChoices(settings.cache_dir / "components.json", components))
-    options = OptionsStore(settings.options_file, settings.option_overrides)
-    models.startup_checkpoint = settings.startup_checkpoint or options.current.sd_model_checkpoint
-    outputs = OutputStore(settings.outputs_dir, options=lambda: options.current,
-                          folders_inside_root=settings.reachable_from_network)
-    options.add_check(outputs.check_folders)
-    options.on_change(lambda current, _changed: _apply_options(current, settings, models))
-    _apply_options(options.current, settings, models)
+    models.startup_checkpoint = settings.startup_checkpoint or startup_checkpoint
     previews = PreviewRenderer(settings.models_dir / "VAE-approx", device, dtype, settings.cache_dir / "previews.json",
                                construction)
     upscalers = Upscalers(settings, device, dtype, construction)  # model files are scanned on first use, not here
     faces = FaceRestorers(settings.models_dir, device, construction)  # a model file is loaded on first use
     networks = Networks(settings.lora_dir, settings.embeddings_dir, settings.vae_dir, settings.checkpoints_dir, hashes,
                         construction)
+    generator: Generator | None = None
+
     def save_extension_grid(image, request, infotext: str):  # api.save_grid; `generator` is bound below
         job_options = generator.job_options(request)
         if not (request.save_images and job_options.grid_save):
@@ -137,45 +185,58 @@ def build_services(settings: Settings, start_worker: bool = True) -> Services:
                               ipadapter_dir=settings.ipadapter_dir, clip_vision_dir=settings.clip_vision_dir,
                               store=models.modules,
                               builtin=builtin_when(lambda: any(entry.builtin for entry in registry.entries)))
-    generator = Generator(models, outputs, previews, lambda: options.current, upscalers, networks, extensions.hooks,
+    generator = Generator(models, outputs, previews, options, upscalers, networks, extensions.hooks,
                           server_folders_refused=settings.server_folders_refused, styles=styles, faces=faces,
                           controlnets=controlnets)
+    return GenerationServices(construction=construction, models=models, generator=generator, upscalers=upscalers,
+                              faces=faces, networks=networks, extensions=extensions, styles=styles,
+                              controlnets=controlnets)
+
+
+def build_services(settings: Settings, start_worker: bool = True, pool: WorkerPool | None = None) -> Services:
+    """`start_worker=False`: the caller starts `jobs` later (app.py does, once the model libraries are imported,
+    so no job imports them from another thread at the same time). `pool`: jobs run on these workers in other
+    processes (--workers, --ray-address) instead of a thread of this one, which then loads no model itself."""
+    options = OptionsStore(settings.options_file, settings.option_overrides)
+    outputs = OutputStore(settings.outputs_dir, options=lambda: options.current,
+                          folders_inside_root=settings.reachable_from_network)
+    options.add_check(outputs.check_folders)
+    parts = build_generation_services(settings, lambda: options.current, outputs,
+                                      startup_checkpoint=options.current.sd_model_checkpoint)
+    models = parts.models
+    models.loads_here = pool is None
+    options.on_change(lambda current, _changed: apply_options(current, settings, models))
+    apply_options(options.current, settings, models)
     history = JobHistory(settings.outputs_dir / "history.sqlite3")
     interrupted = history.mark_unfinished_interrupted()
     if interrupted:
         log.warning("%d job(s) were still queued or running when the server last stopped; marked interrupted",
                     interrupted)
-    jobs = JobQueue(_attempt_runner(generator, outputs), history,
-                    on_out_of_memory=lambda: _free_model_caches(models, upscalers, faces, controlnets))
+    if pool is None:
+        jobs = JobQueue(parts.run_attempt, history, on_out_of_memory=parts.free_caches)
+    else:
+        jobs = PoolJobQueue(pool, lambda request: (_checkpoint_of(request, models), parts.generator.job_options(
+            request)), outputs, history)
     if start_worker:
         jobs.start()
-    return Services(settings=settings, construction=construction, models=models, outputs=outputs,
-                    generator=generator, jobs=jobs, history=history, upscalers=upscalers, faces=faces,
-                    networks=networks, extensions=extensions, styles=styles,
+    return Services(settings=settings, construction=parts.construction, models=models, outputs=outputs,
+                    generator=parts.generator, jobs=jobs, history=history, upscalers=parts.upscalers,
+                    faces=parts.faces, networks=parts.networks, extensions=parts.extensions, styles=parts.styles,
                     extension_installer=ExtensionInstaller(settings.extensions_dir,
                                                            settings.extension_install_refused,
                                                            local=not settings.reachable_from_network),
-                    options=options, ui_defaults=UiDefaults(settings.ui_defaults_file), controlnets=controlnets)
+                    options=options, ui_defaults=UiDefaults(settings.ui_defaults_file),
+                    controlnets=parts.controlnets)
 
 
-def _apply_options(options: Options, settings: Settings, models: ModelManager):
+def _checkpoint_of(request, models: ModelManager) -> str | None:
+    """The title of the checkpoint a job runs with (None: it needs none, e.g. an upscale)."""
+    if isinstance(request, ExtrasRequest):
+        return None
+    chosen = (getattr(request, "override_settings", None) or {}).get("sd_model_checkpoint")
+    return models.resolve(str(chosen) if chosen else None).title
+
+
+def apply_options(options: Options, settings: Settings, models: ModelManager):
     """The options services hold as state (the rest are read by each job when it starts)."""
     models.max_models = settings.max_models_in_memory or options.sd_checkpoints_limit
-
-
-def _attempt_runner(generator: Generator, outputs: OutputStore):
-    """One attempt at a job. An attempt that runs out of memory is retried by the queue, so the images it
-    already saved are removed: the outputs folder then holds each image once, as the job's result does."""
-    def run(request, progress):
-        with outputs.saves_undone_on(is_out_of_memory):
-            return generator.generate(request, progress)
-    return run
-
-
-def _free_model_caches(models: ModelManager, upscalers: Upscalers, faces: FaceRestorers, controlnets: ControlNets):
-    """Out of memory: drop every model no job holds (checkpoints, upscalers, face restoration, ControlNets), then let
-    the GPU allocator give the memory back."""
-    upscalers.models.clear()
-    faces.clear()
-    controlnets.clear()
-    models.free_unused()

@@ -1,6 +1,7 @@
 """The page must not wait for the diffusion stack: building the services and the UI imports neither diffusers nor
-peft nor scipy (they take seconds; the first model load imports them once the page answers). bench/startup.py
-measures the time; this keeps the property from quietly coming back."""
+peft nor scipy (they take seconds; the first model load imports them once the page answers), and the default
+single-process mode never imports Ray (only --workers / --ray-address do). bench/startup.py measures the time; this
+keeps the property from quietly coming back."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,7 @@ root = Path(tempfile.mkdtemp())
 services = build_services(Settings(models_dir=root / "models", outputs_dir=root / "outputs",
                                    cache_dir=root / "cache", device="cpu"))
 build_ui(services)
-heavy = sorted(name for name in ("diffusers", "peft", "scipy", "accelerate", "spandrel") if name in sys.modules)
+heavy = sorted(name for name in ("diffusers", "peft", "scipy", "accelerate", "spandrel", "ray") if name in sys.modules)
 services.close()
 print("HEAVY", heavy)
 """

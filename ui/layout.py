@@ -58,9 +58,10 @@ def build_ui(services: Services, mcp: bool = False, api_docs: bool = False) -> g
     with gr.Blocks(title="Stable Diffusion WebUI") as page:
         model = build_model_picker(services)
         with gr.Accordion("Queue", open=False, elem_id="queue_panel"):
-            queue_view = gr.HTML(render_queue(services.jobs.pending()), elem_id="queue_view")
-        gr.Timer(QUEUE_REFRESH_SECONDS).tick(lambda: render_queue(services.jobs.pending()), outputs=queue_view,
-                                              show_progress="hidden", queue=False, **PRIVATE)
+            queue_view = gr.HTML(render_queue(services.jobs.pending(), services.worker_states()),
+                                 elem_id="queue_view")
+        gr.Timer(QUEUE_REFRESH_SECONDS).tick(lambda: render_queue(services.jobs.pending(), services.worker_states()),
+                                             outputs=queue_view, show_progress="hidden", queue=False, **PRIVATE)
         size = services.models.selected.resolution
         with gr.Tabs() as tabs:
             with gr.Tab("txt2img", id="txt2img"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 
+from backend.jobs.pool_queue import WorkerState
 from backend.jobs.queue import Job
 
 
@@ -39,10 +40,11 @@ def render_done(job: Job, seconds: float) -> str:
     return done + f'<ul class="job-warnings" style="color:#b45309">{items}</ul>'
 
 
-def render_queue(jobs: list[Job]) -> str:
-    """The queue panel: running and waiting jobs, oldest first."""
+def render_queue(jobs: list[Job], workers: list[WorkerState] | None = None) -> str:
+    """The queue panel: running and waiting jobs, oldest first; then the workers that run them."""
+    shown = render_workers(workers) if workers else ""
     if not jobs:
-        return '<div class="queue-empty">The queue is empty.</div>'
+        return '<div class="queue-empty">The queue is empty.</div>' + shown
     rows = []
     for place, job in enumerate(jobs):
         prompt = html.escape(getattr(job.request, "prompt", "")[:60]) or "<i>(empty prompt)</i>"
@@ -51,4 +53,19 @@ def render_queue(jobs: list[Job]) -> str:
         rows.append(f"<tr><td>{html.escape(job.id)}</td><td>{type(job.request).__name__.removesuffix('Request')}"
                     f"</td><td>{prompt}</td><td>{state}</td></tr>")
     return ('<table class="queue-table"><tr><th>Job</th><th>Kind</th><th>Prompt</th><th>State</th></tr>'
-            + "".join(rows) + "</table>")
+            + "".join(rows) + "</table>" + shown)
+
+
+def render_workers(workers: list[WorkerState]) -> str:
+    """Which worker runs what: its state and job, the checkpoints it holds, jobs done and model loads."""
+    rows = []
+    for worker in workers:
+        where = html.escape(" · ".join(str(part) for part in (worker.node, worker.gpu or "CPU",
+                                                               worker.pid and f"pid {worker.pid}") if part))
+        state = html.escape(worker.state + (f" ({worker.job})" if worker.job else "")
+                            + (f": {worker.error}" if worker.error else ""))
+        models = html.escape(", ".join(worker.models)) or "<i>none</i>"
+        rows.append(f"<tr><td>{html.escape(worker.id)}</td><td>{where}</td><td>{state}</td><td>{models}</td>"
+                    f"<td>{worker.jobs_done}</td><td>{worker.model_loads}</td></tr>")
+    return ('<table class="workers-table"><tr><th>Worker</th><th>Where</th><th>State</th><th>Models loaded</th>'
+            "<th>Jobs done</th><th>Model loads</th></tr>" + "".join(rows) + "</table>")

@@ -42,3 +42,8 @@ def add_progress_routes(api: APIRouter, services: Services):
     def skip(id_task: str | None = Query(None)):
         job = job_for(services, id_task)
         return {"skipped": bool(job and services.jobs.skip(job.id)), "task_id": job and job.id}
+
+    @api.get("/workers")
+    def workers():
+        """What runs jobs: one entry per pool worker (--workers, --ray-address), or the one in-process worker."""
+        return [state.as_dict() for state in services.worker_states()]

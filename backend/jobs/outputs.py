@@ -176,6 +176,15 @@ class OutputStore:
             collector.append(path)
         return path
 
+    def write_numbered(self, data: bytes, folder: Path, suffix: str, extension: str = ".png",
+                       sidecar: bytes | None = None, prefix: str = "") -> Path:
+        """Bytes already encoded, as the next number in `folder` (names decided elsewhere: a pool worker)."""
+        return self._saved(lambda: self._write_numbered(data, folder, suffix, extension, sidecar, prefix), folder)
+
+    def write_named(self, data: bytes, path: Path, sidecar: bytes | None = None) -> Path:
+        """Bytes already encoded, under exactly `path` (names decided elsewhere: a pool worker)."""
+        return self._saved(lambda: self._write_named(data, path, sidecar), path.parent)
+
     def _write_numbered(self, data: bytes, folder: Path, suffix: str, extension: str = ".png",
                         sidecar: bytes | None = None, prefix: str = "") -> Path:
         folder.mkdir(parents=True, exist_ok=True)

@@ -127,6 +127,8 @@ class Job:
     finished_at: float | None = None
     finished: threading.Event = field(default_factory=threading.Event)
     client: str | None = None  # the address that sent it (None: the server itself, e.g. a test)
+    worker: str | None = None  # the pool worker running or last running it (None: the in-process worker)
+    lost_on: str | None = None  # the pool worker whose process ended while running it (retried once elsewhere)
 
     @property
     def done(self) -> bool:
@@ -148,6 +150,7 @@ class JobQueue:
         self._thread: threading.Thread | None = None
         self._current: Job | None = None  # the job the worker runs, so a worker that vanishes can fail it
         self._stopping = threading.Event()
+        self.jobs_run = 0  # jobs the in-process worker ran to an end (the Queue panel's "jobs done")
 
     def start(self):
         with self._lock:
@@ -198,9 +201,13 @@ class JobQueue:
                 del self._jobs[old_id]
             self._jobs[job.id] = job
             self._record(job)
-            self._queue.put(job)
+            self._enqueue(job)
         self._ensure_worker()  # a worker that died some other way is replaced rather than leaving jobs waiting
         return job
+
+    def _enqueue(self, job: Job):
+        """Hand a new job to whatever starts jobs (called with the lock held)."""
+        self._queue.put(job)
 
     def _record(self, job: Job):
         if self._history is not None:
@@ -305,6 +312,7 @@ class JobQueue:
                 raise  # this thread must end (SystemExit, ...); _work hands the queue to a new worker
         finally:
             self._current = None
+            self.jobs_run += 1
             self._finish(job)
 
     def _run_with_oom_retry(self, job: Job):

@@ -76,6 +76,7 @@ class ModelManager:
         self.runtime_status = ""  # attention backend, placement (offload) and compile, as last logged
         self.max_models = settings.max_models_in_memory or 1  # checkpoints kept loaded (the user option can change it)
         self.startup_checkpoint = settings.startup_checkpoint  # --ckpt, else the one the user chose last time
+        self.loads_here = True  # False: jobs run in pool workers; this process only lists and chooses models
         # ControlNets, adapters, image encoders: under the same byte limit, with what the checkpoints leave
         self.modules = ModuleStore(max_count=4, byte_budget=lambda: self._limit_bytes() - self._checkpoint_bytes())
 
@@ -129,6 +130,9 @@ class ModelManager:
         """At start: load --ckpt, or else the first listed checkpoint that loads; a file that fails is logged once
         and skipped (it stays listed with its reason). Returns the model now selected (None: none loads). Runs once;
         a job that needs the default meanwhile waits for it."""
+        if not self.loads_here:  # the workers load it with their first job
+            self.default_chosen.set()
+            return self.selected if self.registry.entries else None
         with self._default_lock:
             try:
                 return self._choose_default()
@@ -177,10 +181,24 @@ class ModelManager:
         return entry
 
     def select(self, query: str) -> CheckpointEntry:
-        """Load (or find in the cache) and make it the default; on failure the previous choice stays."""
+        """Load (or find in the cache) and make it the default; on failure the previous choice stays. (Where jobs
+        run in pool workers, only chosen: each worker loads it with its next job.)"""
+        if not self.loads_here:
+            return self.choose(query)
         with self.lease(query) as (entry, _):
             self._selected = entry.title
         return entry
+
+    def choose(self, query: str) -> CheckpointEntry:
+        """Make it the default without loading it (a pool worker: the server chose it for the job)."""
+        entry = self.resolve(query)
+        self._selected = entry.title
+        return entry
+
+    def loaded_titles(self) -> list[str]:
+        """Titles of the checkpoints in the cache now, the most recently used last."""
+        with self._lock:
+            return [cached.entry.title for cached in self._cache.values()]
 
     def loaded(self, query: str | None) -> LoadedModel | None:
         """The model if the cache holds it now, else None: never loads (for the page's defaults and counters)."""
