@@ -170,7 +170,7 @@ class RayWorkerPool:
         else:
             gpus = _visible_gpus() if self.settings.device in ("auto", "cuda") else 0
             count = self.plan.workers or max(gpus, 1)
-            ray.init(num_cpus=max(count, os.cpu_count() or 1), num_gpus=gpus, namespace=RAY_NAMESPACE,
+            ray.init(address="local", num_cpus=max(count, os.cpu_count() or 1), num_gpus=gpus, namespace=RAY_NAMESPACE,
                      include_dashboard=self.plan.dashboard, dashboard_host="127.0.0.1",
                      _node_ip_address="127.0.0.1", runtime_env=runtime_env, configure_logging=False,
                      log_to_driver=True)
