@@ -49,7 +49,8 @@ WEIGHTED = (
     weighted("normal_dsine", "normal_dsine/dsine.pt", tags=("NormalMap",)),
     weighted("openpose", OPENPOSE[0], tags=("OpenPose",)),
     weighted("openpose_face", OPENPOSE[0], OPENPOSE[2], tags=("OpenPose",)),
-    weighted("openpose_faceonly", OPENPOSE[2], tags=("OpenPose",)),
+    # the face is found where the body detected puts it, so the body's file is needed too
+    weighted("openpose_faceonly", OPENPOSE[0], OPENPOSE[2], tags=("OpenPose",)),
     weighted("openpose_hand", OPENPOSE[0], OPENPOSE[1], tags=("OpenPose",)),
     weighted("openpose_full", *OPENPOSE, tags=("OpenPose",)),
     weighted("dw_openpose_full", "openpose/yolox_l.onnx", "openpose/dw-ll_ucoco_384.onnx", tags=("OpenPose",)),

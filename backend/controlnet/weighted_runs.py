@@ -11,25 +11,25 @@ import numpy as np
 import torch
 
 from backend.controlnet.annotator_networks import (
+    OPENPOSE_BODY,
+    OPENPOSE_FACE,
+    OPENPOSE_HAND,
+    FilePart,
     hed_network,
     lineart_network,
     midas_network,
     mlsd_network,
     normal_bae_network,
+    openpose_body_network,
+    openpose_face_network,
+    openpose_full_network,
+    openpose_hand_network,
     pidinet_network,
     quiet_import,
     teed_network,
 )
-from backend.controlnet.preprocessors import HIDDEN, Slider, gray_as_rgb, resize_short_side
-
-
-def scaled_and_padded(image: np.ndarray, resolution: int) -> tuple[np.ndarray, int, int]:
-    """The image scaled to `resolution` on its short side and edge-padded to multiples of 64, with the scaled
-    height and width (what is kept of the map)."""
-    scaled = resize_short_side(image, resolution)
-    height, width = scaled.shape[:2]
-    padded = np.pad(scaled, [[0, -height % 64], [0, -width % 64], [0, 0]], mode="edge")
-    return np.ascontiguousarray(padded), height, width
+from backend.controlnet.pose_runs import openpose
+from backend.controlnet.preprocessors import HIDDEN, Slider, gray_as_rgb, scaled_and_padded
 
 
 def as_batch(pixels: np.ndarray, divisor: float) -> torch.Tensor:
@@ -143,13 +143,15 @@ def run_normal_bae(network, image, resolution, *_thresholds):
 
 @dataclass(frozen=True)
 class NetworkRun:
-    """A preprocessor that runs a network: how to build the (empty) network, and how to apply it."""
+    """A preprocessor that runs a network: how to build the (empty) network, and how to apply it. A network filled
+    from several files names the part each fills, in the order of the preprocessor's files (annotator_files)."""
 
     build: Callable[[], torch.nn.Module]
     # network, image, resolution, slider 1 (threshold_a), slider 2 (threshold_b)
     apply: Callable[[torch.nn.Module, np.ndarray, int, float, float], np.ndarray]
     slider_1: Slider = field(default=HIDDEN)
     slider_2: Slider = field(default=HIDDEN)
+    parts: tuple[FilePart, ...] = ()
 
 
 def hed(safe=False, scribble=False):
@@ -170,7 +172,7 @@ def pidinet(safe=False, scribble=False):
     return NetworkRun(pidinet_network, apply)
 
 
-# by the extension's internal names (annotator_files.WEIGHTED); each needs exactly one file
+# by the extension's internal names (annotator_files.WEIGHTED)
 NETWORK_RUNS = {
     "lineart": NetworkRun(lineart_network, run_lineart),
     "lineart_coarse": NetworkRun(lineart_network, run_lineart),
@@ -189,4 +191,11 @@ NETWORK_RUNS = {
     "mlsd": NetworkRun(mlsd_network, run_mlsd,
                        Slider(label="MLSD Value Threshold", minimum=0.01, maximum=2.0, value=0.1, step=0.01),
                        Slider(label="MLSD Distance Threshold", minimum=0.01, maximum=20.0, value=0.1, step=0.01)),
+    "openpose": NetworkRun(openpose_body_network, openpose(), parts=(OPENPOSE_BODY,)),
+    "openpose_hand": NetworkRun(openpose_hand_network, openpose(hand=True), parts=(OPENPOSE_BODY, OPENPOSE_HAND)),
+    "openpose_face": NetworkRun(openpose_face_network, openpose(face=True), parts=(OPENPOSE_BODY, OPENPOSE_FACE)),
+    "openpose_faceonly": NetworkRun(openpose_face_network, openpose(body=False, face=True),
+                                    parts=(OPENPOSE_BODY, OPENPOSE_FACE)),
+    "openpose_full": NetworkRun(openpose_full_network, openpose(hand=True, face=True),
+                                parts=(OPENPOSE_BODY, OPENPOSE_HAND, OPENPOSE_FACE)),
 }
