@@ -9,6 +9,7 @@ import os
 import pickle
 import shutil
 import warnings
+from functools import partial
 from types import SimpleNamespace
 
 import cv2
@@ -28,6 +29,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # controlnet_aux warns about optional extras it does not need here
     from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
     from controlnet_aux.lineart import Generator, LineartDetector
+    from controlnet_aux.lineart_anime import LineartAnimeDetector, UnetGenerator
     from controlnet_aux.midas import MidasDetector
     from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel
     from controlnet_aux.mlsd import MLSDdetector
@@ -42,7 +44,7 @@ with warnings.catch_warnings():
 # the extension's files, in its annotator/downloads/<folder>/ layout
 FILES = {"lineart": "lineart/sk_model.pth", "lineart_coarse": "lineart/sk_model2.pth", "hed": "hed/ControlNetHED.pth",
          "pidinet": "pidinet/table5_pidinet.pth", "softedge_teed": "TEED/7_model.pth",
-         "mlsd": "mlsd/mlsd_large_512_fp32.pth"}
+         "mlsd": "mlsd/mlsd_large_512_fp32.pth", "lineart_anime": "lineart_anime/netG.pth"}
 
 
 def random_networks() -> dict[str, torch.nn.Module]:
@@ -53,6 +55,8 @@ def random_networks() -> dict[str, torch.nn.Module]:
         networks["hed"].norm.copy_(torch.tensor([100.0, 110.0, 120.0]).view(1, 3, 1, 1))
     torch.manual_seed(1)  # random M-LSD weights that find a few segments at the default thresholds, more below
     networks["mlsd"] = MobileV2_MLSD_Large()
+    norm = partial(torch.nn.InstanceNorm2d, affine=False, track_running_stats=False)  # as the extension builds it
+    networks["lineart_anime"] = UnetGenerator(3, 1, 8, 64, norm_layer=norm)  # 54M parameters, a 218 MB file
     return {name: network.eval() for name, network in networks.items()}
 
 
@@ -99,8 +103,9 @@ def weights_dir(tmp_path_factory, networks, midas_file, normal_bae_file):
         path = folder / "downloads" / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         state = networks[name].state_dict()
-        if name == "pidinet":  # published as a DataParallel checkpoint
-            state = {"state_dict": {f"module.{key}": value for key, value in state.items()}}
+        if name in ("pidinet", "lineart_anime"):  # published as DataParallel checkpoints
+            state = {f"module.{key}": value for key, value in state.items()}
+            state = {"state_dict": state} if name == "pidinet" else state
         torch.save(state, path)
     yield folder
     for link in large:
@@ -140,6 +145,8 @@ def library_map(networks, module, image, resolution, safe_steps=2, mlsd_threshol
         return NormalBaeDetector(networks["normal_bae"])(image, **common)
     if module == "mlsd":
         return MLSDdetector(networks[module])(image, *mlsd_thresholds, **common)
+    if module == "lineart_anime":
+        return LineartAnimeDetector(networks[module])(image, **common)
     if module.startswith("lineart"):
         return LineartDetector(networks[module], networks[module])(image, **common)
     kind, _, variant = module.partition("_")
@@ -149,7 +156,7 @@ def library_map(networks, module, image, resolution, safe_steps=2, mlsd_threshol
     return detector(image, safe=variant == "safe", scribble=variant == "scribble", **common)
 
 
-RUNNING = ["lineart", "lineart_coarse", "hed", "hed_safe", "scribble_hed", "pidinet", "pidinet_safe",
+RUNNING = ["lineart", "lineart_coarse", "lineart_anime", "hed", "hed_safe", "scribble_hed", "pidinet", "pidinet_safe",
            "pidinet_scribble", "softedge_teed", "mlsd", "depth", "normal_bae"]
 
 
@@ -214,13 +221,13 @@ def test_normal_midas_takes_its_background_threshold(catalog, networks):
 def test_maps_keep_the_aspect_at_the_requested_resolution(catalog):
     """A 100x70 image at resolution 64: short side 64, padded to 64x128 for the network, the pad taken off."""
     image = cv2.resize(drawing(64, 128), (100, 70))
-    for module in ("lineart", "hed", "pidinet", "softedge_teed", "mlsd", "normal_bae"):
+    for module in ("lineart", "lineart_anime", "hed", "pidinet", "softedge_teed", "mlsd", "normal_bae"):
         assert detect(catalog, module, image, 64).shape == (64, 91, 3), module
 
 
 def test_installed_preprocessors_are_listed_as_available(catalog):
     labels = catalog.available()
-    assert {"lineart_realistic", "lineart_coarse", "softedge_hed", "softedge_hedsafe", "scribble_hed",
+    assert {"lineart_realistic", "lineart_coarse", "lineart_anime", "softedge_hed", "softedge_hedsafe", "scribble_hed",
             "softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "softedge_teed", "mlsd",
             "depth_midas", "normal_midas", "normal_bae"} <= set(labels)
     assert "depth_zoe" not in labels
@@ -231,6 +238,7 @@ def test_installed_preprocessors_are_listed_as_available(catalog):
 
 
 @pytest.mark.parametrize(("module", "needed"), [("lineart_coarse", "lineart/sk_model2.pth"),
+                                              ("lineart_anime", "lineart_anime/netG.pth"),
                                               ("mlsd", "mlsd/mlsd_large_512_fp32.pth"),
                                               ("depth_midas", "midas/dpt_hybrid-midas-501f0c75.pt"),
                                               ("normal_bae", "normal_bae/scannet.pt")])
@@ -291,9 +299,9 @@ def test_detect_route_answers_the_map(make_services, models_dir, weights_dir, ne
         assert answer.status_code == 200, answer.text
         detected = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))).convert("RGB"))
         assert np.array_equal(detected, library_map(networks, "lineart", image, 64))
-        missing = client.post("/controlnet/detect", json={"controlnet_module": "lineart_anime",
+        missing = client.post("/controlnet/detect", json={"controlnet_module": "lineart_anime_denoise",
                                                           "controlnet_input_images": [png_b64(image)]})
-        assert missing.status_code == 422 and "lineart_anime/netG.pth" in missing.json()["detail"]
+        assert missing.status_code == 422 and "manga_line/erika.pth" in missing.json()["detail"]
         details = client.get("/controlnet/module_list").json()["module_detail"]
         assert [slider["name"] for slider in details["softedge_teed"]["sliders"]] == ["Resolution", "Safe Steps"]
         assert [slider["name"] for slider in details["hed"]["sliders"]] == ["Resolution"]

@@ -4,6 +4,7 @@ code from a pickle, and may reach the Hugging Face hub; neither is used). Built 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import threading
 import types
@@ -34,6 +35,12 @@ def quiet_import(module: str):
 
 def lineart_network() -> torch.nn.Module:
     return quiet_import("controlnet_aux.lineart").Generator(3, 1, 3)
+
+
+def lineart_anime_network() -> torch.nn.Module:
+    """The anime line art U-Net (pix2pix's, 8 levels), with instance norms as the extension builds it."""
+    norm = functools.partial(torch.nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    return quiet_import("controlnet_aux.lineart_anime").UnetGenerator(3, 1, 8, 64, norm_layer=norm, use_dropout=False)
 
 
 def hed_network() -> torch.nn.Module:

@@ -16,6 +16,7 @@ from backend.controlnet.annotator_networks import (
     OPENPOSE_HAND,
     FilePart,
     hed_network,
+    lineart_anime_network,
     lineart_network,
     midas_network,
     mlsd_network,
@@ -56,6 +57,19 @@ def run_lineart(network: torch.nn.Module, image: np.ndarray, resolution: int, *_
     with torch.inference_mode():
         line = network(as_batch(padded, 255.0))[0, 0].numpy()
     return gray_as_rgb(255 - to_uint8(line)[:height, :width])  # the network draws white lines on black
+
+
+def run_lineart_anime(network, image, resolution, *_thresholds):
+    """The anime line network takes sides that are multiples of 256: the padded image is scaled up to those, and
+    the lines (drawn dark on white) scaled back and inverted."""
+    padded, height, width = scaled_and_padded(image, resolution)
+    padded_height, padded_width = padded.shape[:2]
+    fed = cv2.resize(padded, (-padded_width % 256 + padded_width, -padded_height % 256 + padded_height),
+                     interpolation=cv2.INTER_CUBIC)
+    with torch.inference_mode():
+        line = network(as_batch(fed, 127.5) - 1.0)[0, 0].numpy() * 127.5 + 127.5
+    line = cv2.resize(line, (padded_width, padded_height), interpolation=cv2.INTER_CUBIC)
+    return gray_as_rgb(255 - line.clip(0, 255).astype(np.uint8)[:height, :width])
 
 
 def fused_edges(network: torch.nn.Module, image: np.ndarray, resolution: int, safe_steps: int) -> np.ndarray:
@@ -176,6 +190,7 @@ def pidinet(safe=False, scribble=False):
 NETWORK_RUNS = {
     "lineart": NetworkRun(lineart_network, run_lineart),
     "lineart_coarse": NetworkRun(lineart_network, run_lineart),
+    "lineart_anime": NetworkRun(lineart_anime_network, run_lineart_anime),
     "hed": hed(),
     "hed_safe": hed(safe=True),
     "scribble_hed": hed(scribble=True),
