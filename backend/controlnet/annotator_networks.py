@@ -67,6 +67,11 @@ def midas_network() -> torch.nn.Module:
         return dpt.DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
 
 
+def leres_network() -> torch.nn.Module:
+    """LeReS's relative depth network on a ResNeXt-101 (32x8d) encoder, built empty (nothing is fetched)."""
+    return quiet_import("controlnet_aux.leres.leres.multi_depth_model_woauxi").RelDepthModel(backbone="resnext101")
+
+
 def normal_bae_network() -> torch.nn.Module:
     """Bae et al.'s surface-normal network (EfficientNet-B5 encoder, built empty from controlnet_aux's local copy:
     nothing is fetched), configured as the extension does."""
@@ -107,9 +112,10 @@ def openpose_full_network() -> torch.nn.Module:
 
 def annotator_state(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of an annotator file, never running code from it. Published files wrap theirs in "state_dict"
-    (PiDiNet) or "model" (normal_bae's scannet.pt), some with DataParallel's "module." key prefix."""
+    (PiDiNet), "model" (normal_bae's scannet.pt) or "depth_model" (LeReS's res101.pth), some with DataParallel's
+    "module." key prefix."""
     state = read_weights(path)
-    for wrapper in ("state_dict", "model"):
+    for wrapper in ("state_dict", "model", "depth_model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     require_flat_tensors(state, path)

@@ -16,6 +16,7 @@ from backend.controlnet.annotator_networks import (
     OPENPOSE_HAND,
     FilePart,
     hed_network,
+    leres_network,
     lineart_anime_network,
     lineart_network,
     midas_network,
@@ -141,6 +142,25 @@ def run_midas_normal(network, image, resolution, background_threshold, _threshol
     return (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)[:height, :width, ::-1].copy()
 
 
+def run_leres(network, image, resolution, remove_near, remove_background):
+    """LeReS's depth (far is high) on the padded image, spread over 16 bits then 8 as the extension does; with
+    `remove_near` (percent) the near end up to that level is zeroed before inverting, with `remove_background`
+    the far end after."""
+    padded, height, width = scaled_and_padded(image, resolution)
+    estimate = quiet_import("controlnet_aux.leres.leres.depthmap").estimateleres
+    with torch.inference_mode():
+        depth = estimate(padded, network, padded.shape[1], padded.shape[0])
+    low, high = depth.min(), depth.max()
+    spread = 65535 * (depth - low) / (high - low) if high - low > np.finfo("float").eps else np.zeros(depth.shape)
+    depth_map = cv2.convertScaleAbs(spread.astype(np.uint16), alpha=255.0 / 65535.0)
+    if remove_near:
+        depth_map = cv2.threshold(depth_map, remove_near / 100 * 255, 255, cv2.THRESH_TOZERO)[1]
+    depth_map = cv2.bitwise_not(depth_map)
+    if remove_background:
+        depth_map = cv2.threshold(depth_map, remove_background / 100 * 255, 255, cv2.THRESH_TOZERO)[1]
+    return gray_as_rgb(depth_map[:height, :width])
+
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -203,6 +223,9 @@ NETWORK_RUNS = {
     "normal_map": NetworkRun(midas_network, run_midas_normal, Slider(label="Normal Background Threshold", minimum=0.0,
                                                                      maximum=1.0, value=0.4, step=0.01)),
     "normal_bae": NetworkRun(normal_bae_network, run_normal_bae),
+    "depth_leres": NetworkRun(leres_network, run_leres,
+                              Slider(label="Remove Near %", minimum=0, maximum=100, value=0, step=0.1),
+                              Slider(label="Remove Background %", minimum=0, maximum=100, value=0, step=0.1)),
     "mlsd": NetworkRun(mlsd_network, run_mlsd,
                        Slider(label="MLSD Value Threshold", minimum=0.01, maximum=2.0, value=0.1, step=0.01),
                        Slider(label="MLSD Distance Threshold", minimum=0.01, maximum=20.0, value=0.1, step=0.01)),
