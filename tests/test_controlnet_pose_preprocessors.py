@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from backend.controlnet.annotator_files import WEIGHTED
 from backend.controlnet.annotator_networks import OpenposeNetworks
 from backend.controlnet.catalog import PreprocessorCatalog
 from backend.controlnet.pose_runs import draw_poses, with_model
@@ -158,3 +159,16 @@ def test_another_networks_file_in_the_hands_place_is_refused_naming_it(tmp_path,
     with pytest.raises(UserError, match="hand_pose_model.pth does not hold the handpose_model network") as refused:
         run_preprocessor(preprocessor, person(), resolve_parameters(preprocessor, 64, None, None))
     assert refused.value.status == 422 and refused.value.field == "module"
+
+
+def test_openpose_maps_keep_the_aspect(catalog):
+    """A 100x70 image at resolution 64: detected on the edge-padded 64x128, the pad taken off the map."""
+    assert detect(catalog, "openpose_full", cv2.resize(person(64, 128), (100, 70))).shape == (64, 91, 3)
+
+
+def test_every_network_run_names_a_part_for_each_file():
+    """A network filled from several files says which part each fills, in the order the files are listed."""
+    for name, run in NETWORK_RUNS.items():
+        files = next(p for p in WEIGHTED if p.name == name).files
+        assert len(run.parts) == len(files) if run.parts else len(files) == 1, name
+    assert [part.submodule for part in NETWORK_RUNS["openpose_faceonly"].parts] == ["body", "face"]
