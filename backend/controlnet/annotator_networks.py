@@ -164,7 +164,7 @@ class AnnotatorNetworks:
             parts: tuple[FilePart, ...] = ()) -> torch.nn.Module:
         """The network `build` makes, filled from `paths`: the whole of it from one file, or with `parts`, each file
         filling its part."""
-        stats = [(str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in paths]
+        stats = [(str(path), stat.st_size, stat.st_mtime_ns) for path in paths for stat in (path.stat(),)]
         key = (*stats, build, parts)
         with self._lock:
             if key in self._built:
