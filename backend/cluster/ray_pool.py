@@ -164,6 +164,9 @@ class RayWorkerPool:
         """Start or join the Ray runtime; returns (workers to start, GPUs for each)."""
         # Ray's C++ core would print a stack dump on every SIGTERM, before our clean stop; the stop is ours to do
         os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        if self.plan.address and _auth_token_present():
+            # a cluster from `ray start` wants its token, which Ray sends only in token mode (read at import)
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         import ray
 
         runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
@@ -228,6 +231,12 @@ class RayWorkerPool:
         self._stop_requested.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+def _auth_token_present() -> bool:
+    """Ray's cluster token where Ray looks for it: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
 
 
 def _visible_gpus() -> int:
