@@ -164,8 +164,10 @@ class RayWorkerPool:
         """Start or join the Ray runtime; returns (workers to start, GPUs for each)."""
         # Ray's C++ core would print a stack dump on every SIGTERM, before our clean stop; the stop is ours to do
         os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
-        if self.plan.address and _auth_token_present():
-            # a cluster from `ray start` wants its token, which Ray sends only in token mode (read at import)
+        if not self.plan.address or _auth_token_present():
+            # Ray's processes listen on every interface (it has no loopback-only mode), so our local runtime always
+            # requires Ray's token; a cluster from `ray start` wants its token too, which Ray sends only in token
+            # mode (read when ray is imported). The operator's RAY_AUTH_MODE wins.
             os.environ.setdefault("RAY_AUTH_MODE", "token")
         import ray
 
