@@ -149,3 +149,13 @@ def test_a_worker_killed_mid_job_is_replaced_and_its_job_completes_once_on_the_o
     assert by_id(pool)[victim].pid != victim_pid
     after = finished([pool.jobs.submit(request(pool, seed=8)) for _ in range(2)])
     assert [job.status for job in after] == ["done", "done"]
+
+
+def test_a_checkpoint_added_after_the_workers_started_is_found_by_them(pool, checkpoint_files):
+    folder = pool.settings.checkpoints_dir
+    os.link(checkpoint_files["sd1"], folder / "added-later.safetensors")
+    pool.models.refresh()  # what the page's refresh button and POST /sdapi/v1/refresh-checkpoints do
+    added = next(entry.title for entry in pool.models.list_checkpoints() if entry.name == "added-later.safetensors")
+    job = finished([pool.jobs.submit(request(pool, added, seed=9))])[0]
+    assert job.status == "done", job.error
+    assert added in by_id(pool)[job.worker].models
