@@ -32,7 +32,8 @@ def pytest_configure(config):
 # per worker, pytest.ini) the run does not end with one worker alone on a long file. Run with
 # --no-loadscope-reorder, which keeps this order instead of xdist's ordering by test count.
 SLOW_FILES_FIRST = (
-    "test_ui_browser.py", "test_speed_options.py", "test_security_server.py", "test_demo_model.py",
+    "test_ui_browser.py", "test_worker_pool.py", "test_speed_options.py", "test_security_server.py",
+    "test_demo_model.py",
     "test_ui_seed_extras_browser.py", "test_ui_day_to_day.py", "test_api_fuzz.py", "test_ui_img2img_batch_browser.py",
     "test_face_restoration.py", "test_mcp.py", "test_restart_and_auth.py", "test_startup_messages.py",
     "test_controlnet_generation.py", "test_shutdown.py", "test_options_api.py", "test_flow_generation.py",

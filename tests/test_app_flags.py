@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FLAGS = ["--listen", "--port", "--share", "--gradio-auth", "--gradio-auth-path", "--models-dir", "--ckpt-dir",
          "--outputs-dir", "--ckpt", "--device", "--precision", "--xformers", "--api", "--lora-dir", "--vae-dir",
          "--embeddings-dir", "--extensions-dir", "--enable-insecure-extension-access", "--allowed-hosts",
-         "--forwarded-allow-ips"]
+         "--forwarded-allow-ips", "--workers", "--ray-address", "--worker-threads", "--ray-dashboard"]
 
 
 def test_help_documents_every_flag():
@@ -53,3 +53,19 @@ def test_extension_installs_are_refused_on_exposed_servers_unless_opted_in():
     assert "--share" in app.settings_from_args(app.parse_args(["--share"])).extension_install_refused
     opted_in = app.parse_args(["--listen", "--share", "--enable-insecure-extension-access"])
     assert app.settings_from_args(opted_in).extension_install_refused is None
+
+
+def test_worker_flags_choose_the_pool_and_refuse_nonsense(tmp_path, capsys):
+    settings = app.settings_from_args(app.parse_args(["--device", "cpu"]))
+    assert app.worker_pool(app.parse_args([]), settings) is None  # the in-process worker; Ray is not imported
+    pool = app.worker_pool(app.parse_args(["--workers", "2", "--worker-threads", "1"]), settings)
+    assert (pool.plan.workers, pool.plan.address, pool.plan.torch_threads, pool.plan.dashboard) == (2, None, 1, False)
+    assert app.worker_pool(app.parse_args(["--workers", "auto"]), settings).plan.workers is None  # one per GPU
+    joined = app.worker_pool(app.parse_args(["--ray-address", "10.0.0.5:6379", "--workers", "3"]), settings)
+    assert (joined.plan.address, joined.plan.workers) == ("10.0.0.5:6379", 3)
+    for bad in (["--workers", "0"], ["--workers", "many"]):
+        with pytest.raises(SystemExit):
+            app.parse_args(bad)
+        assert "--workers" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--worker-threads"):
+        app.worker_pool(app.parse_args(["--workers", "2", "--worker-threads", "0"]), settings)

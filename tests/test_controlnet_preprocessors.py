@@ -129,8 +129,8 @@ def test_tile_resample_and_recolor(catalog):
 
 @pytest.mark.parametrize("module, file", [("seg_ufade20k", "uniformer/upernet_global_small.pth"),
                                           ("segmentation", "uniformer/upernet_global_small.pth"),
-                                          ("openpose_full", "openpose/hand_pose_model.pth"),
-                                          ("lineart_anime", "lineart_anime/netG.pth")])
+                                          ("depth_anything", "depth_anything/depth_anything_vitl14.pth"),
+                                          ("depth_zoe", "zoedepth/ZoeD_M12_N.pt")])
 def test_a_preprocessor_needing_weights_is_refused_naming_the_file(catalog, module, file):
     with pytest.raises(UserError) as refused:
         catalog.get(module, field="controlnet.args[0].module")

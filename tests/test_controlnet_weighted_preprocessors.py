@@ -9,6 +9,7 @@ import os
 import pickle
 import shutil
 import warnings
+from functools import partial
 from types import SimpleNamespace
 
 import cv2
@@ -27,7 +28,10 @@ from backend.http.routes import build_controlnet_router
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # controlnet_aux warns about optional extras it does not need here
     from controlnet_aux.hed import ControlNetHED_Apache2, HEDdetector
+    from controlnet_aux.leres import LeresDetector
+    from controlnet_aux.leres.leres.multi_depth_model_woauxi import RelDepthModel
     from controlnet_aux.lineart import Generator, LineartDetector
+    from controlnet_aux.lineart_anime import LineartAnimeDetector, UnetGenerator
     from controlnet_aux.midas import MidasDetector
     from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel
     from controlnet_aux.mlsd import MLSDdetector
@@ -42,7 +46,7 @@ with warnings.catch_warnings():
 # the extension's files, in its annotator/downloads/<folder>/ layout
 FILES = {"lineart": "lineart/sk_model.pth", "lineart_coarse": "lineart/sk_model2.pth", "hed": "hed/ControlNetHED.pth",
          "pidinet": "pidinet/table5_pidinet.pth", "softedge_teed": "TEED/7_model.pth",
-         "mlsd": "mlsd/mlsd_large_512_fp32.pth"}
+         "mlsd": "mlsd/mlsd_large_512_fp32.pth", "lineart_anime": "lineart_anime/netG.pth"}
 
 
 def random_networks() -> dict[str, torch.nn.Module]:
@@ -53,6 +57,8 @@ def random_networks() -> dict[str, torch.nn.Module]:
         networks["hed"].norm.copy_(torch.tensor([100.0, 110.0, 120.0]).view(1, 3, 1, 1))
     torch.manual_seed(1)  # random M-LSD weights that find a few segments at the default thresholds, more below
     networks["mlsd"] = MobileV2_MLSD_Large()
+    norm = partial(torch.nn.InstanceNorm2d, affine=False, track_running_stats=False)  # as the extension builds it
+    networks["lineart_anime"] = UnetGenerator(3, 1, 8, 64, norm_layer=norm)  # 54M parameters, a 218 MB file
     return {name: network.eval() for name, network in networks.items()}
 
 
@@ -82,25 +88,39 @@ def normal_bae_file(tmp_path_factory) -> tuple[torch.nn.Module, object]:
     path.unlink()
 
 
-@pytest.fixture(scope="module")
-def networks(midas_file, normal_bae_file):
-    return {**random_networks(), "depth": midas_file[0], "normal_bae": normal_bae_file[0]}
+@pytest.fixture(scope="session")
+def leres_file(tmp_path_factory) -> tuple[torch.nn.Module, object]:
+    """LeReS on ResNeXt-101 (115M parameters, a 460 MB file), saved as published: {"depth_model": DataParallel
+    keys}."""
+    torch.manual_seed(4)
+    network = RelDepthModel(backbone="resnext101").eval()
+    path = tmp_path_factory.mktemp("leres") / "res101.pth"
+    torch.save({"depth_model": {f"module.{key}": value for key, value in network.state_dict().items()}}, path)
+    yield network, path
+    path.unlink()
 
 
 @pytest.fixture(scope="module")
-def weights_dir(tmp_path_factory, networks, midas_file, normal_bae_file):
+def networks(midas_file, normal_bae_file, leres_file):
+    return {**random_networks(), "depth": midas_file[0], "normal_bae": normal_bae_file[0], "depth_leres": leres_file[0]}
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory, networks, midas_file, normal_bae_file, leres_file):
     folder = tmp_path_factory.mktemp("ControlNetPreprocessor")
     large = [folder / "downloads" / "midas" / midas_file[1].name,
-             folder / "downloads" / "normal_bae" / normal_bae_file[1].name]
-    for link, saved in zip(large, (midas_file[1], normal_bae_file[1]), strict=True):
+             folder / "downloads" / "normal_bae" / normal_bae_file[1].name,
+             folder / "downloads" / "leres" / leres_file[1].name]
+    for link, saved in zip(large, (midas_file[1], normal_bae_file[1], leres_file[1]), strict=True):
         link.parent.mkdir(parents=True)
         os.link(saved, link)
     for name, relative in FILES.items():
         path = folder / "downloads" / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         state = networks[name].state_dict()
-        if name == "pidinet":  # published as a DataParallel checkpoint
-            state = {"state_dict": {f"module.{key}": value for key, value in state.items()}}
+        if name in ("pidinet", "lineart_anime"):  # published as DataParallel checkpoints
+            state = {f"module.{key}": value for key, value in state.items()}
+            state = {"state_dict": state} if name == "pidinet" else state
         torch.save(state, path)
     yield folder
     for link in large:
@@ -125,7 +145,7 @@ def detect(catalog, module, image, resolution, threshold_a=None):
 
 
 def library_map(networks, module, image, resolution, safe_steps=2, mlsd_thresholds=(0.1, 0.1),
-                background_threshold=0.4) -> np.ndarray:
+                background_threshold=0.4, leres_thresholds=(0, 0)) -> np.ndarray:
     """The same map from controlnet_aux's own detectors (the extension's processing: for an image whose sides are
     multiples of 64 at this resolution, no padding or rounding differs)."""
     if module == "softedge_teed":
@@ -140,6 +160,10 @@ def library_map(networks, module, image, resolution, safe_steps=2, mlsd_threshol
         return NormalBaeDetector(networks["normal_bae"])(image, **common)
     if module == "mlsd":
         return MLSDdetector(networks[module])(image, *mlsd_thresholds, **common)
+    if module == "depth_leres":
+        return LeresDetector(networks[module], None)(image, *leres_thresholds, **common)
+    if module == "lineart_anime":
+        return LineartAnimeDetector(networks[module])(image, **common)
     if module.startswith("lineart"):
         return LineartDetector(networks[module], networks[module])(image, **common)
     kind, _, variant = module.partition("_")
@@ -149,8 +173,8 @@ def library_map(networks, module, image, resolution, safe_steps=2, mlsd_threshol
     return detector(image, safe=variant == "safe", scribble=variant == "scribble", **common)
 
 
-RUNNING = ["lineart", "lineart_coarse", "hed", "hed_safe", "scribble_hed", "pidinet", "pidinet_safe",
-           "pidinet_scribble", "softedge_teed", "mlsd", "depth", "normal_bae"]
+RUNNING = ["lineart", "lineart_coarse", "lineart_anime", "hed", "hed_safe", "scribble_hed", "pidinet", "pidinet_safe",
+           "pidinet_scribble", "softedge_teed", "mlsd", "depth", "depth_leres", "normal_bae"]
 
 
 @pytest.mark.parametrize("module", RUNNING)
@@ -166,7 +190,7 @@ def test_installed_preprocessors_run_their_network(catalog, networks, module):
         assert not np.array_equal(detected[:, :, 0], detected[:, :, 2])
     if "scribble" in module or module == "mlsd":
         assert set(np.unique(detected)) <= {0, 255}
-    if module == "depth":  # relative depth, spread over the whole range
+    if module in ("depth", "depth_leres"):  # relative depth, spread over the whole range
         assert detected.min() == 0 and detected.max() == 255
 
 
@@ -196,6 +220,20 @@ def test_mlsd_takes_its_value_and_distance_thresholds(catalog, networks):
     assert none.shape == (64, 64, 3) and not none.any()
 
 
+def test_leres_takes_its_remove_near_and_background_sliders(catalog, networks):
+    preprocessor = catalog.get("depth_leres")
+    assert [(slider.label, slider.value, slider.minimum, slider.maximum, slider.step)
+            for slider in (preprocessor.slider_1, preprocessor.slider_2)] == [
+        ("Remove Near %", 0, 0, 100, 0.1), ("Remove Background %", 0, 0, 100, 0.1)]
+    image = drawing()
+    full = detect(catalog, "depth_leres", image, 64)
+    trimmed = run_preprocessor(preprocessor, image, resolve_parameters(preprocessor, 64, 30, 40))
+    assert np.array_equal(trimmed, library_map(networks, "depth_leres", image, 64, leres_thresholds=(30, 40)))
+    # the far end under 40 % (of the inverted map) goes black; the near end (under 30 % before inverting) white
+    assert np.count_nonzero(trimmed == 0) > np.count_nonzero(full == 0)
+    assert trimmed[trimmed > 0].min() > 0.4 * 255 and np.count_nonzero(trimmed == 255) > np.count_nonzero(full == 255)
+
+
 def test_normal_midas_takes_its_background_threshold(catalog, networks):
     preprocessor = catalog.get("normal_midas")
     assert (preprocessor.name, preprocessor.slider_1.label, preprocessor.slider_1.value) == (
@@ -214,15 +252,15 @@ def test_normal_midas_takes_its_background_threshold(catalog, networks):
 def test_maps_keep_the_aspect_at_the_requested_resolution(catalog):
     """A 100x70 image at resolution 64: short side 64, padded to 64x128 for the network, the pad taken off."""
     image = cv2.resize(drawing(64, 128), (100, 70))
-    for module in ("lineart", "hed", "pidinet", "softedge_teed", "mlsd", "normal_bae"):
+    for module in ("lineart", "lineart_anime", "hed", "pidinet", "softedge_teed", "mlsd", "depth_leres", "normal_bae"):
         assert detect(catalog, module, image, 64).shape == (64, 91, 3), module
 
 
 def test_installed_preprocessors_are_listed_as_available(catalog):
     labels = catalog.available()
-    assert {"lineart_realistic", "lineart_coarse", "softedge_hed", "softedge_hedsafe", "scribble_hed",
+    assert {"lineart_realistic", "lineart_coarse", "lineart_anime", "softedge_hed", "softedge_hedsafe", "scribble_hed",
             "softedge_pidinet", "softedge_pidisafe", "scribble_pidinet", "softedge_teed", "mlsd",
-            "depth_midas", "normal_midas", "normal_bae"} <= set(labels)
+            "depth_midas", "normal_midas", "normal_bae", "depth_leres"} <= set(labels)
     assert "depth_zoe" not in labels
     needed = catalog.needed_files()
     assert needed["lineart_realistic"] == [] and needed["softedge_hed"] == []
@@ -231,9 +269,11 @@ def test_installed_preprocessors_are_listed_as_available(catalog):
 
 
 @pytest.mark.parametrize(("module", "needed"), [("lineart_coarse", "lineart/sk_model2.pth"),
+                                              ("lineart_anime", "lineart_anime/netG.pth"),
                                               ("mlsd", "mlsd/mlsd_large_512_fp32.pth"),
                                               ("depth_midas", "midas/dpt_hybrid-midas-501f0c75.pt"),
-                                              ("normal_bae", "normal_bae/scannet.pt")])
+                                              ("normal_bae", "normal_bae/scannet.pt"),
+                                              ("depth_leres", "leres/res101.pth")])
 def test_a_missing_file_is_still_refused_naming_it(tmp_path, module, needed):
     empty = PreprocessorCatalog(tmp_path)
     assert empty.available() == []
@@ -279,7 +319,7 @@ def png_b64(pixels: np.ndarray) -> str:
 
 def test_detect_route_answers_the_map(make_services, models_dir, weights_dir, networks):
     shutil.copytree(weights_dir, models_dir / "ControlNetPreprocessor", copy_function=os.link,  # Forge's folder
-                    ignore=shutil.ignore_patterns("midas", "normal_bae"))
+                    ignore=shutil.ignore_patterns("midas", "normal_bae", "leres"))
     services = make_services()
     app = FastAPI()
     app.include_router(build_controlnet_router(services))
@@ -291,9 +331,9 @@ def test_detect_route_answers_the_map(make_services, models_dir, weights_dir, ne
         assert answer.status_code == 200, answer.text
         detected = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))).convert("RGB"))
         assert np.array_equal(detected, library_map(networks, "lineart", image, 64))
-        missing = client.post("/controlnet/detect", json={"controlnet_module": "lineart_anime",
+        missing = client.post("/controlnet/detect", json={"controlnet_module": "lineart_anime_denoise",
                                                           "controlnet_input_images": [png_b64(image)]})
-        assert missing.status_code == 422 and "lineart_anime/netG.pth" in missing.json()["detail"]
+        assert missing.status_code == 422 and "manga_line/erika.pth" in missing.json()["detail"]
         details = client.get("/controlnet/module_list").json()["module_detail"]
         assert [slider["name"] for slider in details["softedge_teed"]["sliders"]] == ["Resolution", "Safe Steps"]
         assert [slider["name"] for slider in details["hed"]["sliders"]] == ["Resolution"]

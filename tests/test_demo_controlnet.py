@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from backend.controlnet.builtin_controlnet import BUILTIN_CONTROLNET_FILE, builtin_when
+from backend.controlnet.control_types import control_type
 from backend.controlnet.model_files import infer_config, legacy_model_hash, to_diffusers_keys
 from backend.controlnet.service import ControlNets
 from backend.core.requests import Txt2ImgRequest
@@ -57,6 +58,19 @@ def test_the_demo_controlnet_is_listed_beside_the_users(demo_services, demo_clie
     answer = demo_client.get("/controlnet/model_list")
     assert answer.status_code == 200 and builtin_title in answer.json()["model_list"]
     assert demo_services.controlnets.folder.find("shapes-demo-controlnet").path == BUILTIN_CONTROLNET_FILE
+
+
+def test_the_control_type_filter_shows_it_under_what_it_was_trained_for(demo_services, demo_client):
+    """Canny and Scribble (its name says neither), as the extension's filter shows a canny model under Canny."""
+    builtin_title = f"shapes-demo-controlnet [{legacy_model_hash(BUILTIN_CONTROLNET_FILE)}]"
+    types = demo_client.get("/controlnet/control_types").json()["control_types"]
+    for tag in ("Canny", "Scribble"):
+        assert types[tag]["model_list"] == ["None", builtin_title] and types[tag]["default_model"] == builtin_title
+    assert builtin_title in types["All"]["model_list"]
+    assert types["Depth"]["model_list"] == types["OpenPose"]["model_list"] == ["None"]
+    # only the built-in file's own name: a user's model named like it is filtered by its name as any other
+    catalog = demo_services.controlnets.preprocessors
+    assert control_type("Canny", catalog, ["shapes-demo-controlnet-v2 [12345678]"])["model_list"] == ["None"]
 
 
 def test_not_listed_when_other_checkpoints_replace_the_demo_model(services):

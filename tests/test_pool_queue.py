@@ -217,3 +217,15 @@ def test_a_pool_that_could_not_start_fails_queued_jobs_with_its_reason(tmp_path)
     assert job.finished.wait(5)
     assert job.status == "failed" and "no Ray cluster" in job.error and job.error_status == 503
     queue.stop(5)
+
+
+def test_every_job_runs_exactly_once_when_workers_are_quick(tmp_path):
+    queue, workers = pool_queue(tmp_path)
+    for worker in workers:
+        for _ in range(100):
+            worker.release.release()  # no waiting: the dispatcher picks the next job at once
+    jobs = submit(queue, *[(f"job{index}", None) for index in range(30)])
+    assert all(job.finished.wait(10) for job in jobs)
+    ran = sorted(name for worker in workers for name in worker.ran)
+    assert ran == sorted(job.request.name for job in jobs)  # none twice, none skipped
+    queue.stop(5)

@@ -41,7 +41,7 @@ class RayWorker:
 
     def __init__(self, actor, worker_id: str):
         self.state = WorkerState(id=worker_id)
-        self._actor = actor
+        self.actor = actor
 
     def describe(self, timeout: float) -> bool:
         """Ask the process who it is; True when it answered within `timeout` seconds. An actor Ray gave up on
@@ -50,7 +50,7 @@ class RayWorker:
         from ray.exceptions import ActorDiedError
 
         try:
-            facts = ray.get(self._actor.describe.remote(), timeout=timeout)
+            facts = ray.get(self.actor.describe.remote(), timeout=timeout)
         except ActorDiedError as error:
             self.state.state, self.state.error = "failed", _first_line(error)
             return False
@@ -71,13 +71,13 @@ class RayWorker:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
-        reference = self._actor.run_job.remote(job.id, job.request, checkpoint, options)
+        reference = self.actor.run_job.remote(job.id, job.request, checkpoint, options)
         relay = _ProgressRelay(job)
         try:
             while not ray.wait([reference], timeout=POLL_SECONDS)[0]:
-                relay.pass_requests(self._actor)
+                relay.pass_requests(self.actor)
                 try:
-                    relay.apply(ray.get(self._actor.progress.remote(job.id, relay.preview_token),
+                    relay.apply(ray.get(self.actor.progress.remote(job.id, relay.preview_token),
                                         timeout=PROGRESS_TIMEOUT_SECONDS))
                 except GetTimeoutError:
                     continue
@@ -135,15 +135,20 @@ class RayWorkerPool:
         self.workers: list[RayWorker] = []
         self.error: str | None = None  # why the pool could not start
         self.started = threading.Event()
-        self._owns_runtime = False
-        self._stopped = False
+        self._stop_requested = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self, on_change):
-        threading.Thread(target=self._start, args=(on_change,), name="ray-pool-start", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, args=(on_change,), name="ray-pool", daemon=True)
+        self._thread.start()
 
-    def _start(self, on_change):
+    def _run(self, on_change):
+        """Starts the runtime and the workers, then stays until stop(): Ray's own processes (GCS, raylet) are
+        started with a parent-death signal, which Linux sends when the *thread* that started them ends."""
+        connected = False
         try:
             count, gpus_each = self._connect()
+            connected = True
             self._start_workers(count, gpus_each, on_change)
         except Exception as error:
             self.error = f"the worker pool could not start: {_first_line(error)}"
@@ -151,11 +156,19 @@ class RayWorkerPool:
         finally:
             self.started.set()
             on_change()
+        self._stop_requested.wait()
+        if connected:
+            self._disconnect()
 
     def _connect(self) -> tuple[int, float]:
         """Start or join the Ray runtime; returns (workers to start, GPUs for each)."""
         # Ray's C++ core would print a stack dump on every SIGTERM, before our clean stop; the stop is ours to do
         os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+        if not self.plan.address or _auth_token_present():
+            # Ray's processes listen on every interface (it has no loopback-only mode), so our local runtime always
+            # requires Ray's token; a cluster from `ray start` wants its token too, which Ray sends only in token
+            # mode (read when ray is imported). The operator's RAY_AUTH_MODE wins.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         import ray
 
         runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
@@ -174,7 +187,6 @@ class RayWorkerPool:
                      include_dashboard=self.plan.dashboard, dashboard_host="127.0.0.1",
                      _node_ip_address="127.0.0.1", runtime_env=runtime_env, configure_logging=False,
                      log_to_driver=True)
-            self._owns_runtime = True
         log.info("Ray runtime %s: starting %d worker(s)%s", self.plan.address or "(local)", count,
                  f" on {gpus} GPU(s)" if gpus else " on the CPU")
         return count, 1.0 if gpus >= count and gpus else (gpus / count if gpus else 0.0)
@@ -193,7 +205,7 @@ class RayWorkerPool:
             self.workers.append(RayWorker(actor, f"worker-{index}"))
         on_change()
         waiting = list(self.workers)
-        while waiting and not self._stopped:
+        while waiting and not self._stop_requested.is_set():
             for worker in list(waiting):
                 if worker.state.state == "failed":
                     waiting.remove(worker)
@@ -206,20 +218,27 @@ class RayWorkerPool:
                              f", {worker.state.gpu}" if worker.state.gpu else "")
                     on_change()
 
-    def stop(self):
-        self._stopped = True
-        if not self.started.is_set():
-            return
+    def _disconnect(self):
+        """End our workers; a local runtime ends with us, a cluster goes on without us."""
         import ray
 
-        if not ray.is_initialized():
-            return
         for worker in self.workers:
             try:
-                ray.kill(worker._actor)
-            except Exception:
-                pass
+                ray.kill(worker.actor)
+            except Exception as error:  # already gone
+                log.debug("could not end %s: %s", worker.state.id, error)
         ray.shutdown()
+
+    def stop(self, timeout: float = 30):
+        self._stop_requested.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def _auth_token_present() -> bool:
+    """Ray's cluster token where Ray looks for it: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
 
 
 def _visible_gpus() -> int:

@@ -83,7 +83,7 @@ class GenerationWorker:
         self._outputs.take_writes()  # nothing of an earlier job is left
         try:
             if checkpoint is not None:
-                self._parts.models.choose(checkpoint)
+                self._choose(checkpoint)
             result = self._run_with_oom_retry(request, progress)
             return self._outcome(result=result, writes=self._outputs.take_writes())
         except JobInterrupted:
@@ -102,6 +102,14 @@ class GenerationWorker:
             self._outputs.take_writes()
             with self._lock:
                 self._current = None
+
+    def _choose(self, checkpoint: str):
+        """The server's choice for this job; a file added since this worker listed the folder is found by a new
+        scan (the server scans when asked to refresh, the workers when they meet a name they do not know)."""
+        models = self._parts.models
+        if models.registry.find(checkpoint) is None:
+            models.refresh()
+        models.choose(checkpoint)
 
     def _run_with_oom_retry(self, request, progress: JobProgress):
         try:

@@ -1,8 +1,8 @@
 """The preprocessors that need weights (depth, normal, pose, line art, soft edge, segmentation...): which files
 sd-webui-controlnet reads for each, in its annotator/downloads/<folder>/<file> layout. They are listed so a user
 sees what to install, and never downloaded. Those in weighted_runs.NETWORK_RUNS (line art, soft edge, M-LSD,
-MiDaS, normal_bae) run once their file is there; a unit naming another is refused with the file it needs (or, once
-the file is there, with the fact that its network is not built in)."""
+MiDaS, normal_bae, LeReS, openpose) run once their files are there; a unit naming another is refused with the files
+it needs (or, once they are there, with the fact that its network is not built in)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,7 +49,8 @@ WEIGHTED = (
     weighted("normal_dsine", "normal_dsine/dsine.pt", tags=("NormalMap",)),
     weighted("openpose", OPENPOSE[0], tags=("OpenPose",)),
     weighted("openpose_face", OPENPOSE[0], OPENPOSE[2], tags=("OpenPose",)),
-    weighted("openpose_faceonly", OPENPOSE[2], tags=("OpenPose",)),
+    # the face is found where the body detected puts it, so the body's file is needed too
+    weighted("openpose_faceonly", OPENPOSE[0], OPENPOSE[2], tags=("OpenPose",)),
     weighted("openpose_hand", OPENPOSE[0], OPENPOSE[1], tags=("OpenPose",)),
     weighted("openpose_full", *OPENPOSE, tags=("OpenPose",)),
     weighted("dw_openpose_full", "openpose/yolox_l.onnx", "openpose/dw-ll_ucoco_384.onnx", tags=("OpenPose",)),

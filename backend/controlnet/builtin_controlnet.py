@@ -11,6 +11,8 @@ from backend.controlnet.model_files import ControlNetEntry, legacy_model_hash
 from backend.models.builtin_model import BUILTIN_FILE
 
 BUILTIN_CONTROLNET_FILE = BUILTIN_FILE.with_name("shapes-demo-controlnet.safetensors")
+# the Control Types it was trained for (canny edges, scribble_xdog and invert outlines), which its name does not say
+BUILTIN_CONTROL_TYPES = ("Canny", "Scribble")
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from backend.controlnet.preprocessors import RESOLUTION, WEIGHT_FREE, Preprocess
 from backend.controlnet.weighted_runs import NETWORK_RUNS, NetworkRun
 
 
-def run_network(networks: AnnotatorNetworks, path: Path, network_run: NetworkRun, field: str, image, resolution,
-                threshold_a, threshold_b, **_):
-    return network_run.apply(networks.get(path, network_run.build, field), image, resolution, threshold_a,
-                             threshold_b)
+def run_network(networks: AnnotatorNetworks, paths: tuple[Path, ...], network_run: NetworkRun, field: str, image,
+                resolution, threshold_a, threshold_b, **_):
+    network = networks.get(paths, network_run.build, field, network_run.parts)
+    return network_run.apply(network, image, resolution, threshold_a, threshold_b)
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,10 @@ class PreprocessorCatalog:
     def runnable(self, weighted: WeightedPreprocessor, field: str) -> Preprocessor:
         """The network is read when the preprocessor first runs (not here), so a bad file is refused then."""
         network_run = NETWORK_RUNS.get(weighted.name)
-        path = find_file(self.weights_dir, weighted.files[0])
-        if network_run is None or path is None:
+        paths = tuple(find_file(self.weights_dir, relative) for relative in weighted.files)
+        if network_run is None or None in paths:
             raise refuse(weighted, self.weights_dir, field)
-        return Preprocessor(weighted.name, partial(run_network, self.networks, path, network_run, field),
+        return Preprocessor(weighted.name, partial(run_network, self.networks, paths, network_run, field),
                             label=weighted.label, resolution=RESOLUTION, slider_1=network_run.slider_1,
                             slider_2=network_run.slider_2,
                             tags=weighted.tags,

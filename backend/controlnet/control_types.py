@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backend.controlnet.builtin_controlnet import BUILTIN_CONTROL_TYPES, BUILTIN_CONTROLNET_FILE
 from backend.controlnet.catalog import PreprocessorCatalog
 
 # the extension's tag -> model-name filters (Preprocessor.tag_to_filters)
@@ -14,13 +15,20 @@ TAG_FILTERS = {"instructp2p": ["ip2p"], "segmentation": ["seg"], "normalmap": ["
                "scribble": ["sketch"], "tile": ["blur"]}
 
 
+def model_matches(title: str, tag: str) -> bool:
+    """The extension matches a model to a tag by its name; the built-in demo ControlNet's name says nothing of what
+    it was trained for, so it is matched by that."""
+    if title.rsplit(" [", 1)[0] == BUILTIN_CONTROLNET_FILE.stem and tag in BUILTIN_CONTROL_TYPES:
+        return True
+    return any(name in title.lower() for name in {tag.lower(), *TAG_FILTERS.get(tag.lower(), [])})
+
+
 def control_type(tag: str, catalog: PreprocessorCatalog, models: list[str]) -> dict[str, Any]:
     """The extension's select_control_type: the tag's preprocessors, the models whose names match it, defaults."""
     if tag == "All":
         return {"module_list": catalog.public_names(), "model_list": ["None", *models], "default_option": "none",
                 "default_model": "None"}
-    filters = {tag.lower(), *TAG_FILTERS.get(tag.lower(), [])}
-    matching = [model for model in models if any(name in model.lower() for name in filters)]
+    matching = [model for model in models if model_matches(model, tag)]
     default_model = "None"
     if matching:
         default_model = next((model for model in matching if "11" in model.split("[")[0]), matching[0])

@@ -98,6 +98,15 @@ def resize_short_side(image: np.ndarray, resolution: int) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
 
 
+def scaled_and_padded(image: np.ndarray, resolution: int) -> tuple[np.ndarray, int, int]:
+    """The image scaled to `resolution` on its short side and edge-padded to multiples of 64, with the scaled
+    height and width (what is kept of the map)."""
+    scaled = resize_short_side(image, resolution)
+    height, width = scaled.shape[:2]
+    padded = np.pad(scaled, [[0, -height % 64], [0, -width % 64], [0, 0]], mode="edge")
+    return np.ascontiguousarray(padded), height, width
+
+
 def gray_as_rgb(gray: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.stack([gray] * 3, axis=2))
 

@@ -11,25 +11,27 @@ import numpy as np
 import torch
 
 from backend.controlnet.annotator_networks import (
+    OPENPOSE_BODY,
+    OPENPOSE_FACE,
+    OPENPOSE_HAND,
+    FilePart,
     hed_network,
+    leres_network,
+    lineart_anime_network,
     lineart_network,
     midas_network,
     mlsd_network,
     normal_bae_network,
+    openpose_body_network,
+    openpose_face_network,
+    openpose_full_network,
+    openpose_hand_network,
     pidinet_network,
     quiet_import,
     teed_network,
 )
-from backend.controlnet.preprocessors import HIDDEN, Slider, gray_as_rgb, resize_short_side
-
-
-def scaled_and_padded(image: np.ndarray, resolution: int) -> tuple[np.ndarray, int, int]:
-    """The image scaled to `resolution` on its short side and edge-padded to multiples of 64, with the scaled
-    height and width (what is kept of the map)."""
-    scaled = resize_short_side(image, resolution)
-    height, width = scaled.shape[:2]
-    padded = np.pad(scaled, [[0, -height % 64], [0, -width % 64], [0, 0]], mode="edge")
-    return np.ascontiguousarray(padded), height, width
+from backend.controlnet.pose_runs import openpose
+from backend.controlnet.preprocessors import HIDDEN, Slider, gray_as_rgb, scaled_and_padded
 
 
 def as_batch(pixels: np.ndarray, divisor: float) -> torch.Tensor:
@@ -56,6 +58,19 @@ def run_lineart(network: torch.nn.Module, image: np.ndarray, resolution: int, *_
     with torch.inference_mode():
         line = network(as_batch(padded, 255.0))[0, 0].numpy()
     return gray_as_rgb(255 - to_uint8(line)[:height, :width])  # the network draws white lines on black
+
+
+def run_lineart_anime(network, image, resolution, *_thresholds):
+    """The anime line network takes sides that are multiples of 256: the padded image is scaled up to those, and
+    the lines (drawn dark on white) scaled back and inverted."""
+    padded, height, width = scaled_and_padded(image, resolution)
+    padded_height, padded_width = padded.shape[:2]
+    fed = cv2.resize(padded, (-padded_width % 256 + padded_width, -padded_height % 256 + padded_height),
+                     interpolation=cv2.INTER_CUBIC)
+    with torch.inference_mode():
+        line = network(as_batch(fed, 127.5) - 1.0)[0, 0].numpy() * 127.5 + 127.5
+    line = cv2.resize(line, (padded_width, padded_height), interpolation=cv2.INTER_CUBIC)
+    return gray_as_rgb(255 - line.clip(0, 255).astype(np.uint8)[:height, :width])
 
 
 def fused_edges(network: torch.nn.Module, image: np.ndarray, resolution: int, safe_steps: int) -> np.ndarray:
@@ -127,6 +142,25 @@ def run_midas_normal(network, image, resolution, background_threshold, _threshol
     return (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)[:height, :width, ::-1].copy()
 
 
+def run_leres(network, image, resolution, remove_near, remove_background):
+    """LeReS's depth (far is high) on the padded image, spread over 16 bits then 8 as the extension does; with
+    `remove_near` (percent) the near end up to that level is zeroed before inverting, with `remove_background`
+    the far end after."""
+    padded, height, width = scaled_and_padded(image, resolution)
+    estimate = quiet_import("controlnet_aux.leres.leres.depthmap").estimateleres
+    with torch.inference_mode():
+        depth = estimate(padded, network, padded.shape[1], padded.shape[0])
+    low, high = depth.min(), depth.max()
+    spread = 65535 * (depth - low) / (high - low) if high - low > np.finfo("float").eps else np.zeros(depth.shape)
+    depth_map = cv2.convertScaleAbs(spread.astype(np.uint16), alpha=255.0 / 65535.0)
+    if remove_near:
+        depth_map = cv2.threshold(depth_map, remove_near / 100 * 255, 255, cv2.THRESH_TOZERO)[1]
+    depth_map = cv2.bitwise_not(depth_map)
+    if remove_background:
+        depth_map = cv2.threshold(depth_map, remove_background / 100 * 255, 255, cv2.THRESH_TOZERO)[1]
+    return gray_as_rgb(depth_map[:height, :width])
+
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -143,13 +177,15 @@ def run_normal_bae(network, image, resolution, *_thresholds):
 
 @dataclass(frozen=True)
 class NetworkRun:
-    """A preprocessor that runs a network: how to build the (empty) network, and how to apply it."""
+    """A preprocessor that runs a network: how to build the (empty) network, and how to apply it. A network filled
+    from several files names the part each fills, in the order of the preprocessor's files (annotator_files)."""
 
     build: Callable[[], torch.nn.Module]
     # network, image, resolution, slider 1 (threshold_a), slider 2 (threshold_b)
     apply: Callable[[torch.nn.Module, np.ndarray, int, float, float], np.ndarray]
     slider_1: Slider = field(default=HIDDEN)
     slider_2: Slider = field(default=HIDDEN)
+    parts: tuple[FilePart, ...] = ()
 
 
 def hed(safe=False, scribble=False):
@@ -170,10 +206,11 @@ def pidinet(safe=False, scribble=False):
     return NetworkRun(pidinet_network, apply)
 
 
-# by the extension's internal names (annotator_files.WEIGHTED); each needs exactly one file
+# by the extension's internal names (annotator_files.WEIGHTED)
 NETWORK_RUNS = {
     "lineart": NetworkRun(lineart_network, run_lineart),
     "lineart_coarse": NetworkRun(lineart_network, run_lineart),
+    "lineart_anime": NetworkRun(lineart_anime_network, run_lineart_anime),
     "hed": hed(),
     "hed_safe": hed(safe=True),
     "scribble_hed": hed(scribble=True),
@@ -186,7 +223,17 @@ NETWORK_RUNS = {
     "normal_map": NetworkRun(midas_network, run_midas_normal, Slider(label="Normal Background Threshold", minimum=0.0,
                                                                      maximum=1.0, value=0.4, step=0.01)),
     "normal_bae": NetworkRun(normal_bae_network, run_normal_bae),
+    "depth_leres": NetworkRun(leres_network, run_leres,
+                              Slider(label="Remove Near %", minimum=0, maximum=100, value=0, step=0.1),
+                              Slider(label="Remove Background %", minimum=0, maximum=100, value=0, step=0.1)),
     "mlsd": NetworkRun(mlsd_network, run_mlsd,
                        Slider(label="MLSD Value Threshold", minimum=0.01, maximum=2.0, value=0.1, step=0.01),
                        Slider(label="MLSD Distance Threshold", minimum=0.01, maximum=20.0, value=0.1, step=0.01)),
+    "openpose": NetworkRun(openpose_body_network, openpose(), parts=(OPENPOSE_BODY,)),
+    "openpose_hand": NetworkRun(openpose_hand_network, openpose(hand=True), parts=(OPENPOSE_BODY, OPENPOSE_HAND)),
+    "openpose_face": NetworkRun(openpose_face_network, openpose(face=True), parts=(OPENPOSE_BODY, OPENPOSE_FACE)),
+    "openpose_faceonly": NetworkRun(openpose_face_network, openpose(body=False, face=True),
+                                    parts=(OPENPOSE_BODY, OPENPOSE_FACE)),
+    "openpose_full": NetworkRun(openpose_full_network, openpose(hand=True, face=True),
+                                parts=(OPENPOSE_BODY, OPENPOSE_HAND, OPENPOSE_FACE)),
 }

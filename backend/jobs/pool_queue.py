@@ -162,6 +162,8 @@ class PoolJobQueue(JobQueue):
                 if self._stopping.is_set():
                     return
                 job, worker, checkpoint = pick
+                # running from here on, under the lock, so that the next pick cannot take it again
+                job.status, job.started_at, job.progress.started_at = "running", time.time(), time.monotonic()
                 worker.state.state, worker.state.job, job.worker = "busy", job.id, worker.state.id
                 if checkpoint is not None and checkpoint not in worker.state.models:
                     worker.state.models.append(checkpoint)  # it loads it now: the next job routes by that
@@ -227,8 +229,6 @@ class PoolJobQueue(JobQueue):
                 job.status = "interrupted"
                 self._finish(job)
                 return
-            job.status, job.started_at = "running", time.time()
-            job.progress.started_at = time.monotonic()
             self._record(job)
             try:
                 _, options = self._job_context(job.request)
