@@ -240,6 +240,9 @@ def verdict(one: RunResult, many: RunResult, target: float) -> tuple[float | Non
     """The ratio jobs/s many/one and what misses the target (empty = PASS)."""
     ratio = many.jobs_per_s / one.jobs_per_s if one.jobs_per_s and many.jobs_per_s else None
     misses = []
+    errors = len(one.errors) + len(many.errors)
+    if errors:
+        misses.append(f"{errors} errors (the numbers do not count)")
     if ratio is None:
         misses.append("no ratio (a run did not finish)")
     elif ratio < target:
