@@ -137,11 +137,12 @@ def wait_for_workers(base_url: str, count: int, timeout: float, log_tail=lambda:
     raise SystemExit(f"{count} workers were not ready within {timeout:g} s ({states}):\n{log_tail()}")
 
 
-def warm_every_worker(base_url: str, make_body, timeout: float, rounds: int = 4) -> list[str]:
+def warm_every_worker(base_url: str, make_body, timeout: float, rounds: int = 4, per_worker: int = 4) -> list[str]:
     """Give every worker of the pool at least one txt2img job, so the model loads happen before any clock starts:
-    rounds of as many simultaneous jobs as there are workers (a free worker takes a job while the others are busy)
-    until each has done one. `make_body(number)` builds a /sdapi/v1/txt2img body. The ids of the workers still
-    without a job after `rounds` (empty when all got one); a failed warm-up job stops the run."""
+    rounds of `per_worker` simultaneous jobs per worker until each has done one. (One job per worker is not enough:
+    the pool keeps a job waiting for a busy worker that holds its checkpoint until a few are queued for it, rather
+    than load the checkpoint on a second worker.) `make_body(number)` builds a /sdapi/v1/txt2img body. The ids of
+    the workers still without a job after `rounds` (empty when all got one); a failed warm-up job stops the run."""
     numbers = itertools.count()
     cold: list[str] = []
     for _ in range(rounds):
@@ -149,7 +150,7 @@ def warm_every_worker(base_url: str, make_body, timeout: float, rounds: int = 4)
         cold = [worker["id"] for worker in workers if not worker.get("jobs_done")]
         if not cold:
             return []
-        bodies = [make_body(next(numbers)) for _ in workers]
+        bodies = [make_body(next(numbers)) for _ in range(per_worker * len(workers))]
         with ThreadPoolExecutor(len(bodies)) as pool:
             responses = list(pool.map(
                 lambda body: httpx.post(base_url + "/sdapi/v1/txt2img", json=body, timeout=timeout), bodies))
