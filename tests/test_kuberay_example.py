@@ -97,3 +97,10 @@ def test_ray_s_ports_and_dashboard_stay_private():
             assert sources == [{"podSelector": {"matchLabels": policy["podSelector"]["matchLabels"]}}]
         else:  # anyone: the UI port only
             assert [port["port"] for port in rule["ports"]] == [app.parse_args(app_flags()).port]
+
+
+def test_every_ray_process_requires_the_cluster_s_token():
+    for group in [HEAD, *WORKER_GROUPS]:
+        env = {variable["name"]: variable for variable in container(group)["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "sd-webui-ray-token", "key": "token"}
