@@ -33,6 +33,8 @@ from backend.controlnet.annotator_networks import (
 from backend.controlnet.oneformer_runs import ADE20K_RUN, COCO_RUN, load_segmenter
 from backend.controlnet.pose_runs import openpose
 from backend.controlnet.preprocessors import HIDDEN, Slider, gray_as_rgb, scaled_and_padded
+from backend.controlnet.uniformer_network import load_uniformer
+from backend.controlnet.uniformer_runs import run_uniformer
 
 
 def as_batch(pixels: np.ndarray, divisor: float) -> torch.Tensor:
@@ -238,6 +240,7 @@ NETWORK_RUNS = {
                                     parts=(OPENPOSE_BODY, OPENPOSE_FACE)),
     "openpose_full": NetworkRun(openpose_full_network, openpose(hand=True, face=True),
                                 parts=(OPENPOSE_BODY, OPENPOSE_HAND, OPENPOSE_FACE)),
+    "segmentation": NetworkRun(load_uniformer, run_uniformer, sized_by_file=True),
     "oneformer_ade20k": NetworkRun(load_segmenter, ADE20K_RUN, sized_by_file=True),
     "oneformer_coco": NetworkRun(load_segmenter, COCO_RUN, sized_by_file=True),
 }
