@@ -127,8 +127,8 @@ def test_tile_resample_and_recolor(catalog):
     assert np.array_equal(gray[:, :, 0], gray[:, :, 2]) and gray[32, 48, 0] == 0 and gray[0, 0, 0] == 255
 
 
-@pytest.mark.parametrize("module, file", [("seg_ufade20k", "uniformer/upernet_global_small.pth"),
-                                          ("segmentation", "uniformer/upernet_global_small.pth"),
+@pytest.mark.parametrize("module, file", [("seg_anime_face", "anime_face_segment/UNet.pth"),
+                                          ("anime_face_segment", "anime_face_segment/UNet.pth"),
                                           ("depth_anything", "depth_anything/depth_anything_vitl14.pth"),
                                           ("depth_zoe", "zoedepth/ZoeD_M12_N.pt")])
 def test_a_preprocessor_needing_weights_is_refused_naming_the_file(catalog, module, file):

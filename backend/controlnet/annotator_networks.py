@@ -160,17 +160,18 @@ class AnnotatorNetworks:
         self._built: OrderedDict[tuple, torch.nn.Module] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, paths: tuple[Path, ...], build: Callable[[], torch.nn.Module], field: str = "module",
-            parts: tuple[FilePart, ...] = ()) -> torch.nn.Module:
+    def get(self, paths: tuple[Path, ...], build: Callable, field: str = "module",
+            parts: tuple[FilePart, ...] = (), sized_by_file: bool = False) -> torch.nn.Module:
         """The network `build` makes, filled from `paths`: the whole of it from one file, or with `parts`, each file
-        filling its part."""
+        filling its part. A network whose size is read from its file (`sized_by_file`) is built and filled by
+        `build(paths, field)` itself."""
         stats = [(str(path), stat.st_size, stat.st_mtime_ns) for path in paths for stat in (path.stat(),)]
         key = (*stats, build, parts)
         with self._lock:
             if key in self._built:
                 self._built.move_to_end(key)
                 return self._built[key]
-        network = self.load(paths, build, field, parts)
+        network = build(paths, field).float().eval() if sized_by_file else self.load(paths, build, field, parts)
         with self._lock:
             self._built[key] = network
             while len(self._built) > self.keep:

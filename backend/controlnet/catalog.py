@@ -15,7 +15,7 @@ from backend.controlnet.weighted_runs import NETWORK_RUNS, NetworkRun
 
 def run_network(networks: AnnotatorNetworks, paths: tuple[Path, ...], network_run: NetworkRun, field: str, image,
                 resolution, threshold_a, threshold_b, **_):
-    network = networks.get(paths, network_run.build, field, network_run.parts)
+    network = networks.get(paths, network_run.build, field, network_run.parts, network_run.sized_by_file)
     return network_run.apply(network, image, resolution, threshold_a, threshold_b)
 
 

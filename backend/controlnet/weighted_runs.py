@@ -30,8 +30,11 @@ from backend.controlnet.annotator_networks import (
     quiet_import,
     teed_network,
 )
+from backend.controlnet.oneformer_runs import ADE20K_RUN, COCO_RUN, load_segmenter
 from backend.controlnet.pose_runs import openpose
 from backend.controlnet.preprocessors import HIDDEN, Slider, gray_as_rgb, scaled_and_padded
+from backend.controlnet.uniformer_network import load_uniformer
+from backend.controlnet.uniformer_runs import run_uniformer
 
 
 def as_batch(pixels: np.ndarray, divisor: float) -> torch.Tensor:
@@ -180,12 +183,13 @@ class NetworkRun:
     """A preprocessor that runs a network: how to build the (empty) network, and how to apply it. A network filled
     from several files names the part each fills, in the order of the preprocessor's files (annotator_files)."""
 
-    build: Callable[[], torch.nn.Module]
+    build: Callable[..., torch.nn.Module]
     # network, image, resolution, slider 1 (threshold_a), slider 2 (threshold_b)
     apply: Callable[[torch.nn.Module, np.ndarray, int, float, float], np.ndarray]
     slider_1: Slider = field(default=HIDDEN)
     slider_2: Slider = field(default=HIDDEN)
     parts: tuple[FilePart, ...] = ()
+    sized_by_file: bool = False  # `build(paths, field)` reads the file to size the network, and fills it
 
 
 def hed(safe=False, scribble=False):
@@ -236,4 +240,7 @@ NETWORK_RUNS = {
                                     parts=(OPENPOSE_BODY, OPENPOSE_FACE)),
     "openpose_full": NetworkRun(openpose_full_network, openpose(hand=True, face=True),
                                 parts=(OPENPOSE_BODY, OPENPOSE_HAND, OPENPOSE_FACE)),
+    "segmentation": NetworkRun(load_uniformer, run_uniformer, sized_by_file=True),
+    "oneformer_ade20k": NetworkRun(load_segmenter, ADE20K_RUN, sized_by_file=True),
+    "oneformer_coco": NetworkRun(load_segmenter, COCO_RUN, sized_by_file=True),
 }
