@@ -2,13 +2,14 @@
 
 What it measures: it starts `python app.py --api --device cpu --workers 1 --worker-threads 1` on a free port
 (temporary models/outputs/cache folders: the built-in demo model), waits until the pool lists its worker as
-started, gives every worker one job (so no model load is measured), then sends a fixed load -- `--clients`
-threads (default 4) sharing `--jobs` txt2img jobs (default 24; 64x64, `--steps` Euler steps, distinct seeds) --
-and takes jobs/s = jobs / seconds from the first request to the last answer. It stops that server and does the
-same with `--workers 2` (or `--workers N`). It prints, per run, jobs/s, seconds per job and the jobs each worker
-did (GET /sdapi/v1/workers, before and after the load), then the ratio of the two runs' jobs/s against the target
-(PASS/FAIL line): on the 2-core build machine, 2 workers with one torch thread each should reach at least 1.6x of
-one worker. The check also fails when a worker of the larger pool did no job of the load.
+started, warms it up until every worker has done a job (so no model load is measured), then sends a fixed
+load -- `--clients` threads (default 4) sharing `--jobs` txt2img jobs (default 24; 64x64, `--steps` Euler steps,
+distinct seeds) -- and takes jobs/s = jobs / seconds from the first request to the last answer. It stops that
+server and does the same with `--workers 2` (or `--workers N`). It prints, per run, jobs/s, seconds per job and
+the jobs each worker did (GET /sdapi/v1/workers, before and after the load), then the ratio of the two runs'
+jobs/s against the target (PASS/FAIL line): on the 2-core build machine, 2 workers with one torch thread each
+should reach at least 1.6x of one worker. The check also fails when a worker of the larger pool did no job of the
+load, or when a run had errors.
 
 Errors (a non-2xx answer, an answer without its image, a job the history database does not record as done, a
 worker that never starts) are listed and make the exit code 1; the PASS/FAIL of the ratio does not (exit code 0
