@@ -159,3 +159,11 @@ def test_a_checkpoint_added_after_the_workers_started_is_found_by_them(pool, che
     job = finished([pool.jobs.submit(request(pool, added, seed=9))])[0]
     assert job.status == "done", job.error
     assert added in by_id(pool)[job.worker].models
+
+
+def test_the_local_runtime_requires_rays_token_kept_private(pool):
+    """Ray's processes listen on every interface; the local runtime therefore runs in Ray's token mode, and the
+    token file is readable by this user only."""
+    assert os.environ.get("RAY_AUTH_MODE") == "token"
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    assert token.is_file() and token.stat().st_mode & 0o077 == 0

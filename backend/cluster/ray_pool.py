@@ -1,10 +1,11 @@
 """The server's side of the Ray worker pool: it starts (or joins) a Ray runtime, starts the worker actors, and
 runs each job on one of them for PoolJobQueue (backend/jobs/pool_queue.py), relaying progress, previews, interrupt
-and skip by job id, and saving the images the worker made with the server's own OutputStore.
+and skip by job id, and handing back what the worker made (the queue saves it with the server's OutputStore).
 
-Ray is imported only here and only when a pool is asked for (--workers, --ray-address). A local runtime listens on
-127.0.0.1 only and starts no dashboard unless asked; a cluster joined with --ray-address must run on a private
-network (Ray's own advice: it has no authentication of its own to rely on).
+Ray is imported only here and only when a pool is asked for (--workers, --ray-address). Ray's processes listen on
+every interface (Ray has no loopback-only mode), so the local runtime always requires Ray's token (its file is made
+readable by this user only) and starts no dashboard unless asked (then on 127.0.0.1); a cluster joined with
+--ray-address must run on a private network, as Ray's security advice says.
 """
 from __future__ import annotations
 
@@ -187,6 +188,7 @@ class RayWorkerPool:
                      include_dashboard=self.plan.dashboard, dashboard_host="127.0.0.1",
                      _node_ip_address="127.0.0.1", runtime_env=runtime_env, configure_logging=False,
                      log_to_driver=True)
+            _keep_token_private()
         log.info("Ray runtime %s: starting %d worker(s)%s", self.plan.address or "(local)", count,
                  f" on {gpus} GPU(s)" if gpus else " on the CPU")
         return count, 1.0 if gpus >= count and gpus else (gpus / count if gpus else 0.0)
@@ -239,6 +241,16 @@ def _auth_token_present() -> bool:
     """Ray's cluster token where Ray looks for it: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token."""
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
+
+
+def _keep_token_private():
+    """Ray writes its token file readable by every local user; only this user needs it."""
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        if path.is_file() and path.stat().st_uid == os.getuid():
+            path.chmod(0o600)
+    except OSError as error:
+        log.warning("could not make %s private: %s", path, error)
 
 
 def _visible_gpus() -> int:
