@@ -32,7 +32,7 @@ from backend.controlnet.annotator_networks import (
 )
 from backend.controlnet.oneformer_runs import ADE20K_RUN, COCO_RUN, load_segmenter
 from backend.controlnet.pose_runs import openpose
-from backend.controlnet.preprocessors import HIDDEN, Slider, gray_as_rgb, scaled_and_padded
+from backend.controlnet.preprocessors import HIDDEN, Detection, Slider, gray_as_rgb, scaled_and_padded
 from backend.controlnet.uniformer_network import load_uniformer
 from backend.controlnet.uniformer_runs import run_uniformer
 
@@ -184,8 +184,8 @@ class NetworkRun:
     from several files names the part each fills, in the order of the preprocessor's files (annotator_files)."""
 
     build: Callable[..., torch.nn.Module]
-    # network, image, resolution, slider 1 (threshold_a), slider 2 (threshold_b)
-    apply: Callable[[torch.nn.Module, np.ndarray, int, float, float], np.ndarray]
+    # network, image, resolution, slider 1 (threshold_a), slider 2 (threshold_b): the map (openpose: a Detection)
+    apply: Callable[[torch.nn.Module, np.ndarray, int, float, float], np.ndarray | Detection]
     slider_1: Slider = field(default=HIDDEN)
     slider_2: Slider = field(default=HIDDEN)
     parts: tuple[FilePart, ...] = ()
