@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import torch
 
+from backend.controlnet.anime_face_network import anime_face_network
+from backend.controlnet.anime_face_runs import run_anime_face_segment
 from backend.controlnet.annotator_networks import (
     OPENPOSE_BODY,
     OPENPOSE_FACE,
@@ -243,4 +245,5 @@ NETWORK_RUNS = {
     "segmentation": NetworkRun(load_uniformer, run_uniformer, sized_by_file=True),
     "oneformer_ade20k": NetworkRun(load_segmenter, ADE20K_RUN, sized_by_file=True),
     "oneformer_coco": NetworkRun(load_segmenter, COCO_RUN, sized_by_file=True),
+    "anime_face_segment": NetworkRun(anime_face_network, run_anime_face_segment),
 }
