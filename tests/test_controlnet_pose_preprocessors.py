@@ -1,23 +1,32 @@
 """openpose's preprocessors run when their files are in models/ControlNetPreprocessor/openpose/ (the extension's
 layout): controlnet_aux's detector on our networks, filled from the published files by our safe reader. Random
 weights find no person, so the maps are compared with controlnet_aux's own detector loading the same files, the
-loaded weights with its loader's, and the drawing is checked on known keypoints."""
+loaded weights with its loader's, and the drawing and the poses' JSON are checked on known keypoints."""
 from __future__ import annotations
 
+import base64
+import io
+import json
+import os
+import shutil
 import warnings
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
 
 from backend.controlnet.annotator_files import WEIGHTED
 from backend.controlnet.annotator_networks import OpenposeNetworks
 from backend.controlnet.catalog import PreprocessorCatalog
 from backend.controlnet.pose_runs import draw_poses, with_model
-from backend.controlnet.preprocessors import resolve_parameters, run_preprocessor
+from backend.controlnet.preprocessors import resolve_parameters, run_detection, run_preprocessor
 from backend.controlnet.weighted_runs import NETWORK_RUNS
 from backend.core.errors import UserError
+from backend.http.routes import build_controlnet_router
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # controlnet_aux warns about optional extras it does not need here
@@ -172,3 +181,75 @@ def test_every_network_run_names_a_part_for_each_file():
         files = next(p for p in WEIGHTED if p.name == name).files
         assert len(run.parts) == len(files) if run.parts else len(files) == 1, name
     assert [part.submodule for part in NETWORK_RUNS["openpose_faceonly"].parts] == ["body", "face"]
+
+
+@pytest.fixture
+def known_poses(monkeypatch):
+    """The detector finds the figure of `pose()` in any image (hands and face only where it is asked for them);
+    the images it was given are kept."""
+    seen = []
+
+    def detect_poses(self, image, include_hand=False, include_face=False):
+        seen.append(image.shape)
+        return [pose(hand=include_hand, face=include_face)]
+    monkeypatch.setattr(open_pose.OpenposeDetector, "detect_poses", detect_poses)
+    return seen
+
+
+def test_the_poses_are_the_extensions_openpose_json(catalog, known_poses):
+    """encode_poses_as_json: x, y, 1 per keypoint relative to the canvas the detector saw (a missing one 0, 0, 0),
+    null for parts not looked for; the canvas is the scaled image with its pad to multiples of 64 (64x128 for a
+    64x80 image), and the map, without the pad, has the keypoints where the JSON puts them on that canvas."""
+    image = cv2.resize(person(64, 80), (80, 64))
+    preprocessor = catalog.get("openpose_hand")
+    detection = run_detection(preprocessor, image, resolve_parameters(preprocessor, 64, None, None))
+    assert known_poses == [(64, 128, 3)] and detection.pixels.shape == (64, 80, 3)
+    poses = json.loads(json.dumps(detection.poses))  # plain JSON: no numpy numbers
+    assert poses["canvas_width"] == 128 and poses["canvas_height"] == 64 and poses["animals"] == []
+    [person_found] = poses["people"]
+    assert set(person_found) == {"pose_keypoints_2d", "face_keypoints_2d", "hand_left_keypoints_2d",
+                                 "hand_right_keypoints_2d"}
+    body = person_found["pose_keypoints_2d"]
+    assert len(body) == 18 * 3 and body[:6] == [0.5, 0.15, 1.0, 0.5, 0.3, 1.0] and body[30:33] == [0.0, 0.0, 0.0]
+    hand = person_found["hand_left_keypoints_2d"]
+    assert len(hand) == 21 * 3 and hand[3:6] == pytest.approx([0.14, 0.9, 1.0])
+    assert person_found["hand_right_keypoints_2d"] is None and person_found["face_keypoints_2d"] is None
+    for x, y, confidence in zip(body[0::3], body[1::3], body[2::3], strict=True):
+        if confidence and x * 128 < 80:  # the keypoints drawn inside the map
+            assert detection.pixels[int(y * 64), int(x * 128)].any(), (x, y)
+    # openpose_faceonly draws the faces alone, and still gives the bodies found
+    faceonly = catalog.get("openpose_faceonly")
+    found = run_detection(faceonly, person(), resolve_parameters(faceonly, 64, None, None)).poses["people"][0]
+    assert found["pose_keypoints_2d"][:3] == [0.5, 0.15, 1.0] and len(found["face_keypoints_2d"]) == 12 * 3
+
+
+@pytest.fixture
+def detect_client(make_services, models_dir, weights_dir):
+    shutil.copytree(weights_dir / "downloads", models_dir / "ControlNetPreprocessor", copy_function=os.link)
+    app = FastAPI()
+    app.include_router(build_controlnet_router(make_services()))
+    with TestClient(app) as client:
+        yield client
+
+
+def png_b64(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_detect_route_answers_the_poses_of_openpose_modules(detect_client):
+    """One JSON per image beside the maps, as the extension's /controlnet/detect; random weights find nobody."""
+    images = [png_b64(person()), png_b64(cv2.resize(person(64, 80), (80, 64)))]
+    answer = detect_client.post("/controlnet/detect", json={"controlnet_module": "openpose",
+                                                            "controlnet_input_images": images,
+                                                            "controlnet_processor_res": 64})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["poses"] == [
+        {"people": [], "animals": [], "canvas_height": 64, "canvas_width": 64},
+        {"people": [], "animals": [], "canvas_height": 64, "canvas_width": 128}]
+    maps = [np.asarray(Image.open(io.BytesIO(base64.b64decode(data)))) for data in answer.json()["images"]]
+    assert [pixels.shape for pixels in maps] == [(64, 64, 3), (64, 80, 3)] and not any(m.any() for m in maps)
+    canny = detect_client.post("/controlnet/detect", json={"controlnet_module": "canny",
+                                                           "controlnet_input_images": images[:1]})
+    assert canny.status_code == 200 and "poses" not in canny.json() and len(canny.json()["images"]) == 1

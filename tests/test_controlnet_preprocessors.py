@@ -127,8 +127,9 @@ def test_tile_resample_and_recolor(catalog):
     assert np.array_equal(gray[:, :, 0], gray[:, :, 2]) and gray[32, 48, 0] == 0 and gray[0, 0, 0] == 255
 
 
-@pytest.mark.parametrize("module, file", [("seg_anime_face", "anime_face_segment/UNet.pth"),
-                                          ("anime_face_segment", "anime_face_segment/UNet.pth"),
+@pytest.mark.parametrize("module, file", [("densepose (pruple bg & purple torso)",
+                                           "densepose/densepose_r50_fpn_dl.torchscript"),
+                                          ("densepose", "densepose/densepose_r50_fpn_dl.torchscript"),
                                           ("depth_anything", "depth_anything/depth_anything_vitl14.pth"),
                                           ("depth_zoe", "zoedepth/ZoeD_M12_N.pt")])
 def test_a_preprocessor_needing_weights_is_refused_naming_the_file(catalog, module, file):

@@ -238,7 +238,7 @@ def build_unit(services: Services, prefix: str, index: int, img2img: bool) -> Un
         try:
             pixels = read_rgb(path, "a control image")
             mask_pixels = np.asarray(open_image(Path(mask_path).read_bytes()).convert("L")) if mask_path else None
-            detected = services.controlnets.detect(name, pixels, res, first, second, mask=mask_pixels)
+            detected = services.controlnets.detect(name, pixels, res, first, second, mask=mask_pixels).pixels
         except (UserError, OSError) as error:
             text = error.message if isinstance(error, UserError) else f"the image cannot be read: {error}"
             return gr.update(), gr.Column(visible=True), True, render_message(text)

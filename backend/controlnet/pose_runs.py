@@ -1,7 +1,8 @@
 """openpose's preprocessors (openpose, openpose_hand, openpose_face, openpose_faceonly, openpose_full), as
 sd-webui-controlnet runs them (annotator/openpose): controlnet_aux's detector finds the bodies (and in each the
 hands and face) with our networks, and the poses are drawn on black in the colours ControlNet's pose models learnt.
-Hands are drawn here: controlnet_aux draws them through matplotlib, which is not installed."""
+Hands are drawn here: controlnet_aux draws them through matplotlib, which is not installed. The poses found are also
+given in openpose's JSON format, as the extension's encode_poses_as_json writes them."""
 from __future__ import annotations
 
 import colorsys
@@ -10,7 +11,7 @@ import cv2
 import numpy as np
 
 from backend.controlnet.annotator_networks import OpenposeNetworks, quiet_import
-from backend.controlnet.preprocessors import scaled_and_padded
+from backend.controlnet.preprocessors import Detection, scaled_and_padded
 
 # the 21 hand keypoints' bones: wrist (0) to each finger's four joints
 HAND_BONES = [(0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
@@ -72,11 +73,31 @@ def draw_poses(poses, height: int, width: int, body: bool, hand: bool, face: boo
     return canvas
 
 
+def flat_keypoints(keypoints) -> list[float] | None:
+    """x, y, confidence per keypoint (coordinates relative to the canvas; one not found is 0, 0, 0), or None for
+    a part not looked for or not found: openpose's "*_keypoints_2d" lists."""
+    if not keypoints:
+        return None
+    return [value for keypoint in keypoints
+            for value in ((float(keypoint.x), float(keypoint.y), 1.0) if keypoint is not None else (0.0, 0.0, 0.0))]
+
+
+def openpose_json(poses, canvas_height: int, canvas_width: int) -> dict:
+    """The poses as the extension's encode_poses_as_json writes them: every part of each person, whatever the
+    preprocessor draws, and the canvas the detector saw (the scaled image with its pad to multiples of 64)."""
+    return {"people": [{"pose_keypoints_2d": flat_keypoints(pose.body.keypoints),
+                        "face_keypoints_2d": flat_keypoints(pose.face),
+                        "hand_left_keypoints_2d": flat_keypoints(pose.left_hand),
+                        "hand_right_keypoints_2d": flat_keypoints(pose.right_hand)} for pose in poses],
+            "animals": [], "canvas_height": canvas_height, "canvas_width": canvas_width}
+
+
 def openpose(body: bool = True, hand: bool = False, face: bool = False):
-    """The map of one openpose preprocessor: what it draws of the bodies found (openpose_faceonly finds the bodies
-    to place the faces, and draws only the faces)."""
-    def apply(networks: OpenposeNetworks, image: np.ndarray, resolution: int, *_thresholds) -> np.ndarray:
+    """One openpose preprocessor: its map is what it draws of the bodies found (openpose_faceonly finds the bodies
+    to place the faces, and draws only the faces); its poses, all that was found."""
+    def apply(networks: OpenposeNetworks, image: np.ndarray, resolution: int, *_thresholds) -> Detection:
         padded, height, width = scaled_and_padded(image, resolution)
         poses = detector(networks).detect_poses(padded, include_hand=hand, include_face=face)
-        return draw_poses(poses, *padded.shape[:2], body=body, hand=hand, face=face)[:height, :width].copy()
+        pixels = draw_poses(poses, *padded.shape[:2], body=body, hand=hand, face=face)[:height, :width].copy()
+        return Detection(pixels, openpose_json(poses, *padded.shape[:2]))
     return apply

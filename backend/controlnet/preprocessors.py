@@ -43,9 +43,18 @@ HIDDEN_RESOLUTION = Slider(label="Resolution", minimum=64, maximum=2048, value=5
 
 
 @dataclass(frozen=True)
+class Detection:
+    """What a preprocessor found: the map, and for openpose the poses in openpose's JSON format (the extension's
+    /controlnet/detect answers them as "poses", for its pose editor and API clients)."""
+
+    pixels: np.ndarray
+    poses: dict | None = None
+
+
+@dataclass(frozen=True)
 class Preprocessor:
     name: str
-    run: Callable[..., np.ndarray]
+    run: Callable[..., np.ndarray | Detection]  # the map (a Detection where there is more than the map)
     label: str = ""
     resolution: Slider = RESOLUTION
     slider_1: Slider = HIDDEN
@@ -241,9 +250,17 @@ class UnknownPreprocessor(UserError):
         self.module = module
 
 
+def run_detection(preprocessor: Preprocessor, image: np.ndarray, parameters: ResolvedParameters,
+                  mask: np.ndarray | None = None, seed: int = 0) -> Detection:
+    """What `preprocessor` finds in `image` (any of gray/RGB/RGBA uint8): the map as RGB uint8 (RGBA for inpaint),
+    and the poses where it finds poses."""
+    found = preprocessor.run(as_rgb(np.asarray(image, dtype=np.uint8)), resolution=parameters.resolution,
+                             threshold_a=parameters.threshold_a, threshold_b=parameters.threshold_b,
+                             mask=mask, seed=seed)
+    return found if isinstance(found, Detection) else Detection(found)
+
+
 def run_preprocessor(preprocessor: Preprocessor, image: np.ndarray, parameters: ResolvedParameters,
                      mask: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
     """The detected map of `image` (any of gray/RGB/RGBA uint8) as RGB uint8 (RGBA for inpaint)."""
-    return preprocessor.run(as_rgb(np.asarray(image, dtype=np.uint8)), resolution=parameters.resolution,
-                            threshold_a=parameters.threshold_a, threshold_b=parameters.threshold_b,
-                            mask=mask, seed=seed)
+    return run_detection(preprocessor, image, parameters, mask=mask, seed=seed).pixels

@@ -1,5 +1,6 @@
 """The colours sd-webui-controlnet draws OneFormer's segmentations with: each class's colour in the dataset metadata its
-OneFormer configs name (ADE20K panoptic, 150 classes; COCO panoptic, 133), as RGB, by class index."""
+OneFormer configs name (ADE20K panoptic, 150 classes; COCO panoptic, 133), as RGB, by class index; and those of its
+anime face segmentation."""
 
 # ADE20K's 150 classes (wall, building, sky, ...), by class index
 ADE20K_COLORS = (
@@ -49,3 +50,7 @@ COCO_PANOPTIC_COLORS = (
     (134, 199, 156), (209, 226, 140), (96, 36, 108), (96, 96, 96), (64, 170, 64), (152, 251, 152), (208, 229, 228),
     (206, 186, 171), (152, 161, 64), (116, 112, 0), (0, 114, 143), (102, 102, 156), (250, 141, 255),
 )
+
+# seg_anime_face's colours, by its U-Net's class index: background, hair, eye, mouth, face, skin, clothes
+ANIME_FACE_COLORS = ((255, 255, 0), (0, 0, 255), (255, 0, 0), (255, 255, 255), (0, 255, 0), (0, 255, 255),
+                     (255, 0, 255))

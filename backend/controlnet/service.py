@@ -9,7 +9,7 @@ import numpy as np
 from backend.controlnet.catalog import PreprocessorCatalog
 from backend.controlnet.loading import ControlNetCache
 from backend.controlnet.model_files import ControlNetEntry, ControlNetFolder
-from backend.controlnet.preprocessors import resolve_parameters, run_preprocessor
+from backend.controlnet.preprocessors import Detection, resolve_parameters, run_detection
 from backend.models.module_store import ModuleStore
 
 
@@ -32,11 +32,12 @@ class ControlNets:
 
     def detect(self, module: str, image: np.ndarray, processor_res: float | None = None,
                threshold_a: float | None = None, threshold_b: float | None = None, mask: np.ndarray | None = None,
-               seed: int = 0, field: str = "module") -> np.ndarray:
-        """The detected map of `image` by the preprocessor `module` (UserError: unknown, or needs weights)."""
+               seed: int = 0, field: str = "module") -> Detection:
+        """What the preprocessor `module` finds in `image`: its map, and the poses of openpose's (UserError: unknown,
+        or needs weights)."""
         preprocessor = self.preprocessors.get(module, field)
         parameters = resolve_parameters(preprocessor, processor_res, threshold_a, threshold_b)
-        return run_preprocessor(preprocessor, image, parameters, mask=mask, seed=seed)
+        return run_detection(preprocessor, image, parameters, mask=mask, seed=seed)
 
     def clear(self):
         """Out of memory: drop every built ControlNet no job holds, and the built preprocessor networks."""

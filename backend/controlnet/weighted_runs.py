@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import torch
 
+from backend.controlnet.anime_face_network import anime_face_network
+from backend.controlnet.anime_face_runs import run_anime_face_segment
 from backend.controlnet.annotator_networks import (
     OPENPOSE_BODY,
     OPENPOSE_FACE,
@@ -32,7 +34,7 @@ from backend.controlnet.annotator_networks import (
 )
 from backend.controlnet.oneformer_runs import ADE20K_RUN, COCO_RUN, load_segmenter
 from backend.controlnet.pose_runs import openpose
-from backend.controlnet.preprocessors import HIDDEN, Slider, gray_as_rgb, scaled_and_padded
+from backend.controlnet.preprocessors import HIDDEN, Detection, Slider, gray_as_rgb, scaled_and_padded
 from backend.controlnet.uniformer_network import load_uniformer
 from backend.controlnet.uniformer_runs import run_uniformer
 
@@ -184,8 +186,8 @@ class NetworkRun:
     from several files names the part each fills, in the order of the preprocessor's files (annotator_files)."""
 
     build: Callable[..., torch.nn.Module]
-    # network, image, resolution, slider 1 (threshold_a), slider 2 (threshold_b)
-    apply: Callable[[torch.nn.Module, np.ndarray, int, float, float], np.ndarray]
+    # network, image, resolution, slider 1 (threshold_a), slider 2 (threshold_b): the map (openpose: a Detection)
+    apply: Callable[[torch.nn.Module, np.ndarray, int, float, float], np.ndarray | Detection]
     slider_1: Slider = field(default=HIDDEN)
     slider_2: Slider = field(default=HIDDEN)
     parts: tuple[FilePart, ...] = ()
@@ -243,4 +245,5 @@ NETWORK_RUNS = {
     "segmentation": NetworkRun(load_uniformer, run_uniformer, sized_by_file=True),
     "oneformer_ade20k": NetworkRun(load_segmenter, ADE20K_RUN, sized_by_file=True),
     "oneformer_coco": NetworkRun(load_segmenter, COCO_RUN, sized_by_file=True),
+    "anime_face_segment": NetworkRun(anime_face_network, run_anime_face_segment),
 }

@@ -85,7 +85,7 @@ def add_controlnet_routes(router: APIRouter, services: Services):
         if preprocessor.accepts_mask and len(controlnet_masks) != len(images):
             raise HTTPException(status_code=422, detail=f"controlnet_masks: preprocessor {controlnet_module} "
                                                         "requires `controlnet_masks` param.")
-        answers = []
+        answers, poses = [], []
         for index, data in enumerate(images):
             png = decode_unit_image(data, f"controlnet_input_images[{index}]")
             if png is None:
@@ -95,11 +95,14 @@ def add_controlnet_routes(router: APIRouter, services: Services):
             if preprocessor.accepts_mask:
                 mask_png = decode_unit_image(controlnet_masks[index], f"controlnet_masks[{index}]")
                 mask = np.asarray(Image.open(io.BytesIO(mask_png)).convert("L")) if mask_png else None
-            detected = controlnets.detect(controlnet_module, pixels, controlnet_processor_res,
-                                          controlnet_threshold_a, controlnet_threshold_b, mask=mask,
-                                          field="controlnet_module")
+            detection = controlnets.detect(controlnet_module, pixels, controlnet_processor_res,
+                                           controlnet_threshold_a, controlnet_threshold_b, mask=mask,
+                                           field="controlnet_module")
+            detected = detection.pixels
+            if detection.poses is not None:  # openpose's: one JSON per image, for the pose editor and clients
+                poses.append(detection.poses)
             if detected.shape[2] == 4:  # inpaint: the area to repaint shown half transparent, as the extension
                 detected = detected.copy()
                 detected[:, :, 3] = 255 - detected[:, :, 3] // 2
             answers.append(png_base64(detected))
-        return {"info": "Success", "images": answers}
+        return {"info": "Success", **({"poses": poses} if poses else {}), "images": answers}
