@@ -92,8 +92,10 @@ def network_size(original: dict[str, torch.Tensor], version: int) -> dict:
     hidden = original["pretrained.blocks.0.mlp.fc1.weight"].shape[0]
     if width % HEAD_DIM or grid * grid != positions or hidden % width:
         raise ValueError(f"width {width}, {positions} positions or MLP width {hidden} do not make a DINOv2 ViT/14")
-    if version == 1:
+    if version == 1 and depth >= 4:
         blocks = tuple(range(depth - 4, depth))  # get_intermediate_layers(x, 4): the last four
+    elif version == 1:
+        raise ValueError(f"{depth} ViT blocks: the neck reads four")
     elif depth in V2_BLOCKS:
         blocks = V2_BLOCKS[depth]
     else:
