@@ -130,7 +130,7 @@ def test_tile_resample_and_recolor(catalog):
 @pytest.mark.parametrize("module, file", [("densepose (pruple bg & purple torso)",
                                            "densepose/densepose_r50_fpn_dl.torchscript"),
                                           ("densepose", "densepose/densepose_r50_fpn_dl.torchscript"),
-                                          ("depth_anything", "depth_anything/depth_anything_vitl14.pth"),
+                                          ("normal_dsine", "normal_dsine/dsine.pt"),
                                           ("depth_zoe", "zoedepth/ZoeD_M12_N.pt")])
 def test_a_preprocessor_needing_weights_is_refused_naming_the_file(catalog, module, file):
     with pytest.raises(UserError) as refused:

@@ -1,9 +1,9 @@
 """The preprocessors that need weights (depth, normal, pose, line art, soft edge, segmentation...): which files
 sd-webui-controlnet reads for each, in its annotator/downloads/<folder>/<file> layout. They are listed so a user
 sees what to install, and never downloaded. Those in weighted_runs.NETWORK_RUNS (line art, soft edge, M-LSD,
-MiDaS, normal_bae, LeReS, openpose, OneFormer, UniFormer and anime face segmentation) run once their files are
-there; a unit naming another is refused with the files it needs (or, once they are there, with the fact that its
-network is not built in)."""
+MiDaS, normal_bae, LeReS, openpose, OneFormer, UniFormer and anime face segmentation, Depth Anything v1 and v2) run
+once their files are there; a unit naming another is refused with the files it needs (or, once they are there, with
+the fact that its network is not built in)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

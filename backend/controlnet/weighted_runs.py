@@ -32,6 +32,8 @@ from backend.controlnet.annotator_networks import (
     quiet_import,
     teed_network,
 )
+from backend.controlnet.depth_anything_network import load_depth_anything, load_depth_anything_v2
+from backend.controlnet.depth_anything_runs import run_depth_anything
 from backend.controlnet.oneformer_runs import ADE20K_RUN, COCO_RUN, load_segmenter
 from backend.controlnet.pose_runs import openpose
 from backend.controlnet.preprocessors import HIDDEN, Detection, Slider, gray_as_rgb, scaled_and_padded
@@ -246,4 +248,6 @@ NETWORK_RUNS = {
     "oneformer_ade20k": NetworkRun(load_segmenter, ADE20K_RUN, sized_by_file=True),
     "oneformer_coco": NetworkRun(load_segmenter, COCO_RUN, sized_by_file=True),
     "anime_face_segment": NetworkRun(anime_face_network, run_anime_face_segment),
+    "depth_anything": NetworkRun(load_depth_anything, run_depth_anything, sized_by_file=True),
+    "depth_anything_v2": NetworkRun(load_depth_anything_v2, run_depth_anything, sized_by_file=True),
 }
