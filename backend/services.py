@@ -215,8 +215,8 @@ def build_services(settings: Settings, start_worker: bool = True, pool: WorkerPo
     if pool is None:
         jobs = JobQueue(parts.run_attempt, history, on_out_of_memory=parts.free_caches)
     else:
-        jobs = PoolJobQueue(pool, lambda request: (_checkpoint_of(request, models), parts.generator.job_options(
-            request)), outputs, history)
+        jobs = PoolJobQueue(pool, lambda request: _checkpoint_of(request, models), parts.generator.job_options,
+                            outputs, history)
     if start_worker:
         jobs.start()
     return Services(settings=settings, construction=parts.construction, models=models, outputs=outputs,

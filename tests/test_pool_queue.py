@@ -80,7 +80,7 @@ class FakePool:
 
 def pool_queue(tmp_path, count=2, history=None):
     workers = [FakeWorker(f"worker-{index}", tmp_path / "outputs") for index in range(count)]
-    queue = PoolJobQueue(FakePool(workers), lambda request: (request.checkpoint, Options()),
+    queue = PoolJobQueue(FakePool(workers), lambda request: request.checkpoint, lambda request: Options(),
                          OutputStore(tmp_path / "outputs"), history)
     queue.start()
     return queue, workers
@@ -211,7 +211,7 @@ def test_a_worker_reports_a_checkpoint_that_does_not_load_as_a_local_load_would(
 def test_a_pool_that_could_not_start_fails_queued_jobs_with_its_reason(tmp_path):
     pool = FakePool([])
     pool.error = "the worker pool could not start: ConnectionError: no Ray cluster at 10.0.0.9:6379"
-    queue = PoolJobQueue(pool, lambda request: (None, Options()), OutputStore(tmp_path / "outputs"))
+    queue = PoolJobQueue(pool, lambda request: None, lambda request: Options(), OutputStore(tmp_path / "outputs"))
     queue.start()
     job = submit(queue, ("orphan", None))[0]
     assert job.finished.wait(5)

@@ -192,13 +192,33 @@ class AnnotatorNetworks:
             self._built.clear()
 
 
+def read_annotator_state(path: Path, field: str) -> dict[str, torch.Tensor]:
+    """annotator_state, refused under `field` (the preprocessor that named the file) when it is not a plain tensor
+    file."""
+    try:
+        return annotator_state(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {error.message}", field) from error
+
+
+def refuse_unless_fits(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], field: str, path: Path,
+                       network_name: str, unknown: list[str] | tuple = (), optional: Callable[[str], bool] = None):
+    """AnnotatorFileError naming the first tensor of `state` (already renamed) that `expected` does not have, the
+    first one it lacks (unless `optional`), or the first of another shape: the file holds another network.
+    `unknown`: original names the renaming could not place."""
+    unknown = [*unknown, *(key for key in state if key not in expected)]
+    missing = [key for key in expected if key not in state and not (optional and optional(key))]
+    wrong = [key for key, value in state.items() if key in expected and expected[key].shape != value.shape]
+    if unknown or missing or wrong:
+        what = "unknown tensor" if unknown else "missing tensor" if missing else "tensor of another shape"
+        raise AnnotatorFileError(field, f"{path} does not hold the {network_name} network this preprocessor needs "
+                                        f"({what}: {(unknown or missing or wrong)[0]})")
+
+
 def fill(network: torch.nn.Module, path: Path, keys: Callable, field: str):
     """`network`'s weights from `path`; a file that is not a plain tensor file, or holds another network, is
     refused under `field`."""
-    try:
-        state = annotator_state(path)
-    except CheckpointError as error:  # the same refusal, under the field that named the preprocessor
-        raise CheckpointError(f"{path}: {error.message}", field) from error
+    state = read_annotator_state(path, field)
     try:
         network.load_state_dict(keys(network, state))
     except RuntimeError as error:  # missing/unexpected keys or shapes: another network's file

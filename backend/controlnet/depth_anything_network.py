@@ -15,8 +15,7 @@ from pathlib import Path
 
 import torch
 
-from backend.controlnet.annotator_networks import AnnotatorFileError, annotator_state
-from backend.models.weight_files import CheckpointError
+from backend.controlnet.annotator_networks import AnnotatorFileError, read_annotator_state, refuse_unless_fits
 
 PATCH = 14
 HEAD_DIM = 64  # DINOv2's channels per attention head (ViT-S 6 heads, B 12, L 16)
@@ -154,24 +153,15 @@ def depth_anything_network(original: dict[str, torch.Tensor], field: str, path: 
         raise AnnotatorFileError(field, f"{path} does not hold a Depth Anything checkpoint ({error})") from error
     with torch.device("meta"):  # built empty: the file's tensors are assigned below, nothing is initialised twice
         network = build_network(size)
-    state, expected = mapped_state(original), network.state_dict()
-    unknown = [key for key in state if key not in expected]
-    missing = [key for key in expected if key not in state]
-    wrong = [key for key, value in state.items() if key in expected and expected[key].shape != value.shape]
-    if unknown or missing or wrong:
-        what = "unknown tensor" if unknown else "missing tensor" if missing else "tensor of another shape"
-        raise AnnotatorFileError(field, f"{path} does not hold the Depth Anything network this preprocessor needs "
-                                        f"({what}: {(unknown or missing or wrong)[0]})")
+    state = mapped_state(original)
+    refuse_unless_fits(state, network.state_dict(), field, path, "Depth Anything")
     network.load_state_dict(state, assign=True)
     return network
 
 
 def load_depth_anything(paths: tuple[Path, ...], field: str, version: int = 1):
     path = paths[0]
-    try:
-        original = annotator_state(path)
-    except CheckpointError as error:  # the same refusal, under the field that named the preprocessor
-        raise CheckpointError(f"{path}: {error.message}", field) from error
+    original = read_annotator_state(path, field)
     return depth_anything_network(original, field, path, version)
 
 

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from backend.controlnet.annotator_networks import AnnotatorFileError, annotator_state
-from backend.models.weight_files import CheckpointError
+from backend.controlnet.annotator_networks import AnnotatorFileError, read_annotator_state, refuse_unless_fits
 
 BACKBONE, PIXEL_DECODER, PREDICTOR = "backbone.", "sem_seg_head.pixel_decoder.", "sem_seg_head.predictor."
 # what the original checkpoints hold for training only (text branch, loss) or recompute (Swin's index buffers)
@@ -162,25 +161,12 @@ def oneformer_network(original: dict[str, torch.Tensor], field: str, path: Path)
         warnings.simplefilter("ignore")
         network = OneFormerForUniversalSegmentation(config)
     state, left = transformers_state(original)
-    expected = network.state_dict()
-    missing = [key for key in expected if key not in state and not UNUSED_HERE.search(key)]
-    wrong = [key for key, value in state.items() if key not in expected or expected[key].shape != value.shape]
-    if left or missing or wrong:
-        first = (left or missing or wrong)[0]
-        what = "unknown tensor" if left else "missing tensor" if missing else "tensor of another shape"
-        raise AnnotatorFileError(field, f"{path} does not hold the OneFormer network this preprocessor needs "
-                                        f"({what}: {first})")
+    refuse_unless_fits(state, network.state_dict(), field, path, "OneFormer", unknown=left,
+                       optional=lambda key: bool(UNUSED_HERE.search(key)))
     network.load_state_dict(state, strict=False)
     return network
 
 
-def original_state(path: Path, field: str) -> dict[str, torch.Tensor]:
-    try:
-        return annotator_state(path)
-    except CheckpointError as error:  # the same refusal, under the field that named the preprocessor
-        raise CheckpointError(f"{path}: {error.message}", field) from error
-
-
 def load_oneformer(path: Path, field: str) -> torch.nn.Module:
-    return oneformer_network(original_state(path, field), field, path)
+    return oneformer_network(read_annotator_state(path, field), field, path)
 

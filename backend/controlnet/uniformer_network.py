@@ -14,9 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from backend.controlnet.annotator_networks import AnnotatorFileError, annotator_state
+from backend.controlnet.annotator_networks import AnnotatorFileError, read_annotator_state, refuse_unless_fits
 from backend.controlnet.segmentation_palettes import ADE20K_COLORS
-from backend.models.weight_files import CheckpointError
 
 HEAD_DIM = 64  # channels per attention head (the config's head_dim; heads = width // 64)
 POOL_SCALES = (1, 2, 3, 6)  # the UPerHead's pyramid pooling (the config's pool_scales)
@@ -197,23 +196,15 @@ def uniformer_network(original: dict[str, torch.Tensor], field: str, path: Path,
     if size["classes"] != classes:
         raise AnnotatorFileError(field, f"{path} segments {size['classes']} classes, not ADE20K's {classes}")
     network = UniFormerUperNet(**size)
-    state, expected = mapped_state(original), network.state_dict()
-    unknown = [key for key in state if key not in expected]
+    state = mapped_state(original)
     # batch norms' step counters are not read at inference (and older torch versions did not save them)
-    missing = [key for key in expected if key not in state and not key.endswith(".num_batches_tracked")]
-    wrong = [key for key, value in state.items() if key in expected and expected[key].shape != value.shape]
-    if unknown or missing or wrong:
-        what = "unknown tensor" if unknown else "missing tensor" if missing else "tensor of another shape"
-        raise AnnotatorFileError(field, f"{path} does not hold the UniFormer UPerNet network this preprocessor needs "
-                                        f"({what}: {(unknown or missing or wrong)[0]})")
+    refuse_unless_fits(state, network.state_dict(), field, path, "UniFormer UPerNet",
+                       optional=lambda key: key.endswith(".num_batches_tracked"))
     network.load_state_dict(state, strict=False)
     return network
 
 
 def load_uniformer(paths: tuple[Path, ...], field: str, classes: int = len(ADE20K_COLORS)) -> UniFormerUperNet:
     path = paths[0]
-    try:
-        original = annotator_state(path)
-    except CheckpointError as error:  # the same refusal, under the field that named the preprocessor
-        raise CheckpointError(f"{path}: {error.message}", field) from error
+    original = read_annotator_state(path, field)
     return uniformer_network(original, field, path, classes)

@@ -101,14 +101,16 @@ class WorkerPool(Protocol):
 
 
 class PoolJobQueue(JobQueue):
-    def __init__(self, pool: WorkerPool, job_context: Callable[[Any], tuple[str | None, Any]], outputs: OutputStore,
-                 history=None, **limits):
-        """`job_context(request)` -> (checkpoint title the job needs or None, the user options for it), asked
-        when the job starts; `outputs`: where the server saves what the workers made."""
+    def __init__(self, pool: WorkerPool, checkpoint_of: Callable[[Any], str | None], options_of: Callable[[Any], Any],
+                 outputs: OutputStore, history=None, **limits):
+        """`checkpoint_of(request)`: the title of the checkpoint a job needs (None: none), asked while choosing where
+        it starts; `options_of(request)`: the user options it runs with, asked when it starts; `outputs`: where the
+        server saves what the workers made."""
         super().__init__(run_job=None, history=history, **limits)
         self._pool = pool
         self._outputs = outputs
-        self._job_context = job_context
+        self._checkpoint_for = checkpoint_of
+        self._options_of = options_of
         self._changed = threading.Condition(self._lock)
         self._running: dict[str, Job] = {}  # worker id -> its job
 
@@ -214,7 +216,7 @@ class PoolJobQueue(JobQueue):
 
     def _checkpoint_of(self, job: Job) -> str | None:
         try:
-            return self._job_context(job.request)[0]
+            return self._checkpoint_for(job.request)
         except Exception:  # an unknown checkpoint: the worker reports it as the job's error
             return None
 
@@ -231,8 +233,7 @@ class PoolJobQueue(JobQueue):
                 return
             self._record(job)
             try:
-                _, options = self._job_context(job.request)
-                made = worker.run(job, checkpoint, options)
+                made = worker.run(job, checkpoint, self._options_of(job.request))
                 job.result = with_saved_paths(made.result, perform_writes(self._outputs, made.writes))
                 job.status = "interrupted" if getattr(job.result, "interrupted", False) else "done"
             except WorkerLost as error:
